@@ -1,0 +1,344 @@
+//! DashScope Qwen-Image-Edit client (API.md §1): one synchronous POST per edit, then a plain GET
+//! per result URL (without the API key: the URLs are pre-signed).
+//!
+//! Process-wide limits live here: at most `max_concurrent` attempts in flight and at most
+//! `max_requests_per_second` attempts started (a `governor` token bucket). Retryable failures
+//! are retried with bounded exponential backoff and jitter, honouring `Retry-After`.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use super::errors::classify;
+use crate::core::edit::{
+    BackendError, BoxFuture, EditBackend, EditRequest, EditResponse, ModelCaps,
+};
+use crate::core::image::Fitted;
+
+/// Largest JSON answer we read from the API.
+const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
+/// Largest result image we download.
+const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+/// Longest wait we honour from a `Retry-After` header.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A sleep function; tests inject one that records instead of waiting.
+pub type Sleeper = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// How the client is set up.
+#[derive(Clone)]
+pub struct DashScopeOptions {
+    pub base_url: String,
+    pub model: String,
+    pub api_key: SecretString,
+    pub timeout: Duration,
+    pub max_concurrent: usize,
+    pub max_requests_per_second: f64,
+    pub watermark: bool,
+    pub prompt_extend: bool,
+    /// Attempts per call, first included.
+    pub max_attempts: u32,
+    /// First backoff step; doubles per attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub sleeper: Sleeper,
+}
+
+impl DashScopeOptions {
+    /// Options from the `[backend]` section.
+    pub fn from_config(c: &crate::config::BackendConfig, api_key: SecretString) -> Self {
+        Self {
+            base_url: c.base_url.clone(),
+            model: c.model.clone(),
+            api_key,
+            timeout: Duration::from_secs(c.timeout_secs),
+            max_concurrent: c.max_concurrent,
+            max_requests_per_second: c.max_requests_per_second,
+            watermark: c.watermark,
+            prompt_extend: c.prompt_extend,
+            max_attempts: c.max_attempts,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            sleeper: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+}
+
+/// The DashScope client. Cheap to share behind an `Arc`; one connection pool.
+pub struct DashScope {
+    http: reqwest::Client,
+    opts: DashScopeOptions,
+    endpoint: String,
+    slots: Semaphore,
+    rate: DefaultDirectRateLimiter,
+}
+
+impl DashScope {
+    pub fn new(opts: DashScopeOptions) -> Result<Self, BackendError> {
+        let http = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(Duration::from_secs(10).min(opts.timeout))
+            .user_agent(concat!("qwen-edit-bot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BackendError::Network(e.to_string()))?;
+        let endpoint = format!(
+            "{}/services/aigc/multimodal-generation/generation",
+            opts.base_url.trim_end_matches('/')
+        );
+        let period = Duration::from_secs_f64(1.0 / opts.max_requests_per_second.max(0.001));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::MIN);
+        Ok(Self {
+            http,
+            slots: Semaphore::new(opts.max_concurrent.max(1)),
+            rate: RateLimiter::direct(quota),
+            endpoint,
+            opts,
+        })
+    }
+
+    /// Runs one edit, retrying what is worth retrying.
+    async fn edit_with_retries(&self, req: &EditRequest) -> Result<EditResponse, BackendError> {
+        let body = Bytes::from(self.body(req)?);
+        let mut attempt = 1;
+        loop {
+            let result = self.attempt(body.clone()).await;
+            match result {
+                Err(e) if e.is_retryable() && attempt < self.opts.max_attempts => {
+                    let delay = self.backoff(attempt, e.retry_after());
+                    tracing::warn!(attempt, code = %e.code(), delay_ms = delay.as_millis() as u64,
+                        "backend call failed, retrying");
+                    (self.opts.sleeper)(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The wait before attempt `attempt + 1`: exponential with jitter, or the server's
+    /// `Retry-After` when it asks for longer.
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self.opts.base_backoff.saturating_mul(1 << (attempt - 1).min(16));
+        let capped = exp.min(self.opts.max_backoff);
+        let jittered = capped.mul_f64(rand::rng().random_range(0.5..=1.0));
+        match retry_after {
+            Some(ra) => ra.min(MAX_RETRY_AFTER).max(jittered),
+            None => jittered,
+        }
+    }
+
+    async fn attempt(&self, body: Bytes) -> Result<EditResponse, BackendError> {
+        let _slot = self.slots.acquire().await.map_err(|_| BackendError::Network("closed".into()))?;
+        self.rate.until_ready().await;
+        let resp = self
+            .http
+            .post(&self.endpoint)
+            .bearer_auth(crate::config::expose(&self.opts.api_key))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
+        let bytes = read_limited(resp, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| self.transport_error(e))?
+            .ok_or_else(|| BackendError::Malformed("response too large".into()))?;
+        parse_response(status, &bytes, retry_after)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> BackendError {
+        if e.is_timeout() {
+            BackendError::Timeout(self.opts.timeout)
+        } else {
+            // Without the URL: it is ours, and some deployments put tokens in query strings.
+            BackendError::Network(e.without_url().to_string())
+        }
+    }
+
+    fn body(&self, req: &EditRequest) -> Result<Vec<u8>, BackendError> {
+        let caps = ModelCaps::of(&self.opts.model);
+        let uris: Vec<String> = req.images.iter().map(Fitted::data_uri).collect();
+        let mut content: Vec<Part<'_>> =
+            uris.iter().map(|u| Part { image: Some(u), text: None }).collect();
+        content.push(Part { image: None, text: Some(&req.prompt) });
+        let wire = WireRequest {
+            model: &self.opts.model,
+            input: WireInput { messages: [WireMessage { role: "user", content }] },
+            parameters: WireParams {
+                n: req.n.clamp(1, caps.max_n),
+                negative_prompt: req.negative.as_deref().filter(|s| !s.trim().is_empty()),
+                seed: req.seed,
+                watermark: self.opts.watermark,
+                prompt_extend: caps.prompt_extend.then_some(self.opts.prompt_extend),
+            },
+        };
+        serde_json::to_vec(&wire).map_err(|e| BackendError::Malformed(e.to_string()))
+    }
+
+    /// Downloads one result image (no API key is sent).
+    async fn fetch_result(&self, url: &str) -> Result<Bytes, BackendError> {
+        let resp = self.http.get(url).send().await.map_err(|e| {
+            BackendError::Download(if e.is_timeout() { "timed out".into() } else { e.without_url().to_string() })
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(BackendError::Download(format!("HTTP {}", status.as_u16())));
+        }
+        let bytes = read_limited(resp, MAX_RESULT_BYTES)
+            .await
+            .map_err(|e| BackendError::Download(e.without_url().to_string()))?
+            .ok_or_else(|| BackendError::Download("result larger than 64 MB".into()))?;
+        crate::core::image::sniff(&bytes)
+            .map_err(|_| BackendError::Download("the result is not an image".into()))?;
+        Ok(bytes)
+    }
+}
+
+impl EditBackend for DashScope {
+    fn model(&self) -> &str {
+        &self.opts.model
+    }
+
+    fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<EditResponse, BackendError>> {
+        Box::pin(self.edit_with_retries(req))
+    }
+
+    fn download<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+        Box::pin(self.fetch_result(url))
+    }
+}
+
+/// Reads at most `limit` bytes of a body; `None` when it is longer.
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n as usize > limit) {
+        return Ok(None);
+    }
+    let mut buf = Vec::with_capacity(resp.content_length().map_or(8192, |n| n as usize));
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(Bytes::from(buf)))
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+fn parse_response(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> Result<EditResponse, BackendError> {
+    let parsed: Result<WireResponse, _> = serde_json::from_slice(body);
+    let Ok(resp) = parsed else {
+        if status == 200 {
+            return Err(BackendError::Malformed("the body is not JSON".into()));
+        }
+        return Err(classify(status, "", "", retry_after));
+    };
+    let code = resp.code.as_deref().unwrap_or("");
+    let message = resp.message.as_deref().or(resp.msg.as_deref()).unwrap_or("");
+    if status != 200 || (!code.is_empty() && resp.output.is_none()) {
+        return Err(classify(status, code, message, retry_after));
+    }
+    let urls: Vec<String> = resp
+        .output
+        .into_iter()
+        .flat_map(|o| o.choices)
+        .flat_map(|c| c.message.content)
+        .filter_map(|p| p.image)
+        .collect();
+    if urls.is_empty() {
+        return Err(BackendError::Malformed("no image in the response".into()));
+    }
+    Ok(EditResponse { request_id: resp.request_id, urls })
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    input: WireInput<'a>,
+    parameters: WireParams<'a>,
+}
+
+#[derive(Serialize)]
+struct WireInput<'a> {
+    messages: [WireMessage<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: Vec<Part<'a>>,
+}
+
+#[derive(Serialize)]
+struct Part<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireParams<'a> {
+    n: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    negative_prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u32>,
+    watermark: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_extend: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    output: Option<WireOutput>,
+    request_id: Option<String>,
+    code: Option<String>,
+    message: Option<String>,
+    msg: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireOutput {
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: WireChoiceMessage,
+}
+
+#[derive(Deserialize)]
+struct WireChoiceMessage {
+    #[serde(default)]
+    content: Vec<WirePart>,
+}
+
+#[derive(Deserialize)]
+struct WirePart {
+    image: Option<String>,
+}

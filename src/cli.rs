@@ -1,0 +1,174 @@
+//! Admin subcommands that work without a chat: `edit`, `quota …`, `usage`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use chrono::{NaiveDate, Utc};
+
+use crate::config::Settings;
+use crate::core::command::EditCommand;
+use crate::core::edit::EditBackend;
+use crate::core::image::FitLimits;
+use crate::core::jobs::{MAX_INPUTS, execute};
+use crate::core::quota::{ReportBy, UserRef};
+use crate::messages::{self, Lang};
+
+/// Arguments of `edit`.
+#[derive(Debug, Clone)]
+pub struct EditArgs {
+    pub images: Vec<PathBuf>,
+    pub prompt: String,
+    pub negative: Option<String>,
+    pub seed: Option<String>,
+    pub n: Option<String>,
+    pub out: PathBuf,
+}
+
+/// One edit through the configured backend; writes the results and prints their paths.
+pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<PathBuf>> {
+    if args.images.is_empty() || args.images.len() > MAX_INPUTS {
+        bail!("give 1 to {MAX_INPUTS} images (got {})", args.images.len());
+    }
+    let command = EditCommand::from_parts(
+        &args.prompt,
+        args.negative.as_deref(),
+        args.seed.as_deref(),
+        args.n.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if command.truncated {
+        eprintln!("note: the prompt was cut to 800 characters");
+    }
+    let backend = crate::app::backend(settings)?;
+    let max_n = backend.caps().max_n;
+    if command.count() > max_n {
+        bail!("{} makes at most {max_n} image(s) per edit", backend.model());
+    }
+    let limits = FitLimits::default();
+    let mut inputs = Vec::with_capacity(args.images.len());
+    for path in &args.images {
+        inputs.push(read_input(path, limits.max_input_bytes)?);
+    }
+    let negative = command.negative.clone().or_else(|| {
+        Some(settings.config.backend.default_negative_prompt.clone()).filter(|s| !s.is_empty())
+    });
+    let delivery = execute(backend.as_ref(), &limits, inputs, &command, negative)
+        .await
+        .map_err(|reason| {
+            let failure = crate::core::error::Failure { reason: reason.clone(), refunded: true };
+            let text = messages::failure(Lang::En, &failure);
+            let text = text.trim_end_matches(" Your quota was refunded.");
+            anyhow::anyhow!("{text} ({reason})")
+        })?;
+    let paths = output_paths(&args.out, delivery.images.len());
+    for (path, bytes) in paths.iter().zip(&delivery.images) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(id) = &delivery.request_id {
+        eprintln!("request id: {id}");
+    }
+    Ok(paths)
+}
+
+fn read_input(path: &Path, max: usize) -> anyhow::Result<Bytes> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > max as u64 {
+        bail!("{}: larger than {} MB", path.display(), max >> 20);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Bytes::from(bytes))
+}
+
+/// `out.png` for one result; `out-1.png`, `out-2.png`, … for several.
+pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![out.to_owned()];
+    }
+    let stem = out.file_stem().map_or("edited".into(), |s| s.to_string_lossy().into_owned());
+    let ext = out.extension().map_or("png".into(), |s| s.to_string_lossy().into_owned());
+    (1..=n).map(|i| out.with_file_name(format!("{stem}-{i}.{ext}"))).collect()
+}
+
+/// What `quota` does.
+#[derive(Debug, Clone)]
+pub enum QuotaAction {
+    Show,
+    /// `None` clears the user's own limit (back to `quota.per_user`).
+    Set(Option<u32>),
+    Reset,
+    Block,
+    Unblock,
+}
+
+/// Runs a `quota` subcommand and returns what to print.
+pub async fn quota(settings: &Settings, user: &str, action: QuotaAction) -> anyhow::Result<String> {
+    let user: UserRef = user.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let quotas = crate::app::quotas(settings)?;
+    match action {
+        QuotaAction::Show => {}
+        QuotaAction::Set(limit) => quotas.set_limit(&user, limit).await?,
+        QuotaAction::Reset => quotas.reset(&user).await?,
+        QuotaAction::Block => quotas.set_blocked(&user, true).await?,
+        QuotaAction::Unblock => quotas.set_blocked(&user, false).await?,
+    }
+    let q = quotas.show(&user).await?;
+    let mut out = format!(
+        "{user}: used {} of {}{} this {:?} window, {} left, resets {}",
+        q.used,
+        q.limit,
+        if q.overridden { " (own limit)" } else { "" },
+        settings.config.quota.window,
+        q.remaining(),
+        messages::when(q.resets_at),
+    );
+    if q.blocked {
+        out.push_str(", BLOCKED");
+    }
+    Ok(out.to_lowercase().replace(" utc", " UTC"))
+}
+
+/// Parses `--by`.
+pub fn report_by(s: &str) -> Result<ReportBy, String> {
+    match s {
+        "user" => Ok(ReportBy::User),
+        "chat" => Ok(ReportBy::Chat),
+        "day" => Ok(ReportBy::Day),
+        other => Err(format!("--by {other:?}: use user, chat or day")),
+    }
+}
+
+/// The usage report since `since` (`YYYY-MM-DD`; default: the first of this month).
+pub async fn usage(settings: &Settings, since: Option<&str>, by: ReportBy) -> anyhow::Result<String> {
+    let since = match since {
+        Some(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map_err(|_| anyhow::anyhow!("--since {s:?}: write a date as YYYY-MM-DD"))?,
+        None => {
+            let today = Utc::now().date_naive();
+            today.with_day0(0).unwrap_or(today)
+        }
+    };
+    let since_t = since.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+    let quotas = crate::app::quotas(settings)?;
+    let ledger = quotas.ledger().clone();
+    let rows = tokio::task::spawn_blocking(move || ledger.report(since_t, by)).await??;
+    let price = settings.config.quota.price_per_image;
+    let mut out = Vec::new();
+    writeln!(out, "since {since}")?;
+    writeln!(out, "{:<28} {:>8} {:>8} {:>8} {:>10}", "key", "jobs", "images", "failed", "cost")?;
+    let (mut jobs, mut images, mut failed) = (0, 0, 0);
+    for r in &rows {
+        writeln!(out, "{:<28} {:>8} {:>8} {:>8} {:>10.2}", r.key, r.jobs, r.images, r.failed,
+            r.images as f64 * price)?;
+        (jobs, images, failed) = (jobs + r.jobs, images + r.images, failed + r.failed);
+    }
+    writeln!(out, "{:<28} {:>8} {:>8} {:>8} {:>10.2}", "total", jobs, images, failed,
+        images as f64 * price)?;
+    Ok(String::from_utf8(out)?)
+}
+
+use chrono::Datelike as _;

@@ -1,0 +1,326 @@
+//! `config.toml` (SPEC §3) plus secrets from the environment.
+//!
+//! Unknown keys are rejected with their name. Secrets never come from the file: each is read from
+//! `NAME` or from the file named by `NAME_FILE` (the Docker secrets convention), and is kept in a
+//! [`SecretString`] so it cannot end up in a `Debug` print or a log line.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub backend: BackendConfig,
+    pub telegram: TelegramConfig,
+    pub discord: DiscordConfig,
+    pub quota: QuotaConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub kind: String,
+    pub base_url: String,
+    pub model: String,
+    pub timeout_secs: u64,
+    pub max_concurrent: usize,
+    pub max_requests_per_second: f64,
+    pub watermark: bool,
+    pub prompt_extend: bool,
+    pub default_negative_prompt: String,
+    /// Attempts per backend call for retryable errors (429, 408, 5xx, timeouts), first included.
+    pub max_attempts: u32,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: "dashscope".into(),
+            base_url: "https://dashscope-intl.aliyuncs.com/api/v1".into(),
+            model: "qwen-image-edit-plus".into(),
+            timeout_secs: 300,
+            max_concurrent: 4,
+            max_requests_per_second: 2.0,
+            watermark: false,
+            prompt_extend: true,
+            default_negative_prompt: String::new(),
+            max_attempts: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelegramConfig {
+    pub enabled: bool,
+    pub api_url: String,
+    pub mode: String,
+    pub webhook_url: String,
+    pub webhook_listen: String,
+    pub admin_ids: Vec<i64>,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            api_url: "https://api.telegram.org".into(),
+            mode: "polling".into(),
+            webhook_url: String::new(),
+            webhook_listen: "0.0.0.0:8443".into(),
+            admin_ids: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscordConfig {
+    pub enabled: bool,
+    pub api_url: String,
+    pub guild_ids: Vec<u64>,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        Self { enabled: false, api_url: "https://discord.com".into(), guild_ids: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    pub database: String,
+    pub per_user: u32,
+    pub window: crate::core::quota::Window,
+    pub per_chat: u32,
+    pub global_per_day: u32,
+    pub max_in_flight_per_user: u32,
+    pub max_queue: usize,
+    /// Keep the prompt text in the job ledger (off by default: prompts are user content).
+    pub store_prompts: bool,
+    /// Price of one image, for the `usage` report (your billing currency).
+    pub price_per_image: f64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            database: "data/qwen-edit-bot.sqlite3".into(),
+            per_user: 20,
+            window: crate::core::quota::Window::Day,
+            per_chat: 0,
+            global_per_day: 0,
+            max_in_flight_per_user: 2,
+            max_queue: 200,
+            store_prompts: false,
+            price_per_image: 0.05,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// Secrets read from the environment. Absent secrets are `None`; whether that is a problem
+/// depends on what is enabled (see [`Settings::problems`]).
+#[derive(Debug, Default, Clone)]
+pub struct Secrets {
+    pub dashscope_api_key: Option<SecretString>,
+    pub telegram_bot_token: Option<SecretString>,
+    pub discord_token: Option<SecretString>,
+    pub telegram_webhook_secret: Option<SecretString>,
+}
+
+/// Config file plus secrets: everything the process is started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub secrets: Secrets,
+    pub path: PathBuf,
+}
+
+/// Why the configuration cannot be used. Each variant renders as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Secret(String),
+}
+
+impl Settings {
+    /// Reads the file at `path` and the secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// Like [`Settings::load`] with an injected environment (tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config = Config::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })?;
+        let secrets = Secrets::from_env(&env)?;
+        Ok(Self { config, secrets, path: path.to_owned() })
+    }
+
+    /// Every problem that stops `run`, one line each. Empty means the settings are usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.config.problems();
+        let s = &self.secrets;
+        if s.dashscope_api_key.is_none() {
+            out.push("DASHSCOPE_API_KEY is not set (nor DASHSCOPE_API_KEY_FILE)".into());
+        }
+        if self.config.telegram.enabled && s.telegram_bot_token.is_none() {
+            out.push("telegram is enabled but TELEGRAM_BOT_TOKEN is not set (nor TELEGRAM_BOT_TOKEN_FILE)".into());
+        }
+        if self.config.discord.enabled && s.discord_token.is_none() {
+            out.push("discord is enabled but DISCORD_TOKEN is not set (nor DISCORD_TOKEN_FILE)".into());
+        }
+        out
+    }
+
+    /// The effective configuration as TOML, followed by the secrets as `set`/`not set`.
+    pub fn redacted(&self) -> String {
+        let mut out = toml::to_string_pretty(&self.config).unwrap_or_default();
+        let s = &self.secrets;
+        out.push_str("\n# secrets (from the environment)\n");
+        for (name, value) in [
+            ("DASHSCOPE_API_KEY", &s.dashscope_api_key),
+            ("TELEGRAM_BOT_TOKEN", &s.telegram_bot_token),
+            ("DISCORD_TOKEN", &s.discord_token),
+            ("TELEGRAM_WEBHOOK_SECRET", &s.telegram_webhook_secret),
+        ] {
+            let state = if value.is_some() { "set (redacted)" } else { "not set" };
+            let _ = writeln!(out, "# {name} = {state}");
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Parses TOML text; the error names the offending key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Value problems that the TOML schema cannot express, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let b = &self.backend;
+        if b.kind != "dashscope" {
+            out.push(format!("backend.kind = {:?}: only \"dashscope\" is supported", b.kind));
+        }
+        if reqwest_like_url(&b.base_url).is_none() {
+            out.push(format!("backend.base_url = {:?} is not an http(s) URL", b.base_url));
+        }
+        if b.model.trim().is_empty() {
+            out.push("backend.model is empty".into());
+        }
+        if b.timeout_secs == 0 {
+            out.push("backend.timeout_secs must be at least 1".into());
+        }
+        if b.max_concurrent == 0 {
+            out.push("backend.max_concurrent must be at least 1".into());
+        }
+        if !(b.max_requests_per_second.is_finite() && b.max_requests_per_second > 0.0) {
+            out.push("backend.max_requests_per_second must be a positive number".into());
+        }
+        if b.max_attempts == 0 || b.max_attempts > 10 {
+            out.push("backend.max_attempts must be between 1 and 10".into());
+        }
+        if b.default_negative_prompt.chars().count() > crate::core::command::MAX_NEGATIVE_CHARS {
+            out.push("backend.default_negative_prompt is longer than 500 characters".into());
+        }
+        let t = &self.telegram;
+        if t.mode != "polling" && t.mode != "webhook" {
+            out.push(format!("telegram.mode = {:?}: use \"polling\" or \"webhook\"", t.mode));
+        }
+        if t.enabled && reqwest_like_url(&t.api_url).is_none() {
+            out.push(format!("telegram.api_url = {:?} is not an http(s) URL", t.api_url));
+        }
+        if t.enabled && t.mode == "webhook" && !t.webhook_url.starts_with("https://") {
+            out.push("telegram.mode = \"webhook\" needs telegram.webhook_url (https://…)".into());
+        }
+        if self.discord.enabled && reqwest_like_url(&self.discord.api_url).is_none() {
+            out.push(format!("discord.api_url = {:?} is not an http(s) URL", self.discord.api_url));
+        }
+        let q = &self.quota;
+        if q.database.trim().is_empty() {
+            out.push("quota.database is empty".into());
+        } else if q.database.starts_with("redis://") {
+            out.push("quota.database: the Redis store is not built into this version; use a SQLite path".into());
+        }
+        if q.max_in_flight_per_user == 0 {
+            out.push("quota.max_in_flight_per_user must be at least 1".into());
+        }
+        if q.max_queue == 0 {
+            out.push("quota.max_queue must be at least 1".into());
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            out.push(format!("http.listen = {:?} is not host:port", self.http.listen));
+        }
+        out
+    }
+}
+
+fn reqwest_like_url(s: &str) -> Option<()> {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"))?;
+    (!rest.is_empty()).then_some(())
+}
+
+impl Secrets {
+    /// Reads each secret from `NAME`, or from the file named by `NAME_FILE`.
+    pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            dashscope_api_key: secret(env, "DASHSCOPE_API_KEY")?,
+            telegram_bot_token: secret(env, "TELEGRAM_BOT_TOKEN")?,
+            discord_token: secret(env, "DISCORD_TOKEN")?,
+            telegram_webhook_secret: secret(env, "TELEGRAM_WEBHOOK_SECRET")?,
+        })
+    }
+}
+
+fn secret(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(v) = env(name).filter(|v| !v.trim().is_empty()) {
+        return Ok(Some(SecretString::from(v.trim().to_owned())));
+    }
+    let Some(path) = env(&format!("{name}_FILE")).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ConfigError::Secret(format!("{name}_FILE = {path}: {e}")))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(ConfigError::Secret(format!("{name}_FILE = {path}: the file is empty")));
+    }
+    Ok(Some(SecretString::from(text.to_owned())))
+}
+
+/// Shows a secret only to code that must send it (the `Authorization` header).
+pub fn expose(secret: &SecretString) -> &str {
+    secret.expose_secret()
+}

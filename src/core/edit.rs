@@ -1,0 +1,131 @@
+//! The edit backend as the core sees it: request, response, errors and the [`EditBackend`] trait
+//! that the DashScope client (or a test double) implements. No HTTP types here.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::image::Fitted;
+
+/// A boxed future, for object-safe async traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One edit: 1–3 fitted images and the instruction.
+#[derive(Debug, Clone)]
+pub struct EditRequest {
+    pub images: Vec<Fitted>,
+    pub prompt: String,
+    pub negative: Option<String>,
+    pub seed: Option<u32>,
+    pub n: u8,
+}
+
+/// The API's answer: where the results are (valid 24 h).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditResponse {
+    pub request_id: Option<String>,
+    pub urls: Vec<String>,
+}
+
+/// What a model accepts (API.md §1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelCaps {
+    pub max_n: u8,
+    pub prompt_extend: bool,
+}
+
+impl ModelCaps {
+    pub fn of(model: &str) -> Self {
+        // The original model and its dated snapshots take n = 1 and no prompt_extend.
+        let legacy = model == "qwen-image-edit"
+            || model.strip_prefix("qwen-image-edit-").is_some_and(|rest| rest.starts_with("20"));
+        if legacy {
+            ModelCaps { max_n: 1, prompt_extend: false }
+        } else {
+            ModelCaps { max_n: 6, prompt_extend: true }
+        }
+    }
+}
+
+/// An image-edit service.
+pub trait EditBackend: Send + Sync + 'static {
+    fn model(&self) -> &str;
+    fn caps(&self) -> ModelCaps {
+        ModelCaps::of(self.model())
+    }
+    /// Runs one edit (retries included) and returns where the results are.
+    fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<EditResponse, BackendError>>;
+    /// Fetches one result image.
+    fn download<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Bytes, BackendError>>;
+}
+
+/// A failed edit call. `retryable` ones are retried inside the client; what reaches callers is
+/// final.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// Content moderation (`DataInspectionFailed`): never retried.
+    #[error("content refused by moderation ({code})")]
+    Moderated { code: String },
+    /// The request was refused as invalid (`InvalidParameter`, `BadRequest.*`, …).
+    #[error("request rejected: {code}: {message}")]
+    Rejected { code: String, message: String },
+    /// The operator must act: key, permission, model, billing or account quota.
+    #[error("backend configuration problem: {code}: {message}")]
+    Operator { code: String, message: String },
+    /// Throttled (429) and still throttled after the last attempt.
+    #[error("backend throttled ({code})")]
+    Throttled { code: String, retry_after: Option<Duration> },
+    /// 408, 5xx or a status we did not expect.
+    #[error("backend unavailable: HTTP {status} {code}")]
+    Unavailable { status: u16, code: String },
+    #[error("backend did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the backend: {0}")]
+    Network(String),
+    /// A 200 that is not the documented shape.
+    #[error("malformed backend response: {0}")]
+    Malformed(String),
+    /// The result image could not be fetched.
+    #[error("cannot download the result: {0}")]
+    Download(String),
+}
+
+impl BackendError {
+    /// Worth another attempt with backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Throttled { .. }
+                | BackendError::Unavailable { .. }
+                | BackendError::Timeout(_)
+                | BackendError::Network(_)
+        )
+    }
+
+    /// Short stable label for metrics and the job ledger.
+    pub fn code(&self) -> String {
+        match self {
+            BackendError::Moderated { code }
+            | BackendError::Rejected { code, .. }
+            | BackendError::Operator { code, .. }
+            | BackendError::Throttled { code, .. } => code.clone(),
+            BackendError::Unavailable { status, code } if code.is_empty() => format!("http_{status}"),
+            BackendError::Unavailable { code, .. } => code.clone(),
+            BackendError::Timeout(_) => "timeout".into(),
+            BackendError::Network(_) => "network".into(),
+            BackendError::Malformed(_) => "malformed".into(),
+            BackendError::Download(_) => "download".into(),
+        }
+    }
+
+    /// The server's suggested wait before retrying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BackendError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+

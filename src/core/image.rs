@@ -1,0 +1,359 @@
+//! Input images → what the API accepts (SPEC §6). Pure over bytes; no I/O.
+//!
+//! An image already inside the rules goes out byte-for-byte after a header-only probe. Anything
+//! else is decoded under explicit limits (a decompression bomb is refused before it is
+//! allocated), turned upright by its EXIF orientation, resized into range and re-encoded. The
+//! decode path is CPU work: async callers run [`fit`] on a blocking thread.
+
+use std::io::Cursor;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use fast_image_resize as fr;
+use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
+
+/// The API's input rules and our decoding bounds.
+#[derive(Debug, Clone)]
+pub struct FitLimits {
+    pub min_side: u32,
+    pub max_side: u32,
+    /// Largest file sent unchanged (its base64 must stay under `max_data_uri`).
+    pub passthrough_max_bytes: usize,
+    /// Largest data URI the API takes.
+    pub max_data_uri: usize,
+    /// Largest input file we look at, at all.
+    pub max_input_bytes: usize,
+    /// Largest picture we agree to decode, in pixels and per side.
+    pub max_decode_pixels: u64,
+    pub max_decode_side: u32,
+    /// Decoder allocation bound.
+    pub max_decode_alloc: u64,
+}
+
+impl Default for FitLimits {
+    fn default() -> Self {
+        Self {
+            min_side: 384,
+            max_side: 3072,
+            passthrough_max_bytes: 7 * 1024 * 1024,
+            max_data_uri: 10 * 1024 * 1024,
+            max_input_bytes: 50 * 1024 * 1024,
+            max_decode_pixels: 50_000_000,
+            max_decode_side: 20_000,
+            max_decode_alloc: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// Image formats the API takes, recognised from their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+    Gif,
+    Bmp,
+    Tiff,
+    WebP,
+}
+
+impl Format {
+    pub fn mime(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Gif => "image/gif",
+            Format::Bmp => "image/bmp",
+            Format::Tiff => "image/tiff",
+            Format::WebP => "image/webp",
+        }
+    }
+
+    fn codec(self) -> image::ImageFormat {
+        match self {
+            Format::Jpeg => image::ImageFormat::Jpeg,
+            Format::Png => image::ImageFormat::Png,
+            Format::Gif => image::ImageFormat::Gif,
+            Format::Bmp => image::ImageFormat::Bmp,
+            Format::Tiff => image::ImageFormat::Tiff,
+            Format::WebP => image::ImageFormat::WebP,
+        }
+    }
+}
+
+/// Why an input image cannot be used. Every variant is the user's to fix; none costs quota.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRejection {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is not an image we can read (JPEG, PNG, WEBP, GIF, BMP, TIFF)")]
+    NotAnImage,
+    #[error("{0} images are not supported; send JPEG or PNG")]
+    Unsupported(&'static str),
+    #[error("the file is larger than {limit_mb} MB")]
+    FileTooBig { limit_mb: usize },
+    #[error("the image is {width}×{height} pixels, more than we can process")]
+    TooManyPixels { width: u32, height: u32 },
+    #[error("the image is damaged or truncated")]
+    Corrupt,
+    #[error("a {width}×{height} image is too narrow to fit 384–3072 px per side")]
+    BadAspect { width: u32, height: u32 },
+}
+
+/// Format and size read from the header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// An image ready for the API.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    pub bytes: Bytes,
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+    /// True when `bytes` are the input, unchanged.
+    pub passthrough: bool,
+}
+
+impl Fitted {
+    /// `data:<mime>;base64,<bytes>` for the request body.
+    pub fn data_uri(&self) -> String {
+        data_uri(self.format, &self.bytes)
+    }
+}
+
+/// Length of the data URI for `len` bytes of `format`.
+pub fn data_uri_len(format: Format, len: usize) -> usize {
+    "data:;base64,".len() + format.mime().len() + len.div_ceil(3) * 4
+}
+
+fn data_uri(format: Format, bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(data_uri_len(format, bytes.len()));
+    out.push_str("data:");
+    out.push_str(format.mime());
+    out.push_str(";base64,");
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
+    out
+}
+
+/// Recognises the format from magic bytes; never from a name or MIME type.
+pub fn sniff(bytes: &[u8]) -> Result<Format, ImageRejection> {
+    let starts = |magic: &[u8]| bytes.starts_with(magic);
+    if bytes.is_empty() {
+        return Err(ImageRejection::Empty);
+    }
+    if starts(&[0xFF, 0xD8, 0xFF]) {
+        return Ok(Format::Jpeg);
+    }
+    if starts(b"\x89PNG\r\n\x1a\n") {
+        return Ok(Format::Png);
+    }
+    if starts(b"GIF87a") || starts(b"GIF89a") {
+        return Ok(Format::Gif);
+    }
+    if starts(b"BM") && bytes.len() > 14 {
+        return Ok(Format::Bmp);
+    }
+    if starts(b"II*\0") || starts(b"MM\0*") {
+        return Ok(Format::Tiff);
+    }
+    if starts(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
+        return Ok(Format::WebP);
+    }
+    match bytes.get(4..12) {
+        Some(b"ftypheic" | b"ftypheix" | b"ftypmif1" | b"ftyphevc") => {
+            Err(ImageRejection::Unsupported("HEIC"))
+        }
+        Some(b"ftypavif") => Err(ImageRejection::Unsupported("AVIF")),
+        _ => Err(ImageRejection::NotAnImage),
+    }
+}
+
+/// Sniffs the format and reads the dimensions from the header, without decoding pixels.
+pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
+    let format = sniff(bytes)?;
+    let reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
+    let (width, height) = reader.into_dimensions().map_err(|_| ImageRejection::Corrupt)?;
+    if width == 0 || height == 0 {
+        return Err(ImageRejection::Corrupt);
+    }
+    Ok(Probe { format, width, height })
+}
+
+/// Fits one input image to the API's rules. CPU-bound when the image must be re-encoded.
+pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
+    if bytes.len() > limits.max_input_bytes {
+        return Err(ImageRejection::FileTooBig { limit_mb: limits.max_input_bytes >> 20 });
+    }
+    let p = probe(&bytes)?;
+    let in_range = |s: u32| (limits.min_side..=limits.max_side).contains(&s);
+    let sendable = in_range(p.width)
+        && in_range(p.height)
+        && bytes.len() <= limits.passthrough_max_bytes
+        && data_uri_len(p.format, bytes.len()) <= limits.max_data_uri
+        && p.format != Format::Gif; // animated GIFs: we pick the first frame ourselves
+    if sendable {
+        return Ok(Fitted {
+            bytes,
+            format: p.format,
+            width: p.width,
+            height: p.height,
+            passthrough: true,
+        });
+    }
+    let (w, h) = (u64::from(p.width), u64::from(p.height));
+    if p.width > limits.max_decode_side
+        || p.height > limits.max_decode_side
+        || w * h > limits.max_decode_pixels
+    {
+        return Err(ImageRejection::TooManyPixels { width: p.width, height: p.height });
+    }
+    let oriented = decode_upright(&bytes, p.format, limits)?;
+    let (tw, th) = target_size(oriented.width(), oriented.height(), limits)?;
+    let image = normalize(oriented);
+    encode_within(image, tw, th, limits)
+}
+
+fn decode_upright(
+    bytes: &[u8],
+    format: Format,
+    limits: &FitLimits,
+) -> Result<DynamicImage, ImageRejection> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(limits.max_decode_side);
+    decode_limits.max_image_height = Some(limits.max_decode_side);
+    decode_limits.max_alloc = Some(limits.max_decode_alloc);
+    reader.limits(decode_limits);
+    let mut decoder = reader.into_decoder().map_err(map_decode_error)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(map_decode_error)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+fn map_decode_error(e: image::ImageError) -> ImageRejection {
+    match e {
+        image::ImageError::Limits(_) => ImageRejection::TooManyPixels { width: 0, height: 0 },
+        image::ImageError::Unsupported(_) => ImageRejection::Unsupported("this kind of"),
+        _ => ImageRejection::Corrupt,
+    }
+}
+
+/// The size inside [min_side, max_side] per side with the same aspect ratio, or why none exists.
+pub fn target_size(w: u32, h: u32, limits: &FitLimits) -> Result<(u32, u32), ImageRejection> {
+    let (min, max) = (f64::from(limits.min_side), f64::from(limits.max_side));
+    let (fw, fh) = (f64::from(w), f64::from(h));
+    let mut scale = 1.0_f64;
+    if fw.max(fh) > max {
+        scale = max / fw.max(fh);
+    }
+    if fw.min(fh) * scale < min {
+        scale = min / fw.min(fh);
+    }
+    let side = |v: f64| (v * scale).round() as u32;
+    let (tw, th) = (side(fw), side(fh));
+    let ok = |s: u32| (limits.min_side..=limits.max_side).contains(&s);
+    if !(ok(tw) && ok(th)) {
+        return Err(ImageRejection::BadAspect { width: w, height: h });
+    }
+    Ok((tw, th))
+}
+
+/// 8-bit RGB, or RGBA when some pixel is not fully opaque.
+fn normalize(img: DynamicImage) -> DynamicImage {
+    if img.color().has_alpha() {
+        let rgba = img.into_rgba8();
+        if rgba.pixels().any(|p| p.0[3] != u8::MAX) {
+            return DynamicImage::ImageRgba8(rgba);
+        }
+        return DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(rgba).into_rgb8());
+    }
+    match img {
+        DynamicImage::ImageRgb8(_) => img,
+        other => DynamicImage::ImageRgb8(other.into_rgb8()),
+    }
+}
+
+/// Resizes to (w, h) and encodes (JPEG when opaque, PNG with alpha), shrinking further until
+/// the data URI fits.
+fn encode_within(
+    img: DynamicImage,
+    mut w: u32,
+    mut h: u32,
+    limits: &FitLimits,
+) -> Result<Fitted, ImageRejection> {
+    let alpha = img.color().has_alpha();
+    let qualities: &[u8] = if alpha { &[0] } else { &[90, 80, 70] };
+    for _ in 0..6 {
+        let resized = resize(&img, w, h)?;
+        for &q in qualities {
+            let (format, bytes) = encode(&resized, w, h, alpha, q)?;
+            if data_uri_len(format, bytes.len()) <= limits.max_data_uri {
+                return Ok(Fitted {
+                    bytes: Bytes::from(bytes),
+                    format,
+                    width: w,
+                    height: h,
+                    passthrough: false,
+                });
+            }
+        }
+        let shrink = |s: u32| ((f64::from(s) * 0.8).round() as u32).max(limits.min_side);
+        if w.min(h) <= limits.min_side {
+            break;
+        }
+        (w, h) = (shrink(w), shrink(h));
+    }
+    Err(ImageRejection::FileTooBig { limit_mb: limits.max_data_uri >> 20 })
+}
+
+fn resize(img: &DynamicImage, w: u32, h: u32) -> Result<DynamicImage, ImageRejection> {
+    if img.width() == w && img.height() == h {
+        return Ok(img.clone());
+    }
+    let pixel = if img.color().has_alpha() { fr::PixelType::U8x4 } else { fr::PixelType::U8x3 };
+    let mut dst = fr::images::Image::new(w, h, pixel);
+    let options = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
+    fr::Resizer::new()
+        .resize(img, &mut dst, &options)
+        .map_err(|_| ImageRejection::Corrupt)?;
+    let buf = dst.into_vec();
+    let out = if img.color().has_alpha() {
+        image::RgbaImage::from_raw(w, h, buf).map(DynamicImage::ImageRgba8)
+    } else {
+        image::RgbImage::from_raw(w, h, buf).map(DynamicImage::ImageRgb8)
+    };
+    out.ok_or(ImageRejection::Corrupt)
+}
+
+fn encode(
+    img: &DynamicImage,
+    w: u32,
+    h: u32,
+    alpha: bool,
+    quality: u8,
+) -> Result<(Format, Vec<u8>), ImageRejection> {
+    let mut out = Vec::with_capacity((w as usize * h as usize) / 2);
+    let result = if alpha {
+        image::codecs::png::PngEncoder::new_with_quality(
+            &mut out,
+            image::codecs::png::CompressionType::Fast,
+            image::codecs::png::FilterType::Adaptive,
+        )
+        .write_image(img.as_bytes(), w, h, image::ExtendedColorType::Rgba8)
+    } else {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(
+            img.as_bytes(),
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        )
+    };
+    result.map_err(|_| ImageRejection::Corrupt)?;
+    Ok((if alpha { Format::Png } else { Format::Jpeg }, out))
+}

@@ -1,0 +1,294 @@
+//! Jobs: accept (validate, hold a queue place, reserve quota), run (fetch inputs, fit, call the
+//! backend, download results) and hand the outcome back as a value.
+//!
+//! A front-end registers, per platform, an [`InputSource`] (how to fetch the bytes behind an
+//! input locator, e.g. a Telegram file id) and a channel that receives each [`Outcome`]. The
+//! front-end then delivers and reports back with [`Engine::delivered`] (commit) or
+//! [`Engine::undeliverable`] (refund). The engine never talks to a platform itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use super::command::EditCommand;
+use super::edit::{BoxFuture, EditBackend, EditRequest};
+use super::error::{Failure, FailureReason, Rejection};
+use super::image::{FitLimits, Fitted, fit};
+use super::queue::FairQueue;
+use super::quota::{Granted, Platform, Quotas, Reservation, UserRef};
+
+/// Most input images per edit (API.md §1.4).
+pub const MAX_INPUTS: usize = 3;
+
+/// Fetches the bytes behind an input locator. Implemented by each front-end.
+pub trait InputSource: Send + Sync + 'static {
+    fn fetch<'a>(&'a self, locator: &'a str) -> BoxFuture<'a, Result<Bytes, String>>;
+}
+
+/// A job as it waits in the queue: where to get the inputs and whom to answer, no bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub id: String,
+    pub user: UserRef,
+    pub chat: String,
+    /// The guild or group for the per-chat limit; `None` in private chats.
+    pub group: Option<String>,
+    /// Platform locators of 1–3 input images, in order.
+    pub inputs: Vec<String>,
+    pub command: EditCommand,
+    /// Whatever the front-end needs to answer (message ids, language…).
+    pub route: serde_json::Value,
+}
+
+/// A job that was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Jobs that will be served before this one.
+    pub position: usize,
+    pub granted: Granted,
+}
+
+/// The edited images, ready to post.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub images: Vec<Bytes>,
+    pub request_id: Option<String>,
+}
+
+/// How a job ended, for the front-end to post.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub job: JobSpec,
+    pub granted: Granted,
+    pub result: Result<Delivery, Failure>,
+}
+
+/// Engine settings (from `[quota]` and `[backend]`).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub max_queue: usize,
+    pub max_in_flight_per_user: u32,
+    pub workers: usize,
+    pub fit: FitLimits,
+    pub store_prompts: bool,
+    pub default_negative: String,
+    pub fetch_timeout: Duration,
+}
+
+struct Queued {
+    spec: JobSpec,
+    granted: Granted,
+}
+
+/// The job engine shared by all front-ends.
+pub struct Engine {
+    quotas: Arc<Quotas>,
+    backend: Arc<dyn EditBackend>,
+    queue: Arc<FairQueue<Queued>>,
+    sources: HashMap<Platform, Arc<dyn InputSource>>,
+    sinks: HashMap<Platform, mpsc::Sender<Outcome>>,
+    cfg: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(quotas: Arc<Quotas>, backend: Arc<dyn EditBackend>, cfg: EngineConfig) -> Self {
+        Self {
+            queue: FairQueue::new(cfg.max_queue, cfg.max_in_flight_per_user),
+            quotas,
+            backend,
+            sources: HashMap::new(),
+            sinks: HashMap::new(),
+            cfg,
+        }
+    }
+
+    /// Connects a front-end: its input source and the channel its outcomes go to.
+    pub fn register(
+        &mut self,
+        platform: Platform,
+        source: Arc<dyn InputSource>,
+        outcomes: mpsc::Sender<Outcome>,
+    ) {
+        self.sources.insert(platform, source);
+        self.sinks.insert(platform, outcomes);
+    }
+
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Validates, holds a queue place, reserves quota (persisted) and queues the job.
+    /// Returns quickly: nothing here waits for the model.
+    pub async fn submit(&self, spec: JobSpec) -> Result<Accepted, Rejection> {
+        validate(&spec, self.backend.caps().max_n)?;
+        let hold = self.queue.hold(&spec.user)?;
+        let reservation = Reservation {
+            job_id: spec.id.clone(),
+            user: spec.user.clone(),
+            chat: spec.chat.clone(),
+            group: spec.group.clone(),
+            model: self.backend.model().to_owned(),
+            cost: u32::from(spec.command.count()),
+            prompt: self.cfg.store_prompts.then(|| spec.command.prompt.clone()),
+        };
+        let granted = match self.quotas.reserve(reservation).await {
+            Ok(Ok(granted)) => granted,
+            Ok(Err(no)) => {
+                self.queue.release(hold);
+                return Err(Rejection::Quota(no));
+            }
+            Err(e) => {
+                self.queue.release(hold);
+                tracing::error!(error = %e, "quota reserve failed");
+                return Err(Rejection::Internal);
+            }
+        };
+        let position = self.queue.push(hold, Queued { spec, granted });
+        Ok(Accepted { position, granted })
+    }
+
+    /// Starts `cfg.workers` workers; they end when the queue is closed and drained.
+    pub fn spawn_workers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.cfg.workers.max(1))
+            .map(|_| {
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    while let Some(job) = me.queue.pop().await {
+                        me.run(job).await;
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Stops accepting jobs; workers finish what is queued, then stop.
+    pub fn close(&self) {
+        self.queue.close();
+    }
+
+    /// The front-end posted the result: commit the reserve.
+    pub async fn delivered(&self, job: &JobSpec, request_id: Option<String>) {
+        if let Err(e) = self.quotas.commit(&job.id, request_id).await {
+            tracing::error!(job_id = %job.id, error = %e, "cannot commit a delivered job");
+        }
+    }
+
+    /// The front-end could not post the result: refund the reserve.
+    pub async fn undeliverable(&self, job: &JobSpec, why: &str) {
+        if let Err(e) = self.quotas.refund(&job.id, why).await {
+            tracing::error!(job_id = %job.id, error = %e, "cannot refund an undelivered job");
+        }
+    }
+
+    async fn run(&self, q: Queued) {
+        let span = tracing::info_span!("job", job_id = %q.spec.id, user = %q.spec.user,
+            chat = %q.spec.chat);
+        async {
+            let started = Instant::now();
+            if let Err(e) = self.quotas.mark_running(&q.spec.id).await {
+                tracing::error!(error = %e, "cannot mark the job running");
+            }
+            let result = self.produce(&q.spec).await;
+            let result = match result {
+                Ok(delivery) => Ok(delivery),
+                Err(reason) => {
+                    tracing::warn!(code = %reason.code(), error = %reason, "job failed");
+                    let refunded = self.quotas.refund(&q.spec.id, &reason.code()).await.is_ok();
+                    Err(Failure { reason, refunded })
+                }
+            };
+            tracing::info!(ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64,
+                "job finished");
+            self.queue.done(&q.spec.user);
+            let platform = q.spec.user.platform;
+            let outcome = Outcome { job: q.spec, granted: q.granted, result };
+            match self.sinks.get(&platform) {
+                Some(sink) => {
+                    if sink.send(outcome).await.is_err() {
+                        tracing::error!("the front-end is gone; outcome dropped");
+                    }
+                }
+                None => tracing::error!(platform = platform.as_str(), "no front-end for this platform"),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn produce(&self, spec: &JobSpec) -> Result<Delivery, FailureReason> {
+        let source = self
+            .sources
+            .get(&spec.user.platform)
+            .ok_or(FailureReason::Internal)?;
+        let mut inputs = Vec::with_capacity(spec.inputs.len());
+        for locator in &spec.inputs {
+            let bytes = tokio::time::timeout(self.cfg.fetch_timeout, source.fetch(locator))
+                .await
+                .map_err(|_| FailureReason::Fetch("timed out".into()))?
+                .map_err(FailureReason::Fetch)?;
+            inputs.push(bytes);
+        }
+        let negative = spec.command.negative.clone().or_else(|| {
+            Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
+        });
+        execute(self.backend.as_ref(), &self.cfg.fit, inputs, &spec.command, negative).await
+    }
+}
+
+fn validate(spec: &JobSpec, max_n: u8) -> Result<(), Rejection> {
+    match spec.inputs.len() {
+        0 => return Err(Rejection::NoImage),
+        n if n > MAX_INPUTS => return Err(Rejection::TooManyImages(n)),
+        _ => {}
+    }
+    if spec.command.count() > max_n {
+        return Err(Rejection::CountNotSupported { max: max_n });
+    }
+    Ok(())
+}
+
+/// Fits the inputs, runs the edit and downloads every result. Shared by workers and the CLI.
+pub async fn execute(
+    backend: &dyn EditBackend,
+    limits: &FitLimits,
+    inputs: Vec<Bytes>,
+    command: &EditCommand,
+    negative: Option<String>,
+) -> Result<Delivery, FailureReason> {
+    let mut images = Vec::with_capacity(inputs.len());
+    for bytes in inputs {
+        images.push(fit_off_thread(bytes, limits.clone()).await?);
+    }
+    let req = EditRequest {
+        images,
+        prompt: command.prompt.clone(),
+        negative,
+        seed: command.seed,
+        n: command.count(),
+    };
+    let resp = backend.edit(&req).await?;
+    drop(req);
+    let mut results = Vec::with_capacity(resp.urls.len());
+    for url in &resp.urls {
+        results.push(backend.download(url).await?);
+    }
+    Ok(Delivery { images: results, request_id: resp.request_id })
+}
+
+/// Runs [`fit`] on the blocking pool, so a large decode never stalls other chats.
+pub async fn fit_off_thread(bytes: Bytes, limits: FitLimits) -> Result<Fitted, FailureReason> {
+    tokio::task::spawn_blocking(move || fit(bytes, &limits))
+        .await
+        .map_err(|_| FailureReason::Internal)?
+        .map_err(FailureReason::Image)
+}

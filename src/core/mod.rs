@@ -1,0 +1,11 @@
+//! The platform-free core: parsing, image fitting, quotas, jobs. It imports no chat-platform
+//! or HTTP-client types (`.ci/run` checks this); front-ends and the backend plug in via traits.
+
+pub mod clock;
+pub mod command;
+pub mod edit;
+pub mod error;
+pub mod image;
+pub mod jobs;
+pub mod queue;
+pub mod quota;

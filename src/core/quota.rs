@@ -1,0 +1,410 @@
+//! Quotas (SPEC §5): reserve on accept, commit on delivery, refund on failure.
+//!
+//! The [`Ledger`] trait is the durable store (SQLite today, Redis later); it makes each reserve
+//! atomic and persists it before returning. [`Quotas`] is what callers use: it adds the clock,
+//! the configured limits and a hot cache of per-user settings (blocks, overrides) in a `DashMap`
+//! so that a blocked user is turned away without touching the disk.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Timelike, Utc};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use super::clock::Clock;
+
+/// Calendar windows in UTC. Weeks start on Monday.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    Hour,
+    #[default]
+    Day,
+    Week,
+    Month,
+}
+
+impl Window {
+    /// Start of the window containing `now`.
+    pub fn start(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let midnight = now.date_naive().and_time(NaiveTime::MIN).and_utc();
+        match self {
+            Window::Hour => midnight + Duration::hours(i64::from(now.hour())),
+            Window::Day => midnight,
+            Window::Week => {
+                midnight - Duration::days(i64::from(now.weekday().num_days_from_monday()))
+            }
+            Window::Month => Utc
+                .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+                .single()
+                .unwrap_or(midnight),
+        }
+    }
+
+    /// Start of the next window: when the quota resets.
+    pub fn end(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let start = self.start(now);
+        match self {
+            Window::Hour => start + Duration::hours(1),
+            Window::Day => start + Duration::days(1),
+            Window::Week => start + Duration::weeks(1),
+            Window::Month => {
+                let (y, m) = if start.month() == 12 {
+                    (start.year() + 1, 1)
+                } else {
+                    (start.year(), start.month() + 1)
+                };
+                Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().unwrap_or(start)
+            }
+        }
+    }
+}
+
+/// Which chat network a user or chat belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Telegram,
+    Discord,
+    Cli,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Telegram => "telegram",
+            Platform::Discord => "discord",
+            Platform::Cli => "cli",
+        }
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "telegram" | "tg" => Ok(Platform::Telegram),
+            "discord" => Ok(Platform::Discord),
+            "cli" => Ok(Platform::Cli),
+            other => Err(format!("unknown platform {other:?} (telegram, discord, cli)")),
+        }
+    }
+}
+
+/// A user on a platform, written `telegram:12345`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UserRef {
+    pub platform: Platform,
+    pub id: String,
+}
+
+impl UserRef {
+    pub fn new(platform: Platform, id: impl Into<String>) -> Self {
+        Self { platform, id: id.into() }
+    }
+}
+
+impl fmt::Display for UserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.platform.as_str(), self.id)
+    }
+}
+
+impl FromStr for UserRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (p, id) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: write a user as platform:id, e.g. telegram:12345"))?;
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("{s:?}: the user id must be a number"));
+        }
+        Ok(UserRef::new(p.parse()?, id))
+    }
+}
+
+/// Configured limits (SPEC §3 `[quota]`); 0 on `per_chat`/`global_per_day` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub per_user: u32,
+    pub window: Window,
+    pub per_chat: u32,
+    pub global_per_day: u32,
+}
+
+/// A job asking for quota. Written to the ledger as a job record.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub job_id: String,
+    pub user: UserRef,
+    pub chat: String,
+    /// The guild or group the per-chat limit counts against; `None` in private chats.
+    pub group: Option<String>,
+    pub model: String,
+    pub cost: u32,
+    /// Stored only when `quota.store_prompts` is on.
+    pub prompt: Option<String>,
+}
+
+/// A reserve that went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// Images left in the window after this job.
+    pub remaining: u32,
+    pub limit: u32,
+    pub resets_at: DateTime<Utc>,
+}
+
+/// Why a reserve was refused. Shown to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaRejection {
+    #[error("you are blocked from using this bot")]
+    Blocked,
+    #[error("editing is disabled here")]
+    Disabled,
+    #[error("you have used {used} of {limit} edits; more from {resets_at}")]
+    User { used: u32, limit: u32, resets_at: DateTime<Utc> },
+    #[error("this chat has used its {limit} edits; more from {resets_at}")]
+    Chat { limit: u32, resets_at: DateTime<Utc> },
+    #[error("the bot has reached its daily limit; more from {resets_at}")]
+    Global { resets_at: DateTime<Utc> },
+}
+
+/// Per-user settings kept by admins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserSettings {
+    pub limit_override: Option<u32>,
+    pub blocked: bool,
+    /// Usage before this moment does not count (an admin's "reset").
+    pub reset_at: Option<DateTime<Utc>>,
+}
+
+/// What `/quota` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserQuota {
+    pub used: u32,
+    pub limit: u32,
+    pub blocked: bool,
+    pub overridden: bool,
+    pub resets_at: DateTime<Utc>,
+}
+
+impl UserQuota {
+    pub fn remaining(&self) -> u32 {
+        self.limit.saturating_sub(self.used)
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Accepted, quota reserved, waiting for a worker.
+    Queued,
+    Running,
+    /// The result reached the chat; the reserve is committed.
+    Delivered,
+    /// Nothing was delivered; the reserve is refunded.
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Delivered => "delivered",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "delivered" => JobStatus::Delivered,
+            "failed" => JobStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// The ledger's record of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub user: UserRef,
+    pub chat: String,
+    pub model: String,
+    pub cost: u32,
+    pub status: JobStatus,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub request_id: Option<String>,
+    pub error: Option<String>,
+    pub prompt: Option<String>,
+}
+
+/// Grouping of the usage report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportBy {
+    User,
+    Chat,
+    Day,
+}
+
+/// One line of the usage report: delivered jobs and images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRow {
+    pub key: String,
+    pub jobs: u64,
+    pub images: u64,
+    pub failed: u64,
+}
+
+/// The store failed (disk, database). Internal: logged, never shown verbatim.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// Durable quota and job state. Every write is persisted before the call returns.
+pub trait Ledger: Send + Sync + 'static {
+    /// Atomically checks every limit for `r` and, if all allow it, records the job as queued.
+    fn reserve(
+        &self,
+        r: &Reservation,
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Result<Granted, QuotaRejection>, StoreError>;
+    fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Delivered commits the reserve, Failed refunds it. A finished job stays finished.
+    fn finish(
+        &self,
+        job_id: &str,
+        status: JobStatus,
+        request_id: Option<&str>,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    fn settings(&self, user: &UserRef) -> Result<UserSettings, StoreError>;
+    fn set_limit(&self, user: &UserRef, limit: Option<u32>) -> Result<(), StoreError>;
+    fn set_blocked(&self, user: &UserRef, blocked: bool) -> Result<(), StoreError>;
+    fn reset_usage(&self, user: &UserRef, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Images reserved or committed by `user` since `since` (and since its last reset).
+    fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
+    fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
+    fn report(&self, since: DateTime<Utc>, by: ReportBy) -> Result<Vec<ReportRow>, StoreError>;
+}
+
+/// Quota operations with the clock, the limits and a hot settings cache.
+pub struct Quotas {
+    ledger: Arc<dyn Ledger>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    settings: DashMap<UserRef, UserSettings>,
+}
+
+impl Quotas {
+    pub fn new(ledger: Arc<dyn Ledger>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
+        Self { ledger, clock, limits, settings: DashMap::new() }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Reserves `r.cost` images for `r.user`, persisting the job before returning.
+    pub async fn reserve(
+        &self,
+        r: Reservation,
+    ) -> Result<Result<Granted, QuotaRejection>, StoreError> {
+        if self.settings.get(&r.user).is_some_and(|s| s.blocked) {
+            return Ok(Err(QuotaRejection::Blocked));
+        }
+        let (limits, now) = (self.limits, self.clock.now());
+        blocking(&self.ledger, move |l| l.reserve(&r, &limits, now)).await
+    }
+
+    pub async fn mark_running(&self, job_id: &str) -> Result<(), StoreError> {
+        let (id, now) = (job_id.to_owned(), self.clock.now());
+        blocking(&self.ledger, move |l| l.mark_running(&id, now)).await
+    }
+
+    /// Commits the job's reserve: the result reached the user.
+    pub async fn commit(&self, job_id: &str, request_id: Option<String>) -> Result<(), StoreError> {
+        let (id, now) = (job_id.to_owned(), self.clock.now());
+        blocking(&self.ledger, move |l| {
+            l.finish(&id, JobStatus::Delivered, request_id.as_deref(), None, now)
+        })
+        .await
+    }
+
+    /// Gives the job's reserve back: nothing was delivered.
+    pub async fn refund(&self, job_id: &str, error: &str) -> Result<(), StoreError> {
+        let (id, now, error) = (job_id.to_owned(), self.clock.now(), error.to_owned());
+        blocking(&self.ledger, move |l| l.finish(&id, JobStatus::Failed, None, Some(&error), now))
+            .await
+    }
+
+    /// The user's standing in the current window.
+    pub async fn show(&self, user: &UserRef) -> Result<UserQuota, StoreError> {
+        let (u, now, limits) = (user.clone(), self.clock.now(), self.limits);
+        let (settings, used) = blocking(&self.ledger, move |l| {
+            let s = l.settings(&u)?;
+            Ok((s, l.used(&u, limits.window.start(now))?))
+        })
+        .await?;
+        self.settings.insert(user.clone(), settings);
+        Ok(UserQuota {
+            used,
+            limit: settings.limit_override.unwrap_or(limits.per_user),
+            blocked: settings.blocked,
+            overridden: settings.limit_override.is_some(),
+            resets_at: limits.window.end(now),
+        })
+    }
+
+    /// Sets (or with `None` clears) the user's own limit per window.
+    pub async fn set_limit(&self, user: &UserRef, limit: Option<u32>) -> Result<(), StoreError> {
+        let u = user.clone();
+        blocking(&self.ledger, move |l| l.set_limit(&u, limit)).await?;
+        self.settings.remove(user);
+        Ok(())
+    }
+
+    pub async fn set_blocked(&self, user: &UserRef, blocked: bool) -> Result<(), StoreError> {
+        let u = user.clone();
+        blocking(&self.ledger, move |l| l.set_blocked(&u, blocked)).await?;
+        self.settings.remove(user);
+        Ok(())
+    }
+
+    /// Forgets the user's usage so far in this window.
+    pub async fn reset(&self, user: &UserRef) -> Result<(), StoreError> {
+        let (u, now) = (user.clone(), self.clock.now());
+        blocking(&self.ledger, move |l| l.reset_usage(&u, now)).await?;
+        self.settings.remove(user);
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    ledger: &Arc<dyn Ledger>,
+    f: impl FnOnce(&dyn Ledger) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let ledger = Arc::clone(ledger);
+    tokio::task::spawn_blocking(move || f(ledger.as_ref()))
+        .await
+        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+}

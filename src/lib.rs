@@ -1,0 +1,10 @@
+//! qwen-edit-bot: Qwen-Image-Edit for Discord and Telegram, with quotas.
+
+pub mod app; // wiring: settings → store, backend, engine; the `run` daemon
+pub mod backend; // edit API clients (DashScope)
+pub mod cli; // the admin subcommands: edit, quota, usage
+pub mod config; // config.toml + env secrets
+pub mod core; // platform-free logic: parsing, images, quotas, jobs
+pub mod logging; // tracing setup (RUST_LOG, LOG_FORMAT=json)
+pub mod messages; // every user-facing sentence, in English and Chinese
+pub mod store; // durable stores (SQLite)

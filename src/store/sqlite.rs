@@ -1,0 +1,339 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Each write is its own transaction, committed before the call returns, so a `kill -9` after
+//! the user was answered loses nothing. Reserves run in `BEGIN IMMEDIATE` transactions, which
+//! makes check-and-insert atomic even across processes sharing the file.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::core::quota::{
+    Granted, JobRecord, JobStatus, Ledger, Limits, QuotaRejection, ReportBy, ReportRow,
+    Reservation, StoreError, UserRef, UserSettings, Window,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    platform    TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    chat_id     TEXT NOT NULL,
+    group_id    TEXT,
+    model       TEXT NOT NULL,
+    cost        INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    finished_at INTEGER,
+    request_id  TEXT,
+    error       TEXT,
+    prompt      TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs (platform, user_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_group ON jobs (platform, group_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_time ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS users (
+    platform       TEXT NOT NULL,
+    user_id        TEXT NOT NULL,
+    limit_override INTEGER,
+    blocked        INTEGER NOT NULL DEFAULT 0,
+    reset_at       INTEGER,
+    PRIMARY KEY (platform, user_id)
+);
+";
+
+/// Statuses whose cost counts against quotas.
+const CHARGED: &str = "status IN ('queued','running','delivered')";
+
+/// SQLite-backed [`Ledger`].
+pub struct SqliteLedger {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteLedger {
+    /// Opens (creating the file and its folders if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn settings_of(conn: &Connection, user: &UserRef) -> rusqlite::Result<UserSettings> {
+    conn.query_row(
+        "SELECT limit_override, blocked, reset_at FROM users WHERE platform = ?1 AND user_id = ?2",
+        params![user.platform.as_str(), user.id],
+        |r| {
+            Ok(UserSettings {
+                limit_override: r.get::<_, Option<u32>>(0)?,
+                blocked: r.get::<_, bool>(1)?,
+                reset_at: r.get::<_, Option<i64>>(2)?.map(time),
+            })
+        },
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
+}
+
+fn used_by_user(conn: &Connection, user: &UserRef, since: i64) -> rusqlite::Result<u32> {
+    conn.query_row(
+        &format!(
+            "SELECT COALESCE(SUM(cost), 0) FROM jobs
+             WHERE platform = ?1 AND user_id = ?2 AND created_at >= ?3 AND {CHARGED}"
+        ),
+        params![user.platform.as_str(), user.id, since],
+        |r| r.get(0),
+    )
+}
+
+fn used_by_group(conn: &Connection, user: &UserRef, group: &str, since: i64) -> rusqlite::Result<u32> {
+    conn.query_row(
+        &format!(
+            "SELECT COALESCE(SUM(cost), 0) FROM jobs
+             WHERE platform = ?1 AND group_id = ?2 AND created_at >= ?3 AND {CHARGED}"
+        ),
+        params![user.platform.as_str(), group, since],
+        |r| r.get(0),
+    )
+}
+
+fn used_globally(conn: &Connection, since: i64) -> rusqlite::Result<u32> {
+    conn.query_row(
+        &format!("SELECT COALESCE(SUM(cost), 0) FROM jobs WHERE created_at >= ?1 AND {CHARGED}"),
+        params![since],
+        |r| r.get(0),
+    )
+}
+
+/// Checks every limit; `Ok(Ok(granted))` when the job may be recorded.
+fn check_limits(
+    conn: &Connection,
+    r: &Reservation,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Result<Granted, QuotaRejection>> {
+    let settings = settings_of(conn, &r.user)?;
+    if settings.blocked {
+        return Ok(Err(QuotaRejection::Blocked));
+    }
+    let limit = settings.limit_override.unwrap_or(limits.per_user);
+    if limit == 0 {
+        return Ok(Err(QuotaRejection::Disabled));
+    }
+    let resets_at = limits.window.end(now);
+    let start = limits.window.start(now);
+    let since = settings.reset_at.map_or(start, |reset| reset.max(start));
+    let used = used_by_user(conn, &r.user, ms(since))?;
+    if used + r.cost > limit {
+        return Ok(Err(QuotaRejection::User { used, limit, resets_at }));
+    }
+    if let Some(group) = r.group.as_deref().filter(|_| limits.per_chat > 0) {
+        let chat_used = used_by_group(conn, &r.user, group, ms(start))?;
+        if chat_used + r.cost > limits.per_chat {
+            return Ok(Err(QuotaRejection::Chat { limit: limits.per_chat, resets_at }));
+        }
+    }
+    if limits.global_per_day > 0 {
+        let day = Window::Day.start(now);
+        if used_globally(conn, ms(day))? + r.cost > limits.global_per_day {
+            let resets_at = day + Duration::days(1);
+            return Ok(Err(QuotaRejection::Global { resets_at }));
+        }
+    }
+    Ok(Ok(Granted { remaining: limit - used - r.cost, limit, resets_at }))
+}
+
+impl Ledger for SqliteLedger {
+    fn reserve(
+        &self,
+        r: &Reservation,
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Result<Granted, QuotaRejection>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let verdict = check_limits(&tx, r, limits, now).map_err(db)?;
+        if verdict.is_ok() {
+            tx.execute(
+                "INSERT INTO jobs (id, platform, user_id, chat_id, group_id, model, cost, status,
+                                   created_at, prompt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9)",
+                params![
+                    r.job_id,
+                    r.user.platform.as_str(),
+                    r.user.id,
+                    r.chat,
+                    r.group,
+                    r.model,
+                    r.cost,
+                    ms(now),
+                    r.prompt
+                ],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(verdict)
+    }
+
+    fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'",
+                params![job_id, ms(now)],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        job_id: &str,
+        status: JobStatus,
+        request_id: Option<&str>,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET status = ?2, finished_at = ?3,
+                    request_id = COALESCE(?4, request_id), error = ?5
+                 WHERE id = ?1 AND status IN ('queued','running')",
+                params![job_id, status.as_str(), ms(now), request_id, error],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn settings(&self, user: &UserRef) -> Result<UserSettings, StoreError> {
+        settings_of(&self.conn(), user).map_err(db)
+    }
+
+    fn set_limit(&self, user: &UserRef, limit: Option<u32>) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO users (platform, user_id, limit_override) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (platform, user_id) DO UPDATE SET limit_override = excluded.limit_override",
+                params![user.platform.as_str(), user.id, limit],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn set_blocked(&self, user: &UserRef, blocked: bool) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO users (platform, user_id, blocked) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (platform, user_id) DO UPDATE SET blocked = excluded.blocked",
+                params![user.platform.as_str(), user.id, blocked],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn reset_usage(&self, user: &UserRef, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO users (platform, user_id, reset_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (platform, user_id) DO UPDATE SET reset_at = excluded.reset_at",
+                params![user.platform.as_str(), user.id, ms(now) + 1],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError> {
+        let conn = self.conn();
+        let settings = settings_of(&conn, user).map_err(db)?;
+        let since = settings.reset_at.map_or(since, |reset| reset.max(since));
+        used_by_user(&conn, user, ms(since)).map_err(db)
+    }
+
+    fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, platform, user_id, chat_id, model, cost, status, created_at,
+                        started_at, finished_at, request_id, error, prompt
+                 FROM jobs WHERE id = ?1",
+                params![job_id],
+                |r| {
+                    let platform: String = r.get(1)?;
+                    let status: String = r.get(6)?;
+                    Ok(JobRecord {
+                        id: r.get(0)?,
+                        user: UserRef::new(
+                            platform.parse().unwrap_or(crate::core::quota::Platform::Cli),
+                            r.get::<_, String>(2)?,
+                        ),
+                        chat: r.get(3)?,
+                        model: r.get(4)?,
+                        cost: r.get(5)?,
+                        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+                        created_at: time(r.get(7)?),
+                        started_at: r.get::<_, Option<i64>>(8)?.map(time),
+                        finished_at: r.get::<_, Option<i64>>(9)?.map(time),
+                        request_id: r.get(10)?,
+                        error: r.get(11)?,
+                        prompt: r.get(12)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn report(&self, since: DateTime<Utc>, by: ReportBy) -> Result<Vec<ReportRow>, StoreError> {
+        let key = match by {
+            ReportBy::User => "platform || ':' || user_id",
+            ReportBy::Chat => "platform || ':' || chat_id",
+            ReportBy::Day => "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')",
+        };
+        let sql = format!(
+            "SELECT {key} AS k,
+                    SUM(status = 'delivered'),
+                    COALESCE(SUM(CASE WHEN status = 'delivered' THEN cost END), 0),
+                    SUM(status = 'failed')
+             FROM jobs WHERE created_at >= ?1 GROUP BY k ORDER BY k"
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql).map_err(db)?;
+        let rows = stmt
+            .query_map(params![ms(since)], |r| {
+                Ok(ReportRow {
+                    key: r.get(0)?,
+                    jobs: r.get(1)?,
+                    images: r.get(2)?,
+                    failed: r.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+}
