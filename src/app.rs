@@ -28,7 +28,10 @@ pub fn quotas(settings: &Settings) -> anyhow::Result<Arc<Quotas>> {
     quotas_with_clock(settings, Arc::new(SystemClock))
 }
 
-pub fn quotas_with_clock(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Quotas>> {
+pub fn quotas_with_clock(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<Quotas>> {
     let ledger = crate::store::open(&settings.config.quota.database)
         .with_context(|| format!("cannot open the store {}", settings.config.quota.database))?;
     Ok(Arc::new(Quotas::new(ledger, clock, limits(settings))))
@@ -65,7 +68,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let c = &settings.config;
     if !c.telegram.enabled && !c.discord.enabled {
-        bail!("no platform is enabled: set telegram.enabled or discord.enabled in {}", settings.path.display());
+        bail!(
+            "no platform is enabled: set telegram.enabled or discord.enabled in {}",
+            settings.path.display()
+        );
     }
     // The engine is ready; the chat front-ends are the part still to come.
     let quotas = quotas(&settings)?;
@@ -86,5 +92,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn more(n: usize) -> String {
-    if n > 1 { format!(" (and {} more problems; see check-config)", n - 1) } else { String::new() }
+    if n > 1 {
+        format!(" (and {} more problems; see check-config)", n - 1)
+    } else {
+        String::new()
+    }
 }

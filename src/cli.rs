@@ -2,6 +2,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -12,7 +13,9 @@ use crate::core::command::EditCommand;
 use crate::core::edit::EditBackend;
 use crate::core::image::FitLimits;
 use crate::core::jobs::{MAX_INPUTS, execute};
-use crate::core::quota::{ReportBy, UserRef};
+use crate::core::quota::{
+    JobStatus, Ledger, Limits, Platform, ReportBy, Reservation, UserRef, Window,
+};
 use crate::messages::{self, Lang};
 
 /// Arguments of `edit`.
@@ -44,7 +47,10 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     let backend = crate::app::backend(settings)?;
     let max_n = backend.caps().max_n;
     if command.count() > max_n {
-        bail!("{} makes at most {max_n} image(s) per edit", backend.model());
+        bail!(
+            "{} makes at most {max_n} image(s) per edit",
+            backend.model()
+        );
     }
     let limits = FitLimits::default();
     let mut inputs = Vec::with_capacity(args.images.len());
@@ -54,18 +60,37 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     let negative = command.negative.clone().or_else(|| {
         Some(settings.config.backend.default_negative_prompt.clone()).filter(|s| !s.is_empty())
     });
-    let delivery = execute(backend.as_ref(), &limits, inputs, &command, negative)
-        .await
-        .map_err(|reason| {
-            let failure = crate::core::error::Failure { reason: reason.clone(), refunded: true };
-            let text = messages::failure(Lang::En, &failure);
-            let text = text.trim_end_matches(" Your quota was refunded.");
-            anyhow::anyhow!("{text} ({reason})")
-        })?;
+    let ledger = crate::app::quotas(settings)?.ledger().clone();
+    let job_id = record_start(&ledger, backend.model(), u32::from(command.count())).await?;
+    let result = execute(backend.as_ref(), &limits, inputs, &command, negative).await;
+    let (status, error, request_id) = match &result {
+        Ok(d) => (JobStatus::Delivered, None, d.request_id.clone()),
+        Err(reason) => (JobStatus::Failed, Some(reason.code()), None),
+    };
+    tokio::task::spawn_blocking(move || {
+        ledger.finish(
+            &job_id,
+            status,
+            request_id.as_deref(),
+            error.as_deref(),
+            Utc::now(),
+        )
+    })
+    .await??;
+    let delivery = result.map_err(|reason| {
+        let failure = crate::core::error::Failure {
+            reason: reason.clone(),
+            refunded: true,
+        };
+        let text = messages::failure(Lang::En, &failure);
+        let text = text.trim_end_matches(" Your quota was refunded.");
+        anyhow::anyhow!("{text} ({reason})")
+    })?;
     let paths = output_paths(&args.out, delivery.images.len());
     for (path, bytes) in paths.iter().zip(&delivery.images) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -75,8 +100,34 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     Ok(paths)
 }
 
+/// Records a CLI edit in the ledger (it costs money like any other), outside every quota.
+async fn record_start(ledger: &Arc<dyn Ledger>, model: &str, cost: u32) -> anyhow::Result<String> {
+    let job_id = uuid::Uuid::new_v4().simple().to_string();
+    let r = Reservation {
+        job_id: job_id.clone(),
+        user: UserRef::new(Platform::Cli, "local"),
+        chat: "local".into(),
+        group: None,
+        model: model.to_owned(),
+        cost,
+        prompt: None,
+    };
+    let unlimited = Limits {
+        per_user: u32::MAX,
+        window: Window::Day,
+        per_chat: 0,
+        global_per_day: 0,
+    };
+    let ledger = Arc::clone(ledger);
+    tokio::task::spawn_blocking(move || ledger.reserve(&r, &unlimited, Utc::now()))
+        .await??
+        .map_err(|no| anyhow::anyhow!("{no}"))?;
+    Ok(job_id)
+}
+
 fn read_input(path: &Path, max: usize) -> anyhow::Result<Bytes> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > max as u64 {
         bail!("{}: larger than {} MB", path.display(), max >> 20);
     }
@@ -89,9 +140,15 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     if n == 1 {
         return vec![out.to_owned()];
     }
-    let stem = out.file_stem().map_or("edited".into(), |s| s.to_string_lossy().into_owned());
-    let ext = out.extension().map_or("png".into(), |s| s.to_string_lossy().into_owned());
-    (1..=n).map(|i| out.with_file_name(format!("{stem}-{i}.{ext}"))).collect()
+    let stem = out
+        .file_stem()
+        .map_or("edited".into(), |s| s.to_string_lossy().into_owned());
+    let ext = out
+        .extension()
+        .map_or("png".into(), |s| s.to_string_lossy().into_owned());
+    (1..=n)
+        .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
 }
 
 /// What `quota` does.
@@ -143,7 +200,11 @@ pub fn report_by(s: &str) -> Result<ReportBy, String> {
 }
 
 /// The usage report since `since` (`YYYY-MM-DD`; default: the first of this month).
-pub async fn usage(settings: &Settings, since: Option<&str>, by: ReportBy) -> anyhow::Result<String> {
+pub async fn usage(
+    settings: &Settings,
+    since: Option<&str>,
+    by: ReportBy,
+) -> anyhow::Result<String> {
     let since = match since {
         Some(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
             .map_err(|_| anyhow::anyhow!("--since {s:?}: write a date as YYYY-MM-DD"))?,
@@ -159,15 +220,33 @@ pub async fn usage(settings: &Settings, since: Option<&str>, by: ReportBy) -> an
     let price = settings.config.quota.price_per_image;
     let mut out = Vec::new();
     writeln!(out, "since {since}")?;
-    writeln!(out, "{:<28} {:>8} {:>8} {:>8} {:>10}", "key", "jobs", "images", "failed", "cost")?;
+    writeln!(
+        out,
+        "{:<28} {:>8} {:>8} {:>8} {:>10}",
+        "key", "jobs", "images", "failed", "cost"
+    )?;
     let (mut jobs, mut images, mut failed) = (0, 0, 0);
     for r in &rows {
-        writeln!(out, "{:<28} {:>8} {:>8} {:>8} {:>10.2}", r.key, r.jobs, r.images, r.failed,
-            r.images as f64 * price)?;
+        writeln!(
+            out,
+            "{:<28} {:>8} {:>8} {:>8} {:>10.2}",
+            r.key,
+            r.jobs,
+            r.images,
+            r.failed,
+            r.images as f64 * price
+        )?;
         (jobs, images, failed) = (jobs + r.jobs, images + r.images, failed + r.failed);
     }
-    writeln!(out, "{:<28} {:>8} {:>8} {:>8} {:>10.2}", "total", jobs, images, failed,
-        images as f64 * price)?;
+    writeln!(
+        out,
+        "{:<28} {:>8} {:>8} {:>8} {:>10.2}",
+        "total",
+        jobs,
+        images,
+        failed,
+        images as f64 * price
+    )?;
     Ok(String::from_utf8(out)?)
 }
 

@@ -88,7 +88,11 @@ pub struct DiscordConfig {
 
 impl Default for DiscordConfig {
     fn default() -> Self {
-        Self { enabled: false, api_url: "https://discord.com".into(), guild_ids: Vec::new() }
+        Self {
+            enabled: false,
+            api_url: "https://discord.com".into(),
+            guild_ids: Vec::new(),
+        }
     }
 }
 
@@ -132,7 +136,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into() }
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -158,7 +164,10 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{0}")]
@@ -176,12 +185,20 @@ impl Settings {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let config = Config::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })?;
         let secrets = Secrets::from_env(&env)?;
-        Ok(Self { config, secrets, path: path.to_owned() })
+        Ok(Self {
+            config,
+            secrets,
+            path: path.to_owned(),
+        })
     }
 
     /// Every problem that stops `run`, one line each. Empty means the settings are usable.
@@ -195,7 +212,9 @@ impl Settings {
             out.push("telegram is enabled but TELEGRAM_BOT_TOKEN is not set (nor TELEGRAM_BOT_TOKEN_FILE)".into());
         }
         if self.config.discord.enabled && s.discord_token.is_none() {
-            out.push("discord is enabled but DISCORD_TOKEN is not set (nor DISCORD_TOKEN_FILE)".into());
+            out.push(
+                "discord is enabled but DISCORD_TOKEN is not set (nor DISCORD_TOKEN_FILE)".into(),
+            );
         }
         out
     }
@@ -211,7 +230,11 @@ impl Settings {
             ("DISCORD_TOKEN", &s.discord_token),
             ("TELEGRAM_WEBHOOK_SECRET", &s.telegram_webhook_secret),
         ] {
-            let state = if value.is_some() { "set (redacted)" } else { "not set" };
+            let state = if value.is_some() {
+                "set (redacted)"
+            } else {
+                "not set"
+            };
             let _ = writeln!(out, "# {name} = {state}");
         }
         out
@@ -229,10 +252,16 @@ impl Config {
         let mut out = Vec::new();
         let b = &self.backend;
         if b.kind != "dashscope" {
-            out.push(format!("backend.kind = {:?}: only \"dashscope\" is supported", b.kind));
+            out.push(format!(
+                "backend.kind = {:?}: only \"dashscope\" is supported",
+                b.kind
+            ));
         }
         if reqwest_like_url(&b.base_url).is_none() {
-            out.push(format!("backend.base_url = {:?} is not an http(s) URL", b.base_url));
+            out.push(format!(
+                "backend.base_url = {:?} is not an http(s) URL",
+                b.base_url
+            ));
         }
         if b.model.trim().is_empty() {
             out.push("backend.model is empty".into());
@@ -254,22 +283,34 @@ impl Config {
         }
         let t = &self.telegram;
         if t.mode != "polling" && t.mode != "webhook" {
-            out.push(format!("telegram.mode = {:?}: use \"polling\" or \"webhook\"", t.mode));
+            out.push(format!(
+                "telegram.mode = {:?}: use \"polling\" or \"webhook\"",
+                t.mode
+            ));
         }
         if t.enabled && reqwest_like_url(&t.api_url).is_none() {
-            out.push(format!("telegram.api_url = {:?} is not an http(s) URL", t.api_url));
+            out.push(format!(
+                "telegram.api_url = {:?} is not an http(s) URL",
+                t.api_url
+            ));
         }
         if t.enabled && t.mode == "webhook" && !t.webhook_url.starts_with("https://") {
             out.push("telegram.mode = \"webhook\" needs telegram.webhook_url (https://…)".into());
         }
         if self.discord.enabled && reqwest_like_url(&self.discord.api_url).is_none() {
-            out.push(format!("discord.api_url = {:?} is not an http(s) URL", self.discord.api_url));
+            out.push(format!(
+                "discord.api_url = {:?} is not an http(s) URL",
+                self.discord.api_url
+            ));
         }
         let q = &self.quota;
         if q.database.trim().is_empty() {
             out.push("quota.database is empty".into());
         } else if q.database.starts_with("redis://") {
-            out.push("quota.database: the Redis store is not built into this version; use a SQLite path".into());
+            out.push(
+                "quota.database: the Redis store is not built into this version; use a SQLite path"
+                    .into(),
+            );
         }
         if q.max_in_flight_per_user == 0 {
             out.push("quota.max_in_flight_per_user must be at least 1".into());
@@ -277,15 +318,21 @@ impl Config {
         if q.max_queue == 0 {
             out.push("quota.max_queue must be at least 1".into());
         }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            out.push(format!("http.listen = {:?} is not host:port", self.http.listen));
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            out.push(format!(
+                "http.listen = {:?} is not host:port",
+                self.http.listen
+            ));
         }
         out
     }
 }
 
 fn reqwest_like_url(s: &str) -> Option<()> {
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"))?;
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))?;
     (!rest.is_empty()).then_some(())
 }
 
@@ -315,7 +362,9 @@ fn secret(
         .map_err(|e| ConfigError::Secret(format!("{name}_FILE = {path}: {e}")))?;
     let text = text.trim();
     if text.is_empty() {
-        return Err(ConfigError::Secret(format!("{name}_FILE = {path}: the file is empty")));
+        return Err(ConfigError::Secret(format!(
+            "{name}_FILE = {path}: the file is empty"
+        )));
     }
     Ok(Some(SecretString::from(text.to_owned())))
 }

@@ -111,9 +111,24 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => qwen_edit_bot::app::run(load(&config)?).await?,
         Command::CheckConfig { config } => return Ok(check_config(&config)),
-        Command::Edit { images, prompt, negative, seed, n, out, config } => {
+        Command::Edit {
+            images,
+            prompt,
+            negative,
+            seed,
+            n,
+            out,
+            config,
+        } => {
             let settings = load(&config)?;
-            let args = EditArgs { images, prompt, negative, seed, n, out };
+            let args = EditArgs {
+                images,
+                prompt,
+                negative,
+                seed,
+                n,
+                out,
+            };
             for path in cli::edit(&settings, args).await? {
                 println!("{}", path.display());
             }

@@ -76,7 +76,11 @@ pub fn rejection(lang: Lang, r: &Rejection) -> String {
             "发生内部错误，请稍后再试。".into(),
         ),
     };
-    pick(lang, format!("{en} {NOTHING_CHARGED_EN}"), format!("{zh}{NOTHING_CHARGED_ZH}"))
+    pick(
+        lang,
+        format!("{en} {NOTHING_CHARGED_EN}"),
+        format!("{zh}{NOTHING_CHARGED_ZH}"),
+    )
 }
 
 fn command(e: &CommandError) -> (String, String) {
@@ -89,9 +93,10 @@ fn command(e: &CommandError) -> (String, String) {
             format!("Unknown option {f}. Options: --no TEXT, --seed N, --n N."),
             format!("未知选项 {f}。可用选项：--no 文本、--seed 数字、--n 数量。"),
         ),
-        CommandError::MissingValue(f) => {
-            (format!("Option {f} needs a value."), format!("选项 {f} 需要一个值。"))
-        }
+        CommandError::MissingValue(f) => (
+            format!("Option {f} needs a value."),
+            format!("选项 {f} 需要一个值。"),
+        ),
         CommandError::BadSeed(v) => (
             format!("--seed must be a whole number from 0 to 2147483647, not {v:?}."),
             format!("--seed 必须是 0 到 2147483647 之间的整数，而不是 {v:?}。"),
@@ -131,7 +136,9 @@ fn image(e: &ImageRejection) -> (String, String) {
             "图片已损坏或不完整。".into(),
         ),
         ImageRejection::BadAspect { width, height } => (
-            format!("A {width}×{height} image is too long and narrow for the model (sides must fit 384–3072 px)."),
+            format!(
+                "A {width}×{height} image is too long and narrow for the model (sides must fit 384–3072 px)."
+            ),
             format!("{width}×{height} 的图片过于细长，无法适配模型要求（每边 384–3072 像素）。"),
         ),
     }
@@ -143,17 +150,36 @@ fn quota(q: &QuotaRejection) -> (String, String) {
             "You are not allowed to use this bot here.".into(),
             "你已被禁止在此使用本机器人。".into(),
         ),
-        QuotaRejection::Disabled => ("Editing is turned off here.".into(), "此处未开放编辑功能。".into()),
-        QuotaRejection::User { used, limit, resets_at } => (
-            format!("You have used {used} of your {limit} edits. More from {}.", when(*resets_at)),
-            format!("你已用完 {limit} 次中的 {used} 次编辑，{} 后恢复。", when(*resets_at)),
+        QuotaRejection::Disabled => (
+            "Editing is turned off here.".into(),
+            "此处未开放编辑功能。".into(),
+        ),
+        QuotaRejection::User {
+            used,
+            limit,
+            resets_at,
+        } => (
+            format!(
+                "You have used {used} of your {limit} edits. More from {}.",
+                when(*resets_at)
+            ),
+            format!(
+                "你已用完 {limit} 次中的 {used} 次编辑，{} 后恢复。",
+                when(*resets_at)
+            ),
         ),
         QuotaRejection::Chat { limit, resets_at } => (
-            format!("This chat has used all {limit} edits. More from {}.", when(*resets_at)),
+            format!(
+                "This chat has used all {limit} edits. More from {}.",
+                when(*resets_at)
+            ),
             format!("本群的 {limit} 次编辑已用完，{} 后恢复。", when(*resets_at)),
         ),
         QuotaRejection::Global { resets_at } => (
-            format!("The bot has reached its daily limit. More from {}.", when(*resets_at)),
+            format!(
+                "The bot has reached its daily limit. More from {}.",
+                when(*resets_at)
+            ),
             format!("机器人今日额度已用完，{} 后恢复。", when(*resets_at)),
         ),
     }
@@ -180,7 +206,10 @@ pub fn failure(lang: Lang, f: &Failure) -> String {
     let (en_q, zh_q) = if f.refunded {
         ("Your quota was refunded.", "额度已退还。")
     } else {
-        ("Your quota could not be refunded; an admin can reset it.", "额度未能退还，可联系管理员重置。")
+        (
+            "Your quota could not be refunded; an admin can reset it.",
+            "额度未能退还，可联系管理员重置。",
+        )
     };
     pick(lang, format!("{en} {en_q}"), format!("{zh}{zh_q}"))
 }

@@ -129,7 +129,10 @@ impl DashScope {
     /// The wait before attempt `attempt + 1`: exponential with jitter, or the server's
     /// `Retry-After` when it asks for longer.
     pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.opts.base_backoff.saturating_mul(1 << (attempt - 1).min(16));
+        let exp = self
+            .opts
+            .base_backoff
+            .saturating_mul(1 << (attempt - 1).min(16));
         let capped = exp.min(self.opts.max_backoff);
         let jittered = capped.mul_f64(rand::rng().random_range(0.5..=1.0));
         match retry_after {
@@ -139,7 +142,11 @@ impl DashScope {
     }
 
     async fn attempt(&self, body: Bytes) -> Result<EditResponse, BackendError> {
-        let _slot = self.slots.acquire().await.map_err(|_| BackendError::Network("closed".into()))?;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Network("closed".into()))?;
         self.rate.until_ready().await;
         let resp = self
             .http
@@ -171,12 +178,25 @@ impl DashScope {
     fn body(&self, req: &EditRequest) -> Result<Vec<u8>, BackendError> {
         let caps = ModelCaps::of(&self.opts.model);
         let uris: Vec<String> = req.images.iter().map(Fitted::data_uri).collect();
-        let mut content: Vec<Part<'_>> =
-            uris.iter().map(|u| Part { image: Some(u), text: None }).collect();
-        content.push(Part { image: None, text: Some(&req.prompt) });
+        let mut content: Vec<Part<'_>> = uris
+            .iter()
+            .map(|u| Part {
+                image: Some(u),
+                text: None,
+            })
+            .collect();
+        content.push(Part {
+            image: None,
+            text: Some(&req.prompt),
+        });
         let wire = WireRequest {
             model: &self.opts.model,
-            input: WireInput { messages: [WireMessage { role: "user", content }] },
+            input: WireInput {
+                messages: [WireMessage {
+                    role: "user",
+                    content,
+                }],
+            },
             parameters: WireParams {
                 n: req.n.clamp(1, caps.max_n),
                 negative_prompt: req.negative.as_deref().filter(|s| !s.trim().is_empty()),
@@ -191,7 +211,11 @@ impl DashScope {
     /// Downloads one result image (no API key is sent).
     async fn fetch_result(&self, url: &str) -> Result<Bytes, BackendError> {
         let resp = self.http.get(url).send().await.map_err(|e| {
-            BackendError::Download(if e.is_timeout() { "timed out".into() } else { e.without_url().to_string() })
+            BackendError::Download(if e.is_timeout() {
+                "timed out".into()
+            } else {
+                e.without_url().to_string()
+            })
         })?;
         let status = resp.status();
         if !status.is_success() {
@@ -212,7 +236,10 @@ impl EditBackend for DashScope {
         &self.opts.model
     }
 
-    fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<EditResponse, BackendError>> {
+    fn edit<'a>(
+        &'a self,
+        req: &'a EditRequest,
+    ) -> BoxFuture<'a, Result<EditResponse, BackendError>> {
         Box::pin(self.edit_with_retries(req))
     }
 
@@ -241,7 +268,11 @@ async fn read_limited(
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 fn parse_response(
@@ -257,7 +288,11 @@ fn parse_response(
         return Err(classify(status, "", "", retry_after));
     };
     let code = resp.code.as_deref().unwrap_or("");
-    let message = resp.message.as_deref().or(resp.msg.as_deref()).unwrap_or("");
+    let message = resp
+        .message
+        .as_deref()
+        .or(resp.msg.as_deref())
+        .unwrap_or("");
     if status != 200 || (!code.is_empty() && resp.output.is_none()) {
         return Err(classify(status, code, message, retry_after));
     }
@@ -271,7 +306,10 @@ fn parse_response(
     if urls.is_empty() {
         return Err(BackendError::Malformed("no image in the response".into()));
     }
-    Ok(EditResponse { request_id: resp.request_id, urls })
+    Ok(EditResponse {
+        request_id: resp.request_id,
+        urls,
+    })
 }
 
 #[derive(Serialize)]

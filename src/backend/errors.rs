@@ -18,21 +18,43 @@ pub(crate) fn classify(
         return BackendError::Moderated { code: code_owned() };
     }
     if is_operator_code(code) || matches!(status, 401 | 403) {
-        return BackendError::Operator { code: code_owned(), message: msg() };
+        return BackendError::Operator {
+            code: code_owned(),
+            message: msg(),
+        };
     }
     match status {
-        429 => BackendError::Throttled { code: code_owned(), retry_after },
-        408 => BackendError::Unavailable { status, code: code_owned() },
-        500..=599 => BackendError::Unavailable { status, code: code_owned() },
-        400..=499 => BackendError::Rejected { code: code_owned(), message: msg() },
+        429 => BackendError::Throttled {
+            code: code_owned(),
+            retry_after,
+        },
+        408 => BackendError::Unavailable {
+            status,
+            code: code_owned(),
+        },
+        500..=599 => BackendError::Unavailable {
+            status,
+            code: code_owned(),
+        },
+        400..=499 => BackendError::Rejected {
+            code: code_owned(),
+            message: msg(),
+        },
         // A 200 carrying `code` and no `output`, or an unexpected status.
-        _ if code.starts_with("Throttling") => {
-            BackendError::Throttled { code: code_owned(), retry_after }
-        }
+        _ if code.starts_with("Throttling") => BackendError::Throttled {
+            code: code_owned(),
+            retry_after,
+        },
         _ if code.starts_with("InternalError") || code == "ModelUnavailable" => {
-            BackendError::Unavailable { status, code: code_owned() }
+            BackendError::Unavailable {
+                status,
+                code: code_owned(),
+            }
         }
-        _ => BackendError::Rejected { code: code_owned(), message: msg() },
+        _ => BackendError::Rejected {
+            code: code_owned(),
+            message: msg(),
+        },
     }
 }
 

@@ -43,7 +43,12 @@ impl EditCommand {
     ) -> Result<Self, CommandError> {
         let seed = seed.map(parse_seed).transpose()?;
         let n = n.map(parse_count).transpose()?;
-        finish(prompt.to_owned(), negative.map(|s| s.trim().to_owned()), seed, n)
+        finish(
+            prompt.to_owned(),
+            negative.map(|s| s.trim().to_owned()),
+            seed,
+            n,
+        )
     }
 }
 
@@ -79,7 +84,9 @@ pub fn parse(text: &str, ctx: ParseContext<'_>) -> Result<Option<EditCommand>, C
     let body = match strip_command(text) {
         Some((None, rest)) => rest,
         Some((Some(target), rest)) => {
-            let ours = ctx.bot_username.is_some_and(|me| me.eq_ignore_ascii_case(target));
+            let ours = ctx
+                .bot_username
+                .is_some_and(|me| me.eq_ignore_ascii_case(target));
             if !ours {
                 return Ok(None);
             }
@@ -185,7 +192,11 @@ fn parse_body(body: &str) -> Result<EditCommand, CommandError> {
 }
 
 fn word_flag(word: &str) -> String {
-    word.split_once('=').map_or(word, |(f, _)| f).chars().take(40).collect()
+    word.split_once('=')
+        .map_or(word, |(f, _)| f)
+        .chars()
+        .take(40)
+        .collect()
 }
 
 /// The value of `--no`: everything up to the next flag word.
@@ -252,14 +263,28 @@ fn finish(
         return Err(CommandError::EmptyPrompt);
     }
     let negative = negative.filter(|s| !s.is_empty());
-    if negative.as_ref().is_some_and(|s| s.chars().count() > MAX_NEGATIVE_CHARS) {
+    if negative
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > MAX_NEGATIVE_CHARS)
+    {
         return Err(CommandError::NegativeTooLong);
     }
     let truncated = prompt.chars().count() > MAX_PROMPT_CHARS;
     let prompt = if truncated {
-        prompt.chars().take(MAX_PROMPT_CHARS).collect::<String>().trim_end().to_owned()
+        prompt
+            .chars()
+            .take(MAX_PROMPT_CHARS)
+            .collect::<String>()
+            .trim_end()
+            .to_owned()
     } else {
         prompt.to_owned()
     };
-    Ok(EditCommand { prompt, truncated, negative, seed, n })
+    Ok(EditCommand {
+        prompt,
+        truncated,
+        negative,
+        seed,
+        n,
+    })
 }

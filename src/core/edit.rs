@@ -40,11 +40,19 @@ impl ModelCaps {
     pub fn of(model: &str) -> Self {
         // The original model and its dated snapshots take n = 1 and no prompt_extend.
         let legacy = model == "qwen-image-edit"
-            || model.strip_prefix("qwen-image-edit-").is_some_and(|rest| rest.starts_with("20"));
+            || model
+                .strip_prefix("qwen-image-edit-")
+                .is_some_and(|rest| rest.starts_with("20"));
         if legacy {
-            ModelCaps { max_n: 1, prompt_extend: false }
+            ModelCaps {
+                max_n: 1,
+                prompt_extend: false,
+            }
         } else {
-            ModelCaps { max_n: 6, prompt_extend: true }
+            ModelCaps {
+                max_n: 6,
+                prompt_extend: true,
+            }
         }
     }
 }
@@ -56,7 +64,10 @@ pub trait EditBackend: Send + Sync + 'static {
         ModelCaps::of(self.model())
     }
     /// Runs one edit (retries included) and returns where the results are.
-    fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<EditResponse, BackendError>>;
+    fn edit<'a>(
+        &'a self,
+        req: &'a EditRequest,
+    ) -> BoxFuture<'a, Result<EditResponse, BackendError>>;
     /// Fetches one result image.
     fn download<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Bytes, BackendError>>;
 }
@@ -76,7 +87,10 @@ pub enum BackendError {
     Operator { code: String, message: String },
     /// Throttled (429) and still throttled after the last attempt.
     #[error("backend throttled ({code})")]
-    Throttled { code: String, retry_after: Option<Duration> },
+    Throttled {
+        code: String,
+        retry_after: Option<Duration>,
+    },
     /// 408, 5xx or a status we did not expect.
     #[error("backend unavailable: HTTP {status} {code}")]
     Unavailable { status: u16, code: String },
@@ -111,7 +125,9 @@ impl BackendError {
             | BackendError::Rejected { code, .. }
             | BackendError::Operator { code, .. }
             | BackendError::Throttled { code, .. } => code.clone(),
-            BackendError::Unavailable { status, code } if code.is_empty() => format!("http_{status}"),
+            BackendError::Unavailable { status, code } if code.is_empty() => {
+                format!("http_{status}")
+            }
             BackendError::Unavailable { code, .. } => code.clone(),
             BackendError::Timeout(_) => "timeout".into(),
             BackendError::Network(_) => "network".into(),
@@ -128,4 +144,3 @@ impl BackendError {
         }
     }
 }
-

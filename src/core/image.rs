@@ -176,17 +176,40 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageRejection> {
 pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     let format = sniff(bytes)?;
     let reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
-    let (width, height) = reader.into_dimensions().map_err(|_| ImageRejection::Corrupt)?;
-    if width == 0 || height == 0 {
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|_| ImageRejection::Corrupt)?;
+    if width == 0 || height == 0 || !looks_complete(format, bytes) {
         return Err(ImageRejection::Corrupt);
     }
-    Ok(Probe { format, width, height })
+    Ok(Probe {
+        format,
+        width,
+        height,
+    })
+}
+
+/// Cheap check for a cut-off file: JPEG needs its end-of-image marker after the scan data (the
+/// entropy-coded data never contains `FF D9`), PNG its `IEND` chunk, WEBP the bytes its RIFF
+/// header promises. Data appended after the end (motion photos) is fine.
+fn looks_complete(format: Format, bytes: &[u8]) -> bool {
+    match format {
+        Format::Jpeg => bytes.windows(2).rev().any(|w| w == [0xFF, 0xD9]),
+        Format::Png => bytes.windows(4).rev().any(|w| w == b"IEND"),
+        Format::WebP => bytes
+            .get(4..8)
+            .map(|n| u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize)
+            .is_some_and(|riff| bytes.len() >= riff.saturating_add(8)),
+        Format::Gif | Format::Bmp | Format::Tiff => true,
+    }
 }
 
 /// Fits one input image to the API's rules. CPU-bound when the image must be re-encoded.
 pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
     if bytes.len() > limits.max_input_bytes {
-        return Err(ImageRejection::FileTooBig { limit_mb: limits.max_input_bytes >> 20 });
+        return Err(ImageRejection::FileTooBig {
+            limit_mb: limits.max_input_bytes >> 20,
+        });
     }
     let p = probe(&bytes)?;
     let in_range = |s: u32| (limits.min_side..=limits.max_side).contains(&s);
@@ -209,9 +232,12 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
         || p.height > limits.max_decode_side
         || w * h > limits.max_decode_pixels
     {
-        return Err(ImageRejection::TooManyPixels { width: p.width, height: p.height });
+        return Err(ImageRejection::TooManyPixels {
+            width: p.width,
+            height: p.height,
+        });
     }
-    let oriented = decode_upright(&bytes, p.format, limits)?;
+    let oriented = decode_upright(&bytes, p, limits)?;
     let (tw, th) = target_size(oriented.width(), oriented.height(), limits)?;
     let image = normalize(oriented);
     encode_within(image, tw, th, limits)
@@ -219,25 +245,38 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
 
 fn decode_upright(
     bytes: &[u8],
-    format: Format,
+    p: Probe,
     limits: &FitLimits,
 ) -> Result<DynamicImage, ImageRejection> {
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
+    let map = |e| map_decode_error(e, p);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), p.format.codec());
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(limits.max_decode_side);
     decode_limits.max_image_height = Some(limits.max_decode_side);
     decode_limits.max_alloc = Some(limits.max_decode_alloc);
     reader.limits(decode_limits);
-    let mut decoder = reader.into_decoder().map_err(map_decode_error)?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(map_decode_error)?;
+    let mut decoder = reader.into_decoder().map_err(map)?;
+    // `into_decoder` checks dimensions but not the output buffer; bound it here.
+    if decoder.total_bytes() > limits.max_decode_alloc {
+        return Err(ImageRejection::TooManyPixels {
+            width: p.width,
+            height: p.height,
+        });
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(map)?;
     img.apply_orientation(orientation);
     Ok(img)
 }
 
-fn map_decode_error(e: image::ImageError) -> ImageRejection {
+fn map_decode_error(e: image::ImageError, p: Probe) -> ImageRejection {
     match e {
-        image::ImageError::Limits(_) => ImageRejection::TooManyPixels { width: 0, height: 0 },
+        image::ImageError::Limits(_) => ImageRejection::TooManyPixels {
+            width: p.width,
+            height: p.height,
+        },
         image::ImageError::Unsupported(_) => ImageRejection::Unsupported("this kind of"),
         _ => ImageRejection::Corrupt,
     }
@@ -258,7 +297,10 @@ pub fn target_size(w: u32, h: u32, limits: &FitLimits) -> Result<(u32, u32), Ima
     let (tw, th) = (side(fw), side(fh));
     let ok = |s: u32| (limits.min_side..=limits.max_side).contains(&s);
     if !(ok(tw) && ok(th)) {
-        return Err(ImageRejection::BadAspect { width: w, height: h });
+        return Err(ImageRejection::BadAspect {
+            width: w,
+            height: h,
+        });
     }
     Ok((tw, th))
 }
@@ -308,17 +350,23 @@ fn encode_within(
         }
         (w, h) = (shrink(w), shrink(h));
     }
-    Err(ImageRejection::FileTooBig { limit_mb: limits.max_data_uri >> 20 })
+    Err(ImageRejection::FileTooBig {
+        limit_mb: limits.max_data_uri >> 20,
+    })
 }
 
 fn resize(img: &DynamicImage, w: u32, h: u32) -> Result<DynamicImage, ImageRejection> {
     if img.width() == w && img.height() == h {
         return Ok(img.clone());
     }
-    let pixel = if img.color().has_alpha() { fr::PixelType::U8x4 } else { fr::PixelType::U8x3 };
+    let pixel = if img.color().has_alpha() {
+        fr::PixelType::U8x4
+    } else {
+        fr::PixelType::U8x3
+    };
     let mut dst = fr::images::Image::new(w, h, pixel);
-    let options = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
+    let options =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
     fr::Resizer::new()
         .resize(img, &mut dst, &options)
         .map_err(|_| ImageRejection::Corrupt)?;

@@ -207,18 +207,28 @@ impl Engine {
                     Err(Failure { reason, refunded })
                 }
             };
-            tracing::info!(ok = result.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64,
-                "job finished");
+            tracing::info!(
+                ok = result.is_ok(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "job finished"
+            );
             self.queue.done(&q.spec.user);
             let platform = q.spec.user.platform;
-            let outcome = Outcome { job: q.spec, granted: q.granted, result };
+            let outcome = Outcome {
+                job: q.spec,
+                granted: q.granted,
+                result,
+            };
             match self.sinks.get(&platform) {
                 Some(sink) => {
                     if sink.send(outcome).await.is_err() {
                         tracing::error!("the front-end is gone; outcome dropped");
                     }
                 }
-                None => tracing::error!(platform = platform.as_str(), "no front-end for this platform"),
+                None => tracing::error!(
+                    platform = platform.as_str(),
+                    "no front-end for this platform"
+                ),
             }
         }
         .instrument(span)
@@ -238,10 +248,18 @@ impl Engine {
                 .map_err(FailureReason::Fetch)?;
             inputs.push(bytes);
         }
-        let negative = spec.command.negative.clone().or_else(|| {
-            Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
-        });
-        execute(self.backend.as_ref(), &self.cfg.fit, inputs, &spec.command, negative).await
+        let negative =
+            spec.command.negative.clone().or_else(|| {
+                Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
+            });
+        execute(
+            self.backend.as_ref(),
+            &self.cfg.fit,
+            inputs,
+            &spec.command,
+            negative,
+        )
+        .await
     }
 }
 
@@ -282,7 +300,10 @@ pub async fn execute(
     for url in &resp.urls {
         results.push(backend.download(url).await?);
     }
-    Ok(Delivery { images: results, request_id: resp.request_id })
+    Ok(Delivery {
+        images: results,
+        request_id: resp.request_id,
+    })
 }
 
 /// Runs [`fit`] on the blocking pool, so a large decode never stalls other chats.

@@ -72,7 +72,9 @@ impl<J: Send> FairQueue<J> {
         }
         let mine = s.unfinished.entry(user.clone()).or_default();
         if *mine >= self.max_per_user {
-            return Err(Rejection::TooManyInFlight { max: self.max_per_user });
+            return Err(Rejection::TooManyInFlight {
+                max: self.max_per_user,
+            });
         }
         *mine += 1;
         s.held += 1;

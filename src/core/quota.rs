@@ -56,7 +56,9 @@ impl Window {
                 } else {
                     (start.year(), start.month() + 1)
                 };
-                Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().unwrap_or(start)
+                Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+                    .single()
+                    .unwrap_or(start)
             }
         }
     }
@@ -85,10 +87,12 @@ impl FromStr for Platform {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "telegram" | "tg" => Ok(Platform::Telegram),
+            "telegram" => Ok(Platform::Telegram),
             "discord" => Ok(Platform::Discord),
             "cli" => Ok(Platform::Cli),
-            other => Err(format!("unknown platform {other:?} (telegram, discord, cli)")),
+            other => Err(format!(
+                "unknown platform {other:?} (telegram, discord, cli)"
+            )),
         }
     }
 }
@@ -102,7 +106,10 @@ pub struct UserRef {
 
 impl UserRef {
     pub fn new(platform: Platform, id: impl Into<String>) -> Self {
-        Self { platform, id: id.into() }
+        Self {
+            platform,
+            id: id.into(),
+        }
     }
 }
 
@@ -118,10 +125,12 @@ impl FromStr for UserRef {
         let (p, id) = s
             .split_once(':')
             .ok_or_else(|| format!("{s:?}: write a user as platform:id, e.g. telegram:12345"))?;
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        let platform: Platform = p.parse()?;
+        let numeric = !id.is_empty() && id.chars().all(|c| c.is_ascii_digit());
+        if !numeric && platform != Platform::Cli {
             return Err(format!("{s:?}: the user id must be a number"));
         }
-        Ok(UserRef::new(p.parse()?, id))
+        Ok(UserRef::new(platform, id))
     }
 }
 
@@ -165,9 +174,16 @@ pub enum QuotaRejection {
     #[error("editing is disabled here")]
     Disabled,
     #[error("you have used {used} of {limit} edits; more from {resets_at}")]
-    User { used: u32, limit: u32, resets_at: DateTime<Utc> },
+    User {
+        used: u32,
+        limit: u32,
+        resets_at: DateTime<Utc>,
+    },
     #[error("this chat has used its {limit} edits; more from {resets_at}")]
-    Chat { limit: u32, resets_at: DateTime<Utc> },
+    Chat {
+        limit: u32,
+        resets_at: DateTime<Utc>,
+    },
     #[error("the bot has reached its daily limit; more from {resets_at}")]
     Global { resets_at: DateTime<Utc> },
 }
@@ -309,7 +325,12 @@ pub struct Quotas {
 
 impl Quotas {
     pub fn new(ledger: Arc<dyn Ledger>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
-        Self { ledger, clock, limits, settings: DashMap::new() }
+        Self {
+            ledger,
+            clock,
+            limits,
+            settings: DashMap::new(),
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -353,8 +374,10 @@ impl Quotas {
     /// Gives the job's reserve back: nothing was delivered.
     pub async fn refund(&self, job_id: &str, error: &str) -> Result<(), StoreError> {
         let (id, now, error) = (job_id.to_owned(), self.clock.now(), error.to_owned());
-        blocking(&self.ledger, move |l| l.finish(&id, JobStatus::Failed, None, Some(&error), now))
-            .await
+        blocking(&self.ledger, move |l| {
+            l.finish(&id, JobStatus::Failed, None, Some(&error), now)
+        })
+        .await
     }
 
     /// The user's standing in the current window.

@@ -11,7 +11,9 @@ use crate::core::quota::{Ledger, StoreError};
 /// Opens the store named by `quota.database`.
 pub fn open(database: &str) -> Result<Arc<dyn Ledger>, StoreError> {
     if database.starts_with("redis://") {
-        return Err(StoreError("the Redis store is not built into this version".into()));
+        return Err(StoreError(
+            "the Redis store is not built into this version".into(),
+        ));
     }
     Ok(Arc::new(sqlite::SqliteLedger::open(Path::new(database))?))
 }

@@ -62,11 +62,16 @@ impl SqliteLedger {
                 .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -113,7 +118,12 @@ fn used_by_user(conn: &Connection, user: &UserRef, since: i64) -> rusqlite::Resu
     )
 }
 
-fn used_by_group(conn: &Connection, user: &UserRef, group: &str, since: i64) -> rusqlite::Result<u32> {
+fn used_by_group(
+    conn: &Connection,
+    user: &UserRef,
+    group: &str,
+    since: i64,
+) -> rusqlite::Result<u32> {
     conn.query_row(
         &format!(
             "SELECT COALESCE(SUM(cost), 0) FROM jobs
@@ -152,12 +162,19 @@ fn check_limits(
     let since = settings.reset_at.map_or(start, |reset| reset.max(start));
     let used = used_by_user(conn, &r.user, ms(since))?;
     if used + r.cost > limit {
-        return Ok(Err(QuotaRejection::User { used, limit, resets_at }));
+        return Ok(Err(QuotaRejection::User {
+            used,
+            limit,
+            resets_at,
+        }));
     }
     if let Some(group) = r.group.as_deref().filter(|_| limits.per_chat > 0) {
         let chat_used = used_by_group(conn, &r.user, group, ms(start))?;
         if chat_used + r.cost > limits.per_chat {
-            return Ok(Err(QuotaRejection::Chat { limit: limits.per_chat, resets_at }));
+            return Ok(Err(QuotaRejection::Chat {
+                limit: limits.per_chat,
+                resets_at,
+            }));
         }
     }
     if limits.global_per_day > 0 {
@@ -167,7 +184,11 @@ fn check_limits(
             return Ok(Err(QuotaRejection::Global { resets_at }));
         }
     }
-    Ok(Ok(Granted { remaining: limit - used - r.cost, limit, resets_at }))
+    Ok(Ok(Granted {
+        remaining: limit - used - r.cost,
+        limit,
+        resets_at,
+    }))
 }
 
 impl Ledger for SqliteLedger {
@@ -178,7 +199,9 @@ impl Ledger for SqliteLedger {
         now: DateTime<Utc>,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
         let verdict = check_limits(&tx, r, limits, now).map_err(db)?;
         if verdict.is_ok() {
             tx.execute(
@@ -289,7 +312,9 @@ impl Ledger for SqliteLedger {
                     Ok(JobRecord {
                         id: r.get(0)?,
                         user: UserRef::new(
-                            platform.parse().unwrap_or(crate::core::quota::Platform::Cli),
+                            platform
+                                .parse()
+                                .unwrap_or(crate::core::quota::Platform::Cli),
                             r.get::<_, String>(2)?,
                         ),
                         chat: r.get(3)?,

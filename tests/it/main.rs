@@ -1,1 +1,10 @@
+//! The one integration-test binary. Every test starts its own fakes on 127.0.0.1.
 
+mod cli;
+mod command;
+mod config;
+mod dashscope;
+mod fakes;
+mod fitting;
+mod jobs;
+mod quota;

@@ -1,0 +1,271 @@
+//! The real binary: `edit` against the fake backend, `check-config`, `quota`, `usage`, `run`.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
+use crate::fakes::images;
+
+const BIN: &str = env!("CARGO_BIN_EXE_qwen-edit-bot");
+
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/q.sqlite3");
+        let text = format!(
+            "{config}\n[quota]\ndatabase = {:?}\nper_user = 5\n",
+            db.to_str().unwrap()
+        );
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.path("config.toml"))
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("DASHSCOPE_API_KEY", API_KEY)
+            .env("RUST_LOG", "debug");
+        cmd.output().await.unwrap()
+    }
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+fn backend_config(fake: &FakeDashScope) -> String {
+    format!(
+        "[backend]\nbase_url = {:?}\nmax_requests_per_second = 100.0\n",
+        fake.base_url
+    )
+}
+
+#[tokio::test]
+async fn edit_fits_the_image_calls_the_backend_and_writes_every_result() {
+    let fake = FakeDashScope::start().await;
+    fake.set_result_size(1024, 768);
+    let d = Dir::new(&backend_config(&fake));
+    std::fs::write(d.path("big.jpg"), images::jpeg(5000, 3750)).unwrap();
+    let out_arg = d.path("out/night.png");
+    let out = d
+        .run(&[
+            "edit",
+            d.path("big.jpg").to_str().unwrap(),
+            "--prompt",
+            "make it night",
+            "-n",
+            "2",
+            "--seed",
+            "7",
+            "--out",
+            out_arg.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+    assert_eq!(
+        printed,
+        vec![d.path("out/night-1.png"), d.path("out/night-2.png")]
+    );
+    for p in &printed {
+        let (format, w, h) = images::dims(&std::fs::read(p).unwrap());
+        assert_eq!((format, w, h), (image::ImageFormat::Png, 1024, 768));
+    }
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].violations.is_empty(), "{:?}", seen[0].violations);
+    assert_eq!(seen[0].images, vec![("image/jpeg".into(), 3072, 2304)]);
+    assert_eq!(seen[0].body["parameters"]["seed"], 7);
+    let logs = text(&out.stderr);
+    assert!(!logs.contains(API_KEY), "the key leaked into the logs");
+}
+
+#[tokio::test]
+async fn edit_explains_a_refusal_and_exits_non_zero() {
+    let fake = FakeDashScope::start().await;
+    fake.script([Reply::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    let d = Dir::new(&backend_config(&fake));
+    std::fs::write(d.path("a.png"), images::png(600, 600)).unwrap();
+    let out = d
+        .run(&["edit", d.path("a.png").to_str().unwrap(), "--prompt", "x"])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("content policy"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!d.path("edited.png").exists());
+    std::fs::write(d.path("notes.png"), b"just text").unwrap();
+    let out = d
+        .run(&[
+            "edit",
+            d.path("notes.png").to_str().unwrap(),
+            "--prompt",
+            "x",
+        ])
+        .await;
+    assert!(
+        text(&out.stderr).contains("not an image"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = d
+        .run(&[
+            "edit",
+            d.path("a.png").to_str().unwrap(),
+            "--prompt",
+            "x",
+            "-n",
+            "9",
+        ])
+        .await;
+    assert!(
+        text(&out.stderr).contains("--n must be"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fake.calls(), 1);
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_without_secrets() {
+    let d = Dir::new("[telegram]\nenabled = false\n");
+    let out = d.run(&["check-config"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("model = \"qwen-image-edit-plus\""));
+    assert!(shown.contains("DASHSCOPE_API_KEY = set (redacted)"));
+    assert!(!shown.contains(API_KEY));
+    let bad = Dir::new("[backend]\ntimeout = 3\n");
+    let out = bad.run(&["check-config"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+    let no_key = Dir::new("[telegram]\nenabled = true\n");
+    let mut cmd = std::process::Command::new(BIN);
+    let out = cmd
+        .args(["check-config", "--config"])
+        .arg(no_key.path("config.toml"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("DASHSCOPE_API_KEY") && err.contains("TELEGRAM_BOT_TOKEN"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn quota_commands_change_the_store_and_survive_between_runs() {
+    let d = Dir::new("");
+    let out = d.run(&["quota", "set", "telegram:42", "9"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("used 0 of 9 (own limit)"),
+        "{}",
+        text(&out.stdout)
+    );
+    d.run(&["quota", "block", "telegram:42"]).await;
+    let out = d.run(&["quota", "show", "telegram:42"]).await;
+    assert!(
+        text(&out.stdout).contains("blocked"),
+        "{}",
+        text(&out.stdout)
+    );
+    d.run(&["quota", "unblock", "telegram:42"]).await;
+    d.run(&["quota", "set", "telegram:42", "default"]).await;
+    let out = d.run(&["quota", "show", "telegram:42"]).await;
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("used 0 of 5 this day window") && !shown.contains("blocked"),
+        "{shown}"
+    );
+    let out = d.run(&["quota", "show", "42"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("platform:id"));
+    assert!(
+        Path::new(&d.path("data/q.sqlite3")).exists(),
+        "store created with its folder"
+    );
+}
+
+#[tokio::test]
+async fn usage_reports_delivered_images_from_the_ledger() {
+    let fake = FakeDashScope::start().await;
+    let d = Dir::new(&backend_config(&fake));
+    std::fs::write(d.path("a.png"), images::png(600, 600)).unwrap();
+    let out = d
+        .run(&[
+            "edit",
+            d.path("a.png").to_str().unwrap(),
+            "--prompt",
+            "x",
+            "-n",
+            "3",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    fake.script(
+        [Reply::Error {
+            status: 500,
+            code: "InternalError",
+            retry_after: None,
+        }; 4],
+    );
+    let out = d
+        .run(&["edit", d.path("a.png").to_str().unwrap(), "--prompt", "x"])
+        .await;
+    assert!(!out.status.success());
+    let out = d
+        .run(&["usage", "--since", "2026-01-01", "--by", "user"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("since 2026-01-01"), "{shown}");
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("cli:local"))
+        .expect("a row for CLI edits");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        ["cli:local", "1", "3", "1", "0.15"],
+        "jobs, images, failed, cost"
+    );
+    let out = d.run(&["usage", "--since", "yesterday"]).await;
+    assert!(text(&out.stderr).contains("YYYY-MM-DD"));
+}
+
+#[tokio::test]
+async fn run_says_what_is_missing_instead_of_idling() {
+    let d = Dir::new("[telegram]\nenabled = false\n");
+    let out = d.run(&["run"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no platform is enabled"),
+        "{}",
+        text(&out.stderr)
+    );
+}

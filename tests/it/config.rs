@@ -1,0 +1,135 @@
+//! Configuration (SPEC §3): the example file, unknown keys, secrets from env and files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use qwen_edit_bot::config::{Config, Settings};
+use qwen_edit_bot::core::quota::Window;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example")
+}
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn the_example_config_loads_with_every_spec_key_and_its_defaults() {
+    let s = Settings::load_with_env(
+        &example(),
+        env(&[
+            ("DASHSCOPE_API_KEY", "sk-example-secret"),
+            ("TELEGRAM_BOT_TOKEN", "123:abc-token"),
+        ]),
+    )
+    .unwrap();
+    let c = &s.config;
+    assert_eq!(
+        c.backend.base_url,
+        "https://dashscope-intl.aliyuncs.com/api/v1"
+    );
+    assert_eq!(
+        (c.backend.model.as_str(), c.backend.timeout_secs),
+        ("qwen-image-edit-plus", 300)
+    );
+    assert_eq!(
+        (c.backend.max_concurrent, c.backend.max_requests_per_second),
+        (4, 2.0)
+    );
+    assert!(c.telegram.enabled && !c.discord.enabled);
+    assert_eq!(
+        (c.telegram.mode.as_str(), c.telegram.webhook_listen.as_str()),
+        ("polling", "0.0.0.0:8443")
+    );
+    assert_eq!(
+        (c.quota.per_user, c.quota.window, c.quota.max_queue),
+        (20, Window::Day, 200)
+    );
+    assert_eq!(c.http.listen, "127.0.0.1:9464");
+    assert_eq!(s.problems(), Vec::<String>::new());
+    // The example shows the defaults: an empty file means the same thing.
+    let empty = Config::parse("").unwrap();
+    assert_eq!(
+        toml::to_string(&empty.quota).unwrap(),
+        toml::to_string(&c.quota).unwrap()
+    );
+    assert_eq!(
+        toml::to_string(&empty.backend).unwrap(),
+        toml::to_string(&c.backend).unwrap()
+    );
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_it() {
+    let err = Config::parse("[backend]\nmodle = \"x\"\n").unwrap_err();
+    assert!(err.contains("modle"), "{err}");
+    let err = Config::parse("[quotas]\nper_user = 1\n").unwrap_err();
+    assert!(err.contains("quotas"), "{err}");
+    let err = Config::parse("[quota]\nwindow = \"fortnight\"\n").unwrap_err();
+    assert!(err.contains("fortnight"), "{err}");
+}
+
+#[test]
+fn secrets_come_from_env_or_from_a_file_and_are_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "sk-from-file\n").unwrap();
+    let s = Settings::load_with_env(
+        &example(),
+        env(&[
+            ("DASHSCOPE_API_KEY_FILE", key_file.to_str().unwrap()),
+            ("TELEGRAM_BOT_TOKEN", "42:tok"),
+        ]),
+    )
+    .unwrap();
+    let key = s.secrets.dashscope_api_key.as_ref().unwrap();
+    assert_eq!(qwen_edit_bot::config::expose(key), "sk-from-file");
+    let shown = format!("{} {:?}", s.redacted(), s);
+    assert!(
+        !shown.contains("sk-from-file") && !shown.contains("42:tok"),
+        "{shown}"
+    );
+    assert!(shown.contains("DASHSCOPE_API_KEY = set (redacted)"));
+    let missing = Settings::load_with_env(
+        &example(),
+        env(&[("DASHSCOPE_API_KEY_FILE", "/nonexistent/key")]),
+    );
+    assert!(
+        missing
+            .unwrap_err()
+            .to_string()
+            .contains("DASHSCOPE_API_KEY_FILE")
+    );
+}
+
+#[test]
+fn missing_secrets_and_bad_values_are_each_one_problem_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[backend]\nmax_concurrent = 0\nbase_url = \"ftp://x\"\n[telegram]\nenabled = true\nmode = \"push\"\n[http]\nlisten = \"nowhere\"\n",
+    )
+    .unwrap();
+    let s = Settings::load_with_env(&path, env(&[])).unwrap();
+    let problems = s.problems();
+    for needle in [
+        "max_concurrent",
+        "base_url",
+        "telegram.mode",
+        "http.listen",
+        "DASHSCOPE_API_KEY",
+        "TELEGRAM_BOT_TOKEN",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{needle} in {problems:?}"
+        );
+    }
+    assert!(problems.iter().all(|p| !p.contains('\n')));
+}

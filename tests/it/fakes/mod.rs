@@ -1,0 +1,4 @@
+//! Local stand-ins that speak the real wire protocols.
+
+pub mod dashscope;
+pub mod images;

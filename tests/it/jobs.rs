@@ -1,0 +1,470 @@
+//! The job engine with the real DashScope client against the fake, and the fair queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
+use qwen_edit_bot::core::command::{EditCommand, ParseContext, parse};
+use qwen_edit_bot::core::edit::{BackendError, BoxFuture};
+use qwen_edit_bot::core::error::{FailureReason, Rejection};
+use qwen_edit_bot::core::image::{FitLimits, ImageRejection};
+use qwen_edit_bot::core::jobs::{Engine, EngineConfig, InputSource, JobSpec, Outcome};
+use qwen_edit_bot::core::queue::FairQueue;
+use qwen_edit_bot::core::quota::{JobStatus, Limits, Platform, QuotaRejection, Quotas};
+use tokio::sync::mpsc;
+
+use super::quota::{at, limits, user};
+use crate::fakes::dashscope::{FakeDashScope, Reply};
+use crate::fakes::images;
+
+/// Inputs by locator, counting fetches.
+#[derive(Default)]
+struct MemorySource {
+    files: Mutex<HashMap<String, Bytes>>,
+}
+
+impl InputSource for MemorySource {
+    fn fetch<'a>(&'a self, locator: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {
+        let found = self.files.lock().unwrap().get(locator).cloned();
+        Box::pin(async move { found.ok_or_else(|| format!("no file {locator}")) })
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    fake: FakeDashScope,
+    engine: Arc<Engine>,
+    quotas: Arc<Quotas>,
+    outcomes: mpsc::Receiver<Outcome>,
+}
+
+struct RigOptions {
+    limits: Limits,
+    workers: usize,
+    max_queue: usize,
+    max_in_flight: u32,
+    model: &'static str,
+    latency: Duration,
+}
+
+impl Default for RigOptions {
+    fn default() -> Self {
+        Self {
+            limits: limits(20),
+            workers: 2,
+            max_queue: 50,
+            max_in_flight: 2,
+            model: "qwen-image-edit-plus",
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+async fn rig(o: RigOptions) -> Rig {
+    let fake = FakeDashScope::start().await;
+    fake.set_model(o.model);
+    fake.set_latency(o.latency);
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let opts = DashScopeOptions {
+        model: o.model.into(),
+        max_concurrent: o.workers,
+        ..super::dashscope::options(&fake, &delays)
+    };
+    let backend = Arc::new(DashScope::new(opts).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(
+        qwen_edit_bot::store::sqlite::SqliteLedger::open(&dir.path().join("q.db")).unwrap(),
+    );
+    let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
+        2026, 11, 26, 12, 0,
+    )));
+    let quotas = Arc::new(Quotas::new(ledger, clock, o.limits));
+    let cfg = EngineConfig {
+        max_queue: o.max_queue,
+        max_in_flight_per_user: o.max_in_flight,
+        workers: o.workers,
+        fit: FitLimits::default(),
+        store_prompts: false,
+        default_negative: "blurry".into(),
+        fetch_timeout: Duration::from_secs(5),
+    };
+    let source = Arc::new(MemorySource::default());
+    {
+        let mut files = source.files.lock().unwrap();
+        files.insert("photo".into(), Bytes::from(images::jpeg(800, 600)));
+        files.insert("small".into(), Bytes::from(images::jpeg(200, 150)));
+        files.insert("pdf".into(), Bytes::from_static(b"%PDF-1.4"));
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let mut engine = Engine::new(quotas.clone(), backend, cfg);
+    engine.register(Platform::Telegram, source, tx);
+    Rig {
+        _dir: dir,
+        fake,
+        engine: Arc::new(engine),
+        quotas,
+        outcomes: rx,
+    }
+}
+
+fn command(text: &str) -> EditCommand {
+    parse(text, ParseContext::default()).unwrap().unwrap()
+}
+
+fn spec(id: &str, user_id: &str, inputs: &[&str], text: &str) -> JobSpec {
+    JobSpec {
+        id: id.into(),
+        user: user(user_id),
+        chat: user_id.into(),
+        group: None,
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        command: command(text),
+        route: serde_json::json!({ "reply_to": 99 }),
+    }
+}
+
+async fn next(rx: &mut mpsc::Receiver<Outcome>) -> Outcome {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an outcome")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
+    let mut r = rig(RigOptions::default()).await;
+    r.engine.spawn_workers();
+    let accepted = r
+        .engine
+        .submit(spec(
+            "j1",
+            "1",
+            &["photo", "small"],
+            "/edit make it night --n 2",
+        ))
+        .await
+        .unwrap();
+    assert_eq!((accepted.position, accepted.granted.remaining), (0, 18));
+    assert_eq!(
+        r.quotas.ledger().job("j1").unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    let out = next(&mut r.outcomes).await;
+    let delivery = out.result.unwrap();
+    assert_eq!(delivery.images.len(), 2);
+    assert_eq!(images::dims(&delivery.images[0]).1, 64);
+    assert_eq!(out.job.route["reply_to"], 99);
+    // What the backend got: both images fitted, the default negative prompt.
+    let seen = r.fake.seen();
+    assert!(seen[0].violations.is_empty(), "{:?}", seen[0].violations);
+    assert_eq!(
+        seen[0].images,
+        vec![
+            ("image/jpeg".into(), 800, 600),
+            ("image/jpeg".into(), 512, 384)
+        ]
+    );
+    assert_eq!(seen[0].body["parameters"]["negative_prompt"], "blurry");
+    assert_eq!(
+        r.quotas.ledger().job("j1").unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    r.engine.delivered(&out.job, delivery.request_id).await;
+    let job = r.quotas.ledger().job("j1").unwrap().unwrap();
+    assert_eq!(
+        (job.status, job.request_id.as_deref()),
+        (JobStatus::Delivered, Some("req-ok-1"))
+    );
+    assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 2);
+}
+
+#[tokio::test]
+async fn a_backend_failure_refunds_the_quota_and_says_so() {
+    let mut r = rig(RigOptions::default()).await;
+    r.engine.spawn_workers();
+    r.fake.script((0..4).map(|_| Reply::Error {
+        status: 500,
+        code: "InternalError",
+        retry_after: None,
+    }));
+    r.engine
+        .submit(spec("j1", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    let out = next(&mut r.outcomes).await;
+    let failure = out.result.unwrap_err();
+    assert!(failure.refunded);
+    assert_eq!(
+        failure.reason,
+        FailureReason::Backend(BackendError::Unavailable {
+            status: 500,
+            code: "InternalError".into()
+        })
+    );
+    assert_eq!(r.fake.calls(), 4);
+    assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 0);
+    let job = r.quotas.ledger().job("j1").unwrap().unwrap();
+    assert_eq!(
+        (job.status, job.error.as_deref()),
+        (JobStatus::Failed, Some("InternalError"))
+    );
+}
+
+#[tokio::test]
+async fn moderation_is_refunded_without_a_retry() {
+    let mut r = rig(RigOptions::default()).await;
+    r.engine.spawn_workers();
+    r.fake.script([Reply::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    r.engine
+        .submit(spec("j1", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    let failure = next(&mut r.outcomes).await.result.unwrap_err();
+    assert!(matches!(
+        failure.reason,
+        FailureReason::Backend(BackendError::Moderated { .. })
+    ));
+    assert!(failure.refunded);
+    assert_eq!(r.fake.calls(), 1);
+    assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 0);
+}
+
+#[tokio::test]
+async fn an_input_that_is_not_an_image_fails_the_job_before_the_backend_and_costs_nothing() {
+    let mut r = rig(RigOptions::default()).await;
+    r.engine.spawn_workers();
+    r.engine
+        .submit(spec("j1", "1", &["pdf"], "/edit x"))
+        .await
+        .unwrap();
+    let failure = next(&mut r.outcomes).await.result.unwrap_err();
+    assert_eq!(
+        failure.reason,
+        FailureReason::Image(ImageRejection::NotAnImage)
+    );
+    assert!(failure.refunded);
+    r.engine
+        .submit(spec("j2", "1", &["gone"], "/edit x"))
+        .await
+        .unwrap();
+    let failure = next(&mut r.outcomes).await.result.unwrap_err();
+    assert!(matches!(failure.reason, FailureReason::Fetch(_)));
+    assert_eq!(r.fake.calls(), 0);
+    assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 0);
+}
+
+#[tokio::test]
+async fn requests_are_validated_before_anything_is_charged() {
+    let r = rig(RigOptions {
+        model: "qwen-image-edit",
+        ..RigOptions::default()
+    })
+    .await;
+    let no_image = r
+        .engine
+        .submit(spec("a", "1", &[], "/edit x"))
+        .await
+        .unwrap_err();
+    assert_eq!(no_image, Rejection::NoImage);
+    let four = r
+        .engine
+        .submit(spec("b", "1", &["photo"; 4], "/edit x"))
+        .await
+        .unwrap_err();
+    assert_eq!(four, Rejection::TooManyImages(4));
+    let n2 = r
+        .engine
+        .submit(spec("c", "1", &["photo"], "/edit x --n 2"))
+        .await
+        .unwrap_err();
+    assert_eq!(n2, Rejection::CountNotSupported { max: 1 });
+    assert_eq!(r.quotas.ledger().job("a").unwrap(), None);
+    assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 0);
+}
+
+#[tokio::test]
+async fn a_full_queue_and_a_busy_user_are_turned_away_without_charge() {
+    let r = rig(RigOptions {
+        max_queue: 3,
+        max_in_flight: 2,
+        ..RigOptions::default()
+    })
+    .await;
+    // No workers: jobs wait.
+    r.engine
+        .submit(spec("a", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    r.engine
+        .submit(spec("b", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    let busy = r
+        .engine
+        .submit(spec("c", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap_err();
+    assert_eq!(busy, Rejection::TooManyInFlight { max: 2 });
+    let third = r
+        .engine
+        .submit(spec("d", "2", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        third.position, 1,
+        "user 2 goes right after user 1's first job"
+    );
+    let full = r
+        .engine
+        .submit(spec("e", "3", &["photo"], "/edit x"))
+        .await
+        .unwrap_err();
+    assert_eq!(full, Rejection::QueueFull);
+    assert_eq!(r.engine.queue_len(), 3);
+    assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 2);
+    assert_eq!(r.quotas.show(&user("3")).await.unwrap().used, 0);
+}
+
+#[tokio::test]
+async fn a_quota_refusal_frees_the_queue_place() {
+    let r = rig(RigOptions {
+        limits: limits(1),
+        max_in_flight: 1,
+        ..RigOptions::default()
+    })
+    .await;
+    let over = r
+        .engine
+        .submit(spec("a", "1", &["photo"], "/edit x --n 2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        over,
+        Rejection::Quota(QuotaRejection::User {
+            used: 0,
+            limit: 1,
+            ..
+        })
+    ));
+    r.engine
+        .submit(spec("b", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    assert_eq!(r.engine.queue_len(), 1);
+}
+
+#[tokio::test]
+async fn one_users_burst_does_not_starve_another_user() {
+    let mut r = rig(RigOptions {
+        workers: 1,
+        max_in_flight: 10,
+        ..RigOptions::default()
+    })
+    .await;
+    for i in 0..5 {
+        r.engine
+            .submit(spec(&format!("a{i}"), "1", &["photo"], "/edit x"))
+            .await
+            .unwrap();
+    }
+    let b = r
+        .engine
+        .submit(spec("b0", "2", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    assert_eq!(b.position, 1);
+    r.engine.spawn_workers();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(next(&mut r.outcomes).await.job.id);
+    }
+    assert_eq!(order, ["a0", "b0", "a1", "a2", "a3", "a4"]);
+}
+
+#[test]
+fn the_fair_queue_serves_users_in_turn() {
+    let q = FairQueue::<&str>::new(100, 100);
+    let (a, b, c) = (user("a"), user("b"), user("c"));
+    for (u, job) in [
+        (&a, "a1"),
+        (&a, "a2"),
+        (&a, "a3"),
+        (&b, "b1"),
+        (&c, "c1"),
+        (&b, "b2"),
+    ] {
+        let hold = q.hold(u).unwrap();
+        q.push(hold, job);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let order: Vec<_> = rt.block_on(async { futures_take(&q, 6).await });
+    assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3"]);
+    assert_eq!(q.unfinished(&a), 3, "running jobs still count until done");
+    q.done(&a);
+    assert_eq!(q.unfinished(&a), 2);
+}
+
+async fn futures_take(q: &FairQueue<&'static str>, n: usize) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(q.pop().await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_closed_queue_refuses_new_jobs_and_drains_the_rest() {
+    let q = FairQueue::<u32>::new(10, 10);
+    let hold = q.hold(&user("a")).unwrap();
+    q.push(hold, 1);
+    q.close();
+    assert_eq!(q.hold(&user("b")).unwrap_err(), Rejection::ShuttingDown);
+    assert_eq!(q.pop().await, Some(1));
+    assert_eq!(q.pop().await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
+    let mut r = rig(RigOptions {
+        workers: 3,
+        latency: Duration::from_millis(50),
+        ..RigOptions::default()
+    })
+    .await;
+    r.engine.spawn_workers();
+    let submits: Vec<_> = (0..30)
+        .map(|i| {
+            let engine = r.engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .submit(spec(
+                        &format!("j{i}"),
+                        &format!("u{i}"),
+                        &["photo"],
+                        "/edit x",
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    for s in submits {
+        s.await.unwrap().unwrap();
+    }
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let out = next(&mut r.outcomes).await;
+        assert!(out.result.is_ok());
+        served.insert(out.job.user.id.clone());
+    }
+    assert_eq!(served.len(), 30);
+    assert_eq!(r.fake.calls(), 30);
+    assert_eq!(r.fake.max_in_flight(), 3);
+}

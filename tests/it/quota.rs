@@ -1,0 +1,322 @@
+//! Quotas and the SQLite ledger (SPEC §5).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use qwen_edit_bot::core::clock::ManualClock;
+use qwen_edit_bot::core::quota::{
+    JobStatus, Limits, Platform, QuotaRejection, Quotas, Reservation, UserRef, Window,
+};
+use qwen_edit_bot::store::sqlite::SqliteLedger;
+
+pub fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+}
+
+pub fn limits(per_user: u32) -> Limits {
+    Limits {
+        per_user,
+        window: Window::Day,
+        per_chat: 0,
+        global_per_day: 0,
+    }
+}
+
+pub fn user(id: &str) -> UserRef {
+    UserRef::new(Platform::Telegram, id)
+}
+
+pub fn reservation(job: &str, user_id: &str, group: Option<&str>, cost: u32) -> Reservation {
+    Reservation {
+        job_id: job.into(),
+        user: user(user_id),
+        chat: group.unwrap_or(user_id).into(),
+        group: group.map(Into::into),
+        model: "qwen-image-edit-plus".into(),
+        cost,
+        prompt: None,
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    clock: Arc<ManualClock>,
+}
+
+impl Setup {
+    fn new(now: DateTime<Utc>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/folder/q.sqlite3");
+        Self {
+            _dir: dir,
+            path,
+            clock: Arc::new(ManualClock::new(now)),
+        }
+    }
+
+    fn quotas(&self, limits: Limits) -> Arc<Quotas> {
+        let ledger = Arc::new(SqliteLedger::open(&self.path).unwrap());
+        Arc::new(Quotas::new(ledger, self.clock.clone(), limits))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_1000_concurrent_reserves_against_a_limit_of_10_exactly_10_win() {
+    let s = Setup::new(at(2026, 11, 26, 12, 0));
+    let q = s.quotas(limits(10));
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                q.reserve(reservation(&format!("job{i}"), "7", None, 1))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Ok(_) => won += 1,
+            Err(QuotaRejection::User {
+                used: 10,
+                limit: 10,
+                ..
+            }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 10);
+    assert_eq!(q.show(&user("7")).await.unwrap().used, 10);
+}
+
+#[tokio::test]
+async fn a_reserve_tells_what_is_left_and_refuses_past_the_limit_with_the_reset_time() {
+    let s = Setup::new(at(2026, 11, 26, 23, 59));
+    let q = s.quotas(limits(3));
+    let g = q
+        .reserve(reservation("a", "1", None, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (g.remaining, g.limit, g.resets_at),
+        (1, 3, at(2026, 11, 27, 0, 0))
+    );
+    let no = q
+        .reserve(reservation("b", "1", None, 2))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        no,
+        QuotaRejection::User {
+            used: 2,
+            limit: 3,
+            resets_at: at(2026, 11, 27, 0, 0)
+        }
+    );
+    // The window rolls over at midnight UTC.
+    s.clock.advance(Duration::minutes(2));
+    let g = q
+        .reserve(reservation("c", "1", None, 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.remaining, 0);
+}
+
+#[tokio::test]
+async fn refunds_give_the_quota_back_and_commits_keep_it() {
+    let s = Setup::new(at(2026, 11, 26, 10, 0));
+    let q = s.quotas(limits(2));
+    q.reserve(reservation("a", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    q.reserve(reservation("b", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    q.commit("a", Some("req-1".into())).await.unwrap();
+    q.refund("b", "InternalError").await.unwrap();
+    assert_eq!(q.show(&user("1")).await.unwrap().used, 1);
+    // A finished job stays finished: a late refund of a delivered job changes nothing.
+    q.refund("a", "late").await.unwrap();
+    assert_eq!(q.show(&user("1")).await.unwrap().used, 1);
+    let a = q.ledger().job("a").unwrap().unwrap();
+    assert_eq!(
+        (a.status, a.request_id.as_deref()),
+        (JobStatus::Delivered, Some("req-1"))
+    );
+    let b = q.ledger().job("b").unwrap().unwrap();
+    assert_eq!(
+        (b.status, b.error.as_deref()),
+        (JobStatus::Failed, Some("InternalError"))
+    );
+    assert_eq!(b.finished_at, Some(at(2026, 11, 26, 10, 0)));
+}
+
+#[tokio::test]
+async fn per_chat_and_global_limits_apply_across_users() {
+    let s = Setup::new(at(2026, 11, 26, 10, 0));
+    let q = s.quotas(Limits {
+        per_user: 10,
+        window: Window::Day,
+        per_chat: 2,
+        global_per_day: 3,
+    });
+    q.reserve(reservation("a", "1", Some("-100"), 1))
+        .await
+        .unwrap()
+        .unwrap();
+    q.reserve(reservation("b", "2", Some("-100"), 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let no = q
+        .reserve(reservation("c", "3", Some("-100"), 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(no, QuotaRejection::Chat { limit: 2, .. }));
+    // Private chats do not count against a group.
+    q.reserve(reservation("d", "3", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let no = q
+        .reserve(reservation("e", "4", None, 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        no,
+        QuotaRejection::Global {
+            resets_at: at(2026, 11, 27, 0, 0)
+        }
+    );
+}
+
+#[tokio::test]
+async fn overrides_blocks_and_resets_are_persisted_across_a_reopen() {
+    let s = Setup::new(at(2026, 11, 26, 10, 0));
+    {
+        let q = s.quotas(limits(2));
+        q.reserve(reservation("a", "1", None, 2))
+            .await
+            .unwrap()
+            .unwrap();
+        q.set_limit(&user("1"), Some(5)).await.unwrap();
+        q.set_blocked(&user("2"), true).await.unwrap();
+        q.reserve(reservation("b", "3", None, 2))
+            .await
+            .unwrap()
+            .unwrap();
+        q.reset(&user("3")).await.unwrap();
+    }
+    let q = s.quotas(limits(2));
+    let one = q.show(&user("1")).await.unwrap();
+    assert_eq!((one.used, one.limit, one.overridden), (2, 5, true));
+    let no = q
+        .reserve(reservation("c", "2", None, 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(no, QuotaRejection::Blocked);
+    assert_eq!(q.show(&user("3")).await.unwrap().used, 0, "reset survives");
+    q.reserve(reservation("d", "3", None, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    q.set_blocked(&user("2"), false).await.unwrap();
+    q.reserve(reservation("e", "2", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    q.set_limit(&user("1"), None).await.unwrap();
+    assert_eq!(q.show(&user("1")).await.unwrap().limit, 2);
+    assert_eq!(
+        q.ledger().job("a").unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+}
+
+#[tokio::test]
+async fn a_per_user_limit_of_zero_means_nobody_may_edit_unless_given_their_own() {
+    let s = Setup::new(at(2026, 11, 26, 10, 0));
+    let q = s.quotas(limits(0));
+    let no = q
+        .reserve(reservation("a", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(no, QuotaRejection::Disabled);
+    q.set_limit(&user("1"), Some(1)).await.unwrap();
+    q.reserve(reservation("b", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn windows_follow_calendar_boundaries_in_utc() {
+    let t = at(2026, 12, 31, 17, 45); // a Thursday
+    assert_eq!(Window::Hour.start(t), at(2026, 12, 31, 17, 0));
+    assert_eq!(Window::Hour.end(t), at(2026, 12, 31, 18, 0));
+    assert_eq!(Window::Day.end(t), at(2027, 1, 1, 0, 0));
+    assert_eq!(Window::Week.start(t), at(2026, 12, 28, 0, 0));
+    assert_eq!(Window::Week.end(t), at(2027, 1, 4, 0, 0));
+    assert_eq!(Window::Month.start(t), at(2026, 12, 1, 0, 0));
+    assert_eq!(Window::Month.end(t), at(2027, 1, 1, 0, 0));
+    assert_eq!(
+        Window::Month.end(at(2028, 2, 29, 23, 0)),
+        at(2028, 3, 1, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_monthly_window_rolls_over_on_the_first() {
+    let s = Setup::new(at(2026, 11, 30, 23, 0));
+    let q = s.quotas(Limits {
+        window: Window::Month,
+        ..limits(1)
+    });
+    q.reserve(reservation("a", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        q.reserve(reservation("b", "1", None, 1))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    s.clock.set(at(2026, 12, 1, 0, 0));
+    q.reserve(reservation("c", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn prompts_are_stored_only_when_given() {
+    let s = Setup::new(at(2026, 11, 26, 10, 0));
+    let q = s.quotas(limits(5));
+    let mut r = reservation("a", "1", None, 1);
+    r.prompt = Some("make it night".into());
+    q.reserve(r).await.unwrap().unwrap();
+    q.reserve(reservation("b", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        q.ledger().job("a").unwrap().unwrap().prompt.as_deref(),
+        Some("make it night")
+    );
+    let b = q.ledger().job("b").unwrap().unwrap();
+    assert_eq!(
+        (b.prompt, b.model.as_str(), b.cost),
+        (None, "qwen-image-edit-plus", 1)
+    );
+}
