@@ -1,6 +1,6 @@
 //! Command line (SPEC §2) → the library. Nothing else lives here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -103,7 +103,7 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Settings> {
+fn load(path: &Path) -> anyhow::Result<Settings> {
     Ok(Settings::load(path)?)
 }
 
@@ -161,7 +161,7 @@ fn parse_limit(s: &str) -> anyhow::Result<Option<u32>> {
         .map_err(|_| anyhow::anyhow!("limit {s:?}: give a whole number, or \"default\""))
 }
 
-fn check_config(path: &PathBuf) -> ExitCode {
+fn check_config(path: &Path) -> ExitCode {
     let settings = match Settings::load(path) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),

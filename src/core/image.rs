@@ -394,14 +394,19 @@ fn encode(
             image::codecs::png::FilterType::Adaptive,
         )
         .write_image(img.as_bytes(), w, h, image::ExtendedColorType::Rgba8)
+        .map_err(|_| ImageRejection::Corrupt)
     } else {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(
-            img.as_bytes(),
-            w,
-            h,
-            image::ExtendedColorType::Rgb8,
-        )
+        // jpeg-encoder (SIMD) is several times faster than the image crate's encoder.
+        let (w16, h16) = (u16::try_from(w), u16::try_from(h));
+        let (Ok(w16), Ok(h16)) = (w16, h16) else {
+            return Err(ImageRejection::Corrupt);
+        };
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+        encoder
+            .encode(img.as_bytes(), w16, h16, jpeg_encoder::ColorType::Rgb)
+            .map_err(|_| ImageRejection::Corrupt)
     };
-    result.map_err(|_| ImageRejection::Corrupt)?;
+    result?;
     Ok((if alpha { Format::Png } else { Format::Jpeg }, out))
 }
