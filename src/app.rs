@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::image::FitLimits;
 use crate::core::jobs::{Engine, EngineConfig};
-use crate::core::quota::{Limits, Quotas};
+use crate::core::quota::{Limits, Platform, Quotas};
 
 /// Quota limits from `[quota]`.
 pub fn limits(settings: &Settings) -> Limits {
@@ -60,35 +60,87 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
     }
 }
 
-/// The daemon. Returns an error (non-zero exit) when nothing can run.
+/// How long job descriptions (with prompts, for 🔁) are kept.
+const SPEC_RETENTION_DAYS: i64 = 7;
+/// How long running jobs may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// The daemon until SIGINT/SIGTERM. Returns an error (non-zero exit) when nothing can run.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    serve(settings, shutdown_signal()).await
+}
+
+/// The daemon until `shutdown` resolves: every enabled platform and the job workers.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let problems = settings.problems();
     if let Some(first) = problems.first() {
         bail!("{first}{}", more(problems.len()));
     }
     let c = &settings.config;
     if !c.telegram.enabled && !c.discord.enabled {
-        bail!(
-            "no platform is enabled: set telegram.enabled or discord.enabled in {}",
-            settings.path.display()
-        );
-    }
-    // The engine is ready; the chat front-ends are the part still to come.
-    let quotas = quotas(&settings)?;
-    let backend = backend(&settings)?;
-    let _engine = Engine::new(quotas, backend, engine_config(&settings));
-    let mut missing = Vec::new();
-    if c.telegram.enabled {
-        missing.push("telegram");
+        bail!("no platform is enabled: set telegram.enabled or discord.enabled in {}", settings.path.display());
     }
     if c.discord.enabled {
-        missing.push("discord");
+        bail!("the discord front-end is not part of this build yet; disable [discord] to run Telegram");
     }
-    bail!(
-        "the {} front-end is not part of this build yet; only `edit`, `quota`, `usage` and \
-         `check-config` work",
-        missing.join(" and ")
-    )
+    let quotas = quotas(&settings)?;
+    prune_specs(&quotas).await;
+    let backend = backend(&settings)?;
+    let mut engine = Engine::new(quotas, backend, engine_config(&settings));
+    let telegram = crate::telegram::prepare(&settings)?;
+    engine.register(Platform::Telegram, telegram.source.clone(), telegram.events_tx.clone());
+    let engine = Arc::new(engine);
+    let workers = engine.spawn_workers();
+    let events = crate::telegram::run(telegram, engine.clone(), &settings, shutdown).await?;
+    tracing::info!("no longer taking updates; finishing queued and running jobs");
+    engine.close();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        for w in workers {
+            let _ = w.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown grace ran out; unfinished jobs stay in the store");
+    }
+    drop(engine);
+    let _ = tokio::time::timeout(Duration::from_secs(30), events).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn prune_specs(quotas: &Quotas) {
+    let before = quotas.now() - chrono::Duration::days(SPEC_RETENTION_DAYS);
+    let ledger = quotas.ledger().clone();
+    match tokio::task::spawn_blocking(move || ledger.prune_specs(before)).await {
+        Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "forgot old job descriptions"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune job descriptions"),
+        _ => {}
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn more(n: usize) -> String {

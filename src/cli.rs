@@ -111,6 +111,7 @@ async fn record_start(ledger: &Arc<dyn Ledger>, model: &str, cost: u32) -> anyho
         model: model.to_owned(),
         cost,
         prompt: None,
+        spec: None,
     };
     let unlimited = Limits {
         per_user: u32::MAX,

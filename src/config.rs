@@ -63,6 +63,10 @@ pub struct TelegramConfig {
     pub webhook_url: String,
     pub webhook_listen: String,
     pub admin_ids: Vec<i64>,
+    /// How long to collect the photos of an album (they arrive as separate updates).
+    pub album_wait_ms: u64,
+    /// Long-polling timeout; must stay under teloxide's 17 s HTTP timeout.
+    pub poll_timeout_secs: u32,
 }
 
 impl Default for TelegramConfig {
@@ -74,6 +78,8 @@ impl Default for TelegramConfig {
             webhook_url: String::new(),
             webhook_listen: "0.0.0.0:8443".into(),
             admin_ids: Vec::new(),
+            album_wait_ms: 1200,
+            poll_timeout_secs: 10,
         }
     }
 }
@@ -293,6 +299,15 @@ impl Config {
                 "telegram.api_url = {:?} is not an http(s) URL",
                 t.api_url
             ));
+        }
+        if !(1..=15).contains(&t.poll_timeout_secs) {
+            out.push("telegram.poll_timeout_secs must be between 1 and 15".into());
+        }
+        if t.album_wait_ms > 10_000 {
+            out.push("telegram.album_wait_ms must be at most 10000".into());
+        }
+        if t.enabled && t.mode == "webhook" && t.webhook_listen.parse::<std::net::SocketAddr>().is_err() {
+            out.push(format!("telegram.webhook_listen = {:?} is not host:port", t.webhook_listen));
         }
         if t.enabled && t.mode == "webhook" && !t.webhook_url.starts_with("https://") {
             out.push("telegram.mode = \"webhook\" needs telegram.webhook_url (https://…)".into());

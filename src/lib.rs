@@ -8,3 +8,4 @@ pub mod core; // platform-free logic: parsing, images, quotas, jobs
 pub mod logging; // tracing setup (RUST_LOG, LOG_FORMAT=json)
 pub mod messages; // every user-facing sentence, in English and Chinese
 pub mod store; // durable stores (SQLite)
+pub mod telegram; // the Telegram front-end (teloxide)

@@ -243,3 +243,164 @@ pub fn truncated(lang: Lang) -> String {
         format!("（指令已截断为 {MAX_PROMPT_CHARS} 个字符。）"),
     )
 }
+
+/// `/help` and `/start`.
+pub fn help(lang: Lang) -> String {
+    match lang {
+        Lang::En => "I edit images with Qwen-Image-Edit.\n\n\
+            • Send a photo with the caption /edit make it night\n\
+            • or reply /edit add a red hat to any photo\n\
+            • or send an album (up to 3 photos) with /edit … in the caption\n\
+            • in a private chat, any captioned photo is an edit\n\n\
+            Options: --no TEXT (what to avoid), --seed N, --n N (how many results)\n\
+            Example: /edit turn it into a watercolor --no text --n 2\n\n\
+            /quota shows your edits left. Admins: /quota set N, /quota reset, /block, /unblock \
+            (reply to the user or give their id), /usage."
+            .into(),
+        Lang::Zh => "我可以用通义千问图像编辑模型修改图片。\n\n\
+            • 发送图片并附上说明：/edit 把天空变成夜晚\n\
+            • 或回复任意图片：/edit 给他戴一顶红帽子\n\
+            • 或发送相册（最多 3 张），在说明里写 /edit …\n\
+            • 私聊时，带说明的图片都会被当作编辑请求\n\n\
+            选项：--no 文本（不想要的内容）、--seed 数字、--n 数量（生成几张）\n\
+            例如：/edit 变成水彩画 --no 文字 --n 2\n\n\
+            /quota 查看剩余次数。管理员：/quota set N、/quota reset、/block、/unblock\
+            （回复该用户或写出其 ID）、/usage。"
+            .into(),
+    }
+}
+
+/// `/quota`: what the user has left.
+pub fn quota_status(lang: Lang, q: &crate::core::quota::UserQuota) -> String {
+    if q.blocked {
+        return quota(&QuotaRejection::Blocked).pick(lang);
+    }
+    pick(
+        lang,
+        format!(
+            "You have {} of {} edits left. The count resets {}.",
+            q.remaining(),
+            q.limit,
+            when(q.resets_at)
+        ),
+        format!("你还剩 {}/{} 次编辑，{} 重置。", q.remaining(), q.limit, when(q.resets_at)),
+    )
+}
+
+trait PickPair {
+    fn pick(self, lang: Lang) -> String;
+}
+
+impl PickPair for (String, String) {
+    fn pick(self, lang: Lang) -> String {
+        pick(lang, self.0, self.1)
+    }
+}
+
+/// Caption under a result: a short echo of the prompt and what is left.
+pub fn result_caption(lang: Lang, prompt: &str, remaining: u32, truncated: bool) -> String {
+    let mut echo: String = prompt.chars().take(120).collect();
+    if prompt.chars().count() > 120 {
+        echo.push('…');
+    }
+    let mut text = pick(
+        lang,
+        format!("“{echo}” · {remaining} edits left"),
+        format!("“{echo}” · 剩余 {remaining} 次"),
+    );
+    if truncated {
+        text.push('\n');
+        text.push_str(&self::truncated(lang));
+    }
+    text
+}
+
+/// Status while waiting.
+pub fn queued(lang: Lang, ahead: usize) -> String {
+    pick(
+        lang,
+        format!("⏳ In the queue: {ahead} ahead of you."),
+        format!("⏳ 排队中：前面还有 {ahead} 个。"),
+    )
+}
+
+/// Status once a worker has the job.
+pub fn working(lang: Lang) -> String {
+    pick(lang, "🎨 Editing…".into(), "🎨 正在编辑…".into())
+}
+
+/// Status where a reaction could not be set.
+pub fn accepted(lang: Lang) -> String {
+    pick(lang, "⏳ Got it, working on it.".into(), "⏳ 收到，正在处理。".into())
+}
+
+/// A private-chat photo with no caption.
+pub fn caption_hint(lang: Lang) -> String {
+    pick(
+        lang,
+        "Add a caption saying what to change, e.g. “make it night”.".into(),
+        "请在图片说明里写明要修改的内容，例如“把天空变成夜晚”。".into(),
+    )
+}
+
+/// 🔁 on a job that is no longer known.
+pub fn again_expired(lang: Lang) -> String {
+    pick(
+        lang,
+        "This button has expired; send the request again.".into(),
+        "该按钮已过期，请重新发送请求。".into(),
+    )
+}
+
+/// 🔁 accepted.
+pub fn again_started(lang: Lang) -> String {
+    pick(lang, "🔁 Again, with a new seed.".into(), "🔁 换个随机种子再来一次。".into())
+}
+
+/// Admin commands.
+pub mod admin {
+    use super::{Lang, pick};
+
+    pub fn refused(lang: Lang) -> String {
+        pick(lang, "Only chat admins can do that.".into(), "只有群管理员可以执行此操作。".into())
+    }
+
+    pub fn usage(lang: Lang) -> String {
+        pick(
+            lang,
+            "Reply to the user's message, or give their numeric id: /quota set 10, /quota set 12345 10, /quota reset, /block, /unblock."
+                .into(),
+            "请回复该用户的消息，或写出其数字 ID：/quota set 10、/quota set 12345 10、/quota reset、/block、/unblock。"
+                .into(),
+        )
+    }
+
+    pub fn limit_set(lang: Lang, user: &str, limit: u32) -> String {
+        pick(
+            lang,
+            format!("User {user} may now make {limit} edits per window."),
+            format!("用户 {user} 每个周期可编辑 {limit} 次。"),
+        )
+    }
+
+    pub fn reset(lang: Lang, user: &str) -> String {
+        pick(lang, format!("Usage of user {user} was reset."), format!("已重置用户 {user} 的用量。"))
+    }
+
+    pub fn blocked(lang: Lang, user: &str, blocked: bool) -> String {
+        match (blocked, lang) {
+            (true, Lang::En) => format!("User {user} is blocked."),
+            (false, Lang::En) => format!("User {user} is unblocked."),
+            (true, Lang::Zh) => format!("已禁止用户 {user}。"),
+            (false, Lang::Zh) => format!("已解除对用户 {user} 的禁止。"),
+        }
+    }
+
+    pub fn usage_header(lang: Lang, since: &str) -> String {
+        pick(lang, format!("Images delivered since {since}:"), format!("自 {since} 起交付的图片："))
+    }
+
+    pub fn usage_empty(lang: Lang) -> String {
+        pick(lang, "No edits yet.".into(), "暂无编辑记录。".into())
+    }
+}

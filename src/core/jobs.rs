@@ -2,7 +2,7 @@
 //! backend, download results) and hand the outcome back as a value.
 //!
 //! A front-end registers, per platform, an [`InputSource`] (how to fetch the bytes behind an
-//! input locator, e.g. a Telegram file id) and a channel that receives each [`Outcome`]. The
+//! input locator, e.g. a Telegram file id) and a channel that receives each [`JobEvent`]. The
 //! front-end then delivers and reports back with [`Engine::delivered`] (commit) or
 //! [`Engine::undeliverable`] (refund). The engine never talks to a platform itself.
 
@@ -60,6 +60,15 @@ pub struct Delivery {
     pub request_id: Option<String>,
 }
 
+/// What a front-end hears about its jobs.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// A worker took the job (show "working", typing indicators…).
+    Started(JobSpec),
+    /// The job ended; post the result or the failure.
+    Finished(Outcome),
+}
+
 /// How a job ended, for the front-end to post.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -91,7 +100,7 @@ pub struct Engine {
     backend: Arc<dyn EditBackend>,
     queue: Arc<FairQueue<Queued>>,
     sources: HashMap<Platform, Arc<dyn InputSource>>,
-    sinks: HashMap<Platform, mpsc::Sender<Outcome>>,
+    sinks: HashMap<Platform, mpsc::Sender<JobEvent>>,
     cfg: EngineConfig,
 }
 
@@ -107,15 +116,24 @@ impl Engine {
         }
     }
 
-    /// Connects a front-end: its input source and the channel its outcomes go to.
+    /// Connects a front-end: its input source and the channel its job events go to.
     pub fn register(
         &mut self,
         platform: Platform,
         source: Arc<dyn InputSource>,
-        outcomes: mpsc::Sender<Outcome>,
+        events: mpsc::Sender<JobEvent>,
     ) {
         self.sources.insert(platform, source);
-        self.sinks.insert(platform, outcomes);
+        self.sinks.insert(platform, events);
+    }
+
+    pub fn backend(&self) -> &Arc<dyn EditBackend> {
+        &self.backend
+    }
+
+    /// Jobs served before `job_id`, if it is still waiting.
+    pub fn position(&self, job_id: &str) -> Option<usize> {
+        self.queue.position(|q| q.spec.id == job_id)
     }
 
     pub fn quotas(&self) -> &Arc<Quotas> {
@@ -140,6 +158,7 @@ impl Engine {
             model: self.backend.model().to_owned(),
             cost: u32::from(spec.command.count()),
             prompt: self.cfg.store_prompts.then(|| spec.command.prompt.clone()),
+            spec: serde_json::to_string(&spec).ok(),
         };
         let granted = match self.quotas.reserve(reservation).await {
             Ok(Ok(granted)) => granted,
@@ -198,6 +217,7 @@ impl Engine {
             if let Err(e) = self.quotas.mark_running(&q.spec.id).await {
                 tracing::error!(error = %e, "cannot mark the job running");
             }
+            self.emit(JobEvent::Started(q.spec.clone())).await;
             let result = self.produce(&q.spec).await;
             let result = match result {
                 Ok(delivery) => Ok(delivery),
@@ -213,26 +233,26 @@ impl Engine {
                 "job finished"
             );
             self.queue.done(&q.spec.user);
-            let platform = q.spec.user.platform;
-            let outcome = Outcome {
-                job: q.spec,
-                granted: q.granted,
-                result,
-            };
-            match self.sinks.get(&platform) {
-                Some(sink) => {
-                    if sink.send(outcome).await.is_err() {
-                        tracing::error!("the front-end is gone; outcome dropped");
-                    }
-                }
-                None => tracing::error!(
-                    platform = platform.as_str(),
-                    "no front-end for this platform"
-                ),
-            }
+            let outcome = Outcome { job: q.spec, granted: q.granted, result };
+            self.emit(JobEvent::Finished(outcome)).await;
         }
         .instrument(span)
         .await
+    }
+
+    async fn emit(&self, event: JobEvent) {
+        let platform = match &event {
+            JobEvent::Started(spec) => spec.user.platform,
+            JobEvent::Finished(o) => o.job.user.platform,
+        };
+        match self.sinks.get(&platform) {
+            Some(sink) => {
+                if sink.send(event).await.is_err() {
+                    tracing::error!("the front-end is gone; job event dropped");
+                }
+            }
+            None => tracing::error!(platform = platform.as_str(), "no front-end for this platform"),
+        }
     }
 
     async fn produce(&self, spec: &JobSpec) -> Result<Delivery, FailureReason> {

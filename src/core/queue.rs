@@ -142,6 +142,15 @@ impl<J: Send> FairQueue<J> {
         self.notify.notify_one();
     }
 
+    /// Jobs served before the first waiting job that matches, if any.
+    pub fn position(&self, matches: impl Fn(&J) -> bool) -> Option<usize> {
+        let s = self.lock();
+        s.waiting.iter().find_map(|(user, jobs)| {
+            let index = jobs.iter().position(&matches)?;
+            Some(position_of(&s, user, index))
+        })
+    }
+
     /// Jobs waiting (not running).
     pub fn len(&self) -> usize {
         self.lock().queued

@@ -155,6 +155,8 @@ pub struct Reservation {
     pub cost: u32,
     /// Stored only when `quota.store_prompts` is on.
     pub prompt: Option<String>,
+    /// The job description (JSON) kept for 🔁 and for resuming; pruned after a few days.
+    pub spec: Option<String>,
 }
 
 /// A reserve that went through.
@@ -312,6 +314,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Images reserved or committed by `user` since `since` (and since its last reset).
     fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// The job description saved with the reserve, if not pruned.
+    fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError>;
+    /// Forgets job descriptions of jobs created before `before`; returns how many.
+    fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
     fn report(&self, since: DateTime<Utc>, by: ReportBy) -> Result<Vec<ReportRow>, StoreError>;
 }
 

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at INTEGER,
     request_id  TEXT,
     error       TEXT,
-    prompt      TEXT
+    prompt      TEXT,
+    spec        TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (platform, user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (platform, group_id, created_at);
@@ -206,8 +207,8 @@ impl Ledger for SqliteLedger {
         if verdict.is_ok() {
             tx.execute(
                 "INSERT INTO jobs (id, platform, user_id, chat_id, group_id, model, cost, status,
-                                   created_at, prompt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9)",
+                                   created_at, prompt, spec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?10)",
                 params![
                     r.job_id,
                     r.user.platform.as_str(),
@@ -217,7 +218,8 @@ impl Ledger for SqliteLedger {
                     r.model,
                     r.cost,
                     ms(now),
-                    r.prompt
+                    r.prompt,
+                    r.spec
                 ],
             )
             .map_err(db)?;
@@ -331,6 +333,23 @@ impl Ledger for SqliteLedger {
                 },
             )
             .optional()
+            .map_err(db)
+    }
+
+    fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row("SELECT spec FROM jobs WHERE id = ?1", params![job_id], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+            .map_err(db)
+    }
+
+    fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET spec = NULL WHERE spec IS NOT NULL AND created_at < ?1",
+                params![ms(before)],
+            )
             .map_err(db)
     }
 

@@ -10,7 +10,7 @@ use qwen_edit_bot::core::command::{EditCommand, ParseContext, parse};
 use qwen_edit_bot::core::edit::{BackendError, BoxFuture};
 use qwen_edit_bot::core::error::{FailureReason, Rejection};
 use qwen_edit_bot::core::image::{FitLimits, ImageRejection};
-use qwen_edit_bot::core::jobs::{Engine, EngineConfig, InputSource, JobSpec, Outcome};
+use qwen_edit_bot::core::jobs::{Engine, EngineConfig, InputSource, JobEvent, JobSpec, Outcome};
 use qwen_edit_bot::core::queue::FairQueue;
 use qwen_edit_bot::core::quota::{JobStatus, Limits, Platform, QuotaRejection, Quotas};
 use tokio::sync::mpsc;
@@ -37,7 +37,7 @@ struct Rig {
     fake: FakeDashScope,
     engine: Arc<Engine>,
     quotas: Arc<Quotas>,
-    outcomes: mpsc::Receiver<Outcome>,
+    outcomes: mpsc::Receiver<JobEvent>,
 }
 
 struct RigOptions {
@@ -125,11 +125,14 @@ fn spec(id: &str, user_id: &str, inputs: &[&str], text: &str) -> JobSpec {
     }
 }
 
-async fn next(rx: &mut mpsc::Receiver<Outcome>) -> Outcome {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("an outcome")
-        .unwrap()
+/// The next finished job (start events are skipped).
+async fn next(rx: &mut mpsc::Receiver<JobEvent>) -> Outcome {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("an event");
+        if let JobEvent::Finished(o) = event.unwrap() {
+            return o;
+        }
+    }
 }
 
 #[tokio::test]
@@ -151,6 +154,8 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
         r.quotas.ledger().job("j1").unwrap().unwrap().status,
         JobStatus::Queued
     );
+    let first = tokio::time::timeout(Duration::from_secs(20), r.outcomes.recv()).await.unwrap();
+    assert!(matches!(first, Some(JobEvent::Started(ref s)) if s.id == "j1"), "{first:?}");
     let out = next(&mut r.outcomes).await;
     let delivery = out.result.unwrap();
     assert_eq!(delivery.images.len(), 2);

@@ -35,6 +35,7 @@ pub fn reservation(job: &str, user_id: &str, group: Option<&str>, cost: u32) -> 
         model: "qwen-image-edit-plus".into(),
         cost,
         prompt: None,
+        spec: None,
     }
 }
 

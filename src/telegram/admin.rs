@@ -1,0 +1,131 @@
+//! `/help`, `/start`, `/quota` for everyone; `/quota set|reset`, `/block`, `/unblock`, `/usage`
+//! for chat administrators (getChatMember) and the operator ids of `telegram.admin_ids`.
+
+use teloxide::prelude::*;
+use teloxide::types::UserId;
+
+use super::Telegram;
+use super::handler::{lang_of, send_reply};
+use crate::core::quota::{Platform, ReportBy, UserRef};
+use crate::messages::{self, Lang};
+
+/// Commands handled here (anything else may be an edit).
+pub fn is_command(word: &str) -> bool {
+    matches!(word, "help" | "start" | "quota" | "block" | "unblock" | "usage")
+}
+
+pub async fn handle(tg: &Telegram, msg: &Message, word: &str, args: &str) -> Result<(), teloxide::RequestError> {
+    let lang = lang_of(msg.from.as_ref());
+    let Some(from) = msg.from.as_ref() else { return Ok(()) };
+    let mut words = args.split_whitespace();
+    let text = match (word, words.next()) {
+        ("help" | "start", _) => messages::help(lang),
+        ("quota", None) => own_quota(tg, from.id, lang).await,
+        ("quota" | "block" | "unblock" | "usage", sub) => {
+            if !is_admin(tg, msg, from.id).await {
+                messages::admin::refused(lang)
+            } else {
+                let rest: Vec<&str> = words.collect();
+                admin_command(tg, msg, word, sub, &rest, lang).await
+            }
+        }
+        _ => return Ok(()),
+    };
+    send_reply(&tg.bot, msg.chat.id, msg.id, &text).await;
+    Ok(())
+}
+
+async fn own_quota(tg: &Telegram, user: UserId, lang: Lang) -> String {
+    let user = UserRef::new(Platform::Telegram, user.0.to_string());
+    match tg.engine.quotas().show(&user).await {
+        Ok(q) => messages::quota_status(lang, &q),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the quota");
+            messages::rejection(lang, &crate::core::error::Rejection::Internal)
+        }
+    }
+}
+
+async fn is_admin(tg: &Telegram, msg: &Message, user: UserId) -> bool {
+    if tg.admin_ids.iter().any(|id| u64::try_from(*id).ok() == Some(user.0)) {
+        return true;
+    }
+    if msg.chat.is_private() {
+        return false;
+    }
+    match tg.bot.get_chat_member(msg.chat.id, user).await {
+        Ok(member) => member.is_privileged(),
+        Err(e) => {
+            tracing::warn!(error = %super::safe_error(&e), "getChatMember failed");
+            false
+        }
+    }
+}
+
+/// The user an admin command is about: the author of the replied-to message, or a numeric id.
+fn target(msg: &Message, id_arg: Option<&str>) -> Option<UserRef> {
+    let id = match id_arg.and_then(|a| a.parse::<u64>().ok()) {
+        Some(id) => id,
+        None => msg.reply_to_message()?.from.as_ref()?.id.0,
+    };
+    Some(UserRef::new(Platform::Telegram, id.to_string()))
+}
+
+async fn admin_command(
+    tg: &Telegram,
+    msg: &Message,
+    word: &str,
+    sub: Option<&str>,
+    rest: &[&str],
+    lang: Lang,
+) -> String {
+    let quotas = tg.engine.quotas();
+    let result = match (word, sub) {
+        ("quota", Some("set")) => {
+            // `/quota set N` (replying) or `/quota set ID N`.
+            let (id, n) = match rest {
+                [n] => (None, *n),
+                [id, n] => (Some(*id), *n),
+                _ => return messages::admin::usage(lang),
+            };
+            let (Some(user), Ok(limit)) = (target(msg, id), n.parse::<u32>()) else {
+                return messages::admin::usage(lang);
+            };
+            quotas.set_limit(&user, Some(limit)).await.map(|_| messages::admin::limit_set(lang, &user.id, limit))
+        }
+        ("quota", Some("reset")) => {
+            let Some(user) = target(msg, rest.first().copied()) else { return messages::admin::usage(lang) };
+            quotas.reset(&user).await.map(|_| messages::admin::reset(lang, &user.id))
+        }
+        ("block" | "unblock", first) => {
+            let Some(user) = target(msg, first) else { return messages::admin::usage(lang) };
+            let block = word == "block";
+            quotas.set_blocked(&user, block).await.map(|_| messages::admin::blocked(lang, &user.id, block))
+        }
+        ("usage", _) => usage(tg, lang).await,
+        _ => return messages::admin::usage(lang),
+    };
+    result.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "admin command failed");
+        messages::rejection(lang, &crate::core::error::Rejection::Internal)
+    })
+}
+
+async fn usage(tg: &Telegram, lang: Lang) -> Result<String, crate::core::quota::StoreError> {
+    let quotas = tg.engine.quotas();
+    let since = quotas.limits().window.start(quotas.now());
+    let ledger = quotas.ledger().clone();
+    let rows = tokio::task::spawn_blocking(move || ledger.report(since, ReportBy::User))
+        .await
+        .map_err(|e| crate::core::quota::StoreError(e.to_string()))??;
+    let mut rows: Vec<_> = rows.into_iter().filter(|r| r.key.starts_with("telegram:")).collect();
+    if rows.is_empty() {
+        return Ok(messages::admin::usage_empty(lang));
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.images));
+    let mut out = messages::admin::usage_header(lang, &messages::when(since));
+    for r in rows.iter().take(20) {
+        out.push_str(&format!("\n{} — {} ({} jobs, {} failed)", r.key.trim_start_matches("telegram:"), r.images, r.jobs, r.failed));
+    }
+    Ok(out)
+}

@@ -1,0 +1,284 @@
+//! Job events → chat: typing while a job runs, queue positions while it waits, then the result
+//! (photo, album or document) or a failure message. Sends are retried (429 `retry_after`
+//! honoured) with the bytes in hand, so a failed delivery never calls the model again.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use teloxide::RequestError;
+use teloxide::prelude::*;
+use teloxide::types::{
+    ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia, InputMediaPhoto,
+    ReactionType, ReplyParameters,
+};
+use tokio::sync::mpsc;
+
+use super::handler::{REACT_DONE, REACT_FAILED};
+use super::{Route, Telegram, safe_error};
+use crate::core::error::{Failure, FailureReason};
+use crate::core::jobs::{Delivery, JobEvent, Outcome};
+use crate::messages;
+
+/// Attempts per send before the delivery is given up (and the quota refunded).
+const SEND_ATTEMPTS: u32 = 5;
+/// Longest `retry_after` we wait for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How often the chat action is renewed (it shows for about 5 s).
+const TYPING_EVERY: Duration = Duration::from_secs(4);
+/// Queue position edits happen at most this often.
+const POSITION_EVERY: Duration = Duration::from_secs(3);
+
+/// Reads job events until the engine stops sending them.
+pub async fn consume(tg: Arc<Telegram>, mut events: mpsc::Receiver<JobEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            JobEvent::Started(spec) => tg.started(&spec.id, &spec.route).await,
+            JobEvent::Finished(outcome) => {
+                let tg = tg.clone();
+                tokio::spawn(async move { tg.finish(outcome).await });
+            }
+        }
+    }
+}
+
+/// Every few seconds, tells waiting jobs their new place in the queue.
+pub async fn position_ticker(tg: Arc<Telegram>) {
+    let mut tick = tokio::time::interval(POSITION_EVERY);
+    loop {
+        tick.tick().await;
+        let waiting: Vec<(String, usize, teloxide::types::MessageId, Route)> = tg
+            .feedback
+            .iter()
+            .filter_map(|f| Some((f.key().clone(), f.last_position?, f.status?, f.route.clone()?)))
+            .collect();
+        for (job_id, last, status, route) in waiting {
+            let Some(now) = tg.engine.position(&job_id) else { continue };
+            if now == last {
+                continue;
+            }
+            let text = messages::queued(route.lang, now);
+            let _ = tg.bot.edit_message_text(route.chat(), status, text).await;
+            if let Some(mut f) = tg.feedback.get_mut(&job_id) {
+                f.last_position = Some(now);
+            }
+        }
+    }
+}
+
+fn route(value: &serde_json::Value) -> Option<Route> {
+    serde_json::from_value(value.clone()).ok()
+}
+
+impl Telegram {
+    async fn started(&self, job_id: &str, route_value: &serde_json::Value) {
+        let Some(route) = route(route_value) else { return };
+        let bot = self.bot.clone();
+        let chat = route.chat();
+        let typing = tokio::spawn(async move {
+            loop {
+                let _ = bot.send_chat_action(chat, ChatAction::UploadPhoto).await;
+                tokio::time::sleep(TYPING_EVERY).await;
+            }
+        });
+        let status = self.feedback.get_mut(job_id).map(|mut f| {
+            f.typing = Some(typing.abort_handle());
+            f.last_position = None;
+            f.status
+        });
+        match status {
+            Some(Some(status)) => {
+                let _ = self.bot.edit_message_text(chat, status, messages::working(route.lang)).await;
+            }
+            Some(None) => {}
+            // Not ours (e.g. resumed after a restart): still stop the loop when it ends.
+            None => {
+                let f = super::Feedback { typing: Some(typing.abort_handle()), ..Default::default() };
+                self.feedback.insert(job_id.to_owned(), f);
+            }
+        }
+    }
+
+    async fn finish(&self, outcome: Outcome) {
+        let job_id = outcome.job.id.clone();
+        let feedback = self.feedback.remove(&job_id).map(|(_, f)| f).unwrap_or_default();
+        if let Some(typing) = &feedback.typing {
+            typing.abort();
+        }
+        let Some(route) = route(&outcome.job.route) else {
+            tracing::error!(job_id = %job_id, "job without a Telegram route");
+            return;
+        };
+        let delivered = match &outcome.result {
+            Ok(delivery) => self.deliver(&outcome, delivery, &route).await,
+            Err(failure) => {
+                self.tell_failure(&route, failure).await;
+                false
+            }
+        };
+        if let Some(status) = feedback.status {
+            let _ = self.bot.delete_message(route.chat(), status).await;
+        }
+        let emoji = if delivered { REACT_DONE } else { REACT_FAILED };
+        if feedback.reacted {
+            let _ = self
+                .bot
+                .set_message_reaction(route.chat(), route.message())
+                .reaction(vec![ReactionType::Emoji { emoji: emoji.into() }])
+                .await;
+        }
+    }
+
+    /// Posts the result; commits on success, refunds and says so on failure.
+    async fn deliver(&self, outcome: &Outcome, delivery: &Delivery, route: &Route) -> bool {
+        let command = &outcome.job.command;
+        let caption = messages::result_caption(
+            route.lang,
+            &command.prompt,
+            outcome.granted.remaining,
+            command.truncated,
+        );
+        let again = InlineKeyboardMarkup::new([[InlineKeyboardButton::callback(
+            "🔁",
+            format!("again:{}", outcome.job.id),
+        )]]);
+        let sent = self.send_result(route, &delivery.images, &caption, again).await;
+        match sent {
+            Ok(()) => {
+                self.engine.delivered(&outcome.job, delivery.request_id.clone()).await;
+                true
+            }
+            Err(e) => {
+                tracing::error!(job_id = %outcome.job.id, error = %safe_error(&e), "delivery failed");
+                self.engine.undeliverable(&outcome.job, "delivery").await;
+                let failure = Failure { reason: FailureReason::Delivery(safe_error(&e)), refunded: true };
+                self.tell_failure(route, &failure).await;
+                false
+            }
+        }
+    }
+
+    async fn send_result(
+        &self,
+        route: &Route,
+        images: &[Bytes],
+        caption: &str,
+        again: InlineKeyboardMarkup,
+    ) -> Result<(), RequestError> {
+        let reply = ReplyParameters::new(route.message()).allow_sending_without_reply();
+        if let [image] = images {
+            return self.send_one(route, image, caption, again, reply).await;
+        }
+        let media = || -> Vec<InputMedia> {
+            images
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    let file = InputFile::memory(bytes.clone()).file_name(format!("edited-{}.png", i + 1));
+                    InputMedia::Photo(InputMediaPhoto::new(file))
+                })
+                .collect()
+        };
+        if images.iter().all(|b| fits_photo(b)) {
+            retrying(|| self.bot.send_media_group(route.chat(), media()).reply_parameters(reply.clone()).send())
+                .await?;
+        } else {
+            for bytes in images {
+                let file = InputFile::memory(bytes.clone()).file_name("edited.png");
+                retrying(|| self.bot.send_document(route.chat(), file.clone()).reply_parameters(reply.clone()).send())
+                    .await?;
+            }
+        }
+        // Albums cannot carry buttons: the caption and 🔁 follow in a message of their own.
+        retrying(|| {
+            self.bot
+                .send_message(route.chat(), caption)
+                .reply_parameters(reply.clone())
+                .reply_markup(again.clone())
+                .send()
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn send_one(
+        &self,
+        route: &Route,
+        image: &Bytes,
+        caption: &str,
+        again: InlineKeyboardMarkup,
+        reply: ReplyParameters,
+    ) -> Result<(), RequestError> {
+        let file = InputFile::memory(image.clone()).file_name("edited.png");
+        if fits_photo(image) {
+            retrying(|| {
+                self.bot
+                    .send_photo(route.chat(), file.clone())
+                    .caption(caption)
+                    .reply_parameters(reply.clone())
+                    .reply_markup(again.clone())
+                    .send()
+            })
+            .await?;
+        } else {
+            retrying(|| {
+                self.bot
+                    .send_document(route.chat(), file.clone())
+                    .caption(caption)
+                    .reply_parameters(reply.clone())
+                    .reply_markup(again.clone())
+                    .send()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn tell_failure(&self, route: &Route, failure: &Failure) {
+        let text = messages::failure(route.lang, failure);
+        let reply = ReplyParameters::new(route.message()).allow_sending_without_reply();
+        let sent = retrying(|| self.bot.send_message(route.chat(), text.clone()).reply_parameters(reply.clone()).send())
+            .await;
+        if let Err(e) = sent {
+            tracing::error!(error = %safe_error(&e), "cannot tell the user about a failure");
+        }
+    }
+}
+
+/// Whether Telegram takes the image as a photo: ≤ 10 MB, width + height ≤ 10 000, ratio ≤ 20.
+pub fn fits_photo(bytes: &[u8]) -> bool {
+    let Ok(p) = crate::core::image::probe(bytes) else { return false };
+    let (w, h) = (u64::from(p.width), u64::from(p.height));
+    bytes.len() <= 10 * 1024 * 1024 && w + h <= 10_000 && w.max(h) <= 20 * w.min(h)
+}
+
+/// Runs a send until it succeeds, waiting out 429s (`retry_after`) and retrying network and
+/// server errors with backoff. Client errors (400, 403) are final.
+async fn retrying<T, F, Fut>(mut send: F) -> Result<T, RequestError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RequestError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match send().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let wait = match &err {
+            RequestError::RetryAfter(s) => s.duration().min(MAX_RETRY_AFTER),
+            RequestError::Network(_) | RequestError::Io(_) => Duration::from_millis(500 << attempt.min(6)),
+            RequestError::Api(teloxide::ApiError::Unknown(text)) if text.contains("Internal") || text.contains("Gateway") => {
+                Duration::from_millis(500 << attempt.min(6))
+            }
+            _ => return Err(err),
+        };
+        if attempt >= SEND_ATTEMPTS {
+            return Err(err);
+        }
+        tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %safe_error(&err), "send failed, retrying");
+        tokio::time::sleep(wait).await;
+    }
+}

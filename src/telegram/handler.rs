@@ -1,0 +1,197 @@
+//! Update handlers. Each returns as soon as the job is queued (or refused): teloxide handles one
+//! chat's updates in order, so a handler that waited for the model would freeze the chat.
+
+use std::sync::Arc;
+
+use teloxide::prelude::*;
+use teloxide::types::{
+    CallbackQuery, MaybeInaccessibleMessage, MessageId, ReactionType, ReplyParameters, User,
+};
+use tracing::Instrument as _;
+
+use super::trigger::{Candidate, ImageRef, MAX_DOWNLOAD_BYTES, candidate, command_word};
+use super::{Feedback, Route, Telegram, safe_error};
+use crate::core::command::{EditCommand, ParseContext, parse};
+use crate::core::error::Rejection;
+use crate::core::image::ImageRejection;
+use crate::core::jobs::{JobSpec, MAX_INPUTS};
+use crate::core::quota::{Platform, UserRef};
+use crate::messages::{self, Lang};
+
+type HandlerResult = Result<(), teloxide::RequestError>;
+
+/// Reaction while a job is waiting or running (Telegram allows only a fixed set of emoji; ⏳ is
+/// not among them).
+pub const REACT_WORKING: &str = "👀";
+pub const REACT_DONE: &str = "👌";
+pub const REACT_FAILED: &str = "💔";
+
+pub fn lang_of(user: Option<&User>) -> Lang {
+    Lang::from_code(user.and_then(|u| u.language_code.as_deref()))
+}
+
+pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
+    let span = tracing::info_span!("telegram_update", chat = msg.chat.id.0, user = msg.from.as_ref().map(|u| u.id.0),
+        message = msg.id.0);
+    async move {
+        if msg.from.as_ref().is_some_and(|u| u.is_bot) {
+            return Ok(());
+        }
+        if msg.media_group_id().is_some() && super::trigger::image_of(&msg).is_some() {
+            tg.collect_album(msg);
+            return Ok(());
+        }
+        let text = msg.text().or(msg.caption()).unwrap_or("");
+        if let Some((word, args)) = command_word(text, &tg.username) {
+            if super::admin::is_command(&word) {
+                return super::admin::handle(&tg, &msg, &word, args).await;
+            }
+        }
+        let Some(c) = candidate(&msg) else {
+            if msg.chat.is_private() && super::trigger::image_of(&msg).is_some() {
+                reply(&tg, &msg.chat.id, msg.id, &messages::caption_hint(lang_of(msg.from.as_ref()))).await;
+            }
+            return Ok(());
+        };
+        let (Some(from), lang) = (msg.from.clone(), lang_of(msg.from.as_ref())) else { return Ok(()) };
+        tg.request(&msg.chat, &from, c, lang).await;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+impl Telegram {
+    /// Parses a candidate and, if it is an edit for us, submits it and gives feedback.
+    pub(super) async fn request(&self, chat: &teloxide::types::Chat, from: &User, c: Candidate, lang: Lang) {
+        let ctx = ParseContext { bot_username: Some(&self.username), command_optional: c.command_optional };
+        let command = match parse(&c.text, ctx) {
+            Ok(Some(command)) => command,
+            Ok(None) => return,
+            Err(e) => return self.refuse(chat.id, c.reply_to, lang, &Rejection::Command(e)).await,
+        };
+        if let Err(rejection) = check_images(&c.images) {
+            return self.refuse(chat.id, c.reply_to, lang, &rejection).await;
+        }
+        let route = Route { chat_id: chat.id.0, message_id: c.reply_to.0, lang };
+        let group = (!chat.is_private()).then(|| chat.id.0.to_string());
+        let spec = JobSpec {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            user: UserRef::new(Platform::Telegram, from.id.0.to_string()),
+            chat: chat.id.0.to_string(),
+            group,
+            inputs: c.images.iter().map(|i| i.file_id.clone()).collect(),
+            command,
+            route: serde_json::to_value(&route).unwrap_or_default(),
+        };
+        self.submit(spec, &route).await;
+    }
+
+    /// Submits a job and shows that it was taken (or why not).
+    pub(super) async fn submit(&self, spec: JobSpec, route: &Route) {
+        let job_id = spec.id.clone();
+        tracing::info!(job_id = %job_id, user = %spec.user, inputs = spec.inputs.len(), "edit request");
+        match self.engine.submit(spec).await {
+            Ok(accepted) => {
+                self.feedback.insert(job_id.clone(), Feedback::default());
+                self.acknowledge(&job_id, route, accepted.position).await;
+            }
+            Err(rejection) => self.refuse(route.chat(), route.message(), route.lang, &rejection).await,
+        }
+    }
+
+    async fn acknowledge(&self, job_id: &str, route: &Route, position: usize) {
+        let reacted = self
+            .bot
+            .set_message_reaction(route.chat(), route.message())
+            .reaction(vec![ReactionType::Emoji { emoji: REACT_WORKING.into() }])
+            .await
+            .is_ok();
+        let text = match (position, reacted) {
+            (0, true) => None,
+            (0, false) => Some(messages::accepted(route.lang)),
+            (n, _) => Some(messages::queued(route.lang, n)),
+        };
+        let status = match text {
+            Some(text) => send_reply(&self.bot, route.chat(), route.message(), &text).await,
+            None => None,
+        };
+        if let Some(mut f) = self.feedback.get_mut(job_id) {
+            f.reacted = reacted;
+            f.status = status;
+            f.last_position = Some(position);
+            f.route = Some(route.clone());
+        }
+    }
+
+    pub(super) async fn refuse(&self, chat: ChatId, to: MessageId, lang: Lang, r: &Rejection) {
+        tracing::info!(reason = %r, "request refused");
+        reply(self, &chat, to, &messages::rejection(lang, r)).await;
+    }
+}
+
+/// Refusals that can be made before anything is downloaded.
+fn check_images(images: &[ImageRef]) -> Result<(), Rejection> {
+    if images.is_empty() {
+        return Err(Rejection::NoImage);
+    }
+    if images.len() > MAX_INPUTS {
+        return Err(Rejection::TooManyImages(images.len()));
+    }
+    if images.iter().any(|i| i.size > MAX_DOWNLOAD_BYTES) {
+        return Err(Rejection::Image(ImageRejection::FileTooBig { limit_mb: 20 }));
+    }
+    Ok(())
+}
+
+pub(super) async fn send_reply(bot: &Bot, chat: ChatId, to: MessageId, text: &str) -> Option<MessageId> {
+    match bot
+        .send_message(chat, text)
+        .reply_parameters(ReplyParameters::new(to).allow_sending_without_reply())
+        .await
+    {
+        Ok(m) => Some(m.id),
+        Err(e) => {
+            tracing::warn!(error = %safe_error(&e), "sendMessage failed");
+            None
+        }
+    }
+}
+
+async fn reply(tg: &Telegram, chat: &ChatId, to: MessageId, text: &str) {
+    send_reply(&tg.bot, *chat, to, text).await;
+}
+
+/// 🔁 under a result: the same inputs and prompt with a new seed, charged to whoever pressed.
+pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
+    let lang = lang_of(Some(&q.from));
+    let Some(job_id) = q.data.as_deref().and_then(|d| d.strip_prefix("again:")) else {
+        tg.bot.answer_callback_query(q.id.clone()).await?;
+        return Ok(());
+    };
+    let Some(MaybeInaccessibleMessage::Regular(result_msg)) = q.message.as_ref() else {
+        tg.bot.answer_callback_query(q.id.clone()).await?;
+        return Ok(());
+    };
+    let ledger = tg.engine.quotas().ledger().clone();
+    let id = job_id.to_owned();
+    let stored = tokio::task::spawn_blocking(move || ledger.job_spec(&id)).await.ok().and_then(Result::ok).flatten();
+    let Some(old) = stored.and_then(|s| serde_json::from_str::<JobSpec>(&s).ok()) else {
+        tg.bot.answer_callback_query(q.id.clone()).text(messages::again_expired(lang)).show_alert(true).await?;
+        return Ok(());
+    };
+    tg.bot.answer_callback_query(q.id.clone()).text(messages::again_started(lang)).await?;
+    let route = Route { chat_id: result_msg.chat.id.0, message_id: result_msg.id.0, lang };
+    let command = EditCommand { seed: Some(rand::random_range(0..=crate::core::command::MAX_SEED)), ..old.command };
+    let spec = JobSpec {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        user: UserRef::new(Platform::Telegram, q.from.id.0.to_string()),
+        chat: old.chat,
+        group: old.group,
+        inputs: old.inputs,
+        command,
+        route: serde_json::to_value(&route).unwrap_or_default(),
+    };
+    tg.submit(spec, &route).await;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The Telegram front-end (SPEC §4.1) on teloxide: turns updates into jobs and job events into
+//! chat messages. Handlers never wait for the model: they validate, reserve, enqueue, return.
+
+mod admin;
+mod album;
+mod deliver;
+mod handler;
+mod source;
+pub mod trigger;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use teloxide::prelude::*;
+use teloxide::types::{BotCommand, MessageId};
+use teloxide::update_listeners::{Polling, webhooks};
+use tokio::sync::mpsc;
+
+use crate::config::{Settings, TelegramConfig};
+use crate::core::jobs::{Engine, JobEvent};
+use crate::core::quota::Platform;
+use crate::messages::Lang;
+
+pub use source::TelegramSource;
+
+/// Where and how to answer a Telegram job; stored inside the job spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Route {
+    pub chat_id: i64,
+    pub message_id: i32,
+    pub lang: Lang,
+}
+
+impl Route {
+    fn chat(&self) -> ChatId {
+        ChatId(self.chat_id)
+    }
+
+    fn message(&self) -> MessageId {
+        MessageId(self.message_id)
+    }
+}
+
+/// Per-job feedback state: the status message and the chat-action loop.
+#[derive(Default)]
+struct Feedback {
+    status: Option<MessageId>,
+    reacted: bool,
+    last_position: Option<usize>,
+    typing: Option<tokio::task::AbortHandle>,
+    route: Option<Route>,
+}
+
+/// Everything a handler needs. One per process.
+pub struct Telegram {
+    bot: Bot,
+    username: String,
+    engine: Arc<Engine>,
+    admin_ids: Vec<i64>,
+    album_wait: Duration,
+    albums: DashMap<String, album::Album>,
+    feedback: DashMap<String, Feedback>,
+}
+
+/// Builds the bot for `api_url` (trailing slashes trimmed, see PLATFORMS.md).
+pub fn bot(token: &str, api_url: &str) -> anyhow::Result<Bot> {
+    let url = reqwest::Url::parse(api_url.trim_end_matches('/'))?;
+    Ok(Bot::new(token).set_api_url(url))
+}
+
+/// An error as safe to log: never a URL (file URLs hold the token).
+pub(crate) fn safe_error(e: &teloxide::RequestError) -> String {
+    match e {
+        teloxide::RequestError::Network(inner) => {
+            format!("network error: {}", inner.as_ref().to_string().split(" for url").next().unwrap_or(""))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Prepares the front-end: the bot, its identity, the input source and the event channel.
+pub struct Prepared {
+    pub bot: Bot,
+    pub source: Arc<TelegramSource>,
+    pub events_tx: mpsc::Sender<JobEvent>,
+    events_rx: mpsc::Receiver<JobEvent>,
+}
+
+pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
+    let token = settings
+        .secrets
+        .telegram_bot_token
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("TELEGRAM_BOT_TOKEN is not set"))?;
+    let bot = bot(crate::config::expose(token), &settings.config.telegram.api_url)?;
+    let (events_tx, events_rx) = mpsc::channel(64);
+    Ok(Prepared { source: Arc::new(TelegramSource { bot: bot.clone() }), bot, events_tx, events_rx })
+}
+
+/// Runs the front-end until `shutdown` resolves; then stops taking updates and returns the task
+/// that still delivers job events (it ends once the engine is dropped).
+pub async fn run(
+    prepared: Prepared,
+    engine: Arc<Engine>,
+    settings: &Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let cfg = &settings.config.telegram;
+    let Prepared { bot, events_rx, .. } = prepared;
+    let me = bot.get_me().await.map_err(|e| anyhow::anyhow!("Telegram getMe failed: {}", safe_error(&e)))?;
+    let username = me.username.clone().unwrap_or_default();
+    tracing::info!(bot = %username, "connected to Telegram");
+    register_commands(&bot).await;
+    let tg = Arc::new(Telegram {
+        bot: bot.clone(),
+        username,
+        engine,
+        admin_ids: cfg.admin_ids.clone(),
+        album_wait: Duration::from_millis(cfg.album_wait_ms),
+        albums: DashMap::new(),
+        feedback: DashMap::new(),
+    });
+    let events = tokio::spawn(deliver::consume(tg.clone(), events_rx));
+    let ticker = tokio::spawn(deliver::position_ticker(tg.clone()));
+    let result = dispatch(tg.clone(), cfg, settings, shutdown).await;
+    ticker.abort();
+    result.map(|()| events)
+}
+
+async fn dispatch(
+    tg: Arc<Telegram>,
+    cfg: &TelegramConfig,
+    settings: &Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let handler = dptree::entry()
+        .branch(Update::filter_message().endpoint(handler::on_message))
+        .branch(Update::filter_callback_query().endpoint(handler::on_callback));
+    let mut dp = Dispatcher::builder(tg.bot.clone(), handler)
+        .dependencies(dptree::deps![tg.clone()])
+        .default_handler(|_| async {})
+        .build();
+    let token = dp.shutdown_token();
+    tokio::spawn(async move {
+        shutdown.await;
+        // Retry until dispatching has started (shutting down an idle dispatcher is an error).
+        loop {
+            match token.shutdown() {
+                Ok(done) => return done.await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let errors = teloxide::error_handlers::LoggingErrorHandler::with_custom_text("telegram handler");
+    if cfg.mode == "webhook" {
+        let addr = cfg.webhook_listen.parse()?;
+        let url = reqwest::Url::parse(&cfg.webhook_url)?;
+        let mut options = webhooks::Options::new(addr, url);
+        if let Some(secret) = &settings.secrets.telegram_webhook_secret {
+            options = options.secret_token(crate::config::expose(secret).to_owned());
+        }
+        let listener = webhooks::axum(tg.bot.clone(), options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the Telegram webhook: {}", safe_error(&e)))?;
+        dp.dispatch_with_listener(listener, errors).await;
+    } else {
+        let _ = tg.bot.delete_webhook().await;
+        let listener = Polling::builder(tg.bot.clone())
+            .timeout(Duration::from_secs(u64::from(cfg.poll_timeout_secs)))
+            .build();
+        dp.dispatch_with_listener(listener, errors).await;
+    }
+    Ok(())
+}
+
+async fn register_commands(bot: &Bot) {
+    let en = [
+        ("edit", "Edit a photo: /edit make it night"),
+        ("help", "How to use the bot"),
+        ("quota", "Edits left"),
+    ];
+    let zh = [("edit", "编辑图片：/edit 把天空变成夜晚"), ("help", "使用说明"), ("quota", "剩余次数")];
+    let commands = |list: &[(&str, &str)]| -> Vec<BotCommand> {
+        list.iter().map(|(c, d)| BotCommand::new(*c, *d)).collect()
+    };
+    if let Err(e) = bot.set_my_commands(commands(&en)).await {
+        tracing::warn!(error = %safe_error(&e), "setMyCommands failed");
+    }
+    if let Err(e) = bot.set_my_commands(commands(&zh)).language_code("zh").await {
+        tracing::warn!(error = %safe_error(&e), "setMyCommands (zh) failed");
+    }
+}
+
+/// The platform this front-end serves.
+pub const PLATFORM: Platform = Platform::Telegram;
