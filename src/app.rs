@@ -81,20 +81,29 @@ pub async fn serve(
     }
     let c = &settings.config;
     if !c.telegram.enabled && !c.discord.enabled {
-        bail!("no platform is enabled: set telegram.enabled or discord.enabled in {}", settings.path.display());
+        bail!(
+            "no platform is enabled: set telegram.enabled or discord.enabled in {}",
+            settings.path.display()
+        );
     }
     if c.discord.enabled {
-        bail!("the discord front-end is not part of this build yet; disable [discord] to run Telegram");
+        bail!(
+            "the discord front-end is not part of this build yet; disable [discord] to run Telegram"
+        );
     }
     let quotas = quotas(&settings)?;
     prune_specs(&quotas).await;
     let backend = backend(&settings)?;
     let mut engine = Engine::new(quotas, backend, engine_config(&settings));
     let telegram = crate::telegram::prepare(&settings)?;
-    engine.register(Platform::Telegram, telegram.source.clone(), telegram.events_tx.clone());
+    engine.register(
+        Platform::Telegram,
+        telegram.source.clone(),
+        telegram.events_tx.clone(),
+    );
     let engine = Arc::new(engine);
     let workers = engine.spawn_workers();
-    let events = crate::telegram::run(telegram, engine.clone(), &settings, shutdown).await?;
+    let deliveries = crate::telegram::run(telegram, engine.clone(), &settings, shutdown).await?;
     tracing::info!("no longer taking updates; finishing queued and running jobs");
     engine.close();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -106,8 +115,13 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("shutdown grace ran out; unfinished jobs stay in the store");
     }
-    drop(engine);
-    let _ = tokio::time::timeout(Duration::from_secs(30), events).await;
+    let _ = deliveries.stop.send(());
+    if tokio::time::timeout(Duration::from_secs(60), deliveries.task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("deliveries still running at exit");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -127,13 +141,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -306,8 +306,14 @@ impl Config {
         if t.album_wait_ms > 10_000 {
             out.push("telegram.album_wait_ms must be at most 10000".into());
         }
-        if t.enabled && t.mode == "webhook" && t.webhook_listen.parse::<std::net::SocketAddr>().is_err() {
-            out.push(format!("telegram.webhook_listen = {:?} is not host:port", t.webhook_listen));
+        if t.enabled
+            && t.mode == "webhook"
+            && t.webhook_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            out.push(format!(
+                "telegram.webhook_listen = {:?} is not host:port",
+                t.webhook_listen
+            ));
         }
         if t.enabled && t.mode == "webhook" && !t.webhook_url.starts_with("https://") {
             out.push("telegram.mode = \"webhook\" needs telegram.webhook_url (https://…)".into());

@@ -283,7 +283,12 @@ pub fn quota_status(lang: Lang, q: &crate::core::quota::UserQuota) -> String {
             q.limit,
             when(q.resets_at)
         ),
-        format!("你还剩 {}/{} 次编辑，{} 重置。", q.remaining(), q.limit, when(q.resets_at)),
+        format!(
+            "你还剩 {}/{} 次编辑，{} 重置。",
+            q.remaining(),
+            q.limit,
+            when(q.resets_at)
+        ),
     )
 }
 
@@ -331,7 +336,11 @@ pub fn working(lang: Lang) -> String {
 
 /// Status where a reaction could not be set.
 pub fn accepted(lang: Lang) -> String {
-    pick(lang, "⏳ Got it, working on it.".into(), "⏳ 收到，正在处理。".into())
+    pick(
+        lang,
+        "⏳ Got it, working on it.".into(),
+        "⏳ 收到，正在处理。".into(),
+    )
 }
 
 /// A private-chat photo with no caption.
@@ -354,7 +363,11 @@ pub fn again_expired(lang: Lang) -> String {
 
 /// 🔁 accepted.
 pub fn again_started(lang: Lang) -> String {
-    pick(lang, "🔁 Again, with a new seed.".into(), "🔁 换个随机种子再来一次。".into())
+    pick(
+        lang,
+        "🔁 Again, with a new seed.".into(),
+        "🔁 换个随机种子再来一次。".into(),
+    )
 }
 
 /// Admin commands.
@@ -362,7 +375,11 @@ pub mod admin {
     use super::{Lang, pick};
 
     pub fn refused(lang: Lang) -> String {
-        pick(lang, "Only chat admins can do that.".into(), "只有群管理员可以执行此操作。".into())
+        pick(
+            lang,
+            "Only chat admins can do that.".into(),
+            "只有群管理员可以执行此操作。".into(),
+        )
     }
 
     pub fn usage(lang: Lang) -> String {
@@ -384,7 +401,11 @@ pub mod admin {
     }
 
     pub fn reset(lang: Lang, user: &str) -> String {
-        pick(lang, format!("Usage of user {user} was reset."), format!("已重置用户 {user} 的用量。"))
+        pick(
+            lang,
+            format!("Usage of user {user} was reset."),
+            format!("已重置用户 {user} 的用量。"),
+        )
     }
 
     pub fn blocked(lang: Lang, user: &str, blocked: bool) -> String {
@@ -397,7 +418,11 @@ pub mod admin {
     }
 
     pub fn usage_header(lang: Lang, since: &str) -> String {
-        pick(lang, format!("Images delivered since {since}:"), format!("自 {since} 起交付的图片："))
+        pick(
+            lang,
+            format!("Images delivered since {since}:"),
+            format!("自 {since} 起交付的图片："),
+        )
     }
 
     pub fn usage_empty(lang: Lang) -> String {

@@ -233,7 +233,11 @@ impl Engine {
                 "job finished"
             );
             self.queue.done(&q.spec.user);
-            let outcome = Outcome { job: q.spec, granted: q.granted, result };
+            let outcome = Outcome {
+                job: q.spec,
+                granted: q.granted,
+                result,
+            };
             self.emit(JobEvent::Finished(outcome)).await;
         }
         .instrument(span)
@@ -251,7 +255,10 @@ impl Engine {
                     tracing::error!("the front-end is gone; job event dropped");
                 }
             }
-            None => tracing::error!(platform = platform.as_str(), "no front-end for this platform"),
+            None => tracing::error!(
+                platform = platform.as_str(),
+                "no front-end for this platform"
+            ),
         }
     }
 

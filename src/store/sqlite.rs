@@ -338,7 +338,11 @@ impl Ledger for SqliteLedger {
 
     fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError> {
         self.conn()
-            .query_row("SELECT spec FROM jobs WHERE id = ?1", params![job_id], |r| r.get(0))
+            .query_row(
+                "SELECT spec FROM jobs WHERE id = ?1",
+                params![job_id],
+                |r| r.get(0),
+            )
             .optional()
             .map(Option::flatten)
             .map_err(db)

@@ -11,12 +11,22 @@ use crate::messages::{self, Lang};
 
 /// Commands handled here (anything else may be an edit).
 pub fn is_command(word: &str) -> bool {
-    matches!(word, "help" | "start" | "quota" | "block" | "unblock" | "usage")
+    matches!(
+        word,
+        "help" | "start" | "quota" | "block" | "unblock" | "usage"
+    )
 }
 
-pub async fn handle(tg: &Telegram, msg: &Message, word: &str, args: &str) -> Result<(), teloxide::RequestError> {
+pub async fn handle(
+    tg: &Telegram,
+    msg: &Message,
+    word: &str,
+    args: &str,
+) -> Result<(), teloxide::RequestError> {
     let lang = lang_of(msg.from.as_ref());
-    let Some(from) = msg.from.as_ref() else { return Ok(()) };
+    let Some(from) = msg.from.as_ref() else {
+        return Ok(());
+    };
     let mut words = args.split_whitespace();
     let text = match (word, words.next()) {
         ("help" | "start", _) => messages::help(lang),
@@ -47,7 +57,11 @@ async fn own_quota(tg: &Telegram, user: UserId, lang: Lang) -> String {
 }
 
 async fn is_admin(tg: &Telegram, msg: &Message, user: UserId) -> bool {
-    if tg.admin_ids.iter().any(|id| u64::try_from(*id).ok() == Some(user.0)) {
+    if tg
+        .admin_ids
+        .iter()
+        .any(|id| u64::try_from(*id).ok() == Some(user.0))
+    {
         return true;
     }
     if msg.chat.is_private() {
@@ -91,16 +105,29 @@ async fn admin_command(
             let (Some(user), Ok(limit)) = (target(msg, id), n.parse::<u32>()) else {
                 return messages::admin::usage(lang);
             };
-            quotas.set_limit(&user, Some(limit)).await.map(|_| messages::admin::limit_set(lang, &user.id, limit))
+            quotas
+                .set_limit(&user, Some(limit))
+                .await
+                .map(|_| messages::admin::limit_set(lang, &user.id, limit))
         }
         ("quota", Some("reset")) => {
-            let Some(user) = target(msg, rest.first().copied()) else { return messages::admin::usage(lang) };
-            quotas.reset(&user).await.map(|_| messages::admin::reset(lang, &user.id))
+            let Some(user) = target(msg, rest.first().copied()) else {
+                return messages::admin::usage(lang);
+            };
+            quotas
+                .reset(&user)
+                .await
+                .map(|_| messages::admin::reset(lang, &user.id))
         }
         ("block" | "unblock", first) => {
-            let Some(user) = target(msg, first) else { return messages::admin::usage(lang) };
+            let Some(user) = target(msg, first) else {
+                return messages::admin::usage(lang);
+            };
             let block = word == "block";
-            quotas.set_blocked(&user, block).await.map(|_| messages::admin::blocked(lang, &user.id, block))
+            quotas
+                .set_blocked(&user, block)
+                .await
+                .map(|_| messages::admin::blocked(lang, &user.id, block))
         }
         ("usage", _) => usage(tg, lang).await,
         _ => return messages::admin::usage(lang),
@@ -118,14 +145,23 @@ async fn usage(tg: &Telegram, lang: Lang) -> Result<String, crate::core::quota::
     let rows = tokio::task::spawn_blocking(move || ledger.report(since, ReportBy::User))
         .await
         .map_err(|e| crate::core::quota::StoreError(e.to_string()))??;
-    let mut rows: Vec<_> = rows.into_iter().filter(|r| r.key.starts_with("telegram:")).collect();
+    let mut rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r.key.starts_with("telegram:"))
+        .collect();
     if rows.is_empty() {
         return Ok(messages::admin::usage_empty(lang));
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.images));
     let mut out = messages::admin::usage_header(lang, &messages::when(since));
     for r in rows.iter().take(20) {
-        out.push_str(&format!("\n{} — {} ({} jobs, {} failed)", r.key.trim_start_matches("telegram:"), r.images, r.jobs, r.failed));
+        out.push_str(&format!(
+            "\n{} — {} ({} jobs, {} failed)",
+            r.key.trim_start_matches("telegram:"),
+            r.images,
+            r.jobs,
+            r.failed
+        ));
     }
     Ok(out)
 }

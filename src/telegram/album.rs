@@ -23,12 +23,18 @@ pub struct Album {
 impl Telegram {
     /// Records one album message; the first one starts the collection timer.
     pub(super) fn collect_album(self: &Arc<Self>, msg: Message) {
-        let Some(group) = msg.media_group_id().map(|g| g.0.clone()) else { return };
+        let Some(group) = msg.media_group_id().map(|g| g.0.clone()) else {
+            return;
+        };
         let Some(image) = image_of(&msg) else { return };
         let mut first = false;
         let mut album = self.albums.entry(group.clone()).or_insert_with(|| {
             first = true;
-            Album { chat: msg.chat.clone(), items: Vec::new(), caption: None }
+            Album {
+                chat: msg.chat.clone(),
+                items: Vec::new(),
+                caption: None,
+            }
         });
         album.items.push((msg.id.0, image));
         if msg.caption().is_some() {
@@ -49,9 +55,16 @@ impl Telegram {
     }
 
     async fn finish_album(&self, mut album: Album) {
-        let Some((msg, from)) = album.caption.take() else { return };
+        let Some((msg, from)) = album.caption.take() else {
+            return;
+        };
         album.items.sort_by_key(|(id, _)| *id);
-        let images: Vec<ImageRef> = album.items.into_iter().map(|(_, img)| img).take(MAX_INPUTS).collect();
+        let images: Vec<ImageRef> = album
+            .items
+            .into_iter()
+            .map(|(_, img)| img)
+            .take(MAX_INPUTS)
+            .collect();
         let candidate = Candidate {
             text: msg.caption().unwrap_or_default().to_owned(),
             images,

@@ -13,7 +13,8 @@ use teloxide::types::{
     ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia, InputMediaPhoto,
     ReactionType, ReplyParameters,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use super::handler::{REACT_DONE, REACT_FAILED};
 use super::{Route, Telegram, safe_error};
@@ -30,17 +31,30 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// Queue position edits happen at most this often.
 const POSITION_EVERY: Duration = Duration::from_secs(3);
 
-/// Reads job events until the engine stops sending them.
-pub async fn consume(tg: Arc<Telegram>, mut events: mpsc::Receiver<JobEvent>) {
-    while let Some(event) = events.recv().await {
-        match event {
-            JobEvent::Started(spec) => tg.started(&spec.id, &spec.route).await,
-            JobEvent::Finished(outcome) => {
-                let tg = tg.clone();
-                tokio::spawn(async move { tg.finish(outcome).await });
+/// Reads job events until `stop` fires (then drains what is already queued) or the engine is
+/// gone, and waits for every delivery it started.
+pub async fn consume(
+    tg: Arc<Telegram>,
+    mut events: mpsc::Receiver<JobEvent>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut deliveries = JoinSet::new();
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => tg.on_event(event, &mut deliveries).await,
+                None => break,
+            },
+            _ = &mut stop => {
+                while let Ok(event) = events.try_recv() {
+                    tg.on_event(event, &mut deliveries).await;
+                }
+                break;
             }
+            Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
         }
     }
+    while deliveries.join_next().await.is_some() {}
 }
 
 /// Every few seconds, tells waiting jobs their new place in the queue.
@@ -51,10 +65,19 @@ pub async fn position_ticker(tg: Arc<Telegram>) {
         let waiting: Vec<(String, usize, teloxide::types::MessageId, Route)> = tg
             .feedback
             .iter()
-            .filter_map(|f| Some((f.key().clone(), f.last_position?, f.status?, f.route.clone()?)))
+            .filter_map(|f| {
+                Some((
+                    f.key().clone(),
+                    f.last_position?,
+                    f.status?,
+                    f.route.clone()?,
+                ))
+            })
             .collect();
         for (job_id, last, status, route) in waiting {
-            let Some(now) = tg.engine.position(&job_id) else { continue };
+            let Some(now) = tg.engine.position(&job_id) else {
+                continue;
+            };
             if now == last {
                 continue;
             }
@@ -72,8 +95,20 @@ fn route(value: &serde_json::Value) -> Option<Route> {
 }
 
 impl Telegram {
+    async fn on_event(self: &Arc<Self>, event: JobEvent, deliveries: &mut JoinSet<()>) {
+        match event {
+            JobEvent::Started(spec) => self.started(&spec.id, &spec.route).await,
+            JobEvent::Finished(outcome) => {
+                let tg = Arc::clone(self);
+                deliveries.spawn(async move { tg.finish(outcome).await });
+            }
+        }
+    }
+
     async fn started(&self, job_id: &str, route_value: &serde_json::Value) {
-        let Some(route) = route(route_value) else { return };
+        let Some(route) = route(route_value) else {
+            return;
+        };
         let bot = self.bot.clone();
         let chat = route.chat();
         let typing = tokio::spawn(async move {
@@ -89,12 +124,18 @@ impl Telegram {
         });
         match status {
             Some(Some(status)) => {
-                let _ = self.bot.edit_message_text(chat, status, messages::working(route.lang)).await;
+                let _ = self
+                    .bot
+                    .edit_message_text(chat, status, messages::working(route.lang))
+                    .await;
             }
             Some(None) => {}
             // Not ours (e.g. resumed after a restart): still stop the loop when it ends.
             None => {
-                let f = super::Feedback { typing: Some(typing.abort_handle()), ..Default::default() };
+                let f = super::Feedback {
+                    typing: Some(typing.abort_handle()),
+                    ..Default::default()
+                };
                 self.feedback.insert(job_id.to_owned(), f);
             }
         }
@@ -102,7 +143,11 @@ impl Telegram {
 
     async fn finish(&self, outcome: Outcome) {
         let job_id = outcome.job.id.clone();
-        let feedback = self.feedback.remove(&job_id).map(|(_, f)| f).unwrap_or_default();
+        let feedback = self
+            .feedback
+            .remove(&job_id)
+            .map(|(_, f)| f)
+            .unwrap_or_default();
         if let Some(typing) = &feedback.typing {
             typing.abort();
         }
@@ -125,7 +170,9 @@ impl Telegram {
             let _ = self
                 .bot
                 .set_message_reaction(route.chat(), route.message())
-                .reaction(vec![ReactionType::Emoji { emoji: emoji.into() }])
+                .reaction(vec![ReactionType::Emoji {
+                    emoji: emoji.into(),
+                }])
                 .await;
         }
     }
@@ -143,16 +190,23 @@ impl Telegram {
             "🔁",
             format!("again:{}", outcome.job.id),
         )]]);
-        let sent = self.send_result(route, &delivery.images, &caption, again).await;
+        let sent = self
+            .send_result(route, &delivery.images, &caption, again)
+            .await;
         match sent {
             Ok(()) => {
-                self.engine.delivered(&outcome.job, delivery.request_id.clone()).await;
+                self.engine
+                    .delivered(&outcome.job, delivery.request_id.clone())
+                    .await;
                 true
             }
             Err(e) => {
                 tracing::error!(job_id = %outcome.job.id, error = %safe_error(&e), "delivery failed");
                 self.engine.undeliverable(&outcome.job, "delivery").await;
-                let failure = Failure { reason: FailureReason::Delivery(safe_error(&e)), refunded: true };
+                let failure = Failure {
+                    reason: FailureReason::Delivery(safe_error(&e)),
+                    refunded: true,
+                };
                 self.tell_failure(route, &failure).await;
                 false
             }
@@ -175,19 +229,30 @@ impl Telegram {
                 .iter()
                 .enumerate()
                 .map(|(i, bytes)| {
-                    let file = InputFile::memory(bytes.clone()).file_name(format!("edited-{}.png", i + 1));
+                    let file =
+                        InputFile::memory(bytes.clone()).file_name(format!("edited-{}.png", i + 1));
                     InputMedia::Photo(InputMediaPhoto::new(file))
                 })
                 .collect()
         };
         if images.iter().all(|b| fits_photo(b)) {
-            retrying(|| self.bot.send_media_group(route.chat(), media()).reply_parameters(reply.clone()).send())
-                .await?;
+            retrying(|| {
+                self.bot
+                    .send_media_group(route.chat(), media())
+                    .reply_parameters(reply.clone())
+                    .send()
+            })
+            .await?;
         } else {
             for bytes in images {
                 let file = InputFile::memory(bytes.clone()).file_name("edited.png");
-                retrying(|| self.bot.send_document(route.chat(), file.clone()).reply_parameters(reply.clone()).send())
-                    .await?;
+                retrying(|| {
+                    self.bot
+                        .send_document(route.chat(), file.clone())
+                        .reply_parameters(reply.clone())
+                        .send()
+                })
+                .await?;
             }
         }
         // Albums cannot carry buttons: the caption and 🔁 follow in a message of their own.
@@ -238,8 +303,13 @@ impl Telegram {
     async fn tell_failure(&self, route: &Route, failure: &Failure) {
         let text = messages::failure(route.lang, failure);
         let reply = ReplyParameters::new(route.message()).allow_sending_without_reply();
-        let sent = retrying(|| self.bot.send_message(route.chat(), text.clone()).reply_parameters(reply.clone()).send())
-            .await;
+        let sent = retrying(|| {
+            self.bot
+                .send_message(route.chat(), text.clone())
+                .reply_parameters(reply.clone())
+                .send()
+        })
+        .await;
         if let Err(e) = sent {
             tracing::error!(error = %safe_error(&e), "cannot tell the user about a failure");
         }
@@ -248,7 +318,9 @@ impl Telegram {
 
 /// Whether Telegram takes the image as a photo: ≤ 10 MB, width + height ≤ 10 000, ratio ≤ 20.
 pub fn fits_photo(bytes: &[u8]) -> bool {
-    let Ok(p) = crate::core::image::probe(bytes) else { return false };
+    let Ok(p) = crate::core::image::probe(bytes) else {
+        return false;
+    };
     let (w, h) = (u64::from(p.width), u64::from(p.height));
     bytes.len() <= 10 * 1024 * 1024 && w + h <= 10_000 && w.max(h) <= 20 * w.min(h)
 }
@@ -269,8 +341,12 @@ where
         };
         let wait = match &err {
             RequestError::RetryAfter(s) => s.duration().min(MAX_RETRY_AFTER),
-            RequestError::Network(_) | RequestError::Io(_) => Duration::from_millis(500 << attempt.min(6)),
-            RequestError::Api(teloxide::ApiError::Unknown(text)) if text.contains("Internal") || text.contains("Gateway") => {
+            RequestError::Network(_) | RequestError::Io(_) => {
+                Duration::from_millis(500 << attempt.min(6))
+            }
+            RequestError::Api(teloxide::ApiError::Unknown(text))
+                if text.contains("Internal") || text.contains("Gateway") =>
+            {
                 Duration::from_millis(500 << attempt.min(6))
             }
             _ => return Err(err),

@@ -31,8 +31,12 @@ pub fn lang_of(user: Option<&User>) -> Lang {
 }
 
 pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
-    let span = tracing::info_span!("telegram_update", chat = msg.chat.id.0, user = msg.from.as_ref().map(|u| u.id.0),
-        message = msg.id.0);
+    let span = tracing::info_span!(
+        "telegram_update",
+        chat = msg.chat.id.0,
+        user = msg.from.as_ref().map(|u| u.id.0),
+        message = msg.id.0
+    );
     async move {
         if msg.from.as_ref().is_some_and(|u| u.is_bot) {
             return Ok(());
@@ -49,11 +53,19 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
         }
         let Some(c) = candidate(&msg) else {
             if msg.chat.is_private() && super::trigger::image_of(&msg).is_some() {
-                reply(&tg, &msg.chat.id, msg.id, &messages::caption_hint(lang_of(msg.from.as_ref()))).await;
+                reply(
+                    &tg,
+                    &msg.chat.id,
+                    msg.id,
+                    &messages::caption_hint(lang_of(msg.from.as_ref())),
+                )
+                .await;
             }
             return Ok(());
         };
-        let (Some(from), lang) = (msg.from.clone(), lang_of(msg.from.as_ref())) else { return Ok(()) };
+        let (Some(from), lang) = (msg.from.clone(), lang_of(msg.from.as_ref())) else {
+            return Ok(());
+        };
         tg.request(&msg.chat, &from, c, lang).await;
         Ok(())
     }
@@ -63,17 +75,34 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
 
 impl Telegram {
     /// Parses a candidate and, if it is an edit for us, submits it and gives feedback.
-    pub(super) async fn request(&self, chat: &teloxide::types::Chat, from: &User, c: Candidate, lang: Lang) {
-        let ctx = ParseContext { bot_username: Some(&self.username), command_optional: c.command_optional };
+    pub(super) async fn request(
+        &self,
+        chat: &teloxide::types::Chat,
+        from: &User,
+        c: Candidate,
+        lang: Lang,
+    ) {
+        let ctx = ParseContext {
+            bot_username: Some(&self.username),
+            command_optional: c.command_optional,
+        };
         let command = match parse(&c.text, ctx) {
             Ok(Some(command)) => command,
             Ok(None) => return,
-            Err(e) => return self.refuse(chat.id, c.reply_to, lang, &Rejection::Command(e)).await,
+            Err(e) => {
+                return self
+                    .refuse(chat.id, c.reply_to, lang, &Rejection::Command(e))
+                    .await;
+            }
         };
         if let Err(rejection) = check_images(&c.images) {
             return self.refuse(chat.id, c.reply_to, lang, &rejection).await;
         }
-        let route = Route { chat_id: chat.id.0, message_id: c.reply_to.0, lang };
+        let route = Route {
+            chat_id: chat.id.0,
+            message_id: c.reply_to.0,
+            lang,
+        };
         let group = (!chat.is_private()).then(|| chat.id.0.to_string());
         let spec = JobSpec {
             id: uuid::Uuid::new_v4().simple().to_string(),
@@ -96,7 +125,10 @@ impl Telegram {
                 self.feedback.insert(job_id.clone(), Feedback::default());
                 self.acknowledge(&job_id, route, accepted.position).await;
             }
-            Err(rejection) => self.refuse(route.chat(), route.message(), route.lang, &rejection).await,
+            Err(rejection) => {
+                self.refuse(route.chat(), route.message(), route.lang, &rejection)
+                    .await
+            }
         }
     }
 
@@ -104,7 +136,9 @@ impl Telegram {
         let reacted = self
             .bot
             .set_message_reaction(route.chat(), route.message())
-            .reaction(vec![ReactionType::Emoji { emoji: REACT_WORKING.into() }])
+            .reaction(vec![ReactionType::Emoji {
+                emoji: REACT_WORKING.into(),
+            }])
             .await
             .is_ok();
         let text = match (position, reacted) {
@@ -138,13 +172,24 @@ fn check_images(images: &[ImageRef]) -> Result<(), Rejection> {
     if images.len() > MAX_INPUTS {
         return Err(Rejection::TooManyImages(images.len()));
     }
-    if images.iter().any(|i| i.size > MAX_DOWNLOAD_BYTES) {
-        return Err(Rejection::Image(ImageRejection::FileTooBig { limit_mb: 20 }));
+    // teloxide reports an unknown size as u32::MAX; getFile tells the truth later.
+    if images
+        .iter()
+        .any(|i| i.size != u32::MAX && i.size > MAX_DOWNLOAD_BYTES)
+    {
+        return Err(Rejection::Image(ImageRejection::FileTooBig {
+            limit_mb: 20,
+        }));
     }
     Ok(())
 }
 
-pub(super) async fn send_reply(bot: &Bot, chat: ChatId, to: MessageId, text: &str) -> Option<MessageId> {
+pub(super) async fn send_reply(
+    bot: &Bot,
+    chat: ChatId,
+    to: MessageId,
+    text: &str,
+) -> Option<MessageId> {
     match bot
         .send_message(chat, text)
         .reply_parameters(ReplyParameters::new(to).allow_sending_without_reply())
@@ -175,14 +220,32 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
     };
     let ledger = tg.engine.quotas().ledger().clone();
     let id = job_id.to_owned();
-    let stored = tokio::task::spawn_blocking(move || ledger.job_spec(&id)).await.ok().and_then(Result::ok).flatten();
+    let stored = tokio::task::spawn_blocking(move || ledger.job_spec(&id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     let Some(old) = stored.and_then(|s| serde_json::from_str::<JobSpec>(&s).ok()) else {
-        tg.bot.answer_callback_query(q.id.clone()).text(messages::again_expired(lang)).show_alert(true).await?;
+        tg.bot
+            .answer_callback_query(q.id.clone())
+            .text(messages::again_expired(lang))
+            .show_alert(true)
+            .await?;
         return Ok(());
     };
-    tg.bot.answer_callback_query(q.id.clone()).text(messages::again_started(lang)).await?;
-    let route = Route { chat_id: result_msg.chat.id.0, message_id: result_msg.id.0, lang };
-    let command = EditCommand { seed: Some(rand::random_range(0..=crate::core::command::MAX_SEED)), ..old.command };
+    tg.bot
+        .answer_callback_query(q.id.clone())
+        .text(messages::again_started(lang))
+        .await?;
+    let route = Route {
+        chat_id: result_msg.chat.id.0,
+        message_id: result_msg.id.0,
+        lang,
+    };
+    let command = EditCommand {
+        seed: Some(rand::random_range(0..=crate::core::command::MAX_SEED)),
+        ..old.command
+    };
     let spec = JobSpec {
         id: uuid::Uuid::new_v4().simple().to_string(),
         user: UserRef::new(Platform::Telegram, q.from.id.0.to_string()),

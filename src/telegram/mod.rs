@@ -74,7 +74,15 @@ pub fn bot(token: &str, api_url: &str) -> anyhow::Result<Bot> {
 pub(crate) fn safe_error(e: &teloxide::RequestError) -> String {
     match e {
         teloxide::RequestError::Network(inner) => {
-            format!("network error: {}", inner.as_ref().to_string().split(" for url").next().unwrap_or(""))
+            format!(
+                "network error: {}",
+                inner
+                    .as_ref()
+                    .to_string()
+                    .split(" for url")
+                    .next()
+                    .unwrap_or("")
+            )
         }
         other => other.to_string(),
     }
@@ -94,22 +102,40 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
         .telegram_bot_token
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("TELEGRAM_BOT_TOKEN is not set"))?;
-    let bot = bot(crate::config::expose(token), &settings.config.telegram.api_url)?;
+    let bot = bot(
+        crate::config::expose(token),
+        &settings.config.telegram.api_url,
+    )?;
     let (events_tx, events_rx) = mpsc::channel(64);
-    Ok(Prepared { source: Arc::new(TelegramSource { bot: bot.clone() }), bot, events_tx, events_rx })
+    Ok(Prepared {
+        source: Arc::new(TelegramSource { bot: bot.clone() }),
+        bot,
+        events_tx,
+        events_rx,
+    })
 }
 
-/// Runs the front-end until `shutdown` resolves; then stops taking updates and returns the task
-/// that still delivers job events (it ends once the engine is dropped).
+/// Delivery of job events that goes on after updates stopped: stop it once the workers are done,
+/// then await it.
+pub struct Deliveries {
+    pub task: tokio::task::JoinHandle<()>,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Runs the front-end until `shutdown` resolves; then stops taking updates and returns the
+/// delivery task, which still posts results of jobs that finish later.
 pub async fn run(
     prepared: Prepared,
     engine: Arc<Engine>,
     settings: &Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<Deliveries> {
     let cfg = &settings.config.telegram;
     let Prepared { bot, events_rx, .. } = prepared;
-    let me = bot.get_me().await.map_err(|e| anyhow::anyhow!("Telegram getMe failed: {}", safe_error(&e)))?;
+    let me = bot
+        .get_me()
+        .await
+        .map_err(|e| anyhow::anyhow!("Telegram getMe failed: {}", safe_error(&e)))?;
     let username = me.username.clone().unwrap_or_default();
     tracing::info!(bot = %username, "connected to Telegram");
     register_commands(&bot).await;
@@ -122,11 +148,12 @@ pub async fn run(
         albums: DashMap::new(),
         feedback: DashMap::new(),
     });
-    let events = tokio::spawn(deliver::consume(tg.clone(), events_rx));
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(deliver::consume(tg.clone(), events_rx, stopped));
     let ticker = tokio::spawn(deliver::position_ticker(tg.clone()));
     let result = dispatch(tg.clone(), cfg, settings, shutdown).await;
     ticker.abort();
-    result.map(|()| events)
+    result.map(|()| Deliveries { task, stop })
 }
 
 async fn dispatch(
@@ -153,7 +180,8 @@ async fn dispatch(
             }
         }
     });
-    let errors = teloxide::error_handlers::LoggingErrorHandler::with_custom_text("telegram handler");
+    let errors =
+        teloxide::error_handlers::LoggingErrorHandler::with_custom_text("telegram handler");
     if cfg.mode == "webhook" {
         let addr = cfg.webhook_listen.parse()?;
         let url = reqwest::Url::parse(&cfg.webhook_url)?;
@@ -161,9 +189,9 @@ async fn dispatch(
         if let Some(secret) = &settings.secrets.telegram_webhook_secret {
             options = options.secret_token(crate::config::expose(secret).to_owned());
         }
-        let listener = webhooks::axum(tg.bot.clone(), options)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot start the Telegram webhook: {}", safe_error(&e)))?;
+        let listener = webhooks::axum(tg.bot.clone(), options).await.map_err(|e| {
+            anyhow::anyhow!("cannot start the Telegram webhook: {}", safe_error(&e))
+        })?;
         dp.dispatch_with_listener(listener, errors).await;
     } else {
         let _ = tg.bot.delete_webhook().await;
@@ -181,7 +209,11 @@ async fn register_commands(bot: &Bot) {
         ("help", "How to use the bot"),
         ("quota", "Edits left"),
     ];
-    let zh = [("edit", "编辑图片：/edit 把天空变成夜晚"), ("help", "使用说明"), ("quota", "剩余次数")];
+    let zh = [
+        ("edit", "编辑图片：/edit 把天空变成夜晚"),
+        ("help", "使用说明"),
+        ("quota", "剩余次数"),
+    ];
     let commands = |list: &[(&str, &str)]| -> Vec<BotCommand> {
         list.iter().map(|(c, d)| BotCommand::new(*c, *d)).collect()
     };

@@ -27,10 +27,14 @@ impl InputSource for TelegramSource {
                 .get_file(FileId(locator.to_owned()))
                 .await
                 .map_err(|e| format!("getFile failed: {}", super::safe_error(&e)))?;
-            if file.size > MAX_DOWNLOAD_BYTES {
+            if file.size > MAX_DOWNLOAD_BYTES && file.size != u32::MAX {
                 return Err("the file is larger than Telegram lets bots download (20 MB)".into());
             }
-            let mut sink = Capped { buf: Vec::with_capacity(file.size as usize), limit: MAX_DOWNLOAD_BYTES as usize };
+            let capacity = file.size.min(MAX_DOWNLOAD_BYTES) as usize;
+            let mut sink = Capped {
+                buf: Vec::with_capacity(capacity),
+                limit: MAX_DOWNLOAD_BYTES as usize,
+            };
             self.bot
                 .download_file(&file.path, &mut sink)
                 .await
@@ -47,7 +51,11 @@ struct Capped {
 }
 
 impl AsyncWrite for Capped {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if self.buf.len() + data.len() > self.limit {
             return Poll::Ready(Err(std::io::Error::other("file larger than announced")));
         }

@@ -16,14 +16,23 @@ pub struct ImageRef {
 /// MIME type or name).
 pub fn image_of(msg: &Message) -> Option<ImageRef> {
     if let Some(sizes) = msg.photo() {
-        let best = sizes.iter().max_by_key(|p| (u64::from(p.width) * u64::from(p.height), p.file.size))?;
-        return Some(ImageRef { file_id: best.file.id.to_string(), size: best.file.size });
+        let best = sizes
+            .iter()
+            .max_by_key(|p| (u64::from(p.width) * u64::from(p.height), p.file.size))?;
+        return Some(ImageRef {
+            file_id: best.file.id.to_string(),
+            size: best.file.size,
+        });
     }
     let doc = msg.document()?;
-    let looks_like_image = doc.mime_type.as_ref().is_none_or(|m| {
-        m.type_() == "image" || m.essence_str() == "application/octet-stream"
-    });
-    looks_like_image.then(|| ImageRef { file_id: doc.file.id.to_string(), size: doc.file.size })
+    let looks_like_image = doc
+        .mime_type
+        .as_ref()
+        .is_none_or(|m| m.type_() == "image" || m.essence_str() == "application/octet-stream");
+    looks_like_image.then(|| ImageRef {
+        file_id: doc.file.id.to_string(),
+        size: doc.file.size,
+    })
 }
 
 /// What an edit request is made of, before parsing the text.
@@ -45,7 +54,11 @@ pub fn candidate(msg: &Message) -> Option<Candidate> {
     let text = msg.caption().or(msg.text())?.to_owned();
     let images: Vec<ImageRef> = match &own {
         Some(img) => vec![img.clone()],
-        None => msg.reply_to_message().and_then(image_of).into_iter().collect(),
+        None => msg
+            .reply_to_message()
+            .and_then(image_of)
+            .into_iter()
+            .collect(),
     };
     Some(Candidate {
         text,

@@ -128,7 +128,9 @@ fn spec(id: &str, user_id: &str, inputs: &[&str], text: &str) -> JobSpec {
 /// The next finished job (start events are skipped).
 async fn next(rx: &mut mpsc::Receiver<JobEvent>) -> Outcome {
     loop {
-        let event = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("an event");
+        let event = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("an event");
         if let JobEvent::Finished(o) = event.unwrap() {
             return o;
         }
@@ -154,8 +156,13 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
         r.quotas.ledger().job("j1").unwrap().unwrap().status,
         JobStatus::Queued
     );
-    let first = tokio::time::timeout(Duration::from_secs(20), r.outcomes.recv()).await.unwrap();
-    assert!(matches!(first, Some(JobEvent::Started(ref s)) if s.id == "j1"), "{first:?}");
+    let first = tokio::time::timeout(Duration::from_secs(20), r.outcomes.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, Some(JobEvent::Started(ref s)) if s.id == "j1"),
+        "{first:?}"
+    );
     let out = next(&mut r.outcomes).await;
     let delivery = out.result.unwrap();
     assert_eq!(delivery.images.len(), 2);

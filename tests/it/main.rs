@@ -8,3 +8,4 @@ mod fakes;
 mod fitting;
 mod jobs;
 mod quota;
+mod telegram;

@@ -2,3 +2,4 @@
 
 pub mod dashscope;
 pub mod images;
+pub mod telegram;

@@ -1,0 +1,748 @@
+//! The Telegram front-end end to end: the real `serve` path with teloxide against the fake Bot
+//! API and the real DashScope client against the fake DashScope.
+
+use std::time::Duration;
+
+use qwen_edit_bot::config::Settings;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
+use crate::fakes::images;
+use crate::fakes::telegram::{
+    self as tg, FakeTelegram, Fault, TOKEN, callback_update, document_message, group_chat,
+    message_update, photo_message, private_chat, text_message, user, with_media_group,
+};
+
+/// A running bot with its fakes.
+struct Bot {
+    tg: FakeTelegram,
+    ds: FakeDashScope,
+    dir: std::path::PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+const ADMIN: i64 = 900;
+
+fn config(tg: &FakeTelegram, ds: &FakeDashScope, dir: &std::path::Path, extra: &str) -> String {
+    let db = dir.join("q.sqlite3");
+    format!(
+        "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 3\n\
+         [telegram]\nenabled = true\napi_url = {:?}\nalbum_wait_ms = 300\npoll_timeout_secs = 1\nadmin_ids = [{ADMIN}]\n\
+         [quota]\ndatabase = {:?}\nmax_in_flight_per_user = 3\n{}{extra}",
+        ds.base_url,
+        tg.url,
+        db.to_str().unwrap(),
+        if extra.contains("per_user") {
+            ""
+        } else {
+            "per_user = 5\n"
+        },
+    )
+}
+
+impl Bot {
+    async fn start(extra: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut bot = Bot {
+            tg,
+            ds,
+            dir,
+            _tmp: Some(tmp),
+            stop: None,
+            task: None,
+        };
+        bot.launch(extra);
+        bot
+    }
+
+    fn launch(&mut self, extra: &str) {
+        let path = self.dir.join("config.toml");
+        std::fs::write(&path, config(&self.tg, &self.ds, &self.dir, extra)).unwrap();
+        let env = |k: &str| match k {
+            "DASHSCOPE_API_KEY" => Some(API_KEY.to_string()),
+            "TELEGRAM_BOT_TOKEN" => Some(TOKEN.to_string()),
+            "TELEGRAM_WEBHOOK_SECRET" => Some("hook-secret".to_string()),
+            _ => None,
+        };
+        let settings = Settings::load_with_env(&path, env).unwrap();
+        let (stop, stopped) = oneshot::channel();
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(qwen_edit_bot::app::serve(settings, async {
+            let _ = stopped.await;
+        })));
+    }
+
+    /// Stops the bot (SIGTERM's path) and waits until it has exited.
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    fn ledger(&self) -> qwen_edit_bot::store::sqlite::SqliteLedger {
+        qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.dir.join("q.sqlite3")).unwrap()
+    }
+
+    fn used(&self, user_id: i64) -> u32 {
+        use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+        let since = chrono::Utc::now() - chrono::Duration::days(40);
+        self.ledger()
+            .used(
+                &UserRef::new(Platform::Telegram, user_id.to_string()),
+                since,
+            )
+            .unwrap()
+    }
+
+    /// A photo message with `/edit …` caption from `user_id` in their private chat.
+    fn photo(&self, message_id: i32, user_id: i64, caption: &str, w: u32, h: u32) -> Value {
+        let file = format!("photo-{message_id}");
+        self.tg.add_file(&file, images::jpeg(w, h));
+        photo_message(
+            message_id,
+            private_chat(user_id),
+            user(user_id, "en"),
+            &file,
+            Some(caption),
+        )
+    }
+
+    /// Texts of every sendMessage so far.
+    fn texts(&self) -> Vec<String> {
+        self.tg
+            .calls_to("sendmessage")
+            .iter()
+            .map(|c| c.params["text"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    async fn text_containing(&self, needle: &str) -> Value {
+        for _ in 0..500 {
+            if let Some(c) = self.tg.calls_to("sendmessage").into_iter().find(|c| {
+                c.params["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(needle))
+            }) {
+                return c.params;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no message containing {needle:?}; got {:?}", self.texts());
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn reply_target(params: &Value) -> i64 {
+    params["reply_parameters"]["message_id"]
+        .as_i64()
+        .expect("a reply")
+}
+
+/// The photo a sendPhoto carried.
+fn sent_photo(call: &tg::Call) -> Vec<u8> {
+    call.file("photo").expect("an uploaded photo").to_vec()
+}
+
+#[tokio::test]
+async fn a_photo_captioned_edit_comes_back_as_a_photo_replying_to_it() {
+    let mut bot = Bot::start("").await;
+    bot.tg.push_update(message_update(bot.photo(
+        10,
+        42,
+        "/edit make it night --seed 5",
+        2048,
+        1536,
+    )));
+    let sent = bot.tg.wait_for("sendphoto", 1, 20).await;
+    let photo = &sent[0];
+    assert_eq!(photo.chat_id(), Some(42));
+    assert_eq!(reply_target(&photo.params), 10);
+    let caption = photo.params["caption"].as_str().unwrap();
+    assert!(
+        caption.contains("make it night") && caption.contains("4 edits left"),
+        "{caption}"
+    );
+    assert_eq!(
+        images::dims(&sent_photo(photo)).1,
+        64,
+        "the backend's result image"
+    );
+    assert!(photo.params["reply_markup"].to_string().contains("again:"));
+    // The backend got the photo as sent (2048×1536 is in range: byte-for-byte).
+    let seen = bot.ds.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].violations.is_empty(), "{:?}", seen[0].violations);
+    assert_eq!(seen[0].images, vec![("image/jpeg".into(), 2048, 1536)]);
+    assert_eq!(seen[0].body["parameters"]["seed"], 5);
+    assert!(
+        !seen[0].body.to_string().contains(TOKEN),
+        "the token never reaches the backend"
+    );
+    // Feedback: 👀 then 👌 on the request, and the upload action while it ran.
+    let reactions = bot.tg.wait_for("setmessagereaction", 2, 10).await;
+    assert!(reactions[0].params.to_string().contains("👀"));
+    assert!(reactions[1].params.to_string().contains("👌"));
+    assert!(!bot.tg.calls_to("sendchataction").is_empty());
+    bot.stop().await;
+    assert_eq!(bot.used(42), 1);
+}
+
+#[tokio::test]
+async fn a_reply_edit_to_someone_elses_photo_uses_that_photo() {
+    let mut bot = Bot::start("").await;
+    bot.tg.add_file("their-photo", images::png(600, 500));
+    let theirs = photo_message(20, group_chat(-100), user(7, "en"), "their-photo", None);
+    let mine = text_message(
+        21,
+        group_chat(-100),
+        user(8, "en"),
+        "/edit add a hat",
+        Some(theirs),
+    );
+    bot.tg.push_update(message_update(mine));
+    let sent = bot.tg.wait_for("sendphoto", 1, 20).await;
+    assert_eq!(reply_target(&sent[0].params), 21);
+    assert_eq!(
+        bot.ds.seen()[0].images,
+        vec![("image/png".into(), 600, 500)]
+    );
+    bot.stop().await;
+    assert_eq!((bot.used(8), bot.used(7)), (1, 0));
+}
+
+#[tokio::test]
+async fn commands_for_other_bots_and_plain_group_photos_are_ignored() {
+    let mut bot = Bot::start("").await;
+    bot.tg.add_file("p", images::jpeg(800, 600));
+    let chat = group_chat(-100);
+    bot.tg.push_update(message_update(photo_message(
+        30,
+        chat.clone(),
+        user(7, "en"),
+        "p",
+        Some("/edit@OtherBot x"),
+    )));
+    bot.tg.push_update(message_update(photo_message(
+        31,
+        chat.clone(),
+        user(7, "en"),
+        "p",
+        Some("nice photo"),
+    )));
+    bot.tg.push_update(message_update(text_message(
+        32,
+        chat,
+        user(7, "en"),
+        "/help",
+        None,
+    )));
+    bot.text_containing("I edit images").await;
+    assert_eq!(bot.ds.calls(), 0);
+    assert!(bot.tg.calls_to("sendphoto").is_empty());
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_captioned_photo_in_a_private_chat_is_an_edit_without_the_command() {
+    let mut bot = Bot::start("").await;
+    bot.tg
+        .push_update(message_update(bot.photo(40, 42, "make it snow", 800, 600)));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    assert_eq!(
+        bot.ds.seen()[0].body["input"]["messages"][0]["content"][1]["text"],
+        "make it snow"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn an_image_document_is_sniffed_and_a_non_image_refunded() {
+    let mut bot = Bot::start("").await;
+    bot.tg.add_file("doc-img", images::png(4000, 3000));
+    bot.tg
+        .add_file("doc-pdf", b"%PDF-1.7 not an image".to_vec());
+    let chat = private_chat(42);
+    let doc = document_message(
+        50,
+        chat.clone(),
+        user(42, "en"),
+        "doc-img",
+        "application/octet-stream",
+        "x.bin",
+        Some("/edit brighter"),
+    );
+    bot.tg.push_update(message_update(doc));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    assert_eq!(
+        bot.ds.seen()[0].images,
+        vec![("image/jpeg".into(), 3072, 2304)],
+        "fitted into range"
+    );
+    let pdf = document_message(
+        51,
+        chat,
+        user(42, "en"),
+        "doc-pdf",
+        "image/png",
+        "fake.png",
+        Some("/edit brighter"),
+    );
+    bot.tg.push_update(message_update(pdf));
+    let failure = bot.text_containing("not an image").await;
+    assert!(failure["text"].as_str().unwrap().contains("refunded"));
+    assert_eq!(reply_target(&failure), 51);
+    bot.stop().await;
+    assert_eq!(bot.used(42), 1);
+    assert_eq!(bot.ds.calls(), 1);
+}
+
+#[tokio::test]
+async fn an_album_with_an_edit_caption_is_one_request_with_up_to_three_images() {
+    let mut bot = Bot::start("").await;
+    for (i, w) in [(60, 500), (61, 600), (62, 700), (63, 800)] {
+        bot.tg.add_file(&format!("a{i}"), images::jpeg(w, 500));
+        let caption = (i == 60).then_some("/edit put them on a beach");
+        let m = photo_message(
+            i,
+            group_chat(-100),
+            user(7, "zh"),
+            &format!("a{i}"),
+            caption,
+        );
+        bot.tg
+            .push_update(message_update(with_media_group(m, "album-1")));
+    }
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    let seen = bot.ds.seen();
+    assert_eq!(seen.len(), 1);
+    let widths: Vec<u32> = seen[0].images.iter().map(|i| i.1).collect();
+    assert_eq!(widths, [500, 600, 700]);
+    let caption = bot.tg.calls_to("sendphoto")[0].params["caption"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(caption.contains("剩余"), "Chinese for a zh user: {caption}");
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn each_user_error_gets_a_clear_reply_and_costs_nothing() {
+    let mut bot = Bot::start("").await;
+    let chat = private_chat(42);
+    let cases = [
+        ("/edit make it night", "No image"),
+        ("/edit --seed 3", "Say what to change"),
+        ("/edit x --strength 2", "Unknown option --strength"),
+        ("/edit x --n 9", "--n must be"),
+    ];
+    for (i, (text, _)) in cases.iter().enumerate() {
+        bot.tg.push_update(message_update(text_message(
+            70 + i as i32,
+            chat.clone(),
+            user(42, "en"),
+            text,
+            None,
+        )));
+    }
+    for (_, expected) in cases {
+        let reply = bot.text_containing(expected).await;
+        assert!(
+            reply["text"]
+                .as_str()
+                .unwrap()
+                .contains("Nothing was charged")
+        );
+    }
+    bot.stop().await;
+    assert_eq!((bot.used(42), bot.ds.calls()), (0, 0));
+}
+
+#[tokio::test]
+async fn over_quota_is_refused_with_the_reset_time() {
+    let mut bot = Bot::start("per_user = 1\n").await;
+    bot.tg
+        .push_update(message_update(bot.photo(80, 42, "/edit a", 800, 600)));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg
+        .push_update(message_update(bot.photo(81, 42, "/edit b", 800, 600)));
+    let reply = bot.text_containing("of your 1 edits").await;
+    assert!(reply["text"].as_str().unwrap().contains("UTC"));
+    bot.tg.push_update(message_update(text_message(
+        82,
+        private_chat(42),
+        user(42, "en"),
+        "/quota",
+        None,
+    )));
+    bot.text_containing("0 of 1 edits left").await;
+    bot.stop().await;
+    assert_eq!(bot.ds.calls(), 1);
+}
+
+#[tokio::test]
+async fn backend_failures_are_explained_and_refunded() {
+    let mut bot = Bot::start("").await;
+    bot.ds.script([Reply::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    bot.tg
+        .push_update(message_update(bot.photo(90, 42, "/edit x", 800, 600)));
+    let refused = bot.text_containing("content policy").await;
+    assert!(refused["text"].as_str().unwrap().contains("refunded"));
+    bot.ds.script(
+        [Reply::Error {
+            status: 503,
+            code: "ModelUnavailable",
+            retry_after: None,
+        }; 4],
+    );
+    bot.tg
+        .push_update(message_update(bot.photo(91, 42, "/edit y", 800, 600)));
+    let down = bot.text_containing("unavailable").await;
+    assert_eq!(reply_target(&down), 91);
+    let reactions = bot.tg.wait_for("setmessagereaction", 4, 10).await;
+    assert!(
+        reactions
+            .iter()
+            .filter(|r| r.params.to_string().contains("💔"))
+            .count()
+            == 2
+    );
+    bot.stop().await;
+    assert_eq!(bot.used(42), 0);
+}
+
+#[tokio::test]
+async fn a_429_on_send_is_waited_out_without_calling_the_model_again() {
+    let mut bot = Bot::start("").await;
+    bot.tg
+        .fail_next("sendphoto", Fault::TooManyRequests { retry_after: 1 }, 1);
+    bot.tg
+        .push_update(message_update(bot.photo(100, 42, "/edit x", 800, 600)));
+    let sent = bot.tg.wait_for("sendphoto", 2, 20).await;
+    assert!(
+        sent[1].at.duration_since(sent[0].at) >= Duration::from_millis(900),
+        "retry_after honoured"
+    );
+    bot.stop().await;
+    assert_eq!(bot.ds.calls(), 1);
+    assert_eq!(bot.used(42), 1);
+}
+
+#[tokio::test]
+async fn again_works_after_a_restart_with_a_new_seed() {
+    let mut bot = Bot::start("").await;
+    bot.tg.push_update(message_update(bot.photo(
+        110,
+        42,
+        "/edit make it night --seed 1",
+        800,
+        600,
+    )));
+    let first = bot.tg.wait_for("sendphoto", 1, 20).await;
+    let data = first[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bot.stop().await;
+    bot.launch("");
+    let result_msg = photo_message(555, private_chat(42), user(tg::BOT_ID, "en"), "sent", None);
+    bot.tg
+        .push_update(callback_update("cb1", user(43, "en"), result_msg, &data));
+    let sent = bot.tg.wait_for("sendphoto", 2, 20).await;
+    assert_eq!(
+        reply_target(&sent[1].params),
+        555,
+        "the new result replies to the old one"
+    );
+    let seen = bot.ds.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].images, seen[1].images, "the same input");
+    assert_eq!(
+        seen[1].body["input"]["messages"][0]["content"][1]["text"],
+        "make it night"
+    );
+    assert_ne!(seen[1].body["parameters"]["seed"], 1);
+    assert_eq!(bot.tg.calls_to("answercallbackquery").len(), 1);
+    bot.stop().await;
+    assert_eq!(
+        (bot.used(42), bot.used(43)),
+        (1, 1),
+        "charged to whoever pressed"
+    );
+}
+
+#[tokio::test]
+async fn admin_commands_are_refused_to_members_and_applied_for_admins() {
+    let mut bot = Bot::start("").await;
+    let chat = group_chat(-100);
+    let victim = text_message(120, chat.clone(), user(7, "en"), "hello", None);
+    let by_member = text_message(
+        121,
+        chat.clone(),
+        user(8, "en"),
+        "/block",
+        Some(victim.clone()),
+    );
+    bot.tg.push_update(message_update(by_member));
+    bot.text_containing("Only chat admins").await;
+    bot.tg.set_member_status(-100, 9, "administrator");
+    let by_admin = text_message(
+        122,
+        chat.clone(),
+        user(9, "en"),
+        "/block",
+        Some(victim.clone()),
+    );
+    bot.tg.push_update(message_update(by_admin));
+    bot.text_containing("User 7 is blocked").await;
+    let operator = text_message(123, chat.clone(), user(ADMIN, "en"), "/quota set 7 9", None);
+    bot.tg.push_update(message_update(operator));
+    bot.text_containing("User 7 may now make 9 edits").await;
+    bot.tg.add_file("p7", images::jpeg(800, 600));
+    bot.tg.push_update(message_update(photo_message(
+        124,
+        chat,
+        user(7, "en"),
+        "p7",
+        Some("/edit x"),
+    )));
+    bot.text_containing("not allowed to use this bot").await;
+    bot.stop().await;
+    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    let s = bot
+        .ledger()
+        .settings(&UserRef::new(Platform::Telegram, "7"))
+        .unwrap();
+    assert_eq!((s.blocked, s.limit_override), (true, Some(9)), "persisted");
+    assert_eq!(bot.ds.calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
+    let mut bot = Bot::start("").await;
+    bot.ds.set_latency(Duration::from_millis(100));
+    bot.tg.add_file("burst", images::jpeg(800, 600));
+    for u in 0..30 {
+        let m = photo_message(
+            1,
+            private_chat(5000 + u),
+            user(5000 + u, "en"),
+            "burst",
+            Some("/edit x"),
+        );
+        bot.tg.push_update(message_update(m));
+    }
+    let sent = bot.tg.wait_for("sendphoto", 30, 60).await;
+    let mut chats: Vec<i64> = sent.iter().filter_map(|c| c.chat_id()).collect();
+    chats.sort();
+    chats.dedup();
+    assert_eq!(chats.len(), 30, "everyone served once");
+    assert_eq!(bot.ds.calls(), 30);
+    assert!(bot.ds.max_in_flight() <= 3, "{}", bot.ds.max_in_flight());
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_mode_takes_updates_only_with_the_secret() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bot = Bot {
+        tg,
+        ds,
+        dir: tmp.path().to_owned(),
+        _tmp: Some(tmp),
+        stop: None,
+        task: None,
+    };
+    let webhook = format!(
+        "poll_timeout_secs = 1\nmode = \"webhook\"\nwebhook_url = \"https://bot.example/tg/hook\"\n\
+         webhook_listen = \"127.0.0.1:{port}\"\n"
+    );
+    let text = config(&bot.tg, &bot.ds, &bot.dir, "").replace("poll_timeout_secs = 1\n", &webhook);
+    let path = bot.dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let settings = Settings::load_with_env(&path, |k| match k {
+        "DASHSCOPE_API_KEY" => Some(API_KEY.to_string()),
+        "TELEGRAM_BOT_TOKEN" => Some(TOKEN.to_string()),
+        "TELEGRAM_WEBHOOK_SECRET" => Some("hook-secret".to_string()),
+        _ => None,
+    })
+    .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    bot.stop = Some(stop);
+    bot.task = Some(tokio::spawn(qwen_edit_bot::app::serve(settings, async {
+        let _ = stopped.await;
+    })));
+    let set = bot.tg.wait_for("setwebhook", 1, 10).await;
+    assert_eq!(set[0].params["url"], "https://bot.example/tg/hook");
+    assert_eq!(set[0].params["secret_token"], "hook-secret");
+    let update = json!({ "update_id": 1, "message": bot.photo(130, 42, "/edit x", 800, 600) });
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/tg/hook");
+    let mut status = 0;
+    for _ in 0..100 {
+        match client.post(&url).json(&update).send().await {
+            Ok(r) => {
+                status = r.status().as_u16();
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(status, 401, "no secret, no update");
+    let wrong = client
+        .post(&url)
+        .header("X-Telegram-Bot-Api-Secret-Token", "nope")
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let ok = client
+        .post(&url)
+        .header("X-Telegram-Bot-Api-Secret-Token", "hook-secret")
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    assert_eq!(bot.ds.calls(), 1);
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn several_results_come_as_an_album_then_the_caption_with_the_again_button() {
+    let mut bot = Bot::start("").await;
+    bot.tg.push_update(message_update(bot.photo(
+        140,
+        42,
+        "/edit@QwenEditBot two cats --n 2",
+        800,
+        600,
+    )));
+    let album = bot.tg.wait_for("sendmediagroup", 1, 20).await;
+    let media = album[0].params["media"].as_array().unwrap().clone();
+    assert_eq!(media.len(), 2);
+    for item in &media {
+        let name = item["media"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("attach://");
+        assert_eq!(images::dims(album[0].attachment(name).unwrap()).1, 64);
+    }
+    assert_eq!(reply_target(&album[0].params), 140);
+    let caption = bot.text_containing("two cats").await;
+    assert!(caption["reply_markup"].to_string().contains("again:"));
+    assert_eq!(bot.ds.seen()[0].body["parameters"]["n"], 2);
+    bot.stop().await;
+    assert_eq!(bot.used(42), 2);
+}
+
+#[tokio::test]
+async fn a_result_beyond_telegrams_photo_limits_is_sent_as_a_document() {
+    let mut bot = Bot::start("").await;
+    bot.ds.set_result_size(9000, 2000);
+    bot.tg.push_update(message_update(bot.photo(
+        150,
+        42,
+        "/edit panorama",
+        800,
+        600,
+    )));
+    let doc = bot.tg.wait_for("senddocument", 1, 20).await;
+    assert_eq!(images::dims(doc[0].file("document").unwrap()).1, 9000);
+    assert!(
+        doc[0].params["caption"]
+            .as_str()
+            .unwrap()
+            .contains("panorama")
+    );
+    assert!(bot.tg.calls_to("sendphoto").is_empty());
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn waiting_jobs_are_told_their_place_in_the_queue() {
+    let mut bot = Bot::start("").await;
+    bot.ds.set_latency(Duration::from_millis(400));
+    for u in 0..5 {
+        let m = bot.photo(160 + u as i32, 6000 + u, "/edit x", 800, 600);
+        bot.tg.push_update(message_update(m));
+    }
+    let queued = bot.text_containing("In the queue").await;
+    assert!(queued["text"].as_str().unwrap().contains("ahead of you"));
+    bot.tg.wait_for("sendphoto", 5, 30).await;
+    // Status messages are cleaned up once the result is there.
+    let statuses = bot.tg.calls_to("sendmessage").len();
+    let deleted = bot.tg.wait_for("deletemessage", statuses, 10).await;
+    assert_eq!(deleted.len(), statuses);
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn setup_usage_and_unfit_images_behave() {
+    let mut bot = Bot::start("").await;
+    let cmds = bot.tg.wait_for("setmycommands", 2, 10).await;
+    assert!(cmds.iter().any(|c| c.params["language_code"] == "zh"));
+    bot.tg
+        .push_update(message_update(bot.photo(170, 42, "/edit x", 800, 600)));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.add_file("thin", images::png(100, 5000));
+    let thin = photo_message(
+        171,
+        private_chat(42),
+        user(42, "en"),
+        "thin",
+        Some("/edit x"),
+    );
+    bot.tg.push_update(message_update(thin));
+    let unfit = bot.text_containing("too long and narrow").await;
+    assert!(unfit["text"].as_str().unwrap().contains("refunded"));
+    let usage = text_message(172, group_chat(-5), user(ADMIN, "en"), "/usage", None);
+    bot.tg.push_update(message_update(usage));
+    let report = bot.text_containing("Images delivered since").await;
+    assert!(
+        report["text"].as_str().unwrap().contains("42 — 1"),
+        "{}",
+        report["text"]
+    );
+    for c in bot.tg.calls() {
+        assert!(
+            !c.params.to_string().contains(TOKEN),
+            "the token reached a chat: {}",
+            c.method
+        );
+    }
+    bot.stop().await;
+}
