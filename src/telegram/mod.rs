@@ -7,6 +7,7 @@ mod deliver;
 mod handler;
 mod source;
 pub mod trigger;
+mod updates;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
 use teloxide::types::{BotCommand, MessageId};
-use teloxide::update_listeners::{Polling, webhooks};
 use tokio::sync::mpsc;
 
 use crate::config::{Settings, TelegramConfig};
@@ -162,45 +162,21 @@ async fn dispatch(
     settings: &Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let handler = dptree::entry()
-        .branch(Update::filter_message().endpoint(handler::on_message))
-        .branch(Update::filter_callback_query().endpoint(handler::on_callback));
-    let mut dp = Dispatcher::builder(tg.bot.clone(), handler)
-        .dependencies(dptree::deps![tg.clone()])
-        .default_handler(|_| async {})
-        .build();
-    let token = dp.shutdown_token();
-    tokio::spawn(async move {
-        shutdown.await;
-        // Retry until dispatching has started (shutting down an idle dispatcher is an error).
-        loop {
-            match token.shutdown() {
-                Ok(done) => return done.await,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    let errors =
-        teloxide::error_handlers::LoggingErrorHandler::with_custom_text("telegram handler");
     if cfg.mode == "webhook" {
-        let addr = cfg.webhook_listen.parse()?;
-        let url = reqwest::Url::parse(&cfg.webhook_url)?;
-        let mut options = webhooks::Options::new(addr, url);
-        if let Some(secret) = &settings.secrets.telegram_webhook_secret {
-            options = options.secret_token(crate::config::expose(secret).to_owned());
-        }
-        let listener = webhooks::axum(tg.bot.clone(), options).await.map_err(|e| {
-            anyhow::anyhow!("cannot start the Telegram webhook: {}", safe_error(&e))
-        })?;
-        dp.dispatch_with_listener(listener, errors).await;
+        let hook = updates::Webhook {
+            listen: cfg.webhook_listen.parse()?,
+            url: reqwest::Url::parse(&cfg.webhook_url)?,
+            secret: settings
+                .secrets
+                .telegram_webhook_secret
+                .as_ref()
+                .map(|s| crate::config::expose(s).to_owned()),
+        };
+        updates::webhook(tg, hook, shutdown).await
     } else {
-        let _ = tg.bot.delete_webhook().await;
-        let listener = Polling::builder(tg.bot.clone())
-            .timeout(Duration::from_secs(u64::from(cfg.poll_timeout_secs)))
-            .build();
-        dp.dispatch_with_listener(listener, errors).await;
+        updates::poll(tg, cfg.poll_timeout_secs, shutdown).await;
+        Ok(())
     }
-    Ok(())
 }
 
 async fn register_commands(bot: &Bot) {

@@ -746,3 +746,40 @@ async fn setup_usage_and_unfit_images_behave() {
     }
     bot.stop().await;
 }
+
+#[tokio::test]
+async fn updates_are_confirmed_only_once_handled_and_none_is_lost_over_a_restart() {
+    let mut bot = Bot::start("").await;
+    let first = bot
+        .tg
+        .push_update(message_update(bot.photo(180, 42, "/edit a", 800, 600)));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.stop().await;
+    assert_eq!(bot.tg.last_offset(), first + 1, "confirmed on the way out");
+    // Sent while the bot is down: handled after the restart.
+    bot.tg
+        .push_update(message_update(bot.photo(181, 42, "/edit b", 800, 600)));
+    bot.launch("");
+    let sent = bot.tg.wait_for("sendphoto", 2, 20).await;
+    assert_eq!(reply_target(&sent[1].params), 181);
+    bot.stop().await;
+    assert_eq!(bot.tg.pending_updates(), 0);
+    assert_eq!(bot.used(42), 2);
+}
+
+#[tokio::test]
+async fn where_reactions_are_not_allowed_a_status_message_says_the_job_was_taken() {
+    let mut bot = Bot::start("").await;
+    bot.tg.fail_next(
+        "setmessagereaction",
+        Fault::BadRequest("Bad Request: REACTION_INVALID"),
+        1,
+    );
+    bot.tg
+        .push_update(message_update(bot.photo(190, 42, "/edit x", 800, 600)));
+    let status = bot.text_containing("Got it").await;
+    assert_eq!(reply_target(&status), 190);
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_for("deletemessage", 1, 10).await;
+    bot.stop().await;
+}

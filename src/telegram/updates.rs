@@ -1,0 +1,183 @@
+//! Getting updates: long polling or a webhook listener. Either way an update is confirmed to
+//! Telegram only after its handler returned (the job is in the store by then), so a crash or a
+//! restart drops nothing: unconfirmed updates are delivered again.
+//!
+//! Polling takes a batch, handles it (one chat's updates in order, chats in parallel), and only
+//! then asks for the next batch, which confirms the previous one. The webhook answers 200 only
+//! after handling; Telegram retries anything else.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use teloxide::RequestError;
+use teloxide::prelude::*;
+use teloxide::types::{AllowedUpdate, UpdateKind};
+use tokio::task::JoinSet;
+
+use super::{Telegram, handler, safe_error};
+
+const ALLOWED: [AllowedUpdate; 2] = [AllowedUpdate::Message, AllowedUpdate::CallbackQuery];
+
+/// Long polling until `shutdown` resolves.
+pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Output = ()>) {
+    if let Err(e) = tg.bot.delete_webhook().await {
+        tracing::warn!(error = %safe_error(&e), "deleteWebhook failed");
+    }
+    tokio::pin!(shutdown);
+    let mut offset: i32 = 0;
+    let mut failures: u32 = 0;
+    loop {
+        let request = tg
+            .bot
+            .get_updates()
+            .offset(offset)
+            .timeout(timeout_secs)
+            .allowed_updates(ALLOWED);
+        let result = tokio::select! {
+            _ = &mut shutdown => break,
+            r = request.send() => r,
+        };
+        match result {
+            Ok(updates) => {
+                failures = 0;
+                if let Some(last) = updates.last() {
+                    offset = i32::try_from(last.id.0)
+                        .unwrap_or(i32::MAX)
+                        .saturating_add(1);
+                }
+                handle_batch(&tg, updates).await;
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = match &e {
+                    RequestError::RetryAfter(s) => s.duration(),
+                    _ => Duration::from_millis(250 << failures.min(6)),
+                };
+                tracing::warn!(error = %safe_error(&e), wait_ms = wait.as_millis() as u64, "getUpdates failed");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    // Confirm the last handled batch, so a restart does not see it again.
+    if offset > 0 {
+        let _ = tg
+            .bot
+            .get_updates()
+            .offset(offset)
+            .limit(1)
+            .timeout(0)
+            .await;
+    }
+}
+
+/// Handles a batch: each chat's updates in order, different chats at once.
+async fn handle_batch(tg: &Arc<Telegram>, updates: Vec<Update>) {
+    let mut by_chat: HashMap<i64, Vec<Update>> = HashMap::new();
+    for update in updates {
+        let chat = update.chat().map_or(0, |c| c.id.0);
+        by_chat.entry(chat).or_default().push(update);
+    }
+    let mut tasks = JoinSet::new();
+    for (_, updates) in by_chat {
+        let tg = Arc::clone(tg);
+        tasks.spawn(async move {
+            for update in updates {
+                handle(&tg, update).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn handle(tg: &Arc<Telegram>, update: Update) {
+    let result = match update.kind {
+        UpdateKind::Message(msg) => handler::on_message(msg, Arc::clone(tg)).await,
+        UpdateKind::CallbackQuery(q) => handler::on_callback(q, Arc::clone(tg)).await,
+        UpdateKind::Error(_) => {
+            tracing::warn!(
+                update_id = update.id.0,
+                "an update could not be parsed; skipped"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %safe_error(&e), "update handler failed");
+    }
+}
+
+/// Webhook settings.
+pub struct Webhook {
+    pub listen: SocketAddr,
+    pub url: reqwest::Url,
+    pub secret: Option<String>,
+}
+
+struct HookState {
+    tg: Arc<Telegram>,
+    secret: Option<String>,
+}
+
+/// Registers the webhook and serves it until `shutdown` resolves.
+pub async fn webhook(
+    tg: Arc<Telegram>,
+    hook: Webhook,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(hook.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", hook.listen))?;
+    let mut set = tg
+        .bot
+        .set_webhook(hook.url.clone())
+        .allowed_updates(ALLOWED);
+    if let Some(secret) = &hook.secret {
+        set = set.secret_token(secret.clone());
+    }
+    set.await
+        .map_err(|e| anyhow::anyhow!("setWebhook failed: {}", safe_error(&e)))?;
+    let path = match hook.url.path() {
+        "" => "/".to_owned(),
+        p => p.to_owned(),
+    };
+    let state = Arc::new(HookState {
+        tg,
+        secret: hook.secret,
+    });
+    let app = axum::Router::new()
+        .route(&path, axum::routing::post(on_post))
+        .with_state(state);
+    tracing::info!(listen = %hook.listen, path = %path, "Telegram webhook listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn on_post(State(s): State<Arc<HookState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    if let Some(secret) = &s.secret {
+        let given = headers
+            .get("X-Telegram-Bot-Api-Secret-Token")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(secret.as_str()) {
+            return StatusCode::UNAUTHORIZED;
+        }
+    }
+    let Ok(update) = serde_json::from_slice::<Update>(&body) else {
+        // Telegram would retry a non-200 forever; an unparsable update is dropped.
+        tracing::warn!("webhook body is not an update; ignored");
+        return StatusCode::OK;
+    };
+    handle(&s.tg, update).await;
+    StatusCode::OK
+}
