@@ -322,6 +322,13 @@ pub fn result_caption(lang: Lang, prompt: &str, remaining: u32, truncated: bool)
 
 /// Status while waiting.
 pub fn queued(lang: Lang, ahead: usize) -> String {
+    if ahead == 0 {
+        return pick(
+            lang,
+            "⏳ In the queue: you are next.".into(),
+            "⏳ 排队中：下一个就是你。".into(),
+        );
+    }
     pick(
         lang,
         format!("⏳ In the queue: {ahead} ahead of you."),

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,6 +51,8 @@ pub struct JobSpec {
 pub struct Accepted {
     /// Jobs that will be served before this one.
     pub position: usize,
+    /// No worker was free when it was queued: it has to wait.
+    pub waits: bool,
     pub granted: Granted,
 }
 
@@ -102,6 +105,8 @@ pub struct Engine {
     sources: HashMap<Platform, Arc<dyn InputSource>>,
     sinks: HashMap<Platform, mpsc::Sender<JobEvent>>,
     cfg: EngineConfig,
+    /// Workers running a job right now.
+    busy: AtomicUsize,
 }
 
 impl Engine {
@@ -113,6 +118,7 @@ impl Engine {
             sources: HashMap::new(),
             sinks: HashMap::new(),
             cfg,
+            busy: AtomicUsize::new(0),
         }
     }
 
@@ -173,7 +179,12 @@ impl Engine {
             }
         };
         let position = self.queue.push(hold, Queued { spec, granted });
-        Ok(Accepted { position, granted })
+        let waits = position > 0 || self.busy.load(Ordering::SeqCst) >= self.cfg.workers.max(1);
+        Ok(Accepted {
+            position,
+            waits,
+            granted,
+        })
     }
 
     /// Starts `cfg.workers` workers; they end when the queue is closed and drained.
@@ -183,7 +194,9 @@ impl Engine {
                 let me = Arc::clone(self);
                 tokio::spawn(async move {
                     while let Some(job) = me.queue.pop().await {
+                        me.busy.fetch_add(1, Ordering::SeqCst);
                         me.run(job).await;
+                        me.busy.fetch_sub(1, Ordering::SeqCst);
                     }
                 })
             })

@@ -123,7 +123,8 @@ impl Telegram {
         match self.engine.submit(spec).await {
             Ok(accepted) => {
                 self.feedback.insert(job_id.clone(), Feedback::default());
-                self.acknowledge(&job_id, route, accepted.position).await;
+                let waiting = accepted.waits.then_some(accepted.position);
+                self.acknowledge(&job_id, route, waiting).await;
             }
             Err(rejection) => {
                 self.refuse(route.chat(), route.message(), route.lang, &rejection)
@@ -132,7 +133,8 @@ impl Telegram {
         }
     }
 
-    async fn acknowledge(&self, job_id: &str, route: &Route, position: usize) {
+    /// Reacts 👀 and, when the job must wait (or reactions are refused), posts a status message.
+    async fn acknowledge(&self, job_id: &str, route: &Route, waiting: Option<usize>) {
         let reacted = self
             .bot
             .set_message_reaction(route.chat(), route.message())
@@ -141,10 +143,10 @@ impl Telegram {
             }])
             .await
             .is_ok();
-        let text = match (position, reacted) {
-            (0, true) => None,
-            (0, false) => Some(messages::accepted(route.lang)),
-            (n, _) => Some(messages::queued(route.lang, n)),
+        let text = match (waiting, reacted) {
+            (None, true) => None,
+            (None, false) => Some(messages::accepted(route.lang)),
+            (Some(ahead), _) => Some(messages::queued(route.lang, ahead)),
         };
         let status = match text {
             Some(text) => send_reply(&self.bot, route.chat(), route.message(), &text).await,
@@ -153,7 +155,7 @@ impl Telegram {
         if let Some(mut f) = self.feedback.get_mut(job_id) {
             f.reacted = reacted;
             f.status = status;
-            f.last_position = Some(position);
+            f.last_position = waiting;
             f.route = Some(route.clone());
         }
     }

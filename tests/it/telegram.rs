@@ -700,8 +700,8 @@ async fn waiting_jobs_are_told_their_place_in_the_queue() {
         let m = bot.photo(160 + u as i32, 6000 + u, "/edit x", 800, 600);
         bot.tg.push_update(message_update(m));
     }
-    let queued = bot.text_containing("In the queue").await;
-    assert!(queued["text"].as_str().unwrap().contains("ahead of you"));
+    bot.text_containing("In the queue: you are next").await;
+    bot.text_containing("In the queue: 1 ahead of you").await;
     bot.tg.wait_for("sendphoto", 5, 30).await;
     // Status messages are cleaned up once the result is there.
     let statuses = bot.tg.calls_to("sendmessage").len();
@@ -782,4 +782,46 @@ async fn where_reactions_are_not_allowed_a_status_message_says_the_job_was_taken
     bot.tg.wait_for("sendphoto", 1, 20).await;
     bot.tg.wait_for("deletemessage", 1, 10).await;
     bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_says_busy_and_charges_nothing() {
+    let mut bot = Bot::start("max_queue = 1\n").await;
+    bot.ds.set_latency(Duration::from_millis(1500));
+    for u in 0..3 {
+        bot.tg.push_update(message_update(bot.photo(
+            200 + u as i32,
+            7000 + u,
+            "/edit x",
+            800,
+            600,
+        )));
+        for _ in 0..200 {
+            if bot.ds.calls() == u as usize + 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(bot.ds.calls(), 3, "three workers busy");
+    bot.tg.push_update(message_update(bot.photo(
+        210,
+        7010,
+        "/edit waits",
+        800,
+        600,
+    )));
+    bot.text_containing("In the queue").await;
+    bot.tg.push_update(message_update(bot.photo(
+        211,
+        7011,
+        "/edit too many",
+        800,
+        600,
+    )));
+    let busy = bot.text_containing("busy").await;
+    assert_eq!(reply_target(&busy), 211);
+    bot.tg.wait_for("sendphoto", 4, 30).await;
+    bot.stop().await;
+    assert_eq!((bot.used(7010), bot.used(7011)), (1, 0));
 }
