@@ -12,7 +12,8 @@ use crate::config::Settings;
 use crate::core::command::EditCommand;
 use crate::core::edit::EditBackend;
 use crate::core::image::FitLimits;
-use crate::core::jobs::{MAX_INPUTS, execute};
+use crate::core::jobs::MAX_INPUTS;
+use crate::core::pipeline::execute;
 use crate::core::quota::{
     JobStatus, Ledger, Limits, Platform, ReportBy, Reservation, UserRef, Window,
 };

@@ -146,6 +146,10 @@ fn image(e: &ImageRejection) -> (String, String) {
 
 fn quota(q: &QuotaRejection) -> (String, String) {
     match q {
+        QuotaRejection::Duplicate => (
+            "This request was already accepted.".into(),
+            "该请求已被接受。".into(),
+        ),
         QuotaRejection::Blocked => (
             "You are not allowed to use this bot here.".into(),
             "你已被禁止在此使用本机器人。".into(),

@@ -17,11 +17,12 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use super::command::EditCommand;
-use super::edit::{BoxFuture, EditBackend, EditRequest};
+use super::edit::{BoxFuture, EditBackend};
 use super::error::{Failure, FailureReason, Rejection};
-use super::image::{FitLimits, Fitted, fit};
+use super::image::FitLimits;
+use super::pipeline::{Observer, call, download_all, fit_all};
 use super::queue::FairQueue;
-use super::quota::{Granted, Platform, Quotas, Reservation, UserRef};
+use super::quota::{Granted, JobStatus, Platform, Quotas, Reservation, UserRef};
 
 /// Most input images per edit (API.md §1.4).
 pub const MAX_INPUTS: usize = 3;
@@ -95,6 +96,13 @@ pub struct EngineConfig {
 struct Queued {
     spec: JobSpec,
     granted: Granted,
+    /// The backend's stored answer, for a job resumed after it.
+    answered: Option<Answered>,
+}
+
+struct Answered {
+    request_id: Option<String>,
+    urls: Vec<String>,
 }
 
 /// The job engine shared by all front-ends.
@@ -107,6 +115,7 @@ pub struct Engine {
     cfg: EngineConfig,
     /// Workers running a job right now.
     busy: AtomicUsize,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Engine {
@@ -119,6 +128,7 @@ impl Engine {
             sinks: HashMap::new(),
             cfg,
             busy: AtomicUsize::new(0),
+            observer: None,
         }
     }
 
@@ -151,6 +161,11 @@ impl Engine {
         self.queue.len()
     }
 
+    /// Jobs being worked on right now.
+    pub fn in_flight(&self) -> usize {
+        self.busy.load(Ordering::SeqCst)
+    }
+
     /// Validates, holds a queue place, reserves quota (persisted) and queues the job.
     /// Returns quickly: nothing here waits for the model.
     pub async fn submit(&self, spec: JobSpec) -> Result<Accepted, Rejection> {
@@ -178,7 +193,14 @@ impl Engine {
                 return Err(Rejection::Internal);
             }
         };
-        let position = self.queue.push(hold, Queued { spec, granted });
+        let position = self.queue.push(
+            hold,
+            Queued {
+                spec,
+                granted,
+                answered: None,
+            },
+        );
         let waits = position > 0 || self.busy.load(Ordering::SeqCst) >= self.cfg.workers.max(1);
         Ok(Accepted {
             position,
@@ -203,9 +225,16 @@ impl Engine {
             .collect()
     }
 
-    /// Stops accepting jobs; workers finish what is queued, then stop.
-    pub fn close(&self) {
-        self.queue.close();
+    /// Stops accepting and starting jobs. Waiting jobs are handed back (they stay queued in the
+    /// store and resume at the next start); workers stop after their current job. Returns how
+    /// many were handed back.
+    pub fn close(&self) -> usize {
+        self.queue.close()
+    }
+
+    /// Reports backend calls to `observer` (metrics).
+    pub fn set_observer(&mut self, observer: Arc<dyn Observer>) {
+        self.observer = Some(observer);
     }
 
     /// The front-end posted the result: commit the reserve.
@@ -231,7 +260,7 @@ impl Engine {
                 tracing::error!(error = %e, "cannot mark the job running");
             }
             self.emit(JobEvent::Started(q.spec.clone())).await;
-            let result = self.produce(&q.spec).await;
+            let result = self.produce(&q).await;
             let result = match result {
                 Ok(delivery) => Ok(delivery),
                 Err(reason) => {
@@ -275,7 +304,16 @@ impl Engine {
         }
     }
 
-    async fn produce(&self, spec: &JobSpec) -> Result<Delivery, FailureReason> {
+    async fn produce(&self, q: &Queued) -> Result<Delivery, FailureReason> {
+        let spec = &q.spec;
+        if let Some(done) = &q.answered {
+            // The backend answered before a restart: deliver its results, no new call.
+            let images = download_all(self.backend.as_ref(), &done.urls).await?;
+            return Ok(Delivery {
+                images,
+                request_id: done.request_id.clone(),
+            });
+        }
         let source = self
             .sources
             .get(&spec.user.platform)
@@ -292,14 +330,81 @@ impl Engine {
             spec.command.negative.clone().or_else(|| {
                 Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
             });
-        execute(
+        let images = fit_all(inputs, &self.cfg.fit).await?;
+        let observer: &dyn Observer = self.observer.as_deref().unwrap_or(&());
+        let resp = call(
             self.backend.as_ref(),
-            &self.cfg.fit,
-            inputs,
+            observer,
+            images,
             &spec.command,
             negative,
         )
-        .await
+        .await?;
+        if let Err(e) = self
+            .quotas
+            .save_result(&spec.id, resp.request_id.clone(), resp.urls.clone())
+            .await
+        {
+            tracing::error!(error = %e, "cannot store the backend's answer");
+        }
+        let images = download_all(self.backend.as_ref(), &resp.urls).await?;
+        Ok(Delivery {
+            images,
+            request_id: resp.request_id,
+        })
+    }
+
+    /// Queues again what a previous run left unfinished, oldest first: waiting and running
+    /// jobs run (again); jobs whose backend answer is stored are delivered from it. Jobs of
+    /// platforms not running now stay in the store. Returns how many were queued.
+    pub async fn resume(&self) -> usize {
+        let ledger = self.quotas.ledger().clone();
+        let unfinished = match tokio::task::spawn_blocking(move || ledger.unfinished()).await {
+            Ok(Ok(list)) => list,
+            other => {
+                tracing::error!(?other, "cannot list unfinished jobs");
+                return 0;
+            }
+        };
+        let mut queued = 0;
+        for u in unfinished {
+            let Some(spec) = u
+                .spec
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<JobSpec>(s).ok())
+            else {
+                tracing::warn!(job_id = %u.id, "unfinished job without its description; refunded");
+                let _ = self.quotas.refund(&u.id, "lost").await;
+                continue;
+            };
+            if !self.sinks.contains_key(&spec.user.platform) {
+                continue;
+            }
+            let answered = (u.status == JobStatus::Ready && !u.urls.is_empty()).then(|| Answered {
+                request_id: u.request_id.clone(),
+                urls: u.urls.clone(),
+            });
+            let remaining = match self.quotas.show(&spec.user).await {
+                Ok(q) => q.remaining(),
+                Err(_) => 0,
+            };
+            let granted = Granted {
+                remaining,
+                limit: 0,
+                resets_at: self.quotas.now(),
+            };
+            tracing::info!(job_id = %spec.id, status = u.status.as_str(), "resuming job");
+            self.queue.requeue(
+                &spec.user.clone(),
+                Queued {
+                    spec,
+                    granted,
+                    answered,
+                },
+            );
+            queued += 1;
+        }
+        queued
     }
 }
 
@@ -313,43 +418,4 @@ fn validate(spec: &JobSpec, max_n: u8) -> Result<(), Rejection> {
         return Err(Rejection::CountNotSupported { max: max_n });
     }
     Ok(())
-}
-
-/// Fits the inputs, runs the edit and downloads every result. Shared by workers and the CLI.
-pub async fn execute(
-    backend: &dyn EditBackend,
-    limits: &FitLimits,
-    inputs: Vec<Bytes>,
-    command: &EditCommand,
-    negative: Option<String>,
-) -> Result<Delivery, FailureReason> {
-    let mut images = Vec::with_capacity(inputs.len());
-    for bytes in inputs {
-        images.push(fit_off_thread(bytes, limits.clone()).await?);
-    }
-    let req = EditRequest {
-        images,
-        prompt: command.prompt.clone(),
-        negative,
-        seed: command.seed,
-        n: command.count(),
-    };
-    let resp = backend.edit(&req).await?;
-    drop(req);
-    let mut results = Vec::with_capacity(resp.urls.len());
-    for url in &resp.urls {
-        results.push(backend.download(url).await?);
-    }
-    Ok(Delivery {
-        images: results,
-        request_id: resp.request_id,
-    })
-}
-
-/// Runs [`fit`] on the blocking pool, so a large decode never stalls other chats.
-pub async fn fit_off_thread(bytes: Bytes, limits: FitLimits) -> Result<Fitted, FailureReason> {
-    tokio::task::spawn_blocking(move || fit(bytes, &limits))
-        .await
-        .map_err(|_| FailureReason::Internal)?
-        .map_err(FailureReason::Image)
 }

@@ -7,5 +7,6 @@ pub mod edit;
 pub mod error;
 pub mod image;
 pub mod jobs;
+pub mod pipeline;
 pub mod queue;
 pub mod quota;

@@ -106,12 +106,32 @@ impl<J: Send> FairQueue<J> {
         position
     }
 
-    /// Waits for the next job in fair order; `None` once closed and drained.
+    /// Puts back a job that was accepted in an earlier run, outside the limits (its place was
+    /// granted then).
+    pub fn requeue(&self, user: &UserRef, job: J) {
+        let mut s = self.lock();
+        *s.unfinished.entry(user.clone()).or_default() += 1;
+        s.queued += 1;
+        let mine = s.waiting.entry(user.clone()).or_default();
+        mine.push_back(job);
+        if mine.len() == 1 {
+            s.rotation.push_back(user.clone());
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next job in fair order; `None` once closed.
     pub async fn pop(&self) -> Option<J> {
         loop {
             let notified = self.notify.notified();
             {
                 let mut s = self.lock();
+                if s.closed {
+                    drop(s);
+                    self.notify.notify_one();
+                    return None;
+                }
                 if let Some(job) = take_next(&mut s) {
                     let more = s.queued > 0;
                     drop(s);
@@ -119,11 +139,6 @@ impl<J: Send> FairQueue<J> {
                         self.notify.notify_one();
                     }
                     return Some(job);
-                }
-                if s.closed {
-                    drop(s);
-                    self.notify.notify_one();
-                    return None;
                 }
             }
             notified.await;
@@ -135,11 +150,23 @@ impl<J: Send> FairQueue<J> {
         finish_one(&mut self.lock(), user);
     }
 
-    /// Stops taking jobs; waiting ones are still handed out until drained.
-    pub fn close(&self) {
-        self.lock().closed = true;
+    /// Stops taking and handing out jobs; drops the waiting ones and returns how many.
+    pub fn close(&self) -> usize {
+        let mut s = self.lock();
+        s.closed = true;
+        let dropped = s.queued;
+        let waiting = std::mem::take(&mut s.waiting);
+        for (user, jobs) in &waiting {
+            for _ in jobs {
+                finish_one(&mut s, user);
+            }
+        }
+        s.rotation.clear();
+        s.queued = 0;
+        drop(s);
         self.notify.notify_waiters();
         self.notify.notify_one();
+        dropped
     }
 
     /// Jobs served before the first waiting job that matches, if any.

@@ -168,9 +168,12 @@ pub struct Granted {
     pub resets_at: DateTime<Utc>,
 }
 
-/// Why a reserve was refused. Shown to the user.
+/// Why a reserve was refused. Shown to the user (except `Duplicate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaRejection {
+    /// A job with this id exists already (the same update seen twice): nothing to do.
+    #[error("this request was already accepted")]
+    Duplicate,
     #[error("you are blocked from using this bot")]
     Blocked,
     #[error("editing is disabled here")]
@@ -222,6 +225,8 @@ pub enum JobStatus {
     /// Accepted, quota reserved, waiting for a worker.
     Queued,
     Running,
+    /// The backend answered; its result URLs (valid 24 h) are stored, delivery pending.
+    Ready,
     /// The result reached the chat; the reserve is committed.
     Delivered,
     /// Nothing was delivered; the reserve is refunded.
@@ -233,6 +238,7 @@ impl JobStatus {
         match self {
             JobStatus::Queued => "queued",
             JobStatus::Running => "running",
+            JobStatus::Ready => "ready",
             JobStatus::Delivered => "delivered",
             JobStatus::Failed => "failed",
         }
@@ -242,6 +248,7 @@ impl JobStatus {
         Some(match s {
             "queued" => JobStatus::Queued,
             "running" => JobStatus::Running,
+            "ready" => JobStatus::Ready,
             "delivered" => JobStatus::Delivered,
             "failed" => JobStatus::Failed,
             _ => return None,
@@ -264,6 +271,18 @@ pub struct JobRecord {
     pub request_id: Option<String>,
     pub error: Option<String>,
     pub prompt: Option<String>,
+}
+
+/// A job to resume after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unfinished {
+    pub id: String,
+    pub status: JobStatus,
+    /// The job description JSON (`None` when lost: the job is then failed and refunded).
+    pub spec: Option<String>,
+    pub request_id: Option<String>,
+    /// Result URLs when the backend had answered.
+    pub urls: Vec<String>,
 }
 
 /// Grouping of the usage report.
@@ -298,6 +317,19 @@ pub trait Ledger: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError>;
     fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records the backend's answer (result URLs as JSON) before the results are downloaded.
+    fn save_result(
+        &self,
+        job_id: &str,
+        request_id: Option<&str>,
+        urls: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Jobs not yet delivered or failed, oldest first, with their stored description and
+    /// result URLs.
+    fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError>;
+    /// Whether the store takes writes (health check).
+    fn check_writable(&self) -> Result<(), StoreError>;
     /// Delivered commits the reserve, Failed refunds it. A finished job stays finished.
     fn finish(
         &self,
@@ -366,6 +398,20 @@ impl Quotas {
     pub async fn mark_running(&self, job_id: &str) -> Result<(), StoreError> {
         let (id, now) = (job_id.to_owned(), self.clock.now());
         blocking(&self.ledger, move |l| l.mark_running(&id, now)).await
+    }
+
+    /// Stores the backend's result URLs: from here on a restart delivers without a new call.
+    pub async fn save_result(
+        &self,
+        job_id: &str,
+        request_id: Option<String>,
+        urls: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let (id, now) = (job_id.to_owned(), self.clock.now());
+        blocking(&self.ledger, move |l| {
+            l.save_result(&id, request_id.as_deref(), &urls, now)
+        })
+        .await
     }
 
     /// Commits the job's reserve: the result reached the user.

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::core::quota::{
     Granted, JobRecord, JobStatus, Ledger, Limits, QuotaRejection, ReportBy, ReportRow,
-    Reservation, StoreError, UserRef, UserSettings, Window,
+    Reservation, StoreError, Unfinished, UserRef, UserSettings, Window,
 };
 
 const SCHEMA: &str = "
@@ -32,8 +32,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_id  TEXT,
     error       TEXT,
     prompt      TEXT,
-    spec        TEXT
+    spec        TEXT,
+    result_urls TEXT
 );
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('queued','running','ready');
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (platform, user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (platform, group_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_time ON jobs (created_at);
@@ -48,7 +51,7 @@ CREATE TABLE IF NOT EXISTS users (
 ";
 
 /// Statuses whose cost counts against quotas.
-const CHARGED: &str = "status IN ('queued','running','delivered')";
+const CHARGED: &str = "status IN ('queued','running','ready','delivered')";
 
 /// SQLite-backed [`Ledger`].
 pub struct SqliteLedger {
@@ -203,6 +206,16 @@ impl Ledger for SqliteLedger {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
+                params![r.job_id],
+                |row| row.get(0),
+            )
+            .map_err(db)?;
+        if exists {
+            return Ok(Err(QuotaRejection::Duplicate));
+        }
         let verdict = check_limits(&tx, r, limits, now).map_err(db)?;
         if verdict.is_ok() {
             tx.execute(
@@ -238,6 +251,62 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    fn save_result(
+        &self,
+        job_id: &str,
+        request_id: Option<&str>,
+        urls: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let urls = serde_json::to_string(urls).map_err(|e| StoreError(e.to_string()))?;
+        self.conn()
+            .execute(
+                "UPDATE jobs SET status = 'ready', result_urls = ?2, request_id = ?3,
+                    started_at = COALESCE(started_at, ?4)
+                 WHERE id = ?1 AND status IN ('queued','running')",
+                params![job_id, urls, request_id, ms(now)],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, status, spec, request_id, result_urls FROM jobs
+                 WHERE status IN ('queued','running','ready') ORDER BY seq",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let status: String = r.get(1)?;
+                let urls: Option<String> = r.get(4)?;
+                Ok(Unfinished {
+                    id: r.get(0)?,
+                    status: JobStatus::parse(&status).unwrap_or(JobStatus::Queued),
+                    spec: r.get(2)?,
+                    request_id: r.get(3)?,
+                    urls: urls
+                        .and_then(|u| serde_json::from_str(&u).ok())
+                        .unwrap_or_default(),
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let now = Utc::now().timestamp_millis();
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?1)",
+                params![now],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
     fn finish(
         &self,
         job_id: &str,
@@ -250,7 +319,7 @@ impl Ledger for SqliteLedger {
             .execute(
                 "UPDATE jobs SET status = ?2, finished_at = ?3,
                     request_id = COALESCE(?4, request_id), error = ?5
-                 WHERE id = ?1 AND status IN ('queued','running')",
+                 WHERE id = ?1 AND status IN ('queued','running','ready')",
                 params![job_id, status.as_str(), ms(now), request_id, error],
             )
             .map_err(db)?;
@@ -351,7 +420,8 @@ impl Ledger for SqliteLedger {
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         self.conn()
             .execute(
-                "UPDATE jobs SET spec = NULL WHERE spec IS NOT NULL AND created_at < ?1",
+                "UPDATE jobs SET spec = NULL
+                 WHERE spec IS NOT NULL AND created_at < ?1 AND status IN ('delivered','failed')",
                 params![ms(before)],
             )
             .map_err(db)

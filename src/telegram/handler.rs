@@ -15,7 +15,7 @@ use crate::core::command::{EditCommand, ParseContext, parse};
 use crate::core::error::Rejection;
 use crate::core::image::ImageRejection;
 use crate::core::jobs::{JobSpec, MAX_INPUTS};
-use crate::core::quota::{Platform, UserRef};
+use crate::core::quota::{Platform, QuotaRejection, UserRef};
 use crate::messages::{self, Lang};
 
 type HandlerResult = Result<(), teloxide::RequestError>;
@@ -105,7 +105,8 @@ impl Telegram {
         };
         let group = (!chat.is_private()).then(|| chat.id.0.to_string());
         let spec = JobSpec {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            // Derived from the message: an update seen twice (after a crash) is one job.
+            id: format!("tg-{}-{}", chat.id.0, c.reply_to.0),
             user: UserRef::new(Platform::Telegram, from.id.0.to_string()),
             chat: chat.id.0.to_string(),
             group,
@@ -125,6 +126,9 @@ impl Telegram {
                 self.feedback.insert(job_id.clone(), Feedback::default());
                 let waiting = accepted.waits.then_some(accepted.position);
                 self.acknowledge(&job_id, route, waiting).await;
+            }
+            Err(Rejection::Quota(QuotaRejection::Duplicate)) => {
+                tracing::info!(job_id = %job_id, "update seen again; the job exists already");
             }
             Err(rejection) => {
                 self.refuse(route.chat(), route.message(), route.lang, &rejection)
@@ -249,7 +253,7 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
         ..old.command
     };
     let spec = JobSpec {
-        id: uuid::Uuid::new_v4().simple().to_string(),
+        id: format!("tg-cb-{}", q.id.0),
         user: UserRef::new(Platform::Telegram, q.from.id.0.to_string()),
         chat: old.chat,
         group: old.group,

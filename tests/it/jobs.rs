@@ -179,10 +179,13 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
         ]
     );
     assert_eq!(seen[0].body["parameters"]["negative_prompt"], "blurry");
+    // The backend's answer is stored before delivery: a restart now would not call it again.
     assert_eq!(
         r.quotas.ledger().job("j1").unwrap().unwrap().status,
-        JobStatus::Running
+        JobStatus::Ready
     );
+    let open = r.quotas.ledger().unfinished().unwrap();
+    assert_eq!((open.len(), open[0].urls.len()), (1, 2));
     r.engine.delivered(&out.job, delivery.request_id).await;
     let job = r.quotas.ledger().job("j1").unwrap().unwrap();
     assert_eq!(
@@ -433,14 +436,14 @@ async fn futures_take(q: &FairQueue<&'static str>, n: usize) -> Vec<&'static str
 }
 
 #[tokio::test]
-async fn a_closed_queue_refuses_new_jobs_and_drains_the_rest() {
+async fn a_closed_queue_refuses_new_jobs_and_hands_back_the_waiting_ones() {
     let q = FairQueue::<u32>::new(10, 10);
     let hold = q.hold(&user("a")).unwrap();
     q.push(hold, 1);
-    q.close();
+    assert_eq!(q.close(), 1);
     assert_eq!(q.hold(&user("b")).unwrap_err(), Rejection::ShuttingDown);
-    assert_eq!(q.pop().await, Some(1));
     assert_eq!(q.pop().await, None);
+    assert_eq!((q.len(), q.unfinished(&user("a"))), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,4 +482,107 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
     assert_eq!(served.len(), 30);
     assert_eq!(r.fake.calls(), 30);
     assert_eq!(r.fake.max_in_flight(), 3);
+}
+
+/// An engine on the database at `db`, with the memory source and a fresh event channel.
+fn engine_on(
+    db: &std::path::Path,
+    fake: &FakeDashScope,
+) -> (Arc<Engine>, Arc<Quotas>, mpsc::Receiver<JobEvent>) {
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let backend = Arc::new(DashScope::new(super::dashscope::options(fake, &delays)).unwrap());
+    let ledger = Arc::new(qwen_edit_bot::store::sqlite::SqliteLedger::open(db).unwrap());
+    let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
+        2026, 11, 26, 12, 0,
+    )));
+    let quotas = Arc::new(Quotas::new(ledger, clock, limits(20)));
+    let cfg = EngineConfig {
+        max_queue: 10,
+        max_in_flight_per_user: 5,
+        workers: 2,
+        fit: FitLimits::default(),
+        store_prompts: false,
+        default_negative: String::new(),
+        fetch_timeout: Duration::from_secs(5),
+    };
+    let source = Arc::new(MemorySource::default());
+    source
+        .files
+        .lock()
+        .unwrap()
+        .insert("photo".into(), Bytes::from(images::jpeg(800, 600)));
+    let (tx, rx) = mpsc::channel(64);
+    let mut engine = Engine::new(quotas.clone(), backend, cfg);
+    engine.register(Platform::Telegram, source, tx);
+    (Arc::new(engine), quotas, rx)
+}
+
+#[tokio::test]
+async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_without_a_new_call() {
+    let fake = FakeDashScope::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    {
+        let (engine, quotas, _rx) = engine_on(&db, &fake);
+        engine
+            .submit(spec("waiting", "1", &["photo"], "/edit a"))
+            .await
+            .unwrap();
+        engine
+            .submit(spec("answered", "2", &["photo"], "/edit b --n 2"))
+            .await
+            .unwrap();
+        // The previous run got the backend's answer for "answered", then died.
+        let urls: Vec<String> = (0..2)
+            .map(|i| {
+                format!(
+                    "{}/results/{i}.png",
+                    fake.base_url.trim_end_matches("/api/v1")
+                )
+            })
+            .collect();
+        quotas
+            .save_result("answered", Some("req-before".into()), urls)
+            .await
+            .unwrap();
+        assert_eq!(engine.close(), 2, "both handed back to the store");
+    }
+    let (engine, quotas, mut rx) = engine_on(&db, &fake);
+    assert_eq!(engine.resume().await, 2);
+    engine.spawn_workers();
+    let mut done = HashMap::new();
+    for _ in 0..2 {
+        let out = next(&mut rx).await;
+        done.insert(out.job.id.clone(), out);
+    }
+    let answered = done["answered"].result.as_ref().unwrap();
+    assert_eq!(
+        (answered.images.len(), answered.request_id.as_deref()),
+        (2, Some("req-before"))
+    );
+    assert!(done["waiting"].result.is_ok());
+    assert_eq!(fake.calls(), 1, "only the waiting job called the backend");
+    for out in done.values() {
+        engine.delivered(&out.job, None).await;
+    }
+    assert!(quotas.ledger().unfinished().unwrap().is_empty());
+    assert_eq!(quotas.show(&user("2")).await.unwrap().used, 2);
+}
+
+#[tokio::test]
+async fn the_same_job_id_is_accepted_once() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let r = rig(RigOptions::default()).await;
+    r.engine
+        .submit(spec("dup", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap();
+    let again = r
+        .engine
+        .submit(spec("dup", "1", &["photo"], "/edit x"))
+        .await
+        .unwrap_err();
+    assert_eq!(again, Rejection::Quota(QuotaRejection::Duplicate));
+    assert_eq!(r.engine.queue_len(), 1);
+    assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 1);
 }
