@@ -11,6 +11,7 @@ use crate::core::clock::{Clock, SystemClock};
 use crate::core::image::FitLimits;
 use crate::core::jobs::{Engine, EngineConfig};
 use crate::core::quota::{Limits, Platform, Quotas};
+use crate::metrics::Metrics;
 
 /// Quota limits from `[quota]`.
 pub fn limits(settings: &Settings) -> Limits {
@@ -62,12 +63,24 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
 
 /// How long job descriptions (with prompts, for 🔁) are kept.
 const SPEC_RETENTION_DAYS: i64 = 7;
-/// How long running jobs may take to finish at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
-/// The daemon until SIGINT/SIGTERM. Returns an error (non-zero exit) when nothing can run.
+/// The daemon until SIGINT/SIGTERM; a second signal exits at once (the store is consistent
+/// after every write, so nothing is lost). Returns an error (non-zero exit) when nothing can
+/// run.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    serve(settings, shutdown_signal()).await
+    let (first, first_seen) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down (send the signal again to exit at once)");
+        let _ = first.send(());
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    serve(settings, async {
+        let _ = first_seen.await;
+    })
+    .await
 }
 
 /// The daemon until `shutdown` resolves: every enabled platform and the job workers.
@@ -94,7 +107,9 @@ pub async fn serve(
     let quotas = quotas(&settings)?;
     prune_specs(&quotas).await;
     let backend = backend(&settings)?;
+    let metrics = Arc::new(Metrics::new());
     let mut engine = Engine::new(quotas, backend, engine_config(&settings));
+    engine.set_observer(metrics.clone());
     let telegram = crate::telegram::prepare(&settings)?;
     engine.register(
         Platform::Telegram,
@@ -102,28 +117,81 @@ pub async fn serve(
         telegram.events_tx.clone(),
     );
     let engine = Arc::new(engine);
-    let workers = engine.spawn_workers();
-    let deliveries = crate::telegram::run(telegram, engine.clone(), &settings, shutdown).await?;
-    tracing::info!("no longer taking updates; finishing queued and running jobs");
-    engine.close();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        for w in workers {
-            let _ = w.await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("shutdown grace ran out; unfinished jobs stay in the store");
+    let resumed = engine.resume().await;
+    if resumed > 0 {
+        tracing::info!(resumed, "resuming jobs left unfinished by the last run");
     }
-    let _ = deliveries.stop.send(());
-    if tokio::time::timeout(Duration::from_secs(60), deliveries.task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("deliveries still running at exit");
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops = match c.http.listen.as_str() {
+        "" => None,
+        listen => Some(
+            crate::http::serve(listen, engine.clone(), metrics.clone(), async {
+                let _ = ops_stopped.await;
+            })
+            .await?,
+        ),
+    };
+    let workers = engine.spawn_workers();
+    let deliveries = crate::telegram::run(
+        telegram,
+        engine.clone(),
+        metrics.clone(),
+        &settings,
+        shutdown,
+    )
+    .await?;
+    drain(
+        &engine,
+        workers,
+        deliveries,
+        Duration::from_secs(c.shutdown_grace_secs),
+    )
+    .await;
+    let _ = ops_stop.send(());
+    if let Some(ops) = ops {
+        let _ = ops.await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Shutdown after intake stopped: waiting jobs go back to the store, running ones get `grace`
+/// to finish and be delivered; whatever is still running then stays in the store as running or
+/// answered, and resumes at the next start.
+async fn drain(
+    engine: &Engine,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    deliveries: crate::telegram::Deliveries,
+    grace: Duration,
+) {
+    let handed_back = engine.close();
+    tracing::info!(
+        handed_back,
+        running = engine.in_flight(),
+        "no longer taking updates; finishing running jobs"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
+    let all = async {
+        for w in workers {
+            let _ = w.await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, all).await.is_err() {
+        tracing::warn!(
+            "shutdown grace ran out; running jobs stay in the store and resume next start"
+        );
+        aborts.iter().for_each(|a| a.abort());
+    }
+    let _ = deliveries.stop.send(());
+    let abort = deliveries.task.abort_handle();
+    if tokio::time::timeout_at(deadline, deliveries.task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("deliveries cut short at exit; they resume next start");
+        abort.abort();
+    }
 }
 
 async fn prune_specs(quotas: &Quotas) {

@@ -11,14 +11,29 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Seconds running jobs get to finish at SIGINT/SIGTERM (the rest resume next start).
+    pub shutdown_grace_secs: u64,
     pub backend: BackendConfig,
     pub telegram: TelegramConfig,
     pub discord: DiscordConfig,
     pub quota: QuotaConfig,
     pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_secs: 60,
+            backend: BackendConfig::default(),
+            telegram: TelegramConfig::default(),
+            discord: DiscordConfig::default(),
+            quota: QuotaConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,11 +1,31 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), one JSON object per
-//! line when `LOG_FORMAT=json`.
+//! line when `LOG_FORMAT=json`. HTTP client crates are capped at `info` so that no request URL
+//! (Telegram's contain the bot token) is ever logged.
 
 use tracing_subscriber::EnvFilter;
 
+/// Crates kept at `info` at most (see [`init`]).
+pub const QUIET: [&str; 8] = [
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "teloxide_core",
+    "teloxide",
+    "tungstenite",
+];
+
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // HTTP-level crates log request URLs at debug/trace, and Telegram URLs contain the bot token:
+    // they never log below info, whatever RUST_LOG says.
+    for target in QUIET {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -22,7 +22,7 @@ use super::error::{Failure, FailureReason, Rejection};
 use super::image::FitLimits;
 use super::pipeline::{Observer, call, download_all, fit_all};
 use super::queue::FairQueue;
-use super::quota::{Granted, JobStatus, Platform, Quotas, Reservation, UserRef};
+use super::quota::{Granted, JobStatus, Platform, QuotaRejection, Quotas, Reservation, UserRef};
 
 /// Most input images per edit (API.md §1.4).
 pub const MAX_INPUTS: usize = 3;
@@ -185,6 +185,9 @@ impl Engine {
             Ok(Ok(granted)) => granted,
             Ok(Err(no)) => {
                 self.queue.release(hold);
+                if no != QuotaRejection::Duplicate {
+                    self.observer().quota_rejected(quota_reason(&no));
+                }
                 return Err(Rejection::Quota(no));
             }
             Err(e) => {
@@ -232,13 +235,19 @@ impl Engine {
         self.queue.close()
     }
 
-    /// Reports backend calls to `observer` (metrics).
+    /// Reports to `observer` (metrics, health).
     pub fn set_observer(&mut self, observer: Arc<dyn Observer>) {
         self.observer = Some(observer);
     }
 
+    /// Where front-ends report deliveries and send failures.
+    pub fn observer(&self) -> &dyn Observer {
+        self.observer.as_deref().unwrap_or(&())
+    }
+
     /// The front-end posted the result: commit the reserve.
     pub async fn delivered(&self, job: &JobSpec, request_id: Option<String>) {
+        self.observer().job_finished(true);
         if let Err(e) = self.quotas.commit(&job.id, request_id).await {
             tracing::error!(job_id = %job.id, error = %e, "cannot commit a delivered job");
         }
@@ -246,6 +255,7 @@ impl Engine {
 
     /// The front-end could not post the result: refund the reserve.
     pub async fn undeliverable(&self, job: &JobSpec, why: &str) {
+        self.observer().job_finished(false);
         if let Err(e) = self.quotas.refund(&job.id, why).await {
             tracing::error!(job_id = %job.id, error = %e, "cannot refund an undelivered job");
         }
@@ -266,6 +276,7 @@ impl Engine {
                 Err(reason) => {
                     tracing::warn!(code = %reason.code(), error = %reason, "job failed");
                     let refunded = self.quotas.refund(&q.spec.id, &reason.code()).await.is_ok();
+                    self.observer().job_finished(false);
                     Err(Failure { reason, refunded })
                 }
             };
@@ -331,10 +342,9 @@ impl Engine {
                 Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
             });
         let images = fit_all(inputs, &self.cfg.fit).await?;
-        let observer: &dyn Observer = self.observer.as_deref().unwrap_or(&());
         let resp = call(
             self.backend.as_ref(),
-            observer,
+            self.observer(),
             images,
             &spec.command,
             negative,
@@ -405,6 +415,18 @@ impl Engine {
             queued += 1;
         }
         queued
+    }
+}
+
+/// Metric label of a quota refusal.
+fn quota_reason(q: &QuotaRejection) -> &'static str {
+    match q {
+        QuotaRejection::Duplicate => "duplicate",
+        QuotaRejection::Blocked => "blocked",
+        QuotaRejection::Disabled => "disabled",
+        QuotaRejection::User { .. } => "user",
+        QuotaRejection::Chat { .. } => "chat",
+        QuotaRejection::Global { .. } => "global",
     }
 }
 

@@ -6,20 +6,28 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::command::EditCommand;
-use super::edit::{EditBackend, EditRequest, EditResponse};
+use super::edit::{BackendError, EditBackend, EditRequest, EditResponse};
 use super::error::FailureReason;
 use super::image::{FitLimits, Fitted, fit};
 use super::jobs::Delivery;
 
-/// Watches backend calls (metrics); `()` ignores them.
+/// Watches what happens (metrics, health); every method defaults to doing nothing, and `()`
+/// ignores everything.
 pub trait Observer: Send + Sync {
-    /// One edit call ended after `seconds`, with the error code if it failed.
-    fn backend_call(&self, seconds: f64, error: Option<&str>);
+    /// One edit call ended after `seconds`, with the error code if it failed; `reachable` is
+    /// false when the service could not be reached (network, timeout, 5xx).
+    fn backend_call(&self, _seconds: f64, _error: Option<&str>, _reachable: bool) {}
+    /// A job ended for good: delivered, or failed (and refunded).
+    fn job_finished(&self, _delivered: bool) {}
+    /// A request was refused by the quota.
+    fn quota_rejected(&self, _reason: &str) {}
+    /// A front-end posted edited images.
+    fn images_delivered(&self, _platform: &str, _count: usize) {}
+    /// A front-end failed to send something for good.
+    fn send_failed(&self, _platform: &str) {}
 }
 
-impl Observer for () {
-    fn backend_call(&self, _: f64, _: Option<&str>) {}
-}
+impl Observer for () {}
 
 /// Fits the inputs, runs the edit and downloads every result.
 pub async fn execute(
@@ -65,7 +73,11 @@ pub async fn call(
     let started = Instant::now();
     let result = backend.edit(&req).await;
     let code = result.as_ref().err().map(|e| e.code());
-    observer.backend_call(started.elapsed().as_secs_f64(), code.as_deref());
+    let reachable = !matches!(
+        result,
+        Err(BackendError::Network(_) | BackendError::Timeout(_) | BackendError::Unavailable { .. })
+    );
+    observer.backend_call(started.elapsed().as_secs_f64(), code.as_deref(), reachable);
     Ok(result?)
 }
 

@@ -298,13 +298,17 @@ impl Ledger for SqliteLedger {
 
     fn check_writable(&self) -> Result<(), StoreError> {
         let now = Utc::now().timestamp_millis();
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?1)",
-                params![now],
-            )
+        let conn = self.conn();
+        // A health check must answer quickly, not wait out the usual lock timeout.
+        conn.busy_timeout(std::time::Duration::from_millis(300))
             .map_err(db)?;
-        Ok(())
+        let result = conn.execute(
+            "INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?1)",
+            params![now],
+        );
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        result.map(|_| ()).map_err(db)
     }
 
     fn finish(

@@ -198,10 +198,14 @@ impl Telegram {
                 self.engine
                     .delivered(&outcome.job, delivery.request_id.clone())
                     .await;
+                self.engine
+                    .observer()
+                    .images_delivered("telegram", delivery.images.len());
                 true
             }
             Err(e) => {
                 tracing::error!(job_id = %outcome.job.id, error = %safe_error(&e), "delivery failed");
+                self.engine.observer().send_failed("telegram");
                 self.engine.undeliverable(&outcome.job, "delivery").await;
                 let failure = Failure {
                     reason: FailureReason::Delivery(safe_error(&e)),

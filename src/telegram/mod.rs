@@ -62,6 +62,7 @@ pub struct Telegram {
     album_wait: Duration,
     albums: DashMap<String, album::Album>,
     feedback: DashMap<String, Feedback>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Builds the bot for `api_url` (trailing slashes trimmed, see PLATFORMS.md).
@@ -127,6 +128,7 @@ pub struct Deliveries {
 pub async fn run(
     prepared: Prepared,
     engine: Arc<Engine>,
+    metrics: Arc<crate::metrics::Metrics>,
     settings: &Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Deliveries> {
@@ -147,7 +149,9 @@ pub async fn run(
         album_wait: Duration::from_millis(cfg.album_wait_ms),
         albums: DashMap::new(),
         feedback: DashMap::new(),
+        metrics,
     });
+    tg.metrics.health.set_telegram(true);
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(deliver::consume(tg.clone(), events_rx, stopped));
     let ticker = tokio::spawn(deliver::position_ticker(tg.clone()));

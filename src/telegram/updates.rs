@@ -46,6 +46,7 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
         match result {
             Ok(updates) => {
                 failures = 0;
+                tg.metrics.health.set_telegram(true);
                 if let Some(last) = updates.last() {
                     offset = i32::try_from(last.id.0)
                         .unwrap_or(i32::MAX)
@@ -55,6 +56,7 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             }
             Err(e) => {
                 failures += 1;
+                tg.metrics.health.set_telegram(false);
                 let wait = match &e {
                     RequestError::RetryAfter(s) => s.duration(),
                     _ => Duration::from_millis(250 << failures.min(6)),

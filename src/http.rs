@@ -1,0 +1,85 @@
+//! The operations endpoint on `http.listen`: `GET /healthz` and `GET /metrics`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::core::jobs::Engine;
+use crate::metrics::Metrics;
+
+struct Ops {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+}
+
+/// Binds `listen` and serves until `shutdown` resolves. Binding errors are returned at once.
+pub async fn serve(
+    listen: &str,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.listen = {listen}: {e}"))?;
+    tracing::info!(listen = %listen, "serving /healthz and /metrics");
+    let app = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .with_state(Arc::new(Ops { engine, metrics }));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "http endpoint failed");
+        }
+    }))
+}
+
+async fn healthz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    let ledger = ops.engine.quotas().ledger().clone();
+    let store = match tokio::task::spawn_blocking(move || ledger.check_writable()).await {
+        Ok(Ok(())) => json!({ "ok": true }),
+        Ok(Err(e)) => json!({ "ok": false, "error": e.to_string() }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    };
+    let backend = match ops.metrics.health.backend() {
+        None => json!({ "ok": true, "detail": "no call yet" }),
+        Some(Ok(())) => json!({ "ok": true }),
+        Some(Err(code)) => json!({ "ok": false, "error": code }),
+    };
+    let mut components = serde_json::Map::new();
+    components.insert("store".into(), store);
+    components.insert("backend".into(), backend);
+    if let Some(connected) = ops.metrics.health.telegram() {
+        components.insert("telegram".into(), json!({ "ok": connected }));
+    }
+    let down: Vec<String> = components
+        .iter()
+        .filter(|(_, v)| v["ok"] != Value::Bool(true))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let status = if down.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "status": if down.is_empty() { "ok" } else { "down" }, "down": down, "components": components });
+    (status, Json(body))
+}
+
+async fn render_metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    ops.metrics.queue_depth.set(ops.engine.queue_len() as i64);
+    ops.metrics.in_flight.set(ops.engine.in_flight() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ops.metrics.render(),
+    )
+}
