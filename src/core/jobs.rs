@@ -262,7 +262,7 @@ impl Engine {
     }
 
     async fn run(&self, q: Queued) {
-        let span = tracing::info_span!("job", job_id = %q.spec.id, user = %q.spec.user,
+        let span = tracing::info_span!("job", platform = q.spec.user.platform.as_str(), job_id = %q.spec.id, user = %q.spec.user,
             chat = %q.spec.chat);
         async {
             let started = Instant::now();

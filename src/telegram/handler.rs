@@ -33,6 +33,7 @@ pub fn lang_of(user: Option<&User>) -> Lang {
 pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
     let span = tracing::info_span!(
         "telegram_update",
+        platform = "telegram",
         chat = msg.chat.id.0,
         user = msg.from.as_ref().map(|u| u.id.0),
         message = msg.id.0

@@ -3,6 +3,7 @@
 mod cli;
 mod command;
 mod config;
+mod daemon;
 mod dashscope;
 mod fakes;
 mod fitting;

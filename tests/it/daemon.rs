@@ -1,0 +1,372 @@
+//! The real binary with the fakes: health and metrics, SIGTERM, `kill -9` at random moments,
+//! and what its logs never contain.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
+use crate::fakes::images;
+use crate::fakes::telegram::{
+    self as tg, FakeTelegram, TOKEN, message_update, photo_message, private_chat, user,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qwen-edit-bot");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The fakes, a data folder and a config for the binary.
+struct Deployment {
+    tg: FakeTelegram,
+    ds: FakeDashScope,
+    dir: tempfile::TempDir,
+    http: String,
+}
+
+impl Deployment {
+    async fn new(extra_quota: &str) -> Self {
+        let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+        let dir = tempfile::tempdir().unwrap();
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "shutdown_grace_secs = 20\n\
+             [backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 4\ntimeout_secs = 5\n\
+             [telegram]\nenabled = true\napi_url = {:?}\npoll_timeout_secs = 1\n\
+             [quota]\ndatabase = {:?}\nper_user = 100\nmax_in_flight_per_user = 50\nmax_queue = 1000\n{extra_quota}\n\
+             [http]\nlisten = {:?}\n",
+            ds.base_url,
+            tg.url,
+            dir.path().join("data/q.sqlite3").to_str().unwrap(),
+            http
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Self { tg, ds, dir, http }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("data/q.sqlite3")
+    }
+
+    /// Starts the daemon; its stderr (the logs) is read continuously into a buffer, so a
+    /// chatty log never blocks the process on a full pipe.
+    fn spawn(&self, rust_log: &str) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("config.toml"))
+            .env_clear()
+            .env("DASHSCOPE_API_KEY", API_KEY)
+            .env("TELEGRAM_BOT_TOKEN", TOKEN)
+            .env("RUST_LOG", rust_log)
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let logs = tokio::spawn(async move {
+            let mut out = String::new();
+            let _ = stderr.read_to_string(&mut out).await;
+            out
+        });
+        Daemon { child, logs }
+    }
+
+    fn photo(&self, message_id: i32, user_id: i64, caption: &str) -> Value {
+        let file = format!("f{message_id}");
+        self.tg.add_file(&file, images::jpeg(640, 480));
+        message_update(photo_message(
+            message_id,
+            private_chat(user_id),
+            user(user_id, "en"),
+            &file,
+            Some(caption),
+        ))
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("http://{}{path}", self.http))
+            .await
+            .ok()?;
+        Some((resp.status().as_u16(), resp.text().await.ok()?))
+    }
+
+    async fn wait_healthy(&self) -> Value {
+        for _ in 0..500 {
+            if let Some((200, body)) = self.get("/healthz").await {
+                return serde_json::from_str(&body).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the daemon never became healthy");
+    }
+}
+
+/// A running daemon and its log collector.
+struct Daemon {
+    child: Child,
+    logs: tokio::task::JoinHandle<String>,
+}
+
+impl Daemon {
+    /// Sends SIGTERM (`-TERM`) or SIGKILL (`-KILL`).
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit; returns whether it was successful, and the logs.
+    async fn exit(mut self) -> (bool, String) {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("exited in time")
+            .unwrap();
+        (status.success(), self.logs.await.unwrap())
+    }
+
+    /// SIGTERM, then asserts a clean exit (code 0).
+    async fn stop(self) -> String {
+        self.signal("-TERM");
+        let (ok, logs) = self.exit().await;
+        assert!(ok, "exit code 0 after SIGTERM; logs:\n{}", tail(&logs));
+        logs
+    }
+}
+
+fn tail(logs: &str) -> String {
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Who got what: for each request message, the results and failure messages replying to it.
+fn answers(tg: &FakeTelegram) -> HashMap<i64, (usize, usize)> {
+    let mut out: HashMap<i64, (usize, usize)> = HashMap::new();
+    for c in tg.calls() {
+        let Some(to) = c.params["reply_parameters"]["message_id"].as_i64() else {
+            continue;
+        };
+        match c.method.as_str() {
+            "sendphoto" => out.entry(to).or_default().0 += 1,
+            "sendmessage"
+                if c.params["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("refunded")) =>
+            {
+                out.entry(to).or_default().1 += 1
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn ledger(db: &Path) -> qwen_edit_bot::store::sqlite::SqliteLedger {
+    qwen_edit_bot::store::sqlite::SqliteLedger::open(db).unwrap()
+}
+
+#[tokio::test]
+async fn healthz_and_metrics_report_the_running_daemon_and_a_store_that_cannot_be_written() {
+    let d = Deployment::new("").await;
+    let daemon = d.spawn("info");
+    let health = d.wait_healthy().await;
+    assert_eq!(health["components"]["telegram"]["ok"], true);
+    assert_eq!(health["components"]["store"]["ok"], true);
+    d.tg.push_update(d.photo(1, 42, "/edit a"));
+    d.tg.wait_for("sendphoto", 1, 20).await;
+    d.ds.script([Reply::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    d.tg.push_update(d.photo(2, 42, "/edit b"));
+    d.tg.wait_for("sendmessage", 1, 20).await;
+    let (status, metrics) = d.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "qeb_jobs_total{status=\"delivered\"} 1",
+        "qeb_jobs_total{status=\"failed\"} 1",
+        "qeb_backend_errors_total{code=\"DataInspectionFailed\"} 1",
+        "qeb_images_delivered_total{platform=\"telegram\"} 1",
+        "qeb_backend_latency_seconds_count 2",
+        "qeb_queue_depth 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    // Another process holds the write lock: the store cannot be written.
+    let locker = rusqlite::Connection::open(d.db()).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (status, body) = d.get("/healthz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["down"], serde_json::json!(["store"]));
+    locker.execute_batch("ROLLBACK").unwrap();
+    let (status, _) = d.get("/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_running_jobs_and_the_queued_ones_resume_after_a_restart() {
+    let d = Deployment::new("").await;
+    d.ds.set_latency(Duration::from_millis(1500));
+    let daemon = d.spawn("info");
+    d.wait_healthy().await;
+    for i in 0..8 {
+        d.tg.push_update(d.photo(100 + i, 500 + i64::from(i), "/edit x"));
+    }
+    // Four run (max_concurrent = 4), four wait.
+    let started = Instant::now();
+    while d.ds.calls() < 4 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(d.ds.calls(), 4);
+    daemon.stop().await;
+    assert_eq!(
+        d.tg.calls_to("sendphoto").len(),
+        4,
+        "the running jobs were delivered before exit"
+    );
+    assert_eq!(d.ds.calls(), 4, "the waiting ones were not started");
+    let open = {
+        use qwen_edit_bot::core::quota::Ledger;
+        ledger(&d.db()).unfinished().unwrap()
+    };
+    assert_eq!(open.len(), 4, "handed back to the store");
+    let daemon = d.spawn("info");
+    d.tg.wait_for("sendphoto", 8, 30).await;
+    let answered = answers(&d.tg);
+    assert!(
+        (100..108).all(|m| answered.get(&m) == Some(&(1, 0))),
+        "{answered:?}"
+    );
+    assert_eq!(d.ds.calls(), 8);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_moments_it_loses_no_job_and_charges_exactly_what_it_delivered() {
+    let d = Deployment::new("").await;
+    d.ds.set_latency(Duration::from_millis(150));
+    let requests: Vec<(i32, i64)> = (0..200)
+        .map(|i| (1000 + i, 7000 + i64::from(i % 40)))
+        .collect();
+    for (message_id, user_id) in &requests {
+        d.tg.push_update(d.photo(*message_id, *user_id, "/edit make it night"));
+    }
+    let mut rng_state = 0x9e37_79b9_u64;
+    let mut random_ms = move |lo: u64, hi: u64| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        lo + rng_state % (hi - lo)
+    };
+    for _ in 0..4 {
+        let daemon = d.spawn("info");
+        tokio::time::sleep(Duration::from_millis(random_ms(300, 2500))).await;
+        daemon.signal("-KILL");
+        let (ok, _) = daemon.exit().await;
+        assert!(!ok, "killed");
+    }
+    let daemon = d.spawn("info");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while answers(&d.tg).len() < requests.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+    let answered = answers(&d.tg);
+    for (message_id, _) in &requests {
+        let got = answered
+            .get(&i64::from(*message_id))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(
+            got.0 + got.1,
+            1,
+            "request {message_id}: {} results, {} failure messages",
+            got.0,
+            got.1
+        );
+    }
+    let delivered: usize = answered.values().map(|a| a.0).sum();
+    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    let store = ledger(&d.db());
+    let since = chrono::Utc::now() - chrono::Duration::days(2);
+    let used: u32 = (7000..7040)
+        .map(|u| {
+            store
+                .used(&UserRef::new(Platform::Telegram, u.to_string()), since)
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        used as usize, delivered,
+        "quota used equals results delivered"
+    );
+    assert!(store.unfinished().unwrap().is_empty());
+    let check = rusqlite::Connection::open(d.db()).unwrap();
+    let integrity: String = check
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+}
+
+#[tokio::test]
+async fn the_logs_of_a_run_with_failures_never_hold_a_secret_or_a_file_url() {
+    let d = Deployment::new("").await;
+    let daemon = d.spawn("trace");
+    d.wait_healthy().await;
+    d.ds.script([
+        Reply::Error {
+            status: 401,
+            code: "InvalidApiKey",
+            retry_after: None,
+        },
+        Reply::MissingResult,
+    ]);
+    d.tg.push_update(d.photo(1, 42, "/edit a"));
+    d.tg.push_update(d.photo(2, 43, "/edit b"));
+    d.tg.push_update(d.photo(3, 44, "/edit c"));
+    d.tg.fail_next(
+        "getfile",
+        tg::Fault::BadRequest("Bad Request: wrong file_id"),
+        1,
+    );
+    d.tg.push_update(d.photo(4, 45, "/edit d"));
+    let started = Instant::now();
+    while answers(&d.tg).len() < 4 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answers(&d.tg).len(), 4);
+    let logs = daemon.stop().await;
+    assert!(
+        logs.lines().count() > 10,
+        "a real log was captured:\n{logs}"
+    );
+    for line in logs.lines() {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "LOG_FORMAT=json gives JSON lines: {line}");
+    }
+    assert!(logs.contains("\"job_id\""), "job spans carry the job id");
+    assert!(
+        logs.contains("\"platform\":\"telegram\""),
+        "spans carry the platform"
+    );
+    for secret in [TOKEN, API_KEY, "/file/bot", "TEST-token"] {
+        assert!(!logs.contains(secret), "{secret} appeared in the logs");
+    }
+}
