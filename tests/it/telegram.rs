@@ -26,10 +26,22 @@ struct Bot {
 
 const ADMIN: i64 = 900;
 
+/// The bot's config; `extra` lines go to `[quota]`, except lines starting with `backend:`,
+/// which go to `[backend]` (and a `[http]` table, which replaces the default one).
 fn config(tg: &FakeTelegram, ds: &FakeDashScope, dir: &std::path::Path, extra: &str) -> String {
     let db = dir.join("q.sqlite3");
+    let backend: String = extra
+        .lines()
+        .filter_map(|l| l.strip_prefix("backend:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let extra: String = extra
+        .lines()
+        .filter(|l| !l.starts_with("backend:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     format!(
-        "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 3\n\
+        "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 3\n{backend}\
          [telegram]\nenabled = true\napi_url = {:?}\nalbum_wait_ms = 300\npoll_timeout_secs = 1\nadmin_ids = [{ADMIN}]\n\
          [quota]\ndatabase = {:?}\nmax_in_flight_per_user = 3\n{}{extra}",
         ds.base_url,
@@ -833,4 +845,77 @@ async fn a_full_queue_says_busy_and_charges_nothing() {
     bot.tg.wait_for("sendphoto", 4, 30).await;
     bot.stop().await;
     assert_eq!((bot.used(7010), bot.used(7011)), (1, 0));
+}
+
+#[tokio::test]
+async fn every_backend_fault_ends_with_a_message_and_the_quota_back() {
+    let mut bot = Bot::start("backend:timeout_secs = 1\nbackend:max_attempts = 2\n").await;
+    let faults: Vec<(Vec<Reply>, &str)> = vec![
+        (
+            vec![
+                Reply::Error {
+                    status: 429,
+                    code: "Throttling.RateQuota",
+                    retry_after: Some("0")
+                };
+                2
+            ],
+            "unavailable",
+        ),
+        (
+            vec![
+                Reply::Error {
+                    status: 500,
+                    code: "InternalError",
+                    retry_after: None
+                };
+                2
+            ],
+            "unavailable",
+        ),
+        (vec![Reply::Hang; 2], "took too long"),
+        (vec![Reply::Malformed], "unavailable"),
+        (vec![Reply::MissingResult], "unavailable"),
+    ];
+    for (i, (script, expected)) in faults.into_iter().enumerate() {
+        bot.ds.script(script);
+        let message_id = 300 + i as i32;
+        bot.tg.push_update(message_update(
+            bot.photo(message_id, 42, "/edit x", 800, 600),
+        ));
+        // Wait for this job's answer before the next fault is scripted.
+        let mut told = None;
+        for _ in 0..1000 {
+            told = bot.tg.calls_to("sendmessage").into_iter().find(|c| {
+                c.params["reply_parameters"]["message_id"].as_i64() == Some(i64::from(message_id))
+            });
+            if told.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = told.expect("an answer").params["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            text.contains(expected) && text.contains("refunded"),
+            "{expected}: {text}"
+        );
+    }
+    bot.stop().await;
+    assert_eq!(bot.used(42), 0);
+    assert!(bot.tg.calls_to("sendphoto").is_empty());
+}
+
+#[tokio::test]
+async fn a_server_error_on_send_is_retried_and_the_result_still_arrives() {
+    let mut bot = Bot::start("").await;
+    bot.tg.fail_next("sendphoto", Fault::ServerError, 1);
+    bot.tg
+        .push_update(message_update(bot.photo(320, 42, "/edit x", 800, 600)));
+    let sent = bot.tg.wait_for("sendphoto", 2, 40).await;
+    assert_eq!(reply_target(&sent[1].params), 320);
+    bot.stop().await;
+    assert_eq!((bot.ds.calls(), bot.used(42)), (1, 1));
 }
