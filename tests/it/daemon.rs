@@ -268,7 +268,13 @@ async fn killed_at_random_moments_it_loses_no_job_and_charges_exactly_what_it_de
     for (message_id, user_id) in &requests {
         d.tg.push_update(d.photo(*message_id, *user_id, "/edit make it night"));
     }
-    let mut rng_state = 0x9e37_79b9_u64;
+    // Different moments on every run; the seed is in the failure message to replay one.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng_state = seed;
     let mut random_ms = move |lo: u64, hi: u64| {
         rng_state ^= rng_state << 13;
         rng_state ^= rng_state >> 7;
@@ -297,7 +303,7 @@ async fn killed_at_random_moments_it_loses_no_job_and_charges_exactly_what_it_de
         assert_eq!(
             got.0 + got.1,
             1,
-            "request {message_id}: {} results, {} failure messages",
+            "request {message_id}: {} results, {} failure messages (seed {seed})",
             got.0,
             got.1
         );
