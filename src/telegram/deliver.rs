@@ -30,6 +30,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// Queue position edits happen at most this often.
 const POSITION_EVERY: Duration = Duration::from_secs(3);
+/// A delivery that takes longer (retries included) is given up and refunded.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Reads job events until `stop` fires (then drains what is already queued) or the engine is
 /// gone, and waits for every delivery it started.
@@ -190,9 +192,13 @@ impl Telegram {
             "🔁",
             format!("again:{}", outcome.job.id),
         )]]);
-        let sent = self
-            .send_result(route, &delivery.images, &caption, again)
-            .await;
+        let sending = self.send_result(route, &delivery.images, &caption, again);
+        let sent = match tokio::time::timeout(DELIVERY_TIMEOUT, sending).await {
+            Ok(sent) => sent,
+            Err(_) => Err(RequestError::Io(Arc::new(std::io::Error::other(
+                "delivery timed out",
+            )))),
+        };
         match sent {
             Ok(()) => {
                 self.engine
