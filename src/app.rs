@@ -99,23 +99,26 @@ pub async fn serve(
             settings.path.display()
         );
     }
-    if c.discord.enabled {
-        bail!(
-            "the discord front-end is not part of this build yet; disable [discord] to run Telegram"
-        );
-    }
     let quotas = quotas(&settings)?;
     prune_specs(&quotas).await;
     let backend = backend(&settings)?;
     let metrics = Arc::new(Metrics::new());
     let mut engine = Engine::new(quotas, backend, engine_config(&settings));
     engine.set_observer(metrics.clone());
-    let telegram = crate::telegram::prepare(&settings)?;
-    engine.register(
-        Platform::Telegram,
-        telegram.source.clone(),
-        telegram.events_tx.clone(),
-    );
+    let telegram = match c.telegram.enabled {
+        true => Some(crate::telegram::prepare(&settings)?),
+        false => None,
+    };
+    if let Some(t) = &telegram {
+        engine.register(Platform::Telegram, t.source.clone(), t.events_tx.clone());
+    }
+    let discord = match c.discord.enabled {
+        true => Some(crate::discord::prepare(&settings)?),
+        false => None,
+    };
+    if let Some(d) = &discord {
+        engine.register(Platform::Discord, d.source.clone(), d.events_tx.clone());
+    }
     let engine = Arc::new(engine);
     let resumed = engine.resume().await;
     if resumed > 0 {
@@ -132,14 +135,52 @@ pub async fn serve(
         ),
     };
     let workers = engine.spawn_workers();
-    let deliveries = crate::telegram::run(
-        telegram,
-        engine.clone(),
-        metrics.clone(),
-        &settings,
-        shutdown,
-    )
-    .await?;
+    // One shutdown for both front-ends; either one ending (or failing) stops the other too.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_on_signal.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (tg, dc) = tokio::join!(
+        async {
+            let t = telegram?;
+            let r = crate::telegram::run(
+                t,
+                engine.clone(),
+                metrics.clone(),
+                &settings,
+                stopped(stop_rx.clone()),
+            )
+            .await;
+            let _ = stop_tx.send(true);
+            Some(r)
+        },
+        async {
+            let d = discord?;
+            let r = crate::discord::run(
+                d,
+                engine.clone(),
+                metrics.clone(),
+                &settings,
+                stopped(stop_rx.clone()),
+            )
+            .await;
+            let _ = stop_tx.send(true);
+            Some(r)
+        }
+    );
+    let mut deliveries = Vec::new();
+    let mut failure = None;
+    for result in [tg, dc].into_iter().flatten() {
+        match result {
+            Ok(d) => deliveries.push(d),
+            Err(e) => failure = Some(e),
+        }
+    }
     drain(
         &engine,
         workers,
@@ -151,8 +192,13 @@ pub async fn serve(
     if let Some(ops) = ops {
         let _ = ops.await;
     }
-    tracing::info!("stopped");
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
 /// Shutdown after intake stopped: waiting jobs go back to the store, running ones get `grace`
@@ -161,7 +207,7 @@ pub async fn serve(
 async fn drain(
     engine: &Engine,
     workers: Vec<tokio::task::JoinHandle<()>>,
-    deliveries: crate::telegram::Deliveries,
+    deliveries: Vec<crate::core::jobs::Deliveries>,
     grace: Duration,
 ) {
     let handed_back = engine.close();
@@ -183,14 +229,13 @@ async fn drain(
         );
         aborts.iter().for_each(|a| a.abort());
     }
-    let _ = deliveries.stop.send(());
-    let abort = deliveries.task.abort_handle();
-    if tokio::time::timeout_at(deadline, deliveries.task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("deliveries cut short at exit; they resume next start");
-        abort.abort();
+    for d in deliveries {
+        let _ = d.stop.send(());
+        let abort = d.task.abort_handle();
+        if tokio::time::timeout_at(deadline, d.task).await.is_err() {
+            tracing::warn!("deliveries cut short at exit; they resume next start");
+            abort.abort();
+        }
     }
 }
 

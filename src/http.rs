@@ -61,6 +61,9 @@ async fn healthz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     if let Some(connected) = ops.metrics.health.telegram() {
         components.insert("telegram".into(), json!({ "ok": connected }));
     }
+    if let Some(connected) = ops.metrics.health.discord() {
+        components.insert("discord".into(), json!({ "ok": connected }));
+    }
     let down: Vec<String> = components
         .iter()
         .filter(|(_, v)| v["ok"] != Value::Bool(true))

@@ -5,6 +5,7 @@ pub mod backend; // edit API clients (DashScope)
 pub mod cli; // the admin subcommands: edit, quota, usage
 pub mod config; // config.toml + env secrets
 pub mod core; // platform-free logic: parsing, images, quotas, jobs
+pub mod discord; // the Discord front-end (serenity)
 pub mod http; // the operations endpoint: /healthz, /metrics
 pub mod logging; // tracing setup (RUST_LOG, LOG_FORMAT=json)
 pub mod messages; // every user-facing sentence, in English and Chinese

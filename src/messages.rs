@@ -43,6 +43,11 @@ const NOTHING_CHARGED_ZH: &str = "未扣除额度。";
 
 /// Why a request was turned away (nothing was charged).
 pub fn rejection(lang: Lang, r: &Rejection) -> String {
+    rejection_with(lang, r, &when)
+}
+
+/// Like [`rejection`], with times written by `at` (Discord shows `<t:UNIX:R>` natively).
+pub fn rejection_with(lang: Lang, r: &Rejection, at: &dyn Fn(DateTime<Utc>) -> String) -> String {
     let (en, zh) = match r {
         Rejection::Command(e) => command(e),
         Rejection::NoImage => (
@@ -58,7 +63,7 @@ pub fn rejection(lang: Lang, r: &Rejection) -> String {
             format!("当前模型每次最多生成 {max} 张图片，请减小 --n。"),
         ),
         Rejection::Image(e) => image(e),
-        Rejection::Quota(q) => quota(q),
+        Rejection::Quota(q) => quota(q, at),
         Rejection::TooManyInFlight { max } => (
             format!("You already have {max} edits in progress. Wait for one to finish."),
             format!("你已有 {max} 个编辑在进行中，请等待完成后再试。"),
@@ -144,7 +149,7 @@ fn image(e: &ImageRejection) -> (String, String) {
     }
 }
 
-fn quota(q: &QuotaRejection) -> (String, String) {
+fn quota(q: &QuotaRejection, when: &dyn Fn(DateTime<Utc>) -> String) -> (String, String) {
     match q {
         QuotaRejection::Duplicate => (
             "This request was already accepted.".into(),
@@ -276,8 +281,17 @@ pub fn help(lang: Lang) -> String {
 
 /// `/quota`: what the user has left.
 pub fn quota_status(lang: Lang, q: &crate::core::quota::UserQuota) -> String {
+    quota_status_with(lang, q, &when)
+}
+
+/// Like [`quota_status`], with times written by `at`.
+pub fn quota_status_with(
+    lang: Lang,
+    q: &crate::core::quota::UserQuota,
+    when: &dyn Fn(DateTime<Utc>) -> String,
+) -> String {
     if q.blocked {
-        return quota(&QuotaRejection::Blocked).pick(lang);
+        return quota(&QuotaRejection::Blocked, &when).pick(lang);
     }
     pick(
         lang,
@@ -385,6 +399,14 @@ pub fn again_started(lang: Lang) -> String {
 pub mod admin {
     use super::{Lang, pick};
 
+    pub fn refused_discord(lang: Lang) -> String {
+        pick(
+            lang,
+            "You need the Manage Server permission for that.".into(),
+            "需要“管理服务器”权限才能执行此操作。".into(),
+        )
+    }
+
     pub fn refused(lang: Lang) -> String {
         pick(
             lang,
@@ -439,4 +461,56 @@ pub mod admin {
     pub fn usage_empty(lang: Lang) -> String {
         pick(lang, "No edits yet.".into(), "暂无编辑记录。".into())
     }
+}
+
+/// A time as a Discord relative timestamp (`in 3 hours`, localised by the client).
+pub fn discord_time(t: DateTime<Utc>) -> String {
+    format!("<t:{}:R>", t.timestamp())
+}
+
+/// Status while waiting, with an expected start (Discord).
+pub fn queued_eta(lang: Lang, ahead: usize, eta: DateTime<Utc>) -> String {
+    let t = discord_time(eta);
+    pick(
+        lang,
+        format!("⏳ In the queue: {ahead} ahead of you, expected to start {t}."),
+        format!("⏳ 排队中：前面还有 {ahead} 个，预计 {t} 开始。"),
+    )
+}
+
+/// Posted above a result whose image had to be compressed to fit the upload limit.
+pub fn compressed(lang: Lang) -> String {
+    pick(
+        lang,
+        "(The image was compressed to fit this server's upload limit.)".into(),
+        "（图片已压缩以符合本服务器的上传限制。）".into(),
+    )
+}
+
+/// Where the deferred interaction points once the result is posted.
+pub fn result_posted(lang: Lang, link: &str) -> String {
+    pick(lang, format!("✅ Done: {link}"), format!("✅ 完成：{link}"))
+}
+
+/// The Discord help text.
+pub fn discord_help(lang: Lang) -> String {
+    pick(
+        lang,
+        "I edit images with Qwen-Image-Edit.\n\n\
+         • `/edit prompt:make it night` with an image (or without: I take the latest image here)\n\
+         • reply to a message with an image: `/edit make it night`\n\
+         • or mention me: `@bot edit make it night`\n\
+         • Apps → **Edit image** on any message with an image\n\n\
+         Options: `--no TEXT`, `--seed N`, `--n N` (in text), or the slash command's fields.\n\
+         `/quota` shows your edits left; admins (Manage Server) use `/quota-admin`."
+            .into(),
+        "我可以用通义千问图像编辑模型修改图片。\n\n\
+         • `/edit prompt:把天空变成夜晚` 并附上图片（不附图时使用本频道最新的图片）\n\
+         • 回复带图片的消息：`/edit 把天空变成夜晚`\n\
+         • 或提及我：`@bot edit 把天空变成夜晚`\n\
+         • 在任意带图消息上选择 应用 → **Edit image**\n\n\
+         选项：`--no 文本`、`--seed 数字`、`--n 数量`，或斜杠命令的字段。\n\
+         `/quota` 查看剩余次数；管理员（管理服务器权限）使用 `/quota-admin`。"
+            .into(),
+    )
 }

@@ -32,6 +32,8 @@ pub struct Health {
     /// Per platform: connected (the last poll or setup call succeeded).
     telegram: AtomicBool,
     telegram_enabled: AtomicBool,
+    discord: AtomicBool,
+    discord_enabled: AtomicBool,
 }
 
 impl Health {
@@ -45,6 +47,18 @@ impl Health {
     pub fn set_telegram(&self, connected: bool) {
         self.telegram_enabled.store(true, Ordering::SeqCst);
         self.telegram.store(connected, Ordering::SeqCst);
+    }
+
+    pub fn set_discord(&self, connected: bool) {
+        self.discord_enabled.store(true, Ordering::SeqCst);
+        self.discord.store(connected, Ordering::SeqCst);
+    }
+
+    /// `Some(connected)` when Discord runs in this process.
+    pub fn discord(&self) -> Option<bool> {
+        self.discord_enabled
+            .load(Ordering::SeqCst)
+            .then(|| self.discord.load(Ordering::SeqCst))
     }
 
     /// `Some(connected)` when Telegram runs in this process.

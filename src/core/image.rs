@@ -410,3 +410,51 @@ fn encode(
     result?;
     Ok((if alpha { Format::Png } else { Format::Jpeg }, out))
 }
+
+/// A result image made to fit an upload limit.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub bytes: Bytes,
+    /// File extension for the upload name.
+    pub ext: &'static str,
+    /// True when the original did not fit and was re-encoded (the user is told).
+    pub compressed: bool,
+}
+
+/// Fits a result under `limit` bytes: as is when it fits, else a JPEG quality ladder, then
+/// smaller sizes. Transparency is lost only when it must be. CPU-bound.
+pub fn fit_upload(
+    bytes: Bytes,
+    limit: usize,
+    limits: &FitLimits,
+) -> Result<Upload, ImageRejection> {
+    let format = sniff(&bytes)?;
+    if bytes.len() <= limit {
+        let ext = if format == Format::Jpeg { "jpg" } else { "png" };
+        return Ok(Upload {
+            bytes,
+            ext,
+            compressed: false,
+        });
+    }
+    let p = probe(&bytes)?;
+    let img = DynamicImage::ImageRgb8(decode_upright(&bytes, p, limits)?.into_rgb8());
+    let (mut w, mut h) = (img.width(), img.height());
+    for _ in 0..8 {
+        let resized = resize(&img, w, h)?;
+        for quality in [92, 85, 75, 60] {
+            let (_, out) = encode(&resized, w, h, false, quality)?;
+            if out.len() <= limit {
+                return Ok(Upload {
+                    bytes: Bytes::from(out),
+                    ext: "jpg",
+                    compressed: true,
+                });
+            }
+        }
+        (w, h) = ((w * 3 / 4).max(1), (h * 3 / 4).max(1));
+    }
+    Err(ImageRejection::FileTooBig {
+        limit_mb: limit >> 20,
+    })
+}

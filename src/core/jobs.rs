@@ -73,6 +73,13 @@ pub enum JobEvent {
     Finished(Outcome),
 }
 
+/// A front-end's delivery task, which goes on after intake stopped: stop it once the workers
+/// are done, then await it.
+pub struct Deliveries {
+    pub task: tokio::task::JoinHandle<()>,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
 /// How a job ended, for the front-end to post.
 #[derive(Debug, Clone)]
 pub struct Outcome {

@@ -19,7 +19,7 @@ use teloxide::types::{BotCommand, MessageId};
 use tokio::sync::mpsc;
 
 use crate::config::{Settings, TelegramConfig};
-use crate::core::jobs::{Engine, JobEvent};
+use crate::core::jobs::{Deliveries, Engine, JobEvent};
 use crate::core::quota::Platform;
 use crate::messages::Lang;
 
@@ -114,13 +114,6 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
         events_tx,
         events_rx,
     })
-}
-
-/// Delivery of job events that goes on after updates stopped: stop it once the workers are done,
-/// then await it.
-pub struct Deliveries {
-    pub task: tokio::task::JoinHandle<()>,
-    pub stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Runs the front-end until `shutdown` resolves; then stops taking updates and returns the

@@ -5,6 +5,7 @@ mod command;
 mod config;
 mod daemon;
 mod dashscope;
+mod discord;
 mod fakes;
 mod fitting;
 mod jobs;

@@ -60,6 +60,7 @@ struct Inner {
     latency: Mutex<Duration>,
     model: Mutex<String>,
     result_size: Mutex<(u32, u32)>,
+    result_bytes: Mutex<Option<Vec<u8>>>,
 }
 
 /// A running fake. Dropping it stops nothing: it lives until the test's runtime ends.
@@ -109,6 +110,11 @@ impl FakeDashScope {
     /// Size of the result PNGs it serves.
     pub fn set_result_size(&self, w: u32, h: u32) {
         *self.inner.result_size.lock().unwrap() = (w, h);
+    }
+
+    /// Serve exactly these bytes as every result image.
+    pub fn set_result_bytes(&self, bytes: Vec<u8>) {
+        *self.inner.result_bytes.lock().unwrap() = Some(bytes);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -325,6 +331,9 @@ async fn result(
     let Some(index) = name.strip_suffix(".png").and_then(|i| i.parse::<u8>().ok()) else {
         return (StatusCode::NOT_FOUND, "NoSuchKey").into_response();
     };
+    if let Some(bytes) = s.result_bytes.lock().unwrap().clone() {
+        return ([(header::CONTENT_TYPE, "image/png")], bytes).into_response();
+    }
     let (w, h) = *s.result_size.lock().unwrap();
     let png = super::images::png_solid(w, h, [index.wrapping_mul(40), 120, 200]);
     ([(header::CONTENT_TYPE, "image/png")], png).into_response()

@@ -1,0 +1,221 @@
+//! Application commands: registration, `/quota` and `/quota-admin`.
+
+use serenity::all::{
+    Command, CommandInteraction, CommandOptionType, CommandType, CreateCommand,
+    CreateCommandOption, GuildId, Permissions, ResolvedOption, ResolvedValue,
+};
+
+use super::Discord;
+use super::intake::ephemeral;
+use crate::core::quota::{Platform, ReportBy, UserRef};
+use crate::messages::{self, Lang};
+
+fn definitions() -> Vec<CreateCommand> {
+    let edit = CreateCommand::new("edit")
+        .description("Edit an image with Qwen-Image-Edit")
+        .description_localized("zh-CN", "用通义千问编辑图片")
+        .add_option(
+            CreateCommandOption::new(CommandOptionType::String, "prompt", "What should change")
+                .required(true)
+                .max_length(800),
+        )
+        .add_option(CreateCommandOption::new(
+            CommandOptionType::Attachment,
+            "image",
+            "The image (default: the latest image here)",
+        ))
+        .add_option(CreateCommandOption::new(
+            CommandOptionType::Attachment,
+            "image2",
+            "A second image",
+        ))
+        .add_option(CreateCommandOption::new(
+            CommandOptionType::Attachment,
+            "image3",
+            "A third image",
+        ))
+        .add_option(
+            CreateCommandOption::new(CommandOptionType::String, "negative", "What to avoid")
+                .max_length(500),
+        )
+        .add_option(
+            CreateCommandOption::new(CommandOptionType::Integer, "seed", "Seed")
+                .min_int_value(0)
+                .max_int_value(2_147_483_647),
+        )
+        .add_option(
+            CreateCommandOption::new(CommandOptionType::Integer, "count", "How many results")
+                .min_int_value(1)
+                .max_int_value(6),
+        );
+    let user =
+        |d: &str| CreateCommandOption::new(CommandOptionType::User, "user", d).required(true);
+    let admin = CreateCommand::new("quota-admin")
+        .description("Quota administration")
+        .default_member_permissions(Permissions::MANAGE_GUILD)
+        .add_option(
+            CreateCommandOption::new(
+                CommandOptionType::SubCommand,
+                "set",
+                "Give a user their own limit",
+            )
+            .add_sub_option(user("The user"))
+            .add_sub_option(
+                CreateCommandOption::new(CommandOptionType::Integer, "limit", "Edits per window")
+                    .required(true)
+                    .min_int_value(0),
+            ),
+        )
+        .add_option(
+            CreateCommandOption::new(
+                CommandOptionType::SubCommand,
+                "reset",
+                "Forget a user's usage in this window",
+            )
+            .add_sub_option(user("The user")),
+        )
+        .add_option(
+            CreateCommandOption::new(
+                CommandOptionType::SubCommand,
+                "block",
+                "Refuse a user's requests",
+            )
+            .add_sub_option(user("The user")),
+        )
+        .add_option(
+            CreateCommandOption::new(CommandOptionType::SubCommand, "unblock", "Lift a block")
+                .add_sub_option(user("The user")),
+        )
+        .add_option(CreateCommandOption::new(
+            CommandOptionType::SubCommand,
+            "usage",
+            "Images delivered in this window",
+        ));
+    vec![
+        edit,
+        CreateCommand::new("quota").description("Your edits left"),
+        CreateCommand::new("help").description("How to use the bot"),
+        admin,
+        CreateCommand::new("Edit image").kind(CommandType::Message),
+    ]
+}
+
+/// Registers the commands: per guild when `discord.guild_ids` is set (instant), else globally.
+pub async fn register(dc: &Discord) {
+    if dc.guild_ids.is_empty() {
+        if let Err(e) = Command::set_global_commands(&dc.http, definitions()).await {
+            tracing::warn!(error = %e, "cannot register global commands");
+        }
+        return;
+    }
+    for guild in &dc.guild_ids {
+        if let Err(e) = GuildId::new(*guild)
+            .set_commands(&dc.http, definitions())
+            .await
+        {
+            tracing::warn!(guild, error = %e, "cannot register guild commands");
+        }
+    }
+}
+
+fn lang(cmd: &CommandInteraction) -> Lang {
+    match Lang::from_code(Some(&cmd.locale)) {
+        Lang::Zh => Lang::Zh,
+        Lang::En => Lang::from_code(cmd.guild_locale.as_deref()),
+    }
+}
+
+pub async fn quota(dc: &Discord, cmd: &CommandInteraction) {
+    let user = UserRef::new(Platform::Discord, cmd.user.id.get().to_string());
+    let text = match dc.engine.quotas().show(&user).await {
+        Ok(q) => messages::quota_status_with(lang(cmd), &q, &messages::discord_time),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the quota");
+            messages::rejection(lang(cmd), &crate::core::error::Rejection::Internal)
+        }
+    };
+    ephemeral(dc, cmd, &text).await;
+}
+
+/// `/quota-admin …`. Discord hides it from members without Manage Server by default, but server
+/// owners can re-grant it to anyone, so the permission is checked again on every call.
+pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
+    let lang = lang(cmd);
+    let allowed = cmd
+        .member
+        .as_ref()
+        .and_then(|m| m.permissions)
+        .is_some_and(|p| p.manage_guild() || p.administrator());
+    if !allowed {
+        return ephemeral(dc, cmd, &messages::admin::refused_discord(lang)).await;
+    }
+    let options = cmd.data.options();
+    let Some(ResolvedOption {
+        name,
+        value: ResolvedValue::SubCommand(args),
+        ..
+    }) = options.first()
+    else {
+        return ephemeral(dc, cmd, &messages::admin::usage(lang)).await;
+    };
+    let target = args.iter().find_map(|o| match o.value {
+        ResolvedValue::User(u, _) => Some(UserRef::new(Platform::Discord, u.id.get().to_string())),
+        _ => None,
+    });
+    let limit = args.iter().find_map(|o| match o.value {
+        ResolvedValue::Integer(n) => u32::try_from(n).ok(),
+        _ => None,
+    });
+    let quotas = dc.engine.quotas();
+    let result = match (*name, target, limit) {
+        ("set", Some(user), Some(limit)) => quotas
+            .set_limit(&user, Some(limit))
+            .await
+            .map(|_| messages::admin::limit_set(lang, &user.id, limit)),
+        ("reset", Some(user), _) => quotas
+            .reset(&user)
+            .await
+            .map(|_| messages::admin::reset(lang, &user.id)),
+        ("block", Some(user), _) => quotas
+            .set_blocked(&user, true)
+            .await
+            .map(|_| messages::admin::blocked(lang, &user.id, true)),
+        ("unblock", Some(user), _) => quotas
+            .set_blocked(&user, false)
+            .await
+            .map(|_| messages::admin::blocked(lang, &user.id, false)),
+        ("usage", _, _) => usage(dc, lang).await,
+        _ => Ok(messages::admin::usage(lang)),
+    };
+    let text = result.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "admin command failed");
+        messages::rejection(lang, &crate::core::error::Rejection::Internal)
+    });
+    ephemeral(dc, cmd, &text).await;
+}
+
+async fn usage(dc: &Discord, lang: Lang) -> Result<String, crate::core::quota::StoreError> {
+    let quotas = dc.engine.quotas();
+    let since = quotas.limits().window.start(quotas.now());
+    let ledger = quotas.ledger().clone();
+    let rows = tokio::task::spawn_blocking(move || ledger.report(since, ReportBy::User))
+        .await
+        .map_err(|e| crate::core::quota::StoreError(e.to_string()))??;
+    let mut rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r.key.starts_with("discord:"))
+        .collect();
+    if rows.is_empty() {
+        return Ok(messages::admin::usage_empty(lang));
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.images));
+    let mut out = messages::admin::usage_header(lang, &messages::discord_time(since));
+    for r in rows.iter().take(20) {
+        let id = r.key.trim_start_matches("discord:");
+        out.push_str(&format!(
+            "\n<@{id}> — {} ({} jobs, {} failed)",
+            r.images, r.jobs, r.failed
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,354 @@
+//! Job events → channel: typing while a job runs, queue position + ETA while it waits, then the
+//! result as a channel message replying to the request (fitted to the upload limit) with a 🔁
+//! button, or a failure message. Sends are retried with the bytes in hand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serenity::all::{
+    ButtonStyle, CreateActionRow, CreateAttachment, CreateButton, CreateMessage,
+    EditInteractionResponse, EditMessage, GuildId, Message, MessageId, PremiumTier,
+};
+use serenity::builder::Builder;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::intake::{REACT_DONE, REACT_FAILED};
+use super::{Discord, Route};
+use crate::core::error::{Failure, FailureReason};
+use crate::core::image::{FitLimits, fit_upload};
+use crate::core::jobs::{Delivery, JobEvent, Outcome};
+use crate::messages;
+
+const SEND_ATTEMPTS: u32 = 4;
+const TYPING_EVERY: Duration = Duration::from_secs(8);
+const POSITION_EVERY: Duration = Duration::from_secs(3);
+/// Rough time one job takes, for the ETA shown while waiting.
+const TYPICAL_JOB: Duration = Duration::from_secs(20);
+/// Default upload limit (boosted guilds allow more).
+const DEFAULT_UPLOAD_LIMIT: u64 = 10 * 1024 * 1024;
+
+pub async fn consume(
+    dc: Arc<Discord>,
+    mut events: mpsc::Receiver<JobEvent>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut deliveries = JoinSet::new();
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => dc.on_event(event, &mut deliveries).await,
+                None => break,
+            },
+            _ = &mut stop => {
+                while let Ok(event) = events.try_recv() {
+                    dc.on_event(event, &mut deliveries).await;
+                }
+                break;
+            }
+            Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+        }
+    }
+    while deliveries.join_next().await.is_some() {}
+}
+
+/// Every few seconds, updates the position and ETA of waiting jobs.
+pub async fn position_ticker(dc: Arc<Discord>) {
+    let mut tick = tokio::time::interval(POSITION_EVERY);
+    loop {
+        tick.tick().await;
+        let waiting: Vec<(String, usize, Route)> = dc
+            .feedback
+            .iter()
+            .filter_map(|f| Some((f.key().clone(), f.last_position?, f.route.clone()?)))
+            .collect();
+        for (job_id, last, route) in waiting {
+            let Some(now) = dc.engine.position(&job_id) else {
+                continue;
+            };
+            if now != last {
+                dc.show_position(&job_id, &route, now).await;
+            }
+        }
+    }
+}
+
+fn route_of(value: &serde_json::Value) -> Option<Route> {
+    serde_json::from_value(value.clone()).ok()
+}
+
+impl Discord {
+    async fn on_event(self: &Arc<Self>, event: JobEvent, deliveries: &mut JoinSet<()>) {
+        match event {
+            JobEvent::Started(spec) => {
+                let Some(route) = route_of(&spec.route) else {
+                    return;
+                };
+                let (http, channel) = (self.http.clone(), route.channel());
+                let typing = tokio::spawn(async move {
+                    loop {
+                        let _ = channel.broadcast_typing(&http).await;
+                        tokio::time::sleep(TYPING_EVERY).await;
+                    }
+                });
+                let mut f = self.feedback.entry(spec.id.clone()).or_default();
+                f.typing = Some(typing.abort_handle());
+                f.last_position = None;
+            }
+            JobEvent::Finished(outcome) => {
+                let dc = Arc::clone(self);
+                deliveries.spawn(async move { dc.finish(outcome).await });
+            }
+        }
+    }
+
+    /// Shows where a waiting job stands: edits the deferred interaction, or a status message.
+    pub(super) async fn show_position(&self, job_id: &str, route: &Route, ahead: usize) {
+        let workers = 1 + self.engine.in_flight().max(1) as u32;
+        let eta = chrono::Utc::now()
+            + chrono::Duration::from_std(TYPICAL_JOB * (ahead as u32 + 1) / workers)
+                .unwrap_or_default();
+        let text = messages::queued_eta(route.lang, ahead, eta);
+        let status = self.feedback.get(job_id).and_then(|f| f.status);
+        match (&route.interaction_token, status) {
+            (Some(token), _) => {
+                let _ = EditInteractionResponse::new()
+                    .content(text)
+                    .execute(&self.http, token)
+                    .await;
+            }
+            (None, Some(status)) => {
+                let _ = route
+                    .channel()
+                    .edit_message(&self.http, status, EditMessage::new().content(text))
+                    .await;
+            }
+            (None, None) => {
+                let msg = self.post(route, CreateMessage::new().content(text)).await;
+                if let (Ok(msg), Some(mut f)) = (msg, self.feedback.get_mut(job_id)) {
+                    f.status = Some(msg.id);
+                }
+            }
+        }
+        if let Some(mut f) = self.feedback.get_mut(job_id) {
+            f.last_position = Some(ahead);
+        }
+    }
+
+    /// A plain answer to the request (errors, refusals).
+    pub(super) async fn say(&self, route: &Route, text: &str) {
+        if let Err(e) = self.post(route, CreateMessage::new().content(text)).await {
+            tracing::warn!(error = %e, "cannot answer on Discord");
+        }
+    }
+
+    /// Sends a message replying to the request (or mentioning the user), retrying.
+    async fn post(&self, route: &Route, message: CreateMessage) -> serenity::Result<Message> {
+        let message = match route.reply_to {
+            Some(to) => message.reference_message((route.channel(), MessageId::new(to))),
+            None => message,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match route
+                .channel()
+                .send_message(&self.http, message.clone())
+                .await
+            {
+                Ok(m) => return Ok(m),
+                Err(e) if attempt < SEND_ATTEMPTS && retryable(&e) => {
+                    tracing::warn!(attempt, error = %e, "send failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn finish(&self, outcome: Outcome) {
+        let job_id = outcome.job.id.clone();
+        let feedback = self
+            .feedback
+            .remove(&job_id)
+            .map(|(_, f)| f)
+            .unwrap_or_default();
+        if let Some(typing) = &feedback.typing {
+            typing.abort();
+        }
+        let Some(route) = route_of(&outcome.job.route) else {
+            return;
+        };
+        let delivered = match &outcome.result {
+            Ok(delivery) => self.deliver(&outcome, delivery, &route).await,
+            Err(failure) => {
+                self.tell_failure(&route, failure).await;
+                false
+            }
+        };
+        if let Some(status) = feedback.status {
+            let _ = route.channel().delete_message(&self.http, status).await;
+        }
+        self.react(&route, if delivered { REACT_DONE } else { REACT_FAILED })
+            .await;
+    }
+
+    async fn deliver(&self, outcome: &Outcome, delivery: &Delivery, route: &Route) -> bool {
+        let limit = self.upload_limit(route).await;
+        let (files, compressed) = match fit_all(&delivery.images, limit).await {
+            Ok(fitted) => fitted,
+            Err(reason) => {
+                self.engine
+                    .undeliverable(&outcome.job, "upload_limit")
+                    .await;
+                self.tell_failure(
+                    route,
+                    &Failure {
+                        reason,
+                        refunded: true,
+                    },
+                )
+                .await;
+                return false;
+            }
+        };
+        let command = &outcome.job.command;
+        let mut text = messages::result_caption(
+            route.lang,
+            &command.prompt,
+            outcome.granted.remaining,
+            command.truncated,
+        );
+        if route.reply_to.is_none() {
+            text = format!("<@{}> {text}", route.user_id);
+        }
+        if compressed {
+            text.push('\n');
+            text.push_str(&messages::compressed(route.lang));
+        }
+        let again = CreateButton::new(format!("again:{}", outcome.job.id))
+            .label("🔁")
+            .style(ButtonStyle::Secondary);
+        let message = CreateMessage::new()
+            .content(text)
+            .add_files(files)
+            .components(vec![CreateActionRow::Buttons(vec![again])]);
+        match self.post(route, message).await {
+            Ok(sent) => {
+                self.engine
+                    .delivered(&outcome.job, delivery.request_id.clone())
+                    .await;
+                self.engine
+                    .observer()
+                    .images_delivered("discord", delivery.images.len());
+                self.point_interaction_at(route, &sent).await;
+                true
+            }
+            Err(e) => {
+                tracing::error!(job_id = %outcome.job.id, error = %e, "delivery failed");
+                self.engine.observer().send_failed("discord");
+                self.engine.undeliverable(&outcome.job, "delivery").await;
+                let failure = Failure {
+                    reason: FailureReason::Delivery(e.to_string()),
+                    refunded: true,
+                };
+                self.tell_failure(route, &failure).await;
+                false
+            }
+        }
+    }
+
+    /// The deferred interaction now links to the result (if its 15 minutes are not over).
+    async fn point_interaction_at(&self, route: &Route, sent: &Message) {
+        let Some(token) = &route.interaction_token else {
+            return;
+        };
+        let guild = route.guild_id.map_or("@me".to_owned(), |g| g.to_string());
+        let link = format!(
+            "https://discord.com/channels/{guild}/{}/{}",
+            sent.channel_id, sent.id
+        );
+        let edit =
+            EditInteractionResponse::new().content(messages::result_posted(route.lang, &link));
+        if let Err(e) = edit.execute(&self.http, token).await {
+            tracing::debug!(error = %e, "the interaction could not be edited (expired?)");
+        }
+    }
+
+    async fn tell_failure(&self, route: &Route, failure: &Failure) {
+        let text = messages::failure(route.lang, failure);
+        match &route.interaction_token {
+            Some(token) if route.reply_to.is_none() => {
+                let edit = EditInteractionResponse::new().content(&text);
+                if edit.execute(&self.http, token).await.is_ok() {
+                    return;
+                }
+                self.say(route, &format!("<@{}> {text}", route.user_id))
+                    .await;
+            }
+            _ => self.say(route, &text).await,
+        }
+    }
+
+    /// The largest upload for the route: what the interaction said, else the guild's boost tier.
+    async fn upload_limit(&self, route: &Route) -> u64 {
+        if let Some(limit) = route.upload_limit.filter(|l| *l > 0) {
+            return limit;
+        }
+        let Some(guild) = route.guild_id else {
+            return DEFAULT_UPLOAD_LIMIT;
+        };
+        if let Some(known) = self.upload_limits.get(&guild) {
+            return *known;
+        }
+        let limit = match self
+            .http
+            .get_guild(GuildId::new(guild))
+            .await
+            .map(|g| g.premium_tier)
+        {
+            Ok(PremiumTier::Tier2) => 50 * 1024 * 1024,
+            Ok(PremiumTier::Tier3) => 100 * 1024 * 1024,
+            _ => DEFAULT_UPLOAD_LIMIT,
+        };
+        self.upload_limits.insert(guild, limit);
+        limit
+    }
+}
+
+/// Fits every result under the limit (the total of one message must fit too).
+async fn fit_all(
+    images: &[Bytes],
+    limit: u64,
+) -> Result<(Vec<CreateAttachment>, bool), FailureReason> {
+    let each = (limit as usize / images.len().max(1)).saturating_sub(64 * 1024);
+    let mut files = Vec::with_capacity(images.len());
+    let mut compressed = false;
+    for (i, bytes) in images.iter().enumerate() {
+        let bytes = bytes.clone();
+        let upload =
+            tokio::task::spawn_blocking(move || fit_upload(bytes, each, &FitLimits::default()))
+                .await
+                .map_err(|_| FailureReason::Internal)??;
+        compressed |= upload.compressed;
+        let name = if images.len() == 1 {
+            format!("edited.{}", upload.ext)
+        } else {
+            format!("edited-{}.{}", i + 1, upload.ext)
+        };
+        files.push(CreateAttachment::bytes(upload.bytes.to_vec(), name));
+    }
+    Ok((files, compressed))
+}
+
+fn retryable(e: &serenity::Error) -> bool {
+    use serenity::all::HttpError;
+    match e {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
+            r.status_code.as_u16() == 429 || r.status_code.is_server_error()
+        }
+        serenity::Error::Http(HttpError::Request(_)) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,482 @@
+//! Messages and interactions → jobs. Interactions are answered (deferred, a modal, or an
+//! ephemeral reply) before anything slow happens; nothing here waits for the model.
+
+use serenity::all::{
+    ChannelId, CommandInteraction, CommandType, ComponentInteraction, CreateInteractionResponse,
+    CreateInteractionResponseFollowup, CreateInteractionResponseMessage, GetMessages, Interaction,
+    Message, MessageId, ModalInteraction, ReactionType, ResolvedValue,
+};
+
+use super::{Discord, Feedback, Route, group_of};
+use crate::core::command::{EditCommand, ParseContext, parse};
+use crate::core::error::Rejection;
+use crate::core::jobs::{JobSpec, MAX_INPUTS};
+use crate::core::quota::{Platform, QuotaRejection, UserRef};
+use crate::messages::{self, Lang};
+
+/// Reaction on a text request while it waits or runs, then on success / failure.
+pub const REACT_WORKING: &str = "⏳";
+pub const REACT_DONE: &str = "✅";
+pub const REACT_FAILED: &str = "❌";
+
+/// Images in the latest messages the slash command looks through when given none.
+const LATEST_LOOKBACK: u8 = 50;
+
+fn lang_of(locale: &str, guild_locale: Option<&str>) -> Lang {
+    match Lang::from_code(Some(locale)) {
+        Lang::Zh => Lang::Zh,
+        Lang::En => Lang::from_code(guild_locale),
+    }
+}
+
+/// Locators of a message's attachments (sniffed later, not trusted by content type).
+fn locators(msg: &Message) -> Vec<String> {
+    msg.attachments
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| {
+            a.content_type
+                .as_deref()
+                .is_none_or(|t| t.starts_with("image/") || t == "application/octet-stream")
+        })
+        .map(|(i, _)| format!("msg:{}:{}:{i}", msg.channel_id.get(), msg.id.get()))
+        .collect()
+}
+
+/// The instruction of a text trigger: `/edit …`, or `@Bot edit …` (as `/edit …`).
+fn instruction(dc: &Discord, content: &str) -> Option<String> {
+    let content = content.trim_start();
+    if content == "/edit" || content.starts_with("/edit ") || content.starts_with("/edit\n") {
+        return Some(content.to_owned());
+    }
+    let me = dc.bot_id.get()?.get();
+    let rest = content
+        .strip_prefix(&format!("<@{me}>"))
+        .or_else(|| content.strip_prefix(&format!("<@!{me}>")))?
+        .trim_start();
+    let word = rest.split_whitespace().next()?;
+    word.eq_ignore_ascii_case("edit")
+        .then(|| format!("/edit{}", &rest[word.len()..]))
+}
+
+pub async fn on_message(dc: &Discord, msg: &Message) {
+    if msg.author.bot {
+        return;
+    }
+    let Some(text) = instruction(dc, &msg.content) else {
+        return;
+    };
+    let span = tracing::info_span!(
+        "discord_message",
+        platform = "discord",
+        channel = msg.channel_id.get(),
+        user = msg.author.id.get(),
+        message = msg.id.get()
+    );
+    let _enter = span.enter();
+    let lang = Lang::En;
+    let route = Route {
+        channel_id: msg.channel_id.get(),
+        guild_id: msg.guild_id.map(|g| g.get()),
+        reply_to: Some(msg.id.get()),
+        user_id: msg.author.id.get(),
+        lang,
+        interaction_token: None,
+        upload_limit: None,
+    };
+    let command = match parse(&text, ParseContext::default()) {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => {
+            return dc
+                .say(&route, &messages::rejection(lang, &Rejection::Command(e)))
+                .await;
+        }
+    };
+    let mut inputs = locators(msg);
+    if inputs.is_empty() {
+        if let Some(referenced) = &msg.referenced_message {
+            inputs = locators(referenced);
+        }
+    }
+    let spec = dc.spec(
+        format!("dc-{}", msg.id.get()),
+        msg.author.id.get(),
+        msg.guild_id,
+        &route,
+        inputs,
+        command,
+    );
+    dc.submit(spec, route, None).await;
+}
+
+pub async fn on_interaction(dc: &Discord, interaction: Interaction) {
+    match interaction {
+        Interaction::Command(cmd) => match (cmd.data.kind, cmd.data.name.as_str()) {
+            (CommandType::Message, _) => open_modal(dc, &cmd).await,
+            (_, "edit") => slash_edit(dc, &cmd).await,
+            (_, "quota") => super::commands::quota(dc, &cmd).await,
+            (_, "quota-admin") => super::commands::quota_admin(dc, &cmd).await,
+            (_, "help") => {
+                let lang = lang_of(&cmd.locale, cmd.guild_locale.as_deref());
+                ephemeral(dc, &cmd, &messages::discord_help(lang)).await;
+            }
+            _ => {}
+        },
+        Interaction::Modal(modal) => modal_submit(dc, &modal).await,
+        Interaction::Component(button) => again(dc, &button).await,
+        _ => {}
+    }
+}
+
+/// Answers a command with a message only its user sees.
+pub async fn ephemeral(dc: &Discord, cmd: &CommandInteraction, text: &str) {
+    let reply = CreateInteractionResponseMessage::new()
+        .content(text)
+        .ephemeral(true);
+    if let Err(e) = cmd
+        .create_response(&dc.http, CreateInteractionResponse::Message(reply))
+        .await
+    {
+        tracing::warn!(error = %e, "interaction reply failed");
+    }
+}
+
+/// `/edit prompt:… [image] [image2] [image3] [negative] [seed] [count]`.
+async fn slash_edit(dc: &Discord, cmd: &CommandInteraction) {
+    let lang = lang_of(&cmd.locale, cmd.guild_locale.as_deref());
+    let (mut prompt, mut negative, mut seed, mut count, mut urls) =
+        ("", None, None, None, Vec::new());
+    for option in cmd.data.options() {
+        match (option.name, option.value) {
+            ("prompt", ResolvedValue::String(s)) => prompt = s,
+            ("negative", ResolvedValue::String(s)) => negative = Some(s),
+            ("seed", ResolvedValue::Integer(n)) => seed = Some(n.to_string()),
+            ("count", ResolvedValue::Integer(n)) => count = Some(n.to_string()),
+            (_, ResolvedValue::Attachment(a)) => urls.push(format!("url:{}", a.url)),
+            _ => {}
+        }
+    }
+    let command = match EditCommand::from_parts(prompt, negative, seed.as_deref(), count.as_deref())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return ephemeral(dc, cmd, &messages::rejection(lang, &Rejection::Command(e))).await;
+        }
+    };
+    if let Err(e) = cmd.defer(&dc.http).await {
+        tracing::warn!(error = %e, "cannot defer /edit");
+        return;
+    }
+    if urls.is_empty() {
+        urls = latest_image(dc, cmd.channel_id).await;
+    }
+    let route = Route {
+        channel_id: cmd.channel_id.get(),
+        guild_id: cmd.guild_id.map(|g| g.get()),
+        reply_to: None,
+        user_id: cmd.user.id.get(),
+        lang,
+        interaction_token: Some(cmd.token.clone()),
+        upload_limit: Some(u64::from(cmd.attachment_size_limit)),
+    };
+    let spec = dc.spec(
+        format!("dc-i-{}", cmd.id.get()),
+        cmd.user.id.get(),
+        cmd.guild_id,
+        &route,
+        urls,
+        command,
+    );
+    dc.submit(spec, route, Some(Deferred::Command(Box::new(cmd.clone()))))
+        .await;
+}
+
+/// The attachments of the most recent message with images in the channel.
+async fn latest_image(dc: &Discord, channel: ChannelId) -> Vec<String> {
+    let Ok(recent) = channel
+        .messages(&dc.http, GetMessages::new().limit(LATEST_LOOKBACK))
+        .await
+    else {
+        return Vec::new();
+    };
+    recent
+        .iter()
+        .map(locators)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+}
+
+/// Apps → "Edit image": ask for the prompt in a modal.
+async fn open_modal(dc: &Discord, cmd: &CommandInteraction) {
+    use serenity::all::{CreateActionRow, CreateInputText, CreateModal, InputTextStyle};
+    let lang = lang_of(&cmd.locale, cmd.guild_locale.as_deref());
+    let Some(target) = cmd.data.target_id else {
+        return;
+    };
+    let custom_id = format!("edit:{}:{}", cmd.channel_id.get(), target.get());
+    let (title, prompt_label, negative_label) = match lang {
+        Lang::En => ("Edit image", "What should change?", "Avoid (optional)"),
+        Lang::Zh => ("编辑图片", "要修改什么？", "不想要的内容（可选）"),
+    };
+    let modal = CreateModal::new(custom_id, title).components(vec![
+        CreateActionRow::InputText(
+            CreateInputText::new(InputTextStyle::Paragraph, prompt_label, "prompt")
+                .max_length(800)
+                .required(true),
+        ),
+        CreateActionRow::InputText(
+            CreateInputText::new(InputTextStyle::Short, negative_label, "negative")
+                .max_length(500)
+                .required(false),
+        ),
+    ]);
+    if let Err(e) = cmd
+        .create_response(&dc.http, CreateInteractionResponse::Modal(modal))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot open the modal");
+    }
+}
+
+async fn modal_submit(dc: &Discord, modal: &ModalInteraction) {
+    use serenity::all::ActionRowComponent;
+    let lang = lang_of(&modal.locale, modal.guild_locale.as_deref());
+    let Some(rest) = modal.data.custom_id.strip_prefix("edit:") else {
+        return;
+    };
+    let Some((channel, message)) = rest.split_once(':') else {
+        return;
+    };
+    let (Ok(channel), Ok(message)) = (channel.parse::<u64>(), message.parse::<u64>()) else {
+        return;
+    };
+    let field = |id: &str| {
+        modal
+            .data
+            .components
+            .iter()
+            .flat_map(|row| &row.components)
+            .find_map(|c| match c {
+                ActionRowComponent::InputText(t) if t.custom_id == id => t.value.clone(),
+                _ => None,
+            })
+    };
+    let (prompt, negative) = (
+        field("prompt").unwrap_or_default(),
+        field("negative").filter(|s| !s.trim().is_empty()),
+    );
+    let command = match EditCommand::from_parts(&prompt, negative.as_deref(), None, None) {
+        Ok(c) => c,
+        Err(e) => {
+            let reply = CreateInteractionResponseMessage::new()
+                .content(messages::rejection(lang, &Rejection::Command(e)))
+                .ephemeral(true);
+            let _ = modal
+                .create_response(&dc.http, CreateInteractionResponse::Message(reply))
+                .await;
+            return;
+        }
+    };
+    let defer = CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new());
+    if let Err(e) = modal.create_response(&dc.http, defer).await {
+        tracing::warn!(error = %e, "cannot defer the modal");
+        return;
+    }
+    let inputs = match dc
+        .http
+        .get_message(ChannelId::new(channel), MessageId::new(message))
+        .await
+    {
+        Ok(target) => locators(&target),
+        Err(_) => Vec::new(),
+    };
+    let route = Route {
+        channel_id: channel,
+        guild_id: modal.guild_id.map(|g| g.get()),
+        reply_to: Some(message),
+        user_id: modal.user.id.get(),
+        lang,
+        interaction_token: Some(modal.token.clone()),
+        upload_limit: Some(u64::from(modal.attachment_size_limit)),
+    };
+    let spec = dc.spec(
+        format!("dc-i-{}", modal.id.get()),
+        modal.user.id.get(),
+        modal.guild_id,
+        &route,
+        inputs,
+        command,
+    );
+    dc.submit(spec, route, Some(Deferred::Modal(Box::new(modal.clone()))))
+        .await;
+}
+
+/// 🔁 under a result: the same inputs and prompt with a new seed, charged to whoever pressed.
+async fn again(dc: &Discord, button: &ComponentInteraction) {
+    let lang = lang_of(&button.locale, button.guild_locale.as_deref());
+    let Some(job_id) = button.data.custom_id.strip_prefix("again:") else {
+        return;
+    };
+    let ledger = dc.engine.quotas().ledger().clone();
+    let id = job_id.to_owned();
+    let stored = tokio::task::spawn_blocking(move || ledger.job_spec(&id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let Some(old) = stored.and_then(|s| serde_json::from_str::<JobSpec>(&s).ok()) else {
+        let reply = CreateInteractionResponseMessage::new()
+            .content(messages::again_expired(lang))
+            .ephemeral(true);
+        let _ = button
+            .create_response(&dc.http, CreateInteractionResponse::Message(reply))
+            .await;
+        return;
+    };
+    let defer = CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new());
+    if button.create_response(&dc.http, defer).await.is_err() {
+        return;
+    }
+    let route = Route {
+        channel_id: button.channel_id.get(),
+        guild_id: button.guild_id.map(|g| g.get()),
+        reply_to: Some(button.message.id.get()),
+        user_id: button.user.id.get(),
+        lang,
+        interaction_token: Some(button.token.clone()),
+        upload_limit: Some(u64::from(button.attachment_size_limit)),
+    };
+    let command = EditCommand {
+        seed: Some(rand::random_range(0..=crate::core::command::MAX_SEED)),
+        ..old.command
+    };
+    let spec = dc.spec(
+        format!("dc-b-{}", button.id.get()),
+        button.user.id.get(),
+        button.guild_id,
+        &route,
+        old.inputs,
+        command,
+    );
+    dc.submit(
+        spec,
+        route,
+        Some(Deferred::Component(Box::new(button.clone()))),
+    )
+    .await;
+}
+
+/// An interaction that was deferred and is waiting for its job.
+pub enum Deferred {
+    Command(Box<CommandInteraction>),
+    Modal(Box<ModalInteraction>),
+    Component(Box<ComponentInteraction>),
+}
+
+impl Deferred {
+    /// Replaces the "thinking" state with an ephemeral note (refusals).
+    async fn refuse(&self, dc: &Discord, text: &str) {
+        let followup = CreateInteractionResponseFollowup::new()
+            .content(text)
+            .ephemeral(true);
+        let http = &dc.http;
+        let (sent, deleted) = match self {
+            Deferred::Command(c) => (
+                c.create_followup(http, followup).await,
+                c.delete_response(http).await,
+            ),
+            Deferred::Modal(m) => (
+                m.create_followup(http, followup).await,
+                m.delete_response(http).await,
+            ),
+            Deferred::Component(b) => (
+                b.create_followup(http, followup).await,
+                b.delete_response(http).await,
+            ),
+        };
+        if let Err(e) = sent.map(|_| ()).and(deleted) {
+            tracing::warn!(error = %e, "cannot answer the interaction");
+        }
+    }
+}
+
+impl Discord {
+    fn spec(
+        &self,
+        id: String,
+        user: u64,
+        guild: Option<serenity::all::GuildId>,
+        route: &Route,
+        inputs: Vec<String>,
+        command: EditCommand,
+    ) -> JobSpec {
+        JobSpec {
+            id,
+            user: UserRef::new(Platform::Discord, user.to_string()),
+            chat: route.channel_id.to_string(),
+            group: group_of(guild),
+            inputs,
+            command,
+            route: serde_json::to_value(route).unwrap_or_default(),
+        }
+    }
+
+    /// Submits a job and shows that it was taken, or why not.
+    async fn submit(&self, spec: JobSpec, route: Route, deferred: Option<Deferred>) {
+        let job_id = spec.id.clone();
+        let rejection = if spec.inputs.is_empty() {
+            Some(Rejection::NoImage)
+        } else if spec.inputs.len() > MAX_INPUTS {
+            Some(Rejection::TooManyImages(spec.inputs.len()))
+        } else {
+            None
+        };
+        let result = match rejection {
+            Some(r) => Err(r),
+            None => self.engine.submit(spec).await,
+        };
+        match result {
+            Ok(accepted) => {
+                self.feedback.insert(
+                    job_id.clone(),
+                    Feedback {
+                        route: Some(route.clone()),
+                        ..Feedback::default()
+                    },
+                );
+                tracing::info!(job_id = %job_id, position = accepted.position, "edit request accepted");
+                if deferred.is_none() {
+                    self.react(&route, REACT_WORKING).await;
+                }
+                if accepted.waits {
+                    self.show_position(&job_id, &route, accepted.position).await;
+                }
+            }
+            Err(Rejection::Quota(QuotaRejection::Duplicate)) => {}
+            Err(rejection) => {
+                tracing::info!(reason = %rejection, "request refused");
+                let text =
+                    messages::rejection_with(route.lang, &rejection, &messages::discord_time);
+                match deferred {
+                    Some(d) => d.refuse(self, &text).await,
+                    None => self.say(&route, &text).await,
+                }
+            }
+        }
+    }
+
+    pub(super) async fn react(&self, route: &Route, emoji: &str) {
+        let Some(message) = route.reply_to else {
+            return;
+        };
+        let reaction = ReactionType::Unicode(emoji.to_owned());
+        if let Err(e) = self
+            .http
+            .create_reaction(route.channel(), MessageId::new(message), &reaction)
+            .await
+        {
+            tracing::debug!(error = %e, "reaction failed");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The Discord front-end (SPEC §4.2) on serenity: text triggers, the `/edit` slash command, the
+//! "Edit image" message command with its modal, 🔁 buttons, `/quota`, `/quota-admin`, `/help`.
+//! Handlers defer or react at once and never wait for the model; results are posted as channel
+//! messages (never only through the 15-minute interaction token).
+
+mod commands;
+mod deliver;
+mod intake;
+mod source;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use serenity::all::{
+    ChannelId, ClientBuilder, Context, EventHandler, GatewayIntents, GuildId, Http, HttpBuilder,
+    Interaction, Message, MessageId, Ready, UserId,
+};
+use serenity::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Settings;
+use crate::core::jobs::{Deliveries, Engine, JobEvent};
+use crate::messages::Lang;
+use crate::metrics::Metrics;
+
+pub use source::DiscordSource;
+
+/// Where and how to answer a Discord job; stored inside the job spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Route {
+    pub channel_id: u64,
+    pub guild_id: Option<u64>,
+    /// The message to reply to (text triggers, and the target of the message command).
+    pub reply_to: Option<u64>,
+    /// The user to mention when there is no message to reply to.
+    pub user_id: u64,
+    pub lang: Lang,
+    /// The deferred interaction, to point at the result (valid 15 minutes).
+    pub interaction_token: Option<String>,
+    /// Largest upload the channel takes, when the interaction told us.
+    pub upload_limit: Option<u64>,
+}
+
+impl Route {
+    fn channel(&self) -> ChannelId {
+        ChannelId::new(self.channel_id)
+    }
+}
+
+/// Per-job feedback state.
+#[derive(Default)]
+struct Feedback {
+    status: Option<MessageId>,
+    last_position: Option<usize>,
+    typing: Option<tokio::task::AbortHandle>,
+    route: Option<Route>,
+}
+
+/// Everything the handlers share. One per process.
+pub struct Discord {
+    http: Arc<Http>,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    bot_id: std::sync::OnceLock<UserId>,
+    guild_ids: Vec<u64>,
+    feedback: DashMap<String, Feedback>,
+    /// Upload limits learnt per guild (from its boost tier).
+    upload_limits: DashMap<u64, u64>,
+}
+
+/// The REST client, pointed at `discord.api_url` (a proxy or a fake) when it is not Discord's.
+pub fn http(token: &str, api_url: &str) -> Http {
+    let api_url = api_url.trim_end_matches('/');
+    let builder = HttpBuilder::new(token);
+    if api_url == "https://discord.com" {
+        return builder.build();
+    }
+    // serenity's ratelimiter talks to discord.com directly; through a proxy it must be off
+    // (the proxy, e.g. twilight-http-proxy, does the rate limiting).
+    builder.proxy(api_url).ratelimiter_disabled(true).build()
+}
+
+/// The front-end before it connects: what the engine needs from it.
+pub struct Prepared {
+    pub http: Arc<Http>,
+    pub token: String,
+    pub source: Arc<DiscordSource>,
+    pub events_tx: mpsc::Sender<JobEvent>,
+    events_rx: mpsc::Receiver<JobEvent>,
+}
+
+pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
+    let token = settings
+        .secrets
+        .discord_token
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("DISCORD_TOKEN is not set"))?;
+    let token = crate::config::expose(token).to_owned();
+    let http = Arc::new(http(&token, &settings.config.discord.api_url));
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let source = Arc::new(DiscordSource::new(http.clone()));
+    Ok(Prepared {
+        http,
+        token,
+        source,
+        events_tx,
+        events_rx,
+    })
+}
+
+/// serenity's event handler; it learns the shared state once the client exists (the state
+/// needs the client's `Http`, which knows the application id after READY).
+struct Handler {
+    dc: tokio::sync::OnceCell<Arc<Discord>>,
+    pending: std::sync::Mutex<Option<oneshot::Receiver<Arc<Discord>>>>,
+}
+
+impl Handler {
+    async fn dc(&self) -> Option<&Arc<Discord>> {
+        self.dc
+            .get_or_try_init(|| async {
+                let rx = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                match rx {
+                    Some(rx) => rx.await.map_err(|_| ()),
+                    None => Err(()),
+                }
+            })
+            .await
+            .ok()
+    }
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, _ctx: Context, ready: Ready) {
+        let Some(dc) = self.dc().await else { return };
+        let _ = dc.bot_id.set(ready.user.id);
+        dc.metrics.health.set_discord(true);
+        tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
+        commands::register(dc).await;
+    }
+
+    async fn message(&self, _ctx: Context, msg: Message) {
+        let Some(dc) = self.dc().await else { return };
+        intake::on_message(dc, &msg).await;
+    }
+
+    async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
+        let Some(dc) = self.dc().await else { return };
+        intake::on_interaction(dc, interaction).await;
+    }
+}
+
+/// Connects to the gateway and serves until `shutdown` resolves; returns the delivery task.
+pub async fn run(
+    prepared: Prepared,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    settings: &Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Deliveries> {
+    let Prepared {
+        token, events_rx, ..
+    } = prepared;
+    let intents = GatewayIntents::GUILDS
+        | GatewayIntents::GUILD_MESSAGES
+        | GatewayIntents::DIRECT_MESSAGES
+        | GatewayIntents::MESSAGE_CONTENT
+        | GatewayIntents::GUILD_MESSAGE_REACTIONS;
+    let (handler_tx, handler_rx) = oneshot::channel::<Arc<Discord>>();
+    let mut client =
+        ClientBuilder::new_with_http(http(&token, &settings.config.discord.api_url), intents)
+            .event_handler(Handler {
+                dc: tokio::sync::OnceCell::new(),
+                pending: std::sync::Mutex::new(Some(handler_rx)),
+            })
+            .await?;
+    let dc = Arc::new(Discord {
+        http: client.http.clone(),
+        engine,
+        metrics,
+        bot_id: std::sync::OnceLock::new(),
+        guild_ids: settings.config.discord.guild_ids.clone(),
+        feedback: DashMap::new(),
+        upload_limits: DashMap::new(),
+    });
+    let _ = handler_tx.send(dc.clone());
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(deliver::consume(dc.clone(), events_rx, stopped));
+    let ticker = tokio::spawn(deliver::position_ticker(dc.clone()));
+    let shards = client.shard_manager.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        shards.shutdown_all().await;
+    });
+    let result = client.start_autosharded().await;
+    ticker.abort();
+    dc.metrics.health.set_discord(false);
+    result?;
+    Ok(Deliveries { task, stop })
+}
+
+/// A guild id as the core's group key.
+fn group_of(guild: Option<GuildId>) -> Option<String> {
+    guild.map(|g| g.get().to_string())
+}

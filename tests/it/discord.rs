@@ -1,0 +1,755 @@
+//! The Discord front-end end to end: the real `serve` path with serenity against the fake REST
+//! API and gateway, and the real DashScope client against the fake DashScope.
+
+use std::time::Duration;
+
+use qwen_edit_bot::config::Settings;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
+use crate::fakes::discord::{
+    self as dc, FakeDiscord, TOKEN, attachment, button_press, context_menu, member, message,
+    modal_submit, option, slash_command, slash_edit, subcommand, user,
+};
+use crate::fakes::images;
+
+const GUILD: u64 = 77;
+const CHANNEL: u64 = 500;
+/// Permission bits as Discord sends them: none, and Manage Server.
+const NO_PERMS: &str = "0";
+const MANAGE_GUILD: &str = "32";
+
+struct Bot {
+    dc: FakeDiscord,
+    ds: FakeDashScope,
+    dir: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Bot {
+    async fn start(quota_extra: &str) -> Self {
+        let (dc, ds) = (FakeDiscord::start().await, FakeDashScope::start().await);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut bot = Bot {
+            dc,
+            ds,
+            dir,
+            _tmp: tmp,
+            stop: None,
+            task: None,
+        };
+        bot.launch(quota_extra).await;
+        bot
+    }
+
+    async fn launch(&mut self, quota_extra: &str) {
+        let path = self.dir.join("config.toml");
+        let config = format!(
+            "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 3\n\
+             [telegram]\nenabled = false\n\
+             [discord]\nenabled = true\napi_url = {:?}\nguild_ids = [{GUILD}]\n\
+             [quota]\ndatabase = {:?}\nmax_in_flight_per_user = 3\n{}{quota_extra}\n[http]\nlisten = \"\"\n",
+            self.ds.base_url,
+            self.dc.rest_url,
+            self.dir.join("q.sqlite3").to_str().unwrap(),
+            if quota_extra.contains("per_user") {
+                ""
+            } else {
+                "per_user = 5\n"
+            },
+        );
+        std::fs::write(&path, config).unwrap();
+        let settings = Settings::load_with_env(&path, |k| match k {
+            "DASHSCOPE_API_KEY" => Some(API_KEY.into()),
+            "DISCORD_TOKEN" => Some(TOKEN.into()),
+            _ => None,
+        })
+        .unwrap();
+        let (stop, stopped) = oneshot::channel();
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(qwen_edit_bot::app::serve(settings, async {
+            let _ = stopped.await;
+        })));
+        self.dc.wait_ready(20).await;
+        // Commands are registered right after READY; wait for them so events come after.
+        self.dc.wait_for("PUT", "/guilds/*/commands", 1, 20).await;
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    fn used(&self, user_id: u64) -> u32 {
+        use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+        let ledger =
+            qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.dir.join("q.sqlite3")).unwrap();
+        let since = chrono::Utc::now() - chrono::Duration::days(40);
+        ledger
+            .used(&UserRef::new(Platform::Discord, user_id.to_string()), since)
+            .unwrap()
+    }
+
+    /// An image attachment served by the fake.
+    fn image(&self, id: u64, w: u32, h: u32) -> Value {
+        let url = self
+            .dc
+            .add_attachment(&format!("in-{id}.jpg"), images::jpeg(w, h));
+        attachment(
+            id,
+            &format!("in-{id}.jpg"),
+            &url,
+            1000,
+            Some("image/jpeg"),
+            Some(w),
+            Some(h),
+        )
+    }
+
+    /// The channel messages the bot posted (POST /channels/{ch}/messages).
+    async fn posts(&self, count: usize) -> Vec<dc::Call> {
+        self.dc
+            .wait_for("POST", &format!("/channels/{CHANNEL}/messages"), count, 30)
+            .await
+    }
+
+    async fn post_containing(&self, needle: &str) -> dc::Call {
+        for _ in 0..1000 {
+            let found = self
+                .dc
+                .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+                .into_iter()
+                .find(|c| {
+                    c.json["content"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(needle))
+                });
+            if let Some(c) = found {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all: Vec<String> = self
+            .dc
+            .calls()
+            .iter()
+            .map(|c| format!("{} {} {}", c.method, c.path, c.json))
+            .collect();
+        panic!("no post containing {needle:?}; calls: {all:#?}");
+    }
+
+    /// Interaction callbacks (POST /interactions/{id}/{token}/callback), in order.
+    async fn callbacks(&self, count: usize) -> Vec<dc::Call> {
+        self.dc
+            .wait_for("POST", "/interactions/*/*/callback", count, 20)
+            .await
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn replied_to(call: &dc::Call) -> Option<u64> {
+    call.json["message_reference"]["message_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+}
+
+fn uploaded(call: &dc::Call) -> Vec<u8> {
+    call.file("files[0]").expect("an uploaded file").to_vec()
+}
+
+#[tokio::test]
+async fn a_text_edit_replying_to_an_image_message_gets_the_result_as_a_reply() {
+    let mut bot = Bot::start("").await;
+    let original = message(
+        6000,
+        CHANNEL,
+        Some(GUILD),
+        user(7, "alice"),
+        "look",
+        vec![bot.image(5000, 800, 600)],
+        None,
+    );
+    bot.dc.put_message(original.clone());
+    let request = message(
+        6001,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit make it night --seed 3",
+        vec![],
+        Some(original),
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", request);
+    let post = bot.posts(1).await.remove(0);
+    assert_eq!(replied_to(&post), Some(6001));
+    assert_eq!(images::dims(&uploaded(&post)).1, 64);
+    assert!(
+        post.json["content"]
+            .as_str()
+            .unwrap()
+            .contains("make it night")
+    );
+    assert!(post.json["components"].to_string().contains("again:"));
+    let seen = bot.ds.seen();
+    assert!(seen[0].violations.is_empty(), "{:?}", seen[0].violations);
+    assert_eq!(seen[0].images, vec![("image/jpeg".into(), 800, 600)]);
+    assert_eq!(seen[0].body["parameters"]["seed"], 3);
+    let reactions: Vec<String> = bot
+        .dc
+        .reactions()
+        .iter()
+        .filter(|r| r.message_id == 6001)
+        .map(|r| r.emoji.clone())
+        .collect();
+    assert!(
+        reactions.contains(&"⏳".to_string()) && reactions.contains(&"✅".to_string()),
+        "{reactions:?}"
+    );
+    assert!(!bot.dc.calls_to("POST", "/channels/*/typing").is_empty());
+    bot.stop().await;
+    assert_eq!((bot.used(8), bot.used(7)), (1, 0));
+}
+
+#[tokio::test]
+async fn attachments_with_the_command_and_mentions_are_edits_too() {
+    let mut bot = Bot::start("").await;
+    let own = message(
+        6100,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit add snow",
+        vec![bot.image(5100, 640, 480), bot.image(5101, 500, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", own);
+    let mention = message(
+        6101,
+        CHANNEL,
+        Some(GUILD),
+        user(9, "cy"),
+        "<@1000> edit add a hat",
+        vec![bot.image(5102, 700, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", mention);
+    let plain = message(
+        6102,
+        CHANNEL,
+        Some(GUILD),
+        user(9, "cy"),
+        "nice picture",
+        vec![bot.image(5103, 700, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", plain);
+    let posts = bot.posts(2).await;
+    let mut targets: Vec<u64> = posts.iter().filter_map(replied_to).collect();
+    targets.sort();
+    assert_eq!(targets, [6100, 6101]);
+    let mut prompts: Vec<String> = bot
+        .ds
+        .seen()
+        .iter()
+        .map(|s| {
+            s.body["input"]["messages"][0]["content"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    prompts.sort();
+    assert_eq!(prompts, ["add a hat", "add snow"]);
+    assert!(
+        bot.ds.seen().iter().any(|s| s.images.len() == 2),
+        "two attachments, one request"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn the_slash_command_defers_and_posts_the_result_in_the_channel() {
+    let mut bot = Bot::start("").await;
+    let img = bot.image(5200, 900, 600);
+    let cmd = slash_edit(
+        7000,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![
+            option("prompt", 3, json!("make it night")),
+            option("image", 11, json!("5200")),
+        ],
+        vec![img],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", cmd);
+    let callbacks = bot.callbacks(1).await;
+    assert_eq!(callbacks[0].json["type"], 5, "deferred first");
+    let post = bot.post_containing("make it night").await;
+    assert!(post.json["content"].as_str().unwrap().starts_with("<@8>"));
+    assert_eq!(images::dims(&uploaded(&post)).1, 64);
+    let edits = bot
+        .dc
+        .wait_for("PATCH", "/webhooks/*/*/messages/@original", 1, 10)
+        .await;
+    assert!(
+        edits[0].json["content"]
+            .as_str()
+            .unwrap()
+            .contains("https://discord.com/channels/77/500/")
+    );
+    assert_eq!(
+        bot.ds.seen()[0].images,
+        vec![("image/jpeg".into(), 900, 600)]
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn the_slash_command_without_an_image_takes_the_latest_one_in_the_channel() {
+    let mut bot = Bot::start("").await;
+    bot.dc.put_message(message(
+        6200,
+        CHANNEL,
+        Some(GUILD),
+        user(7, "alice"),
+        "old",
+        vec![bot.image(5300, 400, 400)],
+        None,
+    ));
+    bot.dc.put_message(message(
+        6201,
+        CHANNEL,
+        Some(GUILD),
+        user(7, "alice"),
+        "new",
+        vec![bot.image(5301, 600, 450)],
+        None,
+    ));
+    bot.dc.put_message(message(
+        6202,
+        CHANNEL,
+        Some(GUILD),
+        user(7, "alice"),
+        "just text",
+        vec![],
+        None,
+    ));
+    let cmd = slash_edit(
+        7100,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![option("prompt", 3, json!("sepia"))],
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", cmd);
+    bot.post_containing("sepia").await;
+    assert_eq!(
+        bot.ds.seen()[0].images,
+        vec![("image/jpeg".into(), 600, 450)]
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn the_message_command_asks_for_the_prompt_in_a_modal() {
+    let mut bot = Bot::start("").await;
+    let target = message(
+        6300,
+        CHANNEL,
+        Some(GUILD),
+        user(7, "alice"),
+        "pic",
+        vec![bot.image(5400, 640, 640)],
+        None,
+    );
+    bot.dc.put_message(target.clone());
+    bot.dc.dispatch(
+        "INTERACTION_CREATE",
+        context_menu(
+            7200,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            NO_PERMS,
+            target,
+            "zh-CN",
+        ),
+    );
+    let modal = bot.callbacks(1).await.remove(0);
+    assert_eq!(modal.json["type"], 9);
+    let custom_id = modal.json["data"]["custom_id"].as_str().unwrap().to_owned();
+    assert!(
+        modal.json["data"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("编辑"),
+        "Chinese for zh-CN"
+    );
+    let submit = modal_submit(
+        7201,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        &custom_id,
+        &[("prompt", "变成水彩画"), ("negative", "")],
+        "zh-CN",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", submit);
+    let post = bot.post_containing("水彩").await;
+    assert_eq!(replied_to(&post), Some(6300));
+    assert!(post.json["content"].as_str().unwrap().contains("剩余"));
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn errors_get_a_clear_answer_and_cost_nothing() {
+    let mut bot = Bot::start("per_user = 1\n").await;
+    let none = message(
+        6400,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit make it night",
+        vec![],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", none);
+    let reply = bot.post_containing("No image").await;
+    assert_eq!(replied_to(&reply), Some(6400));
+    let flag = message(
+        6401,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit x --strength 2",
+        vec![bot.image(5500, 500, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", flag);
+    bot.post_containing("Unknown option --strength").await;
+    // A slash command with an empty prompt is answered privately at once.
+    let empty = slash_edit(
+        7300,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![option("prompt", 3, json!("  "))],
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", empty);
+    let answer = bot.callbacks(1).await.remove(0);
+    assert_eq!(
+        (
+            answer.json["type"].as_u64(),
+            answer.json["data"]["flags"].as_u64()
+        ),
+        (Some(4), Some(64))
+    );
+    // Over quota: the reset time is a Discord timestamp.
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        message(
+            6402,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            "/edit a",
+            vec![bot.image(5501, 500, 500)],
+            None,
+        ),
+    );
+    bot.posts(3).await;
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        message(
+            6403,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            "/edit b",
+            vec![bot.image(5502, 500, 500)],
+            None,
+        ),
+    );
+    let over = bot.post_containing("of your 1 edits").await;
+    assert!(
+        over.json["content"].as_str().unwrap().contains("<t:"),
+        "{}",
+        over.json["content"]
+    );
+    bot.stop().await;
+    assert_eq!((bot.used(8), bot.ds.calls()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_backend_failure_is_explained_and_refunded() {
+    let mut bot = Bot::start("").await;
+    bot.ds.script([Reply::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        message(
+            6500,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            "/edit x",
+            vec![bot.image(5600, 500, 500)],
+            None,
+        ),
+    );
+    let told = bot.post_containing("content policy").await;
+    assert!(told.json["content"].as_str().unwrap().contains("refunded"));
+    assert_eq!(replied_to(&told), Some(6500));
+    bot.stop().await;
+    assert_eq!(bot.used(8), 0);
+}
+
+#[tokio::test]
+async fn a_result_over_the_upload_limit_is_compressed_to_fit() {
+    let mut bot = Bot::start("").await;
+    let noisy = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(2600, 2600, |x, y| {
+        let v =
+            (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
+        image::Rgb([(v >> 8) as u8, (v >> 16) as u8, (v >> 24) as u8])
+    }));
+    let big = images::encode(&noisy, image::ImageFormat::Png);
+    assert!(big.len() > 10 * 1024 * 1024, "{}", big.len());
+    bot.ds.set_result_bytes(big);
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        message(
+            6600,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            "/edit x",
+            vec![bot.image(5700, 500, 500)],
+            None,
+        ),
+    );
+    let post = bot.post_containing("compressed").await;
+    let file = uploaded(&post);
+    assert!(file.len() <= 10 * 1024 * 1024, "{}", file.len());
+    assert_eq!(images::dims(&file), (image::ImageFormat::Jpeg, 2600, 2600));
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn again_works_after_a_restart() {
+    let mut bot = Bot::start("").await;
+    let request = message(
+        6700,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit make it night --seed 1",
+        vec![bot.image(5800, 640, 480)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", request);
+    let first = bot.posts(1).await.remove(0);
+    let custom_id = first.json["components"][0]["components"][0]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let result_msg = bot
+        .dc
+        .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+        .len();
+    assert_eq!(result_msg, 1);
+    bot.stop().await;
+    bot.launch("").await;
+    let posted = message(
+        900_000,
+        CHANNEL,
+        Some(GUILD),
+        dc::bot_user(),
+        "result",
+        vec![],
+        None,
+    );
+    bot.dc.dispatch(
+        "INTERACTION_CREATE",
+        button_press(
+            7400,
+            CHANNEL,
+            Some(GUILD),
+            user(9, "cy"),
+            NO_PERMS,
+            &custom_id,
+            posted,
+            "en-US",
+        ),
+    );
+    let again = bot.posts(2).await.remove(1);
+    assert_eq!(replied_to(&again), Some(900_000));
+    let seen = bot.ds.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].images, seen[1].images,
+        "the input fetched again from its message"
+    );
+    assert_ne!(seen[1].body["parameters"]["seed"], 1);
+    bot.stop().await;
+    assert_eq!((bot.used(8), bot.used(9)), (1, 1));
+}
+
+#[tokio::test]
+async fn quota_admin_needs_manage_server_every_time() {
+    let mut bot = Bot::start("").await;
+    let block = |id: u64, perms: &str| {
+        let args = vec![option("user", 6, json!("7"))];
+        let mut v = slash_command(
+            id,
+            "quota-admin",
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            perms,
+            vec![subcommand("block", args)],
+            "en-US",
+        );
+        v["data"]["resolved"] = json!({ "users": { "7": user(7, "alice") }, "members": { "7": member(user(7, "alice"), "0") } });
+        v
+    };
+    bot.dc.dispatch("INTERACTION_CREATE", block(7500, NO_PERMS));
+    let refused = bot.callbacks(1).await.remove(0);
+    assert!(
+        refused.json["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Manage Server")
+    );
+    assert_eq!(refused.json["data"]["flags"], 64);
+    bot.dc
+        .dispatch("INTERACTION_CREATE", block(7501, MANAGE_GUILD));
+    let applied = bot.callbacks(2).await.remove(1);
+    assert!(
+        applied.json["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("User 7 is blocked")
+    );
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        message(
+            6800,
+            CHANNEL,
+            Some(GUILD),
+            user(7, "alice"),
+            "/edit x",
+            vec![bot.image(5900, 500, 500)],
+            None,
+        ),
+    );
+    bot.post_containing("not allowed").await;
+    bot.dc.dispatch(
+        "INTERACTION_CREATE",
+        slash_command(
+            7502,
+            "quota",
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            NO_PERMS,
+            vec![],
+            "en-US",
+        ),
+    );
+    let quota = bot.callbacks(3).await.remove(2);
+    assert!(
+        quota.json["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("5 of 5 edits left")
+    );
+    bot.stop().await;
+    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    let ledger =
+        qwen_edit_bot::store::sqlite::SqliteLedger::open(&bot.dir.join("q.sqlite3")).unwrap();
+    assert!(
+        ledger
+            .settings(&UserRef::new(Platform::Discord, "7"))
+            .unwrap()
+            .blocked
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
+    let mut bot = Bot::start("").await;
+    bot.ds.set_latency(Duration::from_millis(100));
+    for u in 0..30u64 {
+        let m = message(
+            7000 + u,
+            CHANNEL,
+            Some(GUILD),
+            user(100 + u, "u"),
+            "/edit x",
+            vec![bot.image(8000 + u, 500, 500)],
+            None,
+        );
+        bot.dc.dispatch("MESSAGE_CREATE", m);
+    }
+    // Waiting jobs also get status messages; count the posts that carry a result.
+    let results = || {
+        bot.dc
+            .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+            .iter()
+            .filter(|p| p.file("files[0]").is_some())
+            .count()
+    };
+    for _ in 0..3000 {
+        if results() >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(results(), 30);
+    let statuses = bot
+        .dc
+        .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+        .len()
+        - 30;
+    assert!(statuses > 0, "someone had to wait and was told");
+    bot.post_containing("<t:").await;
+    assert_eq!(bot.ds.calls(), 30);
+    assert!(bot.ds.max_in_flight() <= 3);
+    bot.stop().await;
+}
