@@ -105,6 +105,9 @@ pub struct DiscordConfig {
     pub enabled: bool,
     pub api_url: String,
     pub guild_ids: Vec<u64>,
+    /// `[first, last, total]`: run only shards first..=last of total (several processes);
+    /// empty: let Discord say how many shards, and run them all.
+    pub shards: Vec<u32>,
 }
 
 impl Default for DiscordConfig {
@@ -113,6 +116,7 @@ impl Default for DiscordConfig {
             enabled: false,
             api_url: "https://discord.com".into(),
             guild_ids: Vec::new(),
+            shards: Vec::new(),
         }
     }
 }
@@ -338,6 +342,15 @@ impl Config {
                 "discord.api_url = {:?} is not an http(s) URL",
                 self.discord.api_url
             ));
+        }
+        if let [first, last, total] = self.discord.shards[..] {
+            if !(first <= last && last < total) {
+                out.push(
+                    "discord.shards = [first, last, total] needs first <= last < total".into(),
+                );
+            }
+        } else if !self.discord.shards.is_empty() {
+            out.push("discord.shards must be [first, last, total] or empty".into());
         }
         let q = &self.quota;
         if q.database.trim().is_empty() {

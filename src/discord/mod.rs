@@ -198,7 +198,11 @@ pub async fn run(
         shutdown.await;
         shards.shutdown_all().await;
     });
-    let result = client.start_autosharded().await;
+    let result = match settings.config.discord.shards[..] {
+        // serenity's range end is the last shard, inclusive.
+        [first, last, total] => client.start_shard_range(first..last, total).await,
+        _ => client.start_autosharded().await,
+    };
     ticker.abort();
     dc.metrics.health.set_discord(false);
     result?;

@@ -46,12 +46,23 @@ impl Bot {
         bot
     }
 
+    /// `quota_extra` lines go to `[quota]`, except lines starting with `discord:`.
     async fn launch(&mut self, quota_extra: &str) {
+        let discord_extra: String = quota_extra
+            .lines()
+            .filter_map(|l| l.strip_prefix("discord:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let quota_extra: String = quota_extra
+            .lines()
+            .filter(|l| !l.starts_with("discord:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let path = self.dir.join("config.toml");
         let config = format!(
             "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 3\n\
              [telegram]\nenabled = false\n\
-             [discord]\nenabled = true\napi_url = {:?}\nguild_ids = [{GUILD}]\n\
+             [discord]\nenabled = true\napi_url = {:?}\nguild_ids = [{GUILD}]\n{discord_extra}\
              [quota]\ndatabase = {:?}\nmax_in_flight_per_user = 3\n{}{quota_extra}\n[http]\nlisten = \"\"\n",
             self.ds.base_url,
             self.dc.rest_url,
@@ -751,5 +762,39 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
     bot.post_containing("<t:").await;
     assert_eq!(bot.ds.calls(), 30);
     assert!(bot.ds.max_in_flight() <= 3);
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_session_asks_for_message_content_and_can_pin_a_shard_range() {
+    let mut bot = Bot::start("discord:shards = [1, 1, 2]\n").await;
+    let identify = bot.dc.identifies().remove(0);
+    assert_eq!(
+        identify["shard"],
+        json!([1, 2]),
+        "only shard 1 of 2 runs here"
+    );
+    let intents = identify["intents"].as_u64().unwrap();
+    for (bit, name) in [
+        (1 << 0, "GUILDS"),
+        (1 << 9, "GUILD_MESSAGES"),
+        (1 << 12, "DIRECT_MESSAGES"),
+        (1 << 15, "MESSAGE_CONTENT"),
+    ] {
+        assert!(intents & bit != 0, "{name} intent");
+    }
+    let commands = bot.dc.commands();
+    let names: Vec<&str> = commands.iter().filter_map(|c| c["name"].as_str()).collect();
+    for name in ["edit", "quota", "quota-admin", "help", "Edit image"] {
+        assert!(names.contains(&name), "{name} registered: {names:?}");
+    }
+    let admin = commands
+        .iter()
+        .find(|c| c["name"] == "quota-admin")
+        .unwrap();
+    assert_eq!(
+        admin["default_member_permissions"], "32",
+        "Manage Server by default"
+    );
     bot.stop().await;
 }
