@@ -1,11 +1,12 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), one JSON object per
-//! line when `LOG_FORMAT=json`. HTTP client crates are capped at `info` so that no request URL
-//! (Telegram's contain the bot token) is ever logged.
+//! line when `LOG_FORMAT=json`. HTTP, websocket and chat client crates are capped at `info`, so
+//! no request URL (Telegram's contain the bot token) or gateway payload (Discord's IDENTIFY holds
+//! the token) is ever logged.
 
 use tracing_subscriber::EnvFilter;
 
 /// Crates kept at `info` at most (see [`init`]).
-pub const QUIET: [&str; 8] = [
+pub const QUIET: [&str; 11] = [
     "reqwest",
     "hyper",
     "hyper_util",
@@ -14,6 +15,9 @@ pub const QUIET: [&str; 8] = [
     "teloxide_core",
     "teloxide",
     "tungstenite",
+    "tokio_tungstenite",
+    "serenity",
+    "async_tungstenite",
 ];
 
 /// Installs the global subscriber. Safe to call once per process.

@@ -80,6 +80,51 @@ pub struct Deliveries {
     pub stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// What a front-end does with its job events.
+pub trait FrontEnd: Send + Sync + 'static {
+    /// A worker took the job (typing indicators…); quick, runs in order.
+    fn started(&self, spec: JobSpec) -> BoxFuture<'_, ()>;
+    /// The job ended: post the result or the failure; runs alongside other deliveries.
+    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, ()>;
+}
+
+/// Feeds job events to `front` until `stop` fires (then the events already queued are handled)
+/// or the engine is gone, and waits for every delivery it started.
+pub async fn pump<F: FrontEnd>(
+    front: Arc<F>,
+    mut events: mpsc::Receiver<JobEvent>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut deliveries = tokio::task::JoinSet::new();
+    let handle = |event: JobEvent, deliveries: &mut tokio::task::JoinSet<()>| match event {
+        JobEvent::Started(spec) => Some(spec),
+        JobEvent::Finished(outcome) => {
+            deliveries.spawn(Arc::clone(&front).finished(outcome));
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => if let Some(spec) = handle(event, &mut deliveries) {
+                    front.started(spec).await;
+                },
+                None => break,
+            },
+            _ = &mut stop => {
+                while let Ok(event) = events.try_recv() {
+                    if let Some(spec) = handle(event, &mut deliveries) {
+                        front.started(spec).await;
+                    }
+                }
+                break;
+            }
+            Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+        }
+    }
+    while deliveries.join_next().await.is_some() {}
+}
+
 /// How a job ended, for the front-end to post.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -216,6 +261,34 @@ impl Engine {
             position,
             waits,
             granted,
+        })
+    }
+
+    /// For 🔁: the job `job_id` again — same inputs, chat and prompt, a new random seed — as
+    /// job `new_id` of `user`, answered through `route`. `None` when the job is not known (any
+    /// more).
+    pub async fn again(
+        &self,
+        job_id: &str,
+        new_id: String,
+        user: UserRef,
+        route: serde_json::Value,
+    ) -> Option<JobSpec> {
+        let stored = self.quotas.stored_spec(job_id).await?;
+        let old: JobSpec = serde_json::from_str(&stored).ok()?;
+        let seed = rand::random_range(0..=super::command::MAX_SEED);
+        let command = EditCommand {
+            seed: Some(seed),
+            ..old.command
+        };
+        Some(JobSpec {
+            id: new_id,
+            user,
+            chat: old.chat,
+            group: old.group,
+            inputs: old.inputs,
+            command,
+            route,
         })
     }
 

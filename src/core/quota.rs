@@ -465,6 +465,37 @@ impl Quotas {
         Ok(())
     }
 
+    /// Delivered images per user of `platform` in the current window, most first (at most
+    /// `limit` rows), and the window's start.
+    pub async fn top_users(
+        &self,
+        platform: Platform,
+        limit: usize,
+    ) -> Result<(DateTime<Utc>, Vec<ReportRow>), StoreError> {
+        let since = self.limits.window.start(self.clock.now());
+        let rows = blocking(&self.ledger, move |l| l.report(since, ReportBy::User)).await?;
+        let prefix = format!("{}:", platform.as_str());
+        let mut rows: Vec<ReportRow> = rows
+            .into_iter()
+            .filter_map(|mut r| {
+                r.key = r.key.strip_prefix(&prefix)?.to_owned();
+                Some(r)
+            })
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.images));
+        rows.truncate(limit);
+        Ok((since, rows))
+    }
+
+    /// The stored description of a job, if it is still kept.
+    pub async fn stored_spec(&self, job_id: &str) -> Option<String> {
+        let id = job_id.to_owned();
+        blocking(&self.ledger, move |l| l.job_spec(&id))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Forgets the user's usage so far in this window.
     pub async fn reset(&self, user: &UserRef) -> Result<(), StoreError> {
         let (u, now) = (user.clone(), self.clock.now());

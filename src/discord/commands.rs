@@ -7,7 +7,7 @@ use serenity::all::{
 
 use super::Discord;
 use super::intake::ephemeral;
-use crate::core::quota::{Platform, ReportBy, UserRef};
+use crate::core::quota::{Platform, UserRef};
 use crate::messages::{self, Lang};
 
 fn definitions() -> Vec<CreateCommand> {
@@ -195,23 +195,13 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
 }
 
 async fn usage(dc: &Discord, lang: Lang) -> Result<String, crate::core::quota::StoreError> {
-    let quotas = dc.engine.quotas();
-    let since = quotas.limits().window.start(quotas.now());
-    let ledger = quotas.ledger().clone();
-    let rows = tokio::task::spawn_blocking(move || ledger.report(since, ReportBy::User))
-        .await
-        .map_err(|e| crate::core::quota::StoreError(e.to_string()))??;
-    let mut rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| r.key.starts_with("discord:"))
-        .collect();
+    let (since, rows) = dc.engine.quotas().top_users(Platform::Discord, 20).await?;
     if rows.is_empty() {
         return Ok(messages::admin::usage_empty(lang));
     }
-    rows.sort_by_key(|r| std::cmp::Reverse(r.images));
     let mut out = messages::admin::usage_header(lang, &messages::discord_time(since));
-    for r in rows.iter().take(20) {
-        let id = r.key.trim_start_matches("discord:");
+    for r in &rows {
+        let id = &r.key;
         out.push_str(&format!(
             "\n<@{id}> — {} ({} jobs, {} failed)",
             r.images, r.jobs, r.failed

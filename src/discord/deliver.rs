@@ -11,14 +11,13 @@ use serenity::all::{
     EditInteractionResponse, EditMessage, GuildId, Message, MessageId, PremiumTier,
 };
 use serenity::builder::Builder;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use super::intake::{REACT_DONE, REACT_FAILED};
 use super::{Discord, Route};
+use crate::core::edit::BoxFuture;
 use crate::core::error::{Failure, FailureReason};
 use crate::core::image::{FitLimits, fit_upload};
-use crate::core::jobs::{Delivery, JobEvent, Outcome};
+use crate::core::jobs::{Delivery, FrontEnd, JobSpec, Outcome};
 use crate::messages;
 
 const SEND_ATTEMPTS: u32 = 4;
@@ -28,30 +27,6 @@ const POSITION_EVERY: Duration = Duration::from_secs(3);
 const TYPICAL_JOB: Duration = Duration::from_secs(20);
 /// Default upload limit (boosted guilds allow more).
 const DEFAULT_UPLOAD_LIMIT: u64 = 10 * 1024 * 1024;
-
-pub async fn consume(
-    dc: Arc<Discord>,
-    mut events: mpsc::Receiver<JobEvent>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut deliveries = JoinSet::new();
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => dc.on_event(event, &mut deliveries).await,
-                None => break,
-            },
-            _ = &mut stop => {
-                while let Ok(event) = events.try_recv() {
-                    dc.on_event(event, &mut deliveries).await;
-                }
-                break;
-            }
-            Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
-        }
-    }
-    while deliveries.join_next().await.is_some() {}
-}
 
 /// Every few seconds, updates the position and ETA of waiting jobs.
 pub async fn position_ticker(dc: Arc<Discord>) {
@@ -78,29 +53,32 @@ fn route_of(value: &serde_json::Value) -> Option<Route> {
     serde_json::from_value(value.clone()).ok()
 }
 
+impl FrontEnd for Discord {
+    fn started(&self, spec: JobSpec) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.start(&spec.id, &spec.route).await })
+    }
+
+    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.finish(outcome).await })
+    }
+}
+
 impl Discord {
-    async fn on_event(self: &Arc<Self>, event: JobEvent, deliveries: &mut JoinSet<()>) {
-        match event {
-            JobEvent::Started(spec) => {
-                let Some(route) = route_of(&spec.route) else {
-                    return;
-                };
-                let (http, channel) = (self.http.clone(), route.channel());
-                let typing = tokio::spawn(async move {
-                    loop {
-                        let _ = channel.broadcast_typing(&http).await;
-                        tokio::time::sleep(TYPING_EVERY).await;
-                    }
-                });
-                let mut f = self.feedback.entry(spec.id.clone()).or_default();
-                f.typing = Some(typing.abort_handle());
-                f.last_position = None;
+    /// A worker took the job: show typing until it ends.
+    async fn start(&self, job_id: &str, route_value: &serde_json::Value) {
+        let Some(route) = route_of(route_value) else {
+            return;
+        };
+        let (http, channel) = (self.http.clone(), route.channel());
+        let typing = tokio::spawn(async move {
+            loop {
+                let _ = channel.broadcast_typing(&http).await;
+                tokio::time::sleep(TYPING_EVERY).await;
             }
-            JobEvent::Finished(outcome) => {
-                let dc = Arc::clone(self);
-                deliveries.spawn(async move { dc.finish(outcome).await });
-            }
-        }
+        });
+        let mut f = self.feedback.entry(job_id.to_owned()).or_default();
+        f.typing = Some(typing.abort_handle());
+        f.last_position = None;
     }
 
     /// Shows where a waiting job stands: edits the deferred interaction, or a status message.

@@ -318,14 +318,19 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
     let Some(job_id) = button.data.custom_id.strip_prefix("again:") else {
         return;
     };
-    let ledger = dc.engine.quotas().ledger().clone();
-    let id = job_id.to_owned();
-    let stored = tokio::task::spawn_blocking(move || ledger.job_spec(&id))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let Some(old) = stored.and_then(|s| serde_json::from_str::<JobSpec>(&s).ok()) else {
+    let route = Route {
+        channel_id: button.channel_id.get(),
+        guild_id: button.guild_id.map(|g| g.get()),
+        reply_to: Some(button.message.id.get()),
+        user_id: button.user.id.get(),
+        lang,
+        interaction_token: Some(button.token.clone()),
+        upload_limit: Some(u64::from(button.attachment_size_limit)),
+    };
+    let user = UserRef::new(Platform::Discord, button.user.id.get().to_string());
+    let route_value = serde_json::to_value(&route).unwrap_or_default();
+    let id = format!("dc-b-{}", button.id.get());
+    let Some(spec) = dc.engine.again(job_id, id, user, route_value).await else {
         let reply = CreateInteractionResponseMessage::new()
             .content(messages::again_expired(lang))
             .ephemeral(true);
@@ -338,27 +343,6 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
     if button.create_response(&dc.http, defer).await.is_err() {
         return;
     }
-    let route = Route {
-        channel_id: button.channel_id.get(),
-        guild_id: button.guild_id.map(|g| g.get()),
-        reply_to: Some(button.message.id.get()),
-        user_id: button.user.id.get(),
-        lang,
-        interaction_token: Some(button.token.clone()),
-        upload_limit: Some(u64::from(button.attachment_size_limit)),
-    };
-    let command = EditCommand {
-        seed: Some(rand::random_range(0..=crate::core::command::MAX_SEED)),
-        ..old.command
-    };
-    let spec = dc.spec(
-        format!("dc-b-{}", button.id.get()),
-        button.user.id.get(),
-        button.guild_id,
-        &route,
-        old.inputs,
-        command,
-    );
     dc.submit(
         spec,
         route,

@@ -191,7 +191,7 @@ pub async fn run(
     });
     let _ = handler_tx.send(dc.clone());
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(deliver::consume(dc.clone(), events_rx, stopped));
+    let task = tokio::spawn(crate::core::jobs::pump(dc.clone(), events_rx, stopped));
     let ticker = tokio::spawn(deliver::position_ticker(dc.clone()));
     let shards = client.shard_manager.clone();
     tokio::spawn(async move {

@@ -6,7 +6,7 @@ use teloxide::types::UserId;
 
 use super::Telegram;
 use super::handler::{lang_of, send_reply};
-use crate::core::quota::{Platform, ReportBy, UserRef};
+use crate::core::quota::{Platform, UserRef};
 use crate::messages::{self, Lang};
 
 /// Commands handled here (anything else may be an edit).
@@ -139,28 +139,16 @@ async fn admin_command(
 }
 
 async fn usage(tg: &Telegram, lang: Lang) -> Result<String, crate::core::quota::StoreError> {
-    let quotas = tg.engine.quotas();
-    let since = quotas.limits().window.start(quotas.now());
-    let ledger = quotas.ledger().clone();
-    let rows = tokio::task::spawn_blocking(move || ledger.report(since, ReportBy::User))
-        .await
-        .map_err(|e| crate::core::quota::StoreError(e.to_string()))??;
-    let mut rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| r.key.starts_with("telegram:"))
-        .collect();
+    let (since, rows) = tg.engine.quotas().top_users(Platform::Telegram, 20).await?;
     if rows.is_empty() {
         return Ok(messages::admin::usage_empty(lang));
     }
-    rows.sort_by_key(|r| std::cmp::Reverse(r.images));
     let mut out = messages::admin::usage_header(lang, &messages::when(since));
-    for r in rows.iter().take(20) {
+    for r in &rows {
+        let id = &r.key;
         out.push_str(&format!(
-            "\n{} — {} ({} jobs, {} failed)",
-            r.key.trim_start_matches("telegram:"),
-            r.images,
-            r.jobs,
-            r.failed
+            "\n{id} — {} ({} jobs, {} failed)",
+            r.images, r.jobs, r.failed
         ));
     }
     Ok(out)

@@ -13,13 +13,12 @@ use teloxide::types::{
     ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia, InputMediaPhoto,
     ReactionType, ReplyParameters,
 };
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use super::handler::{REACT_DONE, REACT_FAILED};
 use super::{Route, Telegram, safe_error};
+use crate::core::edit::BoxFuture;
 use crate::core::error::{Failure, FailureReason};
-use crate::core::jobs::{Delivery, JobEvent, Outcome};
+use crate::core::jobs::{Delivery, FrontEnd, JobSpec, Outcome};
 use crate::messages;
 
 /// Attempts per send before the delivery is given up (and the quota refunded).
@@ -32,32 +31,6 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 const POSITION_EVERY: Duration = Duration::from_secs(3);
 /// A delivery that takes longer (retries included) is given up and refunded.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Reads job events until `stop` fires (then drains what is already queued) or the engine is
-/// gone, and waits for every delivery it started.
-pub async fn consume(
-    tg: Arc<Telegram>,
-    mut events: mpsc::Receiver<JobEvent>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut deliveries = JoinSet::new();
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => tg.on_event(event, &mut deliveries).await,
-                None => break,
-            },
-            _ = &mut stop => {
-                while let Ok(event) = events.try_recv() {
-                    tg.on_event(event, &mut deliveries).await;
-                }
-                break;
-            }
-            Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
-        }
-    }
-    while deliveries.join_next().await.is_some() {}
-}
 
 /// Every few seconds, tells waiting jobs their new place in the queue.
 pub async fn position_ticker(tg: Arc<Telegram>) {
@@ -96,18 +69,18 @@ fn route(value: &serde_json::Value) -> Option<Route> {
     serde_json::from_value(value.clone()).ok()
 }
 
-impl Telegram {
-    async fn on_event(self: &Arc<Self>, event: JobEvent, deliveries: &mut JoinSet<()>) {
-        match event {
-            JobEvent::Started(spec) => self.started(&spec.id, &spec.route).await,
-            JobEvent::Finished(outcome) => {
-                let tg = Arc::clone(self);
-                deliveries.spawn(async move { tg.finish(outcome).await });
-            }
-        }
+impl FrontEnd for Telegram {
+    fn started(&self, spec: JobSpec) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.start(&spec.id, &spec.route).await })
     }
 
-    async fn started(&self, job_id: &str, route_value: &serde_json::Value) {
+    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.finish(outcome).await })
+    }
+}
+
+impl Telegram {
+    async fn start(&self, job_id: &str, route_value: &serde_json::Value) {
         let Some(route) = route(route_value) else {
             return;
         };

@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 
 use super::trigger::{Candidate, ImageRef, MAX_DOWNLOAD_BYTES, candidate, command_word};
 use super::{Feedback, Route, Telegram, safe_error};
-use crate::core::command::{EditCommand, ParseContext, parse};
+use crate::core::command::{ParseContext, parse};
 use crate::core::error::Rejection;
 use crate::core::image::ImageRejection;
 use crate::core::jobs::{JobSpec, MAX_INPUTS};
@@ -225,14 +225,15 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
         tg.bot.answer_callback_query(q.id.clone()).await?;
         return Ok(());
     };
-    let ledger = tg.engine.quotas().ledger().clone();
-    let id = job_id.to_owned();
-    let stored = tokio::task::spawn_blocking(move || ledger.job_spec(&id))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let Some(old) = stored.and_then(|s| serde_json::from_str::<JobSpec>(&s).ok()) else {
+    let route = Route {
+        chat_id: result_msg.chat.id.0,
+        message_id: result_msg.id.0,
+        lang,
+    };
+    let user = UserRef::new(Platform::Telegram, q.from.id.0.to_string());
+    let route_value = serde_json::to_value(&route).unwrap_or_default();
+    let id = format!("tg-cb-{}", q.id.0);
+    let Some(spec) = tg.engine.again(job_id, id, user, route_value).await else {
         tg.bot
             .answer_callback_query(q.id.clone())
             .text(messages::again_expired(lang))
@@ -244,24 +245,6 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
         .answer_callback_query(q.id.clone())
         .text(messages::again_started(lang))
         .await?;
-    let route = Route {
-        chat_id: result_msg.chat.id.0,
-        message_id: result_msg.id.0,
-        lang,
-    };
-    let command = EditCommand {
-        seed: Some(rand::random_range(0..=crate::core::command::MAX_SEED)),
-        ..old.command
-    };
-    let spec = JobSpec {
-        id: format!("tg-cb-{}", q.id.0),
-        user: UserRef::new(Platform::Telegram, q.from.id.0.to_string()),
-        chat: old.chat,
-        group: old.group,
-        inputs: old.inputs,
-        command,
-        route: serde_json::to_value(&route).unwrap_or_default(),
-    };
     tg.submit(spec, &route).await;
     Ok(())
 }
