@@ -135,6 +135,16 @@ pub async fn serve(
         ),
     };
     let workers = engine.spawn_workers();
+    let pruner = {
+        let quotas = engine.quotas().clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                prune_specs(&quotas).await;
+            }
+        })
+    };
     // One shutdown for both front-ends; either one ending (or failing) stops the other too.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_on_signal = stop_tx.clone();
@@ -188,6 +198,7 @@ pub async fn serve(
         Duration::from_secs(c.shutdown_grace_secs),
     )
     .await;
+    pruner.abort();
     let _ = ops_stop.send(());
     if let Some(ops) = ops {
         let _ = ops.await;

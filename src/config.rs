@@ -236,6 +236,12 @@ impl Settings {
         if self.config.telegram.enabled && s.telegram_bot_token.is_none() {
             out.push("telegram is enabled but TELEGRAM_BOT_TOKEN is not set (nor TELEGRAM_BOT_TOKEN_FILE)".into());
         }
+        let t = &self.config.telegram;
+        if t.enabled && t.mode == "webhook" && s.telegram_webhook_secret.is_none() {
+            out.push(
+                "telegram.mode = \"webhook\" needs TELEGRAM_WEBHOOK_SECRET (else anyone could post updates)".into(),
+            );
+        }
         if self.config.discord.enabled && s.discord_token.is_none() {
             out.push(
                 "discord is enabled but DISCORD_TOKEN is not set (nor DISCORD_TOKEN_FILE)".into(),

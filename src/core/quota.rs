@@ -358,8 +358,13 @@ pub struct Quotas {
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
     limits: Limits,
-    settings: DashMap<UserRef, UserSettings>,
+    /// Hot copy of per-user settings with when it was read; trusted for [`SETTINGS_TTL`] (the
+    /// CLI or another process may change the store meanwhile).
+    settings: DashMap<UserRef, (UserSettings, std::time::Instant)>,
 }
+
+/// How long a cached block is trusted without asking the store.
+const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Quotas {
     pub fn new(ledger: Arc<dyn Ledger>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
@@ -388,11 +393,24 @@ impl Quotas {
         &self,
         r: Reservation,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError> {
-        if self.settings.get(&r.user).is_some_and(|s| s.blocked) {
+        let cached = self.settings.get(&r.user).map(|e| *e.value());
+        if cached.is_some_and(|(s, at)| s.blocked && at.elapsed() < SETTINGS_TTL) {
             return Ok(Err(QuotaRejection::Blocked));
         }
-        let (limits, now) = (self.limits, self.clock.now());
-        blocking(&self.ledger, move |l| l.reserve(&r, &limits, now)).await
+        let (limits, now, user) = (self.limits, self.clock.now(), r.user.clone());
+        let verdict = blocking(&self.ledger, move |l| l.reserve(&r, &limits, now)).await?;
+        // Remember a block (the common repeat offender) so the next refusal skips the disk.
+        if verdict == Err(QuotaRejection::Blocked) {
+            let settings = UserSettings {
+                blocked: true,
+                ..UserSettings::default()
+            };
+            self.settings
+                .insert(user, (settings, std::time::Instant::now()));
+        } else if cached.is_some() {
+            self.settings.remove(&user);
+        }
+        Ok(verdict)
     }
 
     pub async fn mark_running(&self, job_id: &str) -> Result<(), StoreError> {
@@ -440,7 +458,8 @@ impl Quotas {
             Ok((s, l.used(&u, limits.window.start(now))?))
         })
         .await?;
-        self.settings.insert(user.clone(), settings);
+        self.settings
+            .insert(user.clone(), (settings, std::time::Instant::now()));
         Ok(UserQuota {
             used,
             limit: settings.limit_override.unwrap_or(limits.per_user),

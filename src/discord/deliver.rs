@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serenity::all::{
     ButtonStyle, CreateActionRow, CreateAttachment, CreateButton, CreateMessage,
-    EditInteractionResponse, EditMessage, GuildId, Message, MessageId, PremiumTier,
+    EditInteractionResponse, EditMessage, GuildId, Message, MessageId, MessageReference,
+    PremiumTier,
 };
 use serenity::builder::Builder;
 
@@ -124,7 +125,10 @@ impl Discord {
     /// Sends a message replying to the request (or mentioning the user), retrying.
     async fn post(&self, route: &Route, message: CreateMessage) -> serenity::Result<Message> {
         let message = match route.reply_to {
-            Some(to) => message.reference_message((route.channel(), MessageId::new(to))),
+            Some(to) => message.reference_message(
+                MessageReference::from((route.channel(), MessageId::new(to)))
+                    .fail_if_not_exists(false),
+            ),
             None => message,
         };
         let mut attempt = 0;

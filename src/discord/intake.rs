@@ -7,6 +7,8 @@ use serenity::all::{
     Message, MessageId, ModalInteraction, ReactionType, ResolvedValue,
 };
 
+use tracing::Instrument as _;
+
 use super::{Discord, Feedback, Route, group_of};
 use crate::core::command::{EditCommand, ParseContext, parse};
 use crate::core::error::Rejection;
@@ -73,7 +75,10 @@ pub async fn on_message(dc: &Discord, msg: &Message) {
         user = msg.author.id.get(),
         message = msg.id.get()
     );
-    let _enter = span.enter();
+    text_request(dc, msg, &text).instrument(span).await;
+}
+
+async fn text_request(dc: &Discord, msg: &Message, text: &str) {
     let lang = Lang::En;
     let route = Route {
         channel_id: msg.channel_id.get(),
@@ -84,7 +89,7 @@ pub async fn on_message(dc: &Discord, msg: &Message) {
         interaction_token: None,
         upload_limit: None,
     };
-    let command = match parse(&text, ParseContext::default()) {
+    let command = match parse(text, ParseContext::default()) {
         Ok(Some(c)) => c,
         Ok(None) => return,
         Err(e) => {
@@ -416,19 +421,21 @@ impl Discord {
         } else {
             None
         };
+        // Before submitting: a worker may start (and even finish) the job at once.
+        let feedback = Feedback {
+            route: Some(route.clone()),
+            ..Feedback::default()
+        };
+        self.feedback.insert(job_id.clone(), feedback);
         let result = match rejection {
             Some(r) => Err(r),
             None => self.engine.submit(spec).await,
         };
+        if result.is_err() {
+            self.feedback.remove(&job_id);
+        }
         match result {
             Ok(accepted) => {
-                self.feedback.insert(
-                    job_id.clone(),
-                    Feedback {
-                        route: Some(route.clone()),
-                        ..Feedback::default()
-                    },
-                );
                 tracing::info!(job_id = %job_id, position = accepted.position, "edit request accepted");
                 if deferred.is_none() {
                     self.react(&route, REACT_WORKING).await;

@@ -238,15 +238,19 @@ impl Telegram {
                 .await?;
             }
         }
-        // Albums cannot carry buttons: the caption and 🔁 follow in a message of their own.
-        retrying(|| {
+        // Albums cannot carry buttons: the caption and 🔁 follow in a message of their own. The
+        // images are delivered by now, so a failure here does not undo the delivery.
+        let caption_sent = retrying(|| {
             self.bot
                 .send_message(route.chat(), caption)
                 .reply_parameters(reply.clone())
                 .reply_markup(again.clone())
                 .send()
         })
-        .await?;
+        .await;
+        if let Err(e) = caption_sent {
+            tracing::warn!(error = %safe_error(&e), "the caption after an album could not be sent");
+        }
         Ok(())
     }
 

@@ -122,9 +122,14 @@ impl Telegram {
     pub(super) async fn submit(&self, spec: JobSpec, route: &Route) {
         let job_id = spec.id.clone();
         tracing::info!(job_id = %job_id, user = %spec.user, inputs = spec.inputs.len(), "edit request");
-        match self.engine.submit(spec).await {
+        // Before submitting: a worker may start (and even finish) the job at once.
+        self.feedback.insert(job_id.clone(), Feedback::default());
+        let result = self.engine.submit(spec).await;
+        if result.is_err() {
+            self.feedback.remove(&job_id);
+        }
+        match result {
             Ok(accepted) => {
-                self.feedback.insert(job_id.clone(), Feedback::default());
                 let waiting = accepted.waits.then_some(accepted.position);
                 self.acknowledge(&job_id, route, waiting).await;
             }
@@ -157,7 +162,14 @@ impl Telegram {
             Some(text) => send_reply(&self.bot, route.chat(), route.message(), &text).await,
             None => None,
         };
-        if let Some(mut f) = self.feedback.get_mut(job_id) {
+        let Some(mut f) = self.feedback.get_mut(job_id) else {
+            // The job finished meanwhile: nothing will clean the status message up later.
+            if let Some(status) = status {
+                let _ = self.bot.delete_message(route.chat(), status).await;
+            }
+            return;
+        };
+        {
             f.reacted = reacted;
             f.status = status;
             f.last_position = waiting;

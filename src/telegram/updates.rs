@@ -171,7 +171,7 @@ async fn on_post(State(s): State<Arc<HookState>>, headers: HeaderMap, body: Byte
         let given = headers
             .get("X-Telegram-Bot-Api-Secret-Token")
             .and_then(|v| v.to_str().ok());
-        if given != Some(secret.as_str()) {
+        if !given.is_some_and(|g| same(g.as_bytes(), secret.as_bytes())) {
             return StatusCode::UNAUTHORIZED;
         }
     }
@@ -180,6 +180,15 @@ async fn on_post(State(s): State<Arc<HookState>>, headers: HeaderMap, body: Byte
         tracing::warn!("webhook body is not an update; ignored");
         return StatusCode::OK;
     };
-    handle(&s.tg, update).await;
+    // Detached: if Telegram hangs up mid-request, the handler still runs to the end (a dropped
+    // handler could leave a reserved job half-queued); Telegram then retries and the job id
+    // makes that a no-op.
+    let tg = Arc::clone(&s.tg);
+    let _ = tokio::spawn(async move { handle(&tg, update).await }).await;
     StatusCode::OK
+}
+
+/// Compares without an early exit, so timing does not reveal the secret.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -161,6 +161,23 @@ impl Bot {
         panic!("no post containing {needle:?}; calls: {all:#?}");
     }
 
+    /// The first `count` posts that carry a file (results, not status or error messages).
+    async fn results(&self, count: usize) -> Vec<dc::Call> {
+        for _ in 0..1500 {
+            let found: Vec<dc::Call> = self
+                .dc
+                .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+                .into_iter()
+                .filter(|c| c.file("files[0]").is_some())
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {count} results posted");
+    }
+
     /// Interaction callbacks (POST /interactions/{id}/{token}/callback), in order.
     async fn callbacks(&self, count: usize) -> Vec<dc::Call> {
         self.dc
@@ -210,7 +227,7 @@ async fn a_text_edit_replying_to_an_image_message_gets_the_result_as_a_reply() {
         Some(original),
     );
     bot.dc.dispatch("MESSAGE_CREATE", request);
-    let post = bot.posts(1).await.remove(0);
+    let post = bot.results(1).await.remove(0);
     assert_eq!(replied_to(&post), Some(6001));
     assert_eq!(images::dims(&uploaded(&post)).1, 64);
     assert!(
@@ -273,7 +290,7 @@ async fn attachments_with_the_command_and_mentions_are_edits_too() {
         None,
     );
     bot.dc.dispatch("MESSAGE_CREATE", plain);
-    let posts = bot.posts(2).await;
+    let posts = bot.results(2).await;
     let mut targets: Vec<u64> = posts.iter().filter_map(replied_to).collect();
     targets.sort();
     assert_eq!(targets, [6100, 6101]);
@@ -594,7 +611,7 @@ async fn again_works_after_a_restart() {
         None,
     );
     bot.dc.dispatch("MESSAGE_CREATE", request);
-    let first = bot.posts(1).await.remove(0);
+    let first = bot.results(1).await.remove(0);
     let custom_id = first.json["components"][0]["components"][0]["custom_id"]
         .as_str()
         .unwrap()
@@ -628,7 +645,7 @@ async fn again_works_after_a_restart() {
             "en-US",
         ),
     );
-    let again = bot.posts(2).await.remove(1);
+    let again = bot.results(2).await.remove(1);
     assert_eq!(replied_to(&again), Some(900_000));
     let seen = bot.ds.seen();
     assert_eq!(seen.len(), 2);

@@ -1,0 +1,185 @@
+//! End-to-end benchmark: `cargo bench --bench e2e`.
+//!
+//! Runs the real binary (release build) against the test fakes (Telegram Bot API, DashScope) on
+//! 127.0.0.1 and prints the measurements of PERFORMANCE.md that this bot can be held to:
+//! - Telegram: 2048×1536 photo with `/edit …` → `sendPhoto`, median of 30 (backend latency 0);
+//! - resident memory idle (one platform) and peak after 66 edits (`/proc/PID/status`);
+//! - 30 users in one group at once, backend 0.5 s per job, 30 backend slots;
+//! - 200 jobs, backend 0.2 s, `max_concurrent = 4`: elapsed against the ideal 10 s.
+
+#[path = "../tests/it/fakes/mod.rs"]
+#[allow(dead_code)]
+mod fakes;
+
+use std::time::{Duration, Instant};
+
+use fakes::dashscope::{API_KEY, FakeDashScope};
+use fakes::images;
+use fakes::telegram::{
+    FakeTelegram, TOKEN, group_chat, message_update, photo_message, private_chat, user,
+};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qwen-edit-bot");
+
+struct Run {
+    tg: FakeTelegram,
+    ds: FakeDashScope,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+async fn start(max_concurrent: usize) -> Run {
+    let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[backend]\nbase_url = {:?}\nmax_requests_per_second = 10000.0\nmax_concurrent = {max_concurrent}\n\
+         [telegram]\nenabled = true\napi_url = {:?}\npoll_timeout_secs = 5\n\
+         [quota]\ndatabase = {:?}\nper_user = 1000\nmax_in_flight_per_user = 1000\nmax_queue = 1000\n\
+         [http]\nlisten = \"\"\n",
+        ds.base_url,
+        tg.url,
+        dir.path().join("q.sqlite3").to_str().unwrap()
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .env("TELEGRAM_BOT_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Ready once it long-polls.
+    while tg.polls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Run {
+        tg,
+        ds,
+        _dir: dir,
+        child,
+    }
+}
+
+/// VmRSS and VmHWM of the child, in MiB.
+fn memory(child: &Child) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn latency_and_memory() {
+    let run = start(4).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle, _) = memory(&run.child);
+    println!("resident memory idle, Telegram enabled          {idle:>8.1} MiB   (target <= 15)");
+    run.tg.add_file("big", images::jpeg(2048, 1536));
+    let mut times = Vec::new();
+    for i in 0..66 {
+        let before = run.tg.calls_to("sendphoto").len();
+        let m = photo_message(
+            100 + i,
+            private_chat(42),
+            user(42, "en"),
+            "big",
+            Some("/edit make it night"),
+        );
+        let pushed = Instant::now();
+        run.tg.push_update(message_update(m));
+        let sent = run.tg.wait_for("sendphoto", before + 1, 30).await;
+        let at = sent[before].at;
+        if i < 30 {
+            times.push(at.duration_since(pushed));
+        }
+        // One at a time, so each measures the whole path.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "Telegram 2048x1536 photo -> sendPhoto, median/30 {:>8.2} ms   (target <= 7.8)",
+        ms(median(times))
+    );
+    let (_, peak) = memory(&run.child);
+    println!("peak resident memory after 66 edits             {peak:>8.1} MiB   (target <= 20)");
+    assert_eq!(run.ds.calls(), 66);
+}
+
+async fn group_burst() {
+    let run = start(30).await;
+    run.ds.set_latency(Duration::from_millis(500));
+    run.tg.add_file("p", images::jpeg(800, 600));
+    let started = Instant::now();
+    for u in 0..30 {
+        let m = photo_message(
+            200 + u,
+            group_chat(-100),
+            user(1000 + i64::from(u), "en"),
+            "p",
+            Some("/edit x"),
+        );
+        run.tg.push_update(message_update(m));
+    }
+    run.tg.wait_for("sendphoto", 30, 60).await;
+    println!(
+        "30 users in one group, backend 0.5 s, 30 slots  {:>8.2} s    (target <= 0.7)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn throughput() {
+    let run = start(4).await;
+    run.ds.set_latency(Duration::from_millis(200));
+    run.tg.add_file("p", images::jpeg(800, 600));
+    let started = Instant::now();
+    for u in 0..200 {
+        let m = photo_message(
+            300 + u,
+            private_chat(2000 + i64::from(u)),
+            user(2000 + i64::from(u), "en"),
+            "p",
+            Some("/edit x"),
+        );
+        run.tg.push_update(message_update(m));
+    }
+    run.tg.wait_for("sendphoto", 200, 120).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "200 jobs, backend 0.2 s, max_concurrent 4       {elapsed:>8.2} s    ({:.3} x ideal 10 s; target <= 1.05)",
+        elapsed / 10.0
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("e2e benchmark: run with `cargo bench --bench e2e`");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        latency_and_memory().await;
+        group_burst().await;
+        throughput().await;
+    });
+}
