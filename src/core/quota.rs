@@ -339,12 +339,36 @@ pub trait Ledger: Send + Sync + 'static {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    fn settings(&self, user: &UserRef) -> Result<UserSettings, StoreError>;
-    fn set_limit(&self, user: &UserRef, limit: Option<u32>) -> Result<(), StoreError>;
-    fn set_blocked(&self, user: &UserRef, blocked: bool) -> Result<(), StoreError>;
-    fn reset_usage(&self, user: &UserRef, now: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Images reserved or committed by `user` since `since` (and since its last reset).
-    fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
+    /// The user's settings as they apply in `group` (bot-wide merged with the group's own).
+    fn settings(&self, user: &UserRef, group: Option<&str>) -> Result<UserSettings, StoreError>;
+    /// Admin changes. `scope` `None` is bot-wide (operators, CLI); `Some(group)` applies only
+    /// in that group or guild (its own admins).
+    fn set_limit(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(), StoreError>;
+    fn set_blocked(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        blocked: bool,
+    ) -> Result<(), StoreError>;
+    fn reset_usage(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Images reserved or committed by `user` since `since` (and since its last reset that
+    /// applies in `group`).
+    fn used(
+        &self,
+        user: &UserRef,
+        group: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<u32, StoreError>;
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// The job description saved with the reserve, if not pruned.
     fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError>;
@@ -360,7 +384,7 @@ pub struct Quotas {
     limits: Limits,
     /// Hot copy of per-user settings with when it was read; trusted for [`SETTINGS_TTL`] (the
     /// CLI or another process may change the store meanwhile).
-    settings: DashMap<UserRef, (UserSettings, std::time::Instant)>,
+    settings: DashMap<(UserRef, Option<String>), (UserSettings, std::time::Instant)>,
 }
 
 /// How long a cached block is trusted without asking the store.
@@ -393,11 +417,12 @@ impl Quotas {
         &self,
         r: Reservation,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError> {
-        let cached = self.settings.get(&r.user).map(|e| *e.value());
+        let key = (r.user.clone(), r.group.clone());
+        let cached = self.settings.get(&key).map(|e| *e.value());
         if cached.is_some_and(|(s, at)| s.blocked && at.elapsed() < SETTINGS_TTL) {
             return Ok(Err(QuotaRejection::Blocked));
         }
-        let (limits, now, user) = (self.limits, self.clock.now(), r.user.clone());
+        let (limits, now) = (self.limits, self.clock.now());
         let verdict = blocking(&self.ledger, move |l| l.reserve(&r, &limits, now)).await?;
         // Remember a block (the common repeat offender) so the next refusal skips the disk.
         if verdict == Err(QuotaRejection::Blocked) {
@@ -406,9 +431,9 @@ impl Quotas {
                 ..UserSettings::default()
             };
             self.settings
-                .insert(user, (settings, std::time::Instant::now()));
+                .insert(key, (settings, std::time::Instant::now()));
         } else if cached.is_some() {
-            self.settings.remove(&user);
+            self.settings.remove(&key);
         }
         Ok(verdict)
     }
@@ -450,16 +475,27 @@ impl Quotas {
         .await
     }
 
-    /// The user's standing in the current window.
+    /// The user's standing in the current window (bot-wide settings).
     pub async fn show(&self, user: &UserRef) -> Result<UserQuota, StoreError> {
+        self.show_in(user, None).await
+    }
+
+    /// The user's standing in the current window, as it applies in `group`.
+    pub async fn show_in(
+        &self,
+        user: &UserRef,
+        group: Option<&str>,
+    ) -> Result<UserQuota, StoreError> {
         let (u, now, limits) = (user.clone(), self.clock.now(), self.limits);
+        let g = group.map(str::to_owned);
         let (settings, used) = blocking(&self.ledger, move |l| {
-            let s = l.settings(&u)?;
-            Ok((s, l.used(&u, limits.window.start(now))?))
+            let s = l.settings(&u, g.as_deref())?;
+            Ok((s, l.used(&u, g.as_deref(), limits.window.start(now))?))
         })
         .await?;
+        let key = (user.clone(), group.map(str::to_owned));
         self.settings
-            .insert(user.clone(), (settings, std::time::Instant::now()));
+            .insert(key, (settings, std::time::Instant::now()));
         Ok(UserQuota {
             used,
             limit: settings.limit_override.unwrap_or(limits.per_user),
@@ -469,19 +505,46 @@ impl Quotas {
         })
     }
 
-    /// Sets (or with `None` clears) the user's own limit per window.
+    /// Sets (or with `None` clears) the user's own limit per window, bot-wide.
     pub async fn set_limit(&self, user: &UserRef, limit: Option<u32>) -> Result<(), StoreError> {
-        let u = user.clone();
-        blocking(&self.ledger, move |l| l.set_limit(&u, limit)).await?;
-        self.settings.remove(user);
+        self.set_limit_in(user, None, limit).await
+    }
+
+    /// Like [`Quotas::set_limit`], only in `scope` when given.
+    pub async fn set_limit_in(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let (u, sc) = (user.clone(), scope.map(str::to_owned));
+        blocking(&self.ledger, move |l| l.set_limit(&u, sc.as_deref(), limit)).await?;
+        self.forget(user);
         Ok(())
     }
 
     pub async fn set_blocked(&self, user: &UserRef, blocked: bool) -> Result<(), StoreError> {
-        let u = user.clone();
-        blocking(&self.ledger, move |l| l.set_blocked(&u, blocked)).await?;
-        self.settings.remove(user);
+        self.set_blocked_in(user, None, blocked).await
+    }
+
+    /// Blocks or unblocks, only in `scope` when given.
+    pub async fn set_blocked_in(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        blocked: bool,
+    ) -> Result<(), StoreError> {
+        let (u, sc) = (user.clone(), scope.map(str::to_owned));
+        blocking(&self.ledger, move |l| {
+            l.set_blocked(&u, sc.as_deref(), blocked)
+        })
+        .await?;
+        self.forget(user);
         Ok(())
+    }
+
+    fn forget(&self, user: &UserRef) {
+        self.settings.retain(|(u, _), _| u != user);
     }
 
     /// Delivered images per user of `platform` in the current window, most first (at most
@@ -515,11 +578,16 @@ impl Quotas {
             .flatten()
     }
 
-    /// Forgets the user's usage so far in this window.
+    /// Forgets the user's usage so far in this window, bot-wide.
     pub async fn reset(&self, user: &UserRef) -> Result<(), StoreError> {
-        let (u, now) = (user.clone(), self.clock.now());
-        blocking(&self.ledger, move |l| l.reset_usage(&u, now)).await?;
-        self.settings.remove(user);
+        self.reset_in(user, None).await
+    }
+
+    /// Forgets the user's usage so far, for requests in `scope` when given.
+    pub async fn reset_in(&self, user: &UserRef, scope: Option<&str>) -> Result<(), StoreError> {
+        let (u, sc, now) = (user.clone(), scope.map(str::to_owned), self.clock.now());
+        blocking(&self.ledger, move |l| l.reset_usage(&u, sc.as_deref(), now)).await?;
+        self.forget(user);
         Ok(())
     }
 }

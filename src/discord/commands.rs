@@ -127,7 +127,8 @@ fn lang(cmd: &CommandInteraction) -> Lang {
 
 pub async fn quota(dc: &Discord, cmd: &CommandInteraction) {
     let user = UserRef::new(Platform::Discord, cmd.user.id.get().to_string());
-    let text = match dc.engine.quotas().show(&user).await {
+    let guild = cmd.guild_id.map(|g| g.get().to_string());
+    let text = match dc.engine.quotas().show_in(&user, guild.as_deref()).await {
         Ok(q) => messages::quota_status_with(lang(cmd), &q, &messages::discord_time),
         Err(e) => {
             tracing::error!(error = %e, "cannot read the quota");
@@ -146,9 +147,15 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
         .as_ref()
         .and_then(|m| m.permissions)
         .is_some_and(|p| p.manage_guild() || p.administrator());
-    if !allowed {
+    // A server's admins manage quotas in that server only.
+    let Some(scope) = cmd
+        .guild_id
+        .map(|g| g.get().to_string())
+        .filter(|_| allowed)
+    else {
         return ephemeral(dc, cmd, &messages::admin::refused_discord(lang)).await;
-    }
+    };
+    let scope = Some(scope.as_str());
     let options = cmd.data.options();
     let Some(ResolvedOption {
         name,
@@ -169,19 +176,19 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
     let quotas = dc.engine.quotas();
     let result = match (*name, target, limit) {
         ("set", Some(user), Some(limit)) => quotas
-            .set_limit(&user, Some(limit))
+            .set_limit_in(&user, scope, Some(limit))
             .await
             .map(|_| messages::admin::limit_set(lang, &user.id, limit)),
         ("reset", Some(user), _) => quotas
-            .reset(&user)
+            .reset_in(&user, scope)
             .await
             .map(|_| messages::admin::reset(lang, &user.id)),
         ("block", Some(user), _) => quotas
-            .set_blocked(&user, true)
+            .set_blocked_in(&user, scope, true)
             .await
             .map(|_| messages::admin::blocked(lang, &user.id, true)),
         ("unblock", Some(user), _) => quotas
-            .set_blocked(&user, false)
+            .set_blocked_in(&user, scope, false)
             .await
             .map(|_| messages::admin::blocked(lang, &user.id, false)),
         ("usage", _, _) => usage(dc, lang).await,

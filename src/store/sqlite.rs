@@ -43,10 +43,12 @@ CREATE INDEX IF NOT EXISTS jobs_time ON jobs (created_at);
 CREATE TABLE IF NOT EXISTS users (
     platform       TEXT NOT NULL,
     user_id        TEXT NOT NULL,
+    -- '' for the whole bot (operators, CLI); a group or guild id for that chat's admins
+    scope          TEXT NOT NULL DEFAULT '',
     limit_override INTEGER,
     blocked        INTEGER NOT NULL DEFAULT 0,
     reset_at       INTEGER,
-    PRIMARY KEY (platform, user_id)
+    PRIMARY KEY (platform, user_id, scope)
 );
 ";
 
@@ -95,20 +97,65 @@ fn time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-fn settings_of(conn: &Connection, user: &UserRef) -> rusqlite::Result<UserSettings> {
-    conn.query_row(
-        "SELECT limit_override, blocked, reset_at FROM users WHERE platform = ?1 AND user_id = ?2",
-        params![user.platform.as_str(), user.id],
+/// The user's settings as they apply in `group`: the bot-wide row merged with the group's.
+/// A block anywhere blocks; the group's own limit wins over the bot-wide one; the later reset
+/// counts.
+fn settings_of(
+    conn: &Connection,
+    user: &UserRef,
+    group: Option<&str>,
+) -> rusqlite::Result<UserSettings> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT scope, limit_override, blocked, reset_at FROM users
+         WHERE platform = ?1 AND user_id = ?2 AND (scope = '' OR scope = ?3)",
+    )?;
+    let rows = stmt.query_map(
+        params![user.platform.as_str(), user.id, group.unwrap_or("")],
         |r| {
-            Ok(UserSettings {
-                limit_override: r.get::<_, Option<u32>>(0)?,
-                blocked: r.get::<_, bool>(1)?,
-                reset_at: r.get::<_, Option<i64>>(2)?.map(time),
-            })
+            Ok((
+                r.get::<_, String>(0)?,
+                UserSettings {
+                    limit_override: r.get::<_, Option<u32>>(1)?,
+                    blocked: r.get::<_, bool>(2)?,
+                    reset_at: r.get::<_, Option<i64>>(3)?.map(time),
+                },
+            ))
         },
+    )?;
+    let mut merged = UserSettings::default();
+    let mut scoped_limit = None;
+    for row in rows {
+        let (scope, s) = row?;
+        merged.blocked |= s.blocked;
+        merged.reset_at = merged.reset_at.max(s.reset_at);
+        if scope.is_empty() {
+            merged.limit_override = merged.limit_override.or(s.limit_override);
+        } else {
+            scoped_limit = s.limit_override;
+        }
+    }
+    merged.limit_override = scoped_limit.or(merged.limit_override);
+    Ok(merged)
+}
+
+/// Writes one column of the user's row in `scope` ('' = bot-wide).
+fn upsert(
+    conn: &Connection,
+    user: &UserRef,
+    scope: Option<&str>,
+    column: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO users (platform, user_id, scope, {column}) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (platform, user_id, scope) DO UPDATE SET {column} = excluded.{column}"
+    );
+    conn.execute(
+        &sql,
+        params![user.platform.as_str(), user.id, scope.unwrap_or(""), value],
     )
-    .optional()
-    .map(Option::unwrap_or_default)
+    .map_err(db)?;
+    Ok(())
 }
 
 fn used_by_user(conn: &Connection, user: &UserRef, since: i64) -> rusqlite::Result<u32> {
@@ -153,7 +200,7 @@ fn check_limits(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Result<Granted, QuotaRejection>> {
-    let settings = settings_of(conn, &r.user)?;
+    let settings = settings_of(conn, &r.user, r.group.as_deref())?;
     if settings.blocked {
         return Ok(Err(QuotaRejection::Blocked));
     }
@@ -330,46 +377,45 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
-    fn settings(&self, user: &UserRef) -> Result<UserSettings, StoreError> {
-        settings_of(&self.conn(), user).map_err(db)
+    fn settings(&self, user: &UserRef, group: Option<&str>) -> Result<UserSettings, StoreError> {
+        settings_of(&self.conn(), user, group).map_err(db)
     }
 
-    fn set_limit(&self, user: &UserRef, limit: Option<u32>) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO users (platform, user_id, limit_override) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (platform, user_id) DO UPDATE SET limit_override = excluded.limit_override",
-                params![user.platform.as_str(), user.id, limit],
-            )
-            .map_err(db)?;
-        Ok(())
+    fn set_limit(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(), StoreError> {
+        upsert(&self.conn(), user, scope, "limit_override", &limit)
     }
 
-    fn set_blocked(&self, user: &UserRef, blocked: bool) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO users (platform, user_id, blocked) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (platform, user_id) DO UPDATE SET blocked = excluded.blocked",
-                params![user.platform.as_str(), user.id, blocked],
-            )
-            .map_err(db)?;
-        Ok(())
+    fn set_blocked(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        blocked: bool,
+    ) -> Result<(), StoreError> {
+        upsert(&self.conn(), user, scope, "blocked", &blocked)
     }
 
-    fn reset_usage(&self, user: &UserRef, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO users (platform, user_id, reset_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (platform, user_id) DO UPDATE SET reset_at = excluded.reset_at",
-                params![user.platform.as_str(), user.id, ms(now) + 1],
-            )
-            .map_err(db)?;
-        Ok(())
+    fn reset_usage(
+        &self,
+        user: &UserRef,
+        scope: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        upsert(&self.conn(), user, scope, "reset_at", &(ms(now) + 1))
     }
 
-    fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError> {
+    fn used(
+        &self,
+        user: &UserRef,
+        group: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
         let conn = self.conn();
-        let settings = settings_of(&conn, user).map_err(db)?;
+        let settings = settings_of(&conn, user, group).map_err(db)?;
         let since = settings.reset_at.map_or(since, |reset| reset.max(since));
         used_by_user(&conn, user, ms(since)).map_err(db)
     }

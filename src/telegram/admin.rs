@@ -30,24 +30,37 @@ pub async fn handle(
     let mut words = args.split_whitespace();
     let text = match (word, words.next()) {
         ("help" | "start", _) => messages::help(lang),
-        ("quota", None) => own_quota(tg, from.id, lang).await,
-        ("quota" | "block" | "unblock" | "usage", sub) => {
-            if !is_admin(tg, msg, from.id).await {
-                messages::admin::refused(lang)
-            } else {
+        ("quota", None) => own_quota(tg, msg, from.id, lang).await,
+        ("quota" | "block" | "unblock" | "usage", sub) => match admin_scope(tg, msg, from.id).await
+        {
+            None => messages::admin::refused(lang),
+            Some(scope) => {
                 let rest: Vec<&str> = words.collect();
-                admin_command(tg, msg, word, sub, &rest, lang).await
+                let scope = Scoped {
+                    scope: scope.as_deref(),
+                };
+                admin_command(tg, msg, scope, (word, sub), &rest, lang).await
             }
-        }
+        },
         _ => return Ok(()),
     };
     send_reply(&tg.bot, msg.chat.id, msg.id, &text).await;
     Ok(())
 }
 
-async fn own_quota(tg: &Telegram, user: UserId, lang: Lang) -> String {
+/// The chat's group key (for per-chat limits and chat-scoped admin settings).
+fn group_of(msg: &Message) -> Option<String> {
+    (!msg.chat.is_private()).then(|| msg.chat.id.0.to_string())
+}
+
+async fn own_quota(tg: &Telegram, msg: &Message, user: UserId, lang: Lang) -> String {
     let user = UserRef::new(Platform::Telegram, user.0.to_string());
-    match tg.engine.quotas().show(&user).await {
+    match tg
+        .engine
+        .quotas()
+        .show_in(&user, group_of(msg).as_deref())
+        .await
+    {
         Ok(q) => messages::quota_status(lang, &q),
         Err(e) => {
             tracing::error!(error = %e, "cannot read the quota");
@@ -56,24 +69,32 @@ async fn own_quota(tg: &Telegram, user: UserId, lang: Lang) -> String {
     }
 }
 
-async fn is_admin(tg: &Telegram, msg: &Message, user: UserId) -> bool {
+/// Where `user` may administer quotas: `Some(None)` bot-wide (an operator of
+/// `telegram.admin_ids`), `Some(Some(chat))` only in this chat (its administrators), `None`
+/// nowhere. A chat admin's changes never reach other chats.
+async fn admin_scope(tg: &Telegram, msg: &Message, user: UserId) -> Option<Option<String>> {
     if tg
         .admin_ids
         .iter()
         .any(|id| u64::try_from(*id).ok() == Some(user.0))
     {
-        return true;
+        return Some(None);
     }
-    if msg.chat.is_private() {
-        return false;
-    }
+    let group = group_of(msg)?;
     match tg.bot.get_chat_member(msg.chat.id, user).await {
-        Ok(member) => member.is_privileged(),
+        Ok(member) if member.is_privileged() => Some(Some(group)),
+        Ok(_) => None,
         Err(e) => {
             tracing::warn!(error = %super::safe_error(&e), "getChatMember failed");
-            false
+            None
         }
     }
+}
+
+/// Where an admin command applies.
+#[derive(Clone, Copy)]
+struct Scoped<'a> {
+    scope: Option<&'a str>,
 }
 
 /// The user an admin command is about: the author of the replied-to message, or a numeric id.
@@ -88,12 +109,13 @@ fn target(msg: &Message, id_arg: Option<&str>) -> Option<UserRef> {
 async fn admin_command(
     tg: &Telegram,
     msg: &Message,
-    word: &str,
-    sub: Option<&str>,
+    at: Scoped<'_>,
+    (word, sub): (&str, Option<&str>),
     rest: &[&str],
     lang: Lang,
 ) -> String {
     let quotas = tg.engine.quotas();
+    let scope = at.scope;
     let result = match (word, sub) {
         ("quota", Some("set")) => {
             // `/quota set N` (replying) or `/quota set ID N`.
@@ -106,7 +128,7 @@ async fn admin_command(
                 return messages::admin::usage(lang);
             };
             quotas
-                .set_limit(&user, Some(limit))
+                .set_limit_in(&user, scope, Some(limit))
                 .await
                 .map(|_| messages::admin::limit_set(lang, &user.id, limit))
         }
@@ -115,7 +137,7 @@ async fn admin_command(
                 return messages::admin::usage(lang);
             };
             quotas
-                .reset(&user)
+                .reset_in(&user, scope)
                 .await
                 .map(|_| messages::admin::reset(lang, &user.id))
         }
@@ -125,7 +147,7 @@ async fn admin_command(
             };
             let block = word == "block";
             quotas
-                .set_blocked(&user, block)
+                .set_blocked_in(&user, scope, block)
                 .await
                 .map(|_| messages::admin::blocked(lang, &user.id, block))
         }

@@ -109,7 +109,11 @@ impl Bot {
             qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.dir.join("q.sqlite3")).unwrap();
         let since = chrono::Utc::now() - chrono::Duration::days(40);
         ledger
-            .used(&UserRef::new(Platform::Discord, user_id.to_string()), since)
+            .used(
+                &UserRef::new(Platform::Discord, user_id.to_string()),
+                None,
+                since,
+            )
             .unwrap()
     }
 
@@ -733,7 +737,7 @@ async fn quota_admin_needs_manage_server_every_time() {
         qwen_edit_bot::store::sqlite::SqliteLedger::open(&bot.dir.join("q.sqlite3")).unwrap();
     assert!(
         ledger
-            .settings(&UserRef::new(Platform::Discord, "7"))
+            .settings(&UserRef::new(Platform::Discord, "7"), Some("77"))
             .unwrap()
             .blocked
     );

@@ -321,3 +321,49 @@ async fn prompts_are_stored_only_when_given() {
         (None, "qwen-image-edit-plus", 1)
     );
 }
+
+#[tokio::test]
+async fn a_chat_admins_settings_apply_in_that_chat_only_and_bot_wide_ones_everywhere() {
+    let s = Setup::new(at(2026, 11, 26, 10, 0));
+    let q = s.quotas(limits(1));
+    let u = user("7");
+    // The admins of group -100 block the user and give them 5 edits, in -100 only.
+    q.set_blocked_in(&u, Some("-100"), true).await.unwrap();
+    let no = q
+        .reserve(reservation("a", "7", Some("-100"), 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(no, QuotaRejection::Blocked);
+    q.reserve(reservation("b", "7", Some("-200"), 1))
+        .await
+        .unwrap()
+        .unwrap();
+    q.set_blocked_in(&u, Some("-100"), false).await.unwrap();
+    q.set_limit_in(&u, Some("-100"), Some(5)).await.unwrap();
+    q.reserve(reservation("c", "7", Some("-100"), 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let elsewhere = q
+        .reserve(reservation("d", "7", Some("-200"), 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(elsewhere, QuotaRejection::User { limit: 1, .. }),
+        "{elsewhere:?}"
+    );
+    assert_eq!(q.show_in(&u, Some("-100")).await.unwrap().limit, 5);
+    assert_eq!(q.show(&u).await.unwrap().limit, 1);
+    // An operator's (bot-wide) block applies in every chat.
+    q.set_blocked(&u, true).await.unwrap();
+    for group in ["-100", "-200"] {
+        let no = q
+            .reserve(reservation(&format!("e{group}"), "7", Some(group), 1))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(no, QuotaRejection::Blocked);
+    }
+}

@@ -121,6 +121,7 @@ impl Bot {
         self.ledger()
             .used(
                 &UserRef::new(Platform::Telegram, user_id.to_string()),
+                None,
                 since,
             )
             .unwrap()
@@ -549,14 +550,27 @@ async fn admin_commands_are_refused_to_members_and_applied_for_admins() {
         Some("/edit x"),
     )));
     bot.text_containing("not allowed to use this bot").await;
+    // The chat admin's block is for their chat: elsewhere user 7 may edit.
+    let elsewhere = photo_message(125, group_chat(-200), user(7, "en"), "p7", Some("/edit y"));
+    bot.tg.push_update(message_update(elsewhere));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
     bot.stop().await;
     use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
     let s = bot
         .ledger()
-        .settings(&UserRef::new(Platform::Telegram, "7"))
+        .settings(&UserRef::new(Platform::Telegram, "7"), Some("-100"))
         .unwrap();
     assert_eq!((s.blocked, s.limit_override), (true, Some(9)), "persisted");
-    assert_eq!(bot.ds.calls(), 0);
+    let bot_wide = bot
+        .ledger()
+        .settings(&UserRef::new(Platform::Telegram, "7"), None)
+        .unwrap();
+    assert_eq!(
+        (bot_wide.blocked, bot_wide.limit_override),
+        (false, Some(9)),
+        "the operator's limit is bot-wide, the block is not"
+    );
+    assert_eq!(bot.ds.calls(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
