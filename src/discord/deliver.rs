@@ -26,6 +26,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(8);
 const POSITION_EVERY: Duration = Duration::from_secs(3);
 /// Rough time one job takes, for the ETA shown while waiting.
 const TYPICAL_JOB: Duration = Duration::from_secs(20);
+/// A delivery that takes longer (retries included) is given up and refunded.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Default upload limit (boosted guilds allow more).
 const DEFAULT_UPLOAD_LIMIT: u64 = 10 * 1024 * 1024;
 
@@ -216,7 +218,10 @@ impl Discord {
             .content(text)
             .add_files(files)
             .components(vec![CreateActionRow::Buttons(vec![again])]);
-        match self.post(route, message).await {
+        let sent = tokio::time::timeout(DELIVERY_TIMEOUT, self.post(route, message))
+            .await
+            .unwrap_or_else(|_| Err(serenity::Error::Other("delivery timed out")));
+        match sent {
             Ok(sent) => {
                 self.engine
                     .delivered(&outcome.job, delivery.request_id.clone())
