@@ -218,9 +218,10 @@ impl Discord {
             .content(text)
             .add_files(files)
             .components(vec![CreateActionRow::Buttons(vec![again])]);
-        let sent = tokio::time::timeout(DELIVERY_TIMEOUT, self.post(route, message))
-            .await
-            .unwrap_or_else(|_| Err(serenity::Error::Other("delivery timed out")));
+        let sent = match tokio::time::timeout(DELIVERY_TIMEOUT, self.post(route, message)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(serenity::Error::Other("delivery timed out")),
+        };
         match sent {
             Ok(sent) => {
                 self.engine
