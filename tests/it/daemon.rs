@@ -122,12 +122,14 @@ struct Daemon {
 impl Daemon {
     /// Sends SIGTERM (`-TERM`) or SIGKILL (`-KILL`).
     fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let pid = self.child.id().expect("running") as libc::pid_t;
+        let sig = match sig {
+            "-TERM" => libc::SIGTERM,
+            "-KILL" => libc::SIGKILL,
+            other => panic!("unknown signal {other}"),
+        };
+        // SAFETY: kill(2) with our own child's pid has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill failed");
     }
 
     /// Waits for the exit; returns whether it was successful, and the logs.
