@@ -213,6 +213,11 @@ impl Engine {
         self.queue.len()
     }
 
+    /// Whether the engine stopped taking jobs (shutdown).
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
     /// Jobs being worked on right now.
     pub fn in_flight(&self) -> usize {
         self.busy.load(Ordering::SeqCst)

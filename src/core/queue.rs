@@ -178,6 +178,11 @@ impl<J: Send> FairQueue<J> {
         })
     }
 
+    /// Whether [`FairQueue::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Jobs waiting (not running).
     pub fn len(&self) -> usize {
         self.lock().queued

@@ -1,6 +1,8 @@
 //! Albums arrive as separate updates sharing a `media_group_id`, with the caption on one of
 //! them. They are collected for `telegram.album_wait_ms`, then handled as one request with up
-//! to three images. The handler only records the message; a timer task does the rest.
+//! to three images. The handler only records the message; a timer task does the rest. Until
+//! the album's job is in the store, its updates are not confirmed to Telegram (see
+//! `updates::poll`), so a crash while collecting loses nothing.
 
 use std::sync::Arc;
 
@@ -47,9 +49,15 @@ impl Telegram {
             let tg = Arc::clone(self);
             tokio::spawn(async move {
                 tokio::time::sleep(tg.album_wait).await;
+                if tg.engine.is_closed() {
+                    // Shutting down: the album's updates stay unconfirmed and come back after
+                    // the restart.
+                    return;
+                }
                 if let Some((_, album)) = tg.albums.remove(&group) {
                     tg.finish_album(album).await;
                 }
+                tg.album_floor.remove(&group);
             });
         }
     }

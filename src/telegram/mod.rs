@@ -61,6 +61,9 @@ pub struct Telegram {
     admin_ids: Vec<i64>,
     album_wait: Duration,
     albums: DashMap<String, album::Album>,
+    /// Per album being collected or submitted: its lowest update id. Updates from there on are
+    /// not confirmed to Telegram until the album's job is in the store.
+    album_floor: DashMap<String, u32>,
     feedback: DashMap<String, Feedback>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -141,6 +144,7 @@ pub async fn run(
         admin_ids: cfg.admin_ids.clone(),
         album_wait: Duration::from_millis(cfg.album_wait_ms),
         albums: DashMap::new(),
+        album_floor: DashMap::new(),
         feedback: DashMap::new(),
         metrics,
     });

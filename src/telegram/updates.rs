@@ -6,7 +6,7 @@
 //! then asks for the next batch, which confirms the previous one. The webhook answers 200 only
 //! after handling; Telegram retries anything else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,10 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
         tracing::warn!(error = %safe_error(&e), "deleteWebhook failed");
     }
     tokio::pin!(shutdown);
-    let mut offset: i32 = 0;
+    // `offset` is what we confirm; `next` is past everything handled. They differ while an
+    // album is being collected: its updates are fetched again (and skipped via `seen`).
+    let (mut offset, mut next): (i32, i32) = (0, 0);
+    let mut seen: HashSet<u32> = HashSet::new();
     let mut failures: u32 = 0;
     loop {
         let request = tg
@@ -48,11 +51,27 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
                 failures = 0;
                 tg.metrics.health.set_telegram(true);
                 if let Some(last) = updates.last() {
-                    offset = i32::try_from(last.id.0)
+                    let past = i32::try_from(last.id.0)
                         .unwrap_or(i32::MAX)
                         .saturating_add(1);
+                    next = next.max(past);
                 }
-                handle_batch(&tg, updates).await;
+                let fresh: Vec<Update> = updates
+                    .into_iter()
+                    .filter(|u| seen.insert(u.id.0))
+                    .collect();
+                let idle = fresh.is_empty();
+                handle_batch(&tg, fresh).await;
+                let floor = tg.album_floor.iter().map(|f| *f.value()).min();
+                offset = floor.map_or(next, |f| next.min(i32::try_from(f).unwrap_or(i32::MAX)));
+                seen.retain(|id| i64::from(*id) >= i64::from(offset));
+                if idle && floor.is_some() {
+                    // Only held-back album updates came back: do not spin on them.
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -101,6 +120,18 @@ async fn handle_batch(tg: &Arc<Telegram>, updates: Vec<Update>) {
 }
 
 async fn handle(tg: &Arc<Telegram>, update: Update) {
+    if let UpdateKind::Message(msg) = &update.kind {
+        // The same condition as the album path of `on_message`: only collected albums hold.
+        if let Some(group) = msg
+            .media_group_id()
+            .filter(|_| super::trigger::image_of(msg).is_some())
+        {
+            tg.album_floor
+                .entry(group.0.clone())
+                .and_modify(|f| *f = (*f).min(update.id.0))
+                .or_insert(update.id.0);
+        }
+    }
     let result = match update.kind {
         UpdateKind::Message(msg) => handler::on_message(msg, Arc::clone(tg)).await,
         UpdateKind::CallbackQuery(q) => handler::on_callback(q, Arc::clone(tg)).await,

@@ -30,19 +30,27 @@ const ADMIN: i64 = 900;
 /// which go to `[backend]` (and a `[http]` table, which replaces the default one).
 fn config(tg: &FakeTelegram, ds: &FakeDashScope, dir: &std::path::Path, extra: &str) -> String {
     let db = dir.join("q.sqlite3");
-    let backend: String = extra
-        .lines()
-        .filter_map(|l| l.strip_prefix("backend:"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let section = |prefix: &str| -> String {
+        extra
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let (backend, telegram) = (section("backend:"), section("telegram:"));
+    let tg_extra = if telegram.contains("album_wait_ms") {
+        telegram
+    } else {
+        format!("album_wait_ms = 300\n{telegram}")
+    };
     let extra: String = extra
         .lines()
-        .filter(|l| !l.starts_with("backend:"))
+        .filter(|l| !l.starts_with("backend:") && !l.starts_with("telegram:"))
         .map(|l| format!("{l}\n"))
         .collect();
     format!(
         "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 3\n{backend}\
-         [telegram]\nenabled = true\napi_url = {:?}\nalbum_wait_ms = 300\npoll_timeout_secs = 1\nadmin_ids = [{ADMIN}]\n\
+         [telegram]\nenabled = true\napi_url = {:?}\npoll_timeout_secs = 1\nadmin_ids = [{ADMIN}]\n{tg_extra}\
          [quota]\ndatabase = {:?}\nmax_in_flight_per_user = 3\n{}{extra}",
         ds.base_url,
         tg.url,
@@ -932,4 +940,46 @@ async fn a_server_error_on_send_is_retried_and_the_result_still_arrives() {
     assert_eq!(reply_target(&sent[1].params), 320);
     bot.stop().await;
     assert_eq!((bot.ds.calls(), bot.used(42)), (1, 1));
+}
+
+#[tokio::test]
+async fn an_album_being_collected_at_shutdown_is_handled_after_the_restart() {
+    let mut bot = Bot::start("telegram:album_wait_ms = 3000\n").await;
+    for (i, w) in [(400, 500), (401, 600)] {
+        bot.tg.add_file(&format!("al{i}"), images::jpeg(w, 500));
+        let caption = (i == 400).then_some("/edit make them glow");
+        let m = photo_message(
+            i,
+            private_chat(42),
+            user(42, "en"),
+            &format!("al{i}"),
+            caption,
+        );
+        bot.tg
+            .push_update(message_update(with_media_group(m, "album-restart")));
+    }
+    // Wait until the bot has fetched both parts, then stop while it still collects.
+    for _ in 0..200 {
+        if bot.tg.polls().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bot.stop().await;
+    assert_eq!(bot.ds.calls(), 0, "nothing was submitted yet");
+    assert_eq!(
+        bot.tg.pending_updates(),
+        2,
+        "the album's updates were not confirmed"
+    );
+    bot.launch("telegram:album_wait_ms = 300\n");
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    let seen = bot.ds.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].images.iter().map(|i| i.1).collect::<Vec<_>>(),
+        [500, 600]
+    );
+    bot.stop().await;
+    assert_eq!(bot.tg.pending_updates(), 0);
 }
