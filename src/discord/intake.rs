@@ -79,7 +79,11 @@ pub async fn on_message(dc: &Discord, msg: &Message) {
 }
 
 async fn text_request(dc: &Discord, msg: &Message, text: &str) {
-    let lang = Lang::En;
+    // Messages carry no locale: answer in the guild's preferred language.
+    let lang = match msg.guild_id {
+        Some(guild) => dc.guild_lang(guild.get()).await,
+        None => Lang::En,
+    };
     let route = Route {
         channel_id: msg.channel_id.get(),
         guild_id: msg.guild_id.map(|g| g.get()),

@@ -67,6 +67,8 @@ pub struct Discord {
     feedback: DashMap<String, Feedback>,
     /// Upload limits learnt per guild (from its boost tier).
     upload_limits: DashMap<u64, u64>,
+    /// Preferred languages learnt per guild.
+    guild_langs: DashMap<u64, Lang>,
 }
 
 /// The REST client, pointed at `discord.api_url` (a proxy or a fake) when it is not Discord's.
@@ -188,6 +190,7 @@ pub async fn run(
         guild_ids: settings.config.discord.guild_ids.clone(),
         feedback: DashMap::new(),
         upload_limits: DashMap::new(),
+        guild_langs: DashMap::new(),
     });
     let _ = handler_tx.send(dc.clone());
     let (stop, stopped) = oneshot::channel();
@@ -207,6 +210,21 @@ pub async fn run(
     dc.metrics.health.set_discord(false);
     result?;
     Ok(Deliveries { task, stop })
+}
+
+impl Discord {
+    /// The guild's preferred language (asked once, then remembered).
+    async fn guild_lang(&self, guild: u64) -> Lang {
+        if let Some(lang) = self.guild_langs.get(&guild) {
+            return *lang;
+        }
+        let lang = match self.http.get_guild(GuildId::new(guild)).await {
+            Ok(g) => Lang::from_code(Some(&g.preferred_locale)),
+            Err(_) => return Lang::En,
+        };
+        self.guild_langs.insert(guild, lang);
+        lang
+    }
 }
 
 /// A guild id as the core's group key.
