@@ -45,6 +45,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
+
+use super::multipart;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -598,7 +600,7 @@ async fn rest_api(
     body: Bytes,
 ) -> Response {
     let at = Instant::now();
-    let path = percent_decode(uri.path());
+    let path = multipart::percent_decode(uri.path());
     let query = uri.query().unwrap_or("").to_owned();
     let (json, files) = parse_body(&headers, &body);
     let authorized = headers
@@ -1349,32 +1351,8 @@ fn parse_query(query: &str) -> HashMap<String, String> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .map(|(k, v)| (multipart::percent_decode(k), multipart::percent_decode(v)))
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                out.push(hi * 16 + lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn current_user() -> Value {
@@ -1597,7 +1575,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> (Value, Files) {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    match boundary(content_type) {
+    match multipart::boundary(content_type) {
         Some(boundary) => parse_multipart(body, &boundary),
         None if body.is_empty() => (Value::Null, Vec::new()),
         None => (
@@ -1607,99 +1585,20 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> (Value, Files) {
     }
 }
 
-fn boundary(content_type: &str) -> Option<String> {
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("multipart/form-data")
-    {
-        return None;
-    }
-    content_type
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("boundary="))
-        .map(|b| b.trim_matches('"').to_owned())
-}
-
 /// The parsed `payload_json` part (Null if none) and the file parts.
 fn parse_multipart(body: &[u8], boundary: &str) -> (Value, Files) {
     let mut json = Value::Null;
     let mut files = Vec::new();
-    for part in split_parts(body, boundary) {
-        let Some(head_end) = find(part, b"\r\n\r\n", 0) else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&part[..head_end]);
-        let data = &part[head_end + 4..];
-        let (Some(name), filename) = disposition(&head) else {
-            continue;
-        };
-        match filename {
-            Some(filename) => files.push((name, filename, data.to_vec())),
-            None if name == "payload_json" => {
-                json = serde_json::from_slice(data).unwrap_or(Value::Null);
+    for part in multipart::parts(body, boundary) {
+        match part.filename {
+            Some(filename) => files.push((part.name, filename, part.data.to_vec())),
+            None if part.name == "payload_json" => {
+                json = serde_json::from_slice(part.data).unwrap_or(Value::Null);
             }
             None => {}
         }
     }
     (json, files)
-}
-
-/// The parts between `--boundary` lines, without their framing CRLFs.
-fn split_parts<'a>(body: &'a [u8], boundary: &str) -> Vec<&'a [u8]> {
-    let delimiter = format!("--{boundary}").into_bytes();
-    let next_delimiter = [b"\r\n".as_slice(), &delimiter].concat();
-    let mut parts = Vec::new();
-    let Some(mut pos) = find(body, &delimiter, 0) else {
-        return parts;
-    };
-    loop {
-        let mut start = pos + delimiter.len();
-        if body.get(start..).is_none_or(|rest| rest.starts_with(b"--")) {
-            break;
-        }
-        if body[start..].starts_with(b"\r\n") {
-            start += 2;
-        }
-        let Some(end) = find(body, &next_delimiter, start) else {
-            break;
-        };
-        parts.push(&body[start..end]);
-        pos = end + 2;
-    }
-    parts
-}
-
-/// (name, filename) from a part's Content-Disposition header; `filename*=utf-8''...` decoded.
-fn disposition(head: &str) -> (Option<String>, Option<String>) {
-    let line = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
-        .unwrap_or("");
-    let (mut name, mut filename) = (None, None);
-    for field in line.split(';').skip(1) {
-        let Some((key, value)) = field.trim().split_once('=') else {
-            continue;
-        };
-        let value = value.trim().trim_matches('"');
-        match key.trim().to_ascii_lowercase().as_str() {
-            "name" => name = Some(value.to_owned()),
-            "filename" => filename = Some(value.to_owned()),
-            "filename*" => {
-                let encoded = value.split_once("''").map_or(value, |(_, v)| v);
-                filename = Some(percent_decode(encoded));
-            }
-            _ => {}
-        }
-    }
-    (name, filename)
-}
-
-fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,4 +3,5 @@
 pub mod dashscope;
 pub mod discord;
 pub mod images;
+pub mod multipart;
 pub mod telegram;

@@ -8,6 +8,8 @@
 //! dropped by the dispatcher as "Cannot parse an update".
 
 use std::collections::{HashMap, VecDeque};
+
+use super::multipart;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -603,7 +605,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> (Value, Vec<(String, Vec<u8>)
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    match boundary(content_type) {
+    match multipart::boundary(content_type) {
         Some(boundary) => parse_multipart(body, &boundary),
         None => {
             let params = serde_json::from_slice(body).unwrap_or_else(|_| json!({}));
@@ -612,84 +614,17 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> (Value, Vec<(String, Vec<u8>)
     }
 }
 
-fn boundary(content_type: &str) -> Option<String> {
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("multipart/form-data")
-    {
-        return None;
-    }
-    content_type
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("boundary="))
-        .map(|b| b.trim_matches('"').to_owned())
-}
-
 fn parse_multipart(body: &[u8], boundary: &str) -> (Value, Vec<(String, Vec<u8>)>) {
     let mut params = Map::new();
     let mut files = Vec::new();
-    for part in split_parts(body, boundary) {
-        let Some(head_end) = find(part, b"\r\n\r\n", 0) else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&part[..head_end]);
-        let data = &part[head_end + 4..];
-        let (Some(name), filename) = disposition(&head) else {
-            continue;
-        };
-        if filename.is_some() {
-            files.push((name, data.to_vec()));
+    for part in multipart::parts(body, boundary) {
+        if part.filename.is_some() {
+            files.push((part.name, part.data.to_vec()));
         } else {
-            params.insert(name, text_value(data));
+            params.insert(part.name, text_value(part.data));
         }
     }
     (Value::Object(params), files)
-}
-
-/// The parts between `--boundary` lines, without their framing CRLFs.
-fn split_parts<'a>(body: &'a [u8], boundary: &str) -> Vec<&'a [u8]> {
-    let delimiter = format!("--{boundary}").into_bytes();
-    let next_delimiter = [b"\r\n".as_slice(), &delimiter].concat();
-    let mut parts = Vec::new();
-    let Some(mut pos) = find(body, &delimiter, 0) else {
-        return parts;
-    };
-    loop {
-        let mut start = pos + delimiter.len();
-        if body[start..].starts_with(b"--") {
-            break;
-        }
-        if body[start..].starts_with(b"\r\n") {
-            start += 2;
-        }
-        let Some(end) = find(body, &next_delimiter, start) else {
-            break;
-        };
-        parts.push(&body[start..end]);
-        pos = end + 2;
-    }
-    parts
-}
-
-/// (name, filename) from a part's Content-Disposition header.
-fn disposition(head: &str) -> (Option<String>, Option<String>) {
-    let line = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
-        .unwrap_or("");
-    let (mut name, mut filename) = (None, None);
-    for field in line.split(';').skip(1) {
-        let Some((key, value)) = field.trim().split_once('=') else {
-            continue;
-        };
-        let value = value.trim().trim_matches('"').to_owned();
-        match key.trim().to_ascii_lowercase().as_str() {
-            "name" => name = Some(value),
-            "filename" | "filename*" => filename = Some(value),
-            _ => {}
-        }
-    }
-    (name, filename)
 }
 
 fn text_value(data: &[u8]) -> Value {
@@ -700,14 +635,6 @@ fn text_value(data: &[u8]) -> Value {
         }
     }
     Value::String(text)
-}
-
-fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
 }
 
 // ---------------------------------------------------------------------------------------------
