@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 use super::command::EditCommand;
 use super::edit::{BoxFuture, EditBackend};
 use super::error::{Failure, FailureReason, Rejection};
+pub use super::frontend::{Deliveries, FrontEnd, pump};
 use super::image::FitLimits;
 use super::pipeline::{Observer, call, download_all, fit_all};
 use super::queue::FairQueue;
@@ -71,58 +72,6 @@ pub enum JobEvent {
     Started(JobSpec),
     /// The job ended; post the result or the failure.
     Finished(Outcome),
-}
-
-/// A front-end's delivery task, which goes on after intake stopped: stop it once the workers
-/// are done, then await it.
-pub struct Deliveries {
-    pub task: tokio::task::JoinHandle<()>,
-    pub stop: tokio::sync::oneshot::Sender<()>,
-}
-
-/// What a front-end does with its job events.
-pub trait FrontEnd: Send + Sync + 'static {
-    /// A worker took the job (typing indicators…); quick, runs in order.
-    fn started(&self, spec: JobSpec) -> BoxFuture<'_, ()>;
-    /// The job ended: post the result or the failure; runs alongside other deliveries.
-    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, ()>;
-}
-
-/// Feeds job events to `front` until `stop` fires (then the events already queued are handled)
-/// or the engine is gone, and waits for every delivery it started.
-pub async fn pump<F: FrontEnd>(
-    front: Arc<F>,
-    mut events: mpsc::Receiver<JobEvent>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut deliveries = tokio::task::JoinSet::new();
-    let handle = |event: JobEvent, deliveries: &mut tokio::task::JoinSet<()>| match event {
-        JobEvent::Started(spec) => Some(spec),
-        JobEvent::Finished(outcome) => {
-            deliveries.spawn(Arc::clone(&front).finished(outcome));
-            None
-        }
-    };
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => if let Some(spec) = handle(event, &mut deliveries) {
-                    front.started(spec).await;
-                },
-                None => break,
-            },
-            _ = &mut stop => {
-                while let Ok(event) = events.try_recv() {
-                    if let Some(spec) = handle(event, &mut deliveries) {
-                        front.started(spec).await;
-                    }
-                }
-                break;
-            }
-            Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
-        }
-    }
-    while deliveries.join_next().await.is_some() {}
 }
 
 /// How a job ended, for the front-end to post.
