@@ -100,7 +100,6 @@ pub async fn serve(
         );
     }
     let quotas = quotas(&settings)?;
-    prune_specs(&quotas).await;
     let backend = backend(&settings)?;
     let metrics = Arc::new(Metrics::new());
     let mut engine = Engine::new(quotas, backend, engine_config(&settings));

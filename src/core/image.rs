@@ -5,6 +5,7 @@
 //! allocated), turned upright by its EXIF orientation, resized into range and re-encoded. The
 //! decode path is CPU work: async callers run [`fit`] on a blocking thread.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use base64::Engine as _;
@@ -355,9 +356,10 @@ fn encode_within(
     })
 }
 
-fn resize(img: &DynamicImage, w: u32, h: u32) -> Result<DynamicImage, ImageRejection> {
+/// `img` at (w, h); borrowed when it already has that size (no copy of the pixels).
+fn resize(img: &DynamicImage, w: u32, h: u32) -> Result<Cow<'_, DynamicImage>, ImageRejection> {
     if img.width() == w && img.height() == h {
-        return Ok(img.clone());
+        return Ok(Cow::Borrowed(img));
     }
     let pixel = if img.color().has_alpha() {
         fr::PixelType::U8x4
@@ -376,7 +378,7 @@ fn resize(img: &DynamicImage, w: u32, h: u32) -> Result<DynamicImage, ImageRejec
     } else {
         image::RgbImage::from_raw(w, h, buf).map(DynamicImage::ImageRgb8)
     };
-    out.ok_or(ImageRejection::Corrupt)
+    out.map(Cow::Owned).ok_or(ImageRejection::Corrupt)
 }
 
 fn encode(

@@ -167,6 +167,11 @@ impl Engine {
         self.queue.is_closed()
     }
 
+    /// How many jobs can run at once.
+    pub fn workers(&self) -> usize {
+        self.cfg.workers.max(1)
+    }
+
     /// Jobs being worked on right now.
     pub fn in_flight(&self) -> usize {
         self.busy.load(Ordering::SeqCst)
@@ -210,7 +215,7 @@ impl Engine {
                 answered: None,
             },
         );
-        let waits = position > 0 || self.busy.load(Ordering::SeqCst) >= self.cfg.workers.max(1);
+        let waits = position > 0 || self.busy.load(Ordering::SeqCst) >= self.workers();
         Ok(Accepted {
             position,
             waits,
@@ -248,7 +253,7 @@ impl Engine {
 
     /// Starts `cfg.workers` workers; they end when the queue is closed and drained.
     pub fn spawn_workers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.cfg.workers.max(1))
+        (0..self.workers())
             .map(|_| {
                 let me = Arc::clone(self);
                 tokio::spawn(async move {

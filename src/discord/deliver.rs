@@ -86,7 +86,7 @@ impl Discord {
 
     /// Shows where a waiting job stands: edits the deferred interaction, or a status message.
     pub(super) async fn show_position(&self, job_id: &str, route: &Route, ahead: usize) {
-        let workers = 1 + self.engine.in_flight().max(1) as u32;
+        let workers = self.engine.workers() as u32;
         let eta = chrono::Utc::now()
             + chrono::Duration::from_std(TYPICAL_JOB * (ahead as u32 + 1) / workers)
                 .unwrap_or_default();

@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 use super::{Discord, Feedback, Route, group_of};
 use crate::core::command::{EditCommand, ParseContext, parse};
 use crate::core::error::Rejection;
-use crate::core::jobs::{JobSpec, MAX_INPUTS};
+use crate::core::jobs::JobSpec;
 use crate::core::quota::{Platform, QuotaRejection, UserRef};
 use crate::messages::{self, Lang};
 
@@ -418,23 +418,13 @@ impl Discord {
     /// Submits a job and shows that it was taken, or why not.
     async fn submit(&self, spec: JobSpec, route: Route, deferred: Option<Deferred>) {
         let job_id = spec.id.clone();
-        let rejection = if spec.inputs.is_empty() {
-            Some(Rejection::NoImage)
-        } else if spec.inputs.len() > MAX_INPUTS {
-            Some(Rejection::TooManyImages(spec.inputs.len()))
-        } else {
-            None
-        };
         // Before submitting: a worker may start (and even finish) the job at once.
         let feedback = Feedback {
             route: Some(route.clone()),
             ..Feedback::default()
         };
         self.feedback.insert(job_id.clone(), feedback);
-        let result = match rejection {
-            Some(r) => Err(r),
-            None => self.engine.submit(spec).await,
-        };
+        let result = self.engine.submit(spec).await;
         if result.is_err() {
             self.feedback.remove(&job_id);
         }
