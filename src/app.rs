@@ -154,32 +154,32 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Whichever front-end ends (or fails to start) first stops the other one too.
+    let ended = |r| {
+        let _ = stop_tx.send(true);
+        Some(r)
+    };
+    let (e, m) = (&engine, &metrics);
     let (tg, dc) = tokio::join!(
         async {
-            let t = telegram?;
             let r = crate::telegram::run(
-                t,
-                engine.clone(),
-                metrics.clone(),
+                telegram?,
+                e.clone(),
+                m.clone(),
                 &settings,
                 stopped(stop_rx.clone()),
-            )
-            .await;
-            let _ = stop_tx.send(true);
-            Some(r)
+            );
+            ended(r.await)
         },
         async {
-            let d = discord?;
             let r = crate::discord::run(
-                d,
-                engine.clone(),
-                metrics.clone(),
+                discord?,
+                e.clone(),
+                m.clone(),
                 &settings,
                 stopped(stop_rx.clone()),
-            )
-            .await;
-            let _ = stop_tx.send(true);
-            Some(r)
+            );
+            ended(r.await)
         }
     );
     let mut deliveries = Vec::new();

@@ -177,18 +177,18 @@ pub async fn quota(settings: &Settings, user: &str, action: QuotaAction) -> anyh
     }
     let q = quotas.show(&user).await?;
     let mut out = format!(
-        "{user}: used {} of {}{} this {:?} window, {} left, resets {}",
+        "{user}: used {} of {}{} this {} window, {} left, resets {}",
         q.used,
         q.limit,
         if q.overridden { " (own limit)" } else { "" },
-        settings.config.quota.window,
+        settings.config.quota.window.as_str(),
         q.remaining(),
         messages::when(q.resets_at),
     );
     if q.blocked {
-        out.push_str(", BLOCKED");
+        out.push_str(", blocked");
     }
-    Ok(out.to_lowercase().replace(" utc", " UTC"))
+    Ok(out)
 }
 
 /// Parses `--by`.

@@ -291,7 +291,8 @@ pub fn quota_status_with(
     when: &dyn Fn(DateTime<Utc>) -> String,
 ) -> String {
     if q.blocked {
-        return quota(&QuotaRejection::Blocked, &when).pick(lang);
+        let (en, zh) = quota(&QuotaRejection::Blocked, &when);
+        return pick(lang, en, zh);
     }
     pick(
         lang,
@@ -308,16 +309,6 @@ pub fn quota_status_with(
             when(q.resets_at)
         ),
     )
-}
-
-trait PickPair {
-    fn pick(self, lang: Lang) -> String;
-}
-
-impl PickPair for (String, String) {
-    fn pick(self, lang: Lang) -> String {
-        pick(lang, self.0, self.1)
-    }
 }
 
 /// Caption under a result: a short echo of the prompt and what is left.

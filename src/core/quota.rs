@@ -46,6 +46,16 @@ impl Window {
         }
     }
 
+    /// The name used in the config (`hour`, `day`, `week`, `month`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Week => "week",
+            Window::Month => "month",
+        }
+    }
+
     /// Start of the next window: when the quota resets.
     pub fn end(self, now: DateTime<Utc>) -> DateTime<Utc> {
         let start = self.start(now);

@@ -111,36 +111,17 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     })
 }
 
-/// serenity's event handler; it learns the shared state once the client exists (the state
-/// needs the client's `Http`, which knows the application id after READY).
+/// serenity's event handler: the shared state, built before the client.
 struct Handler {
-    dc: tokio::sync::OnceCell<Arc<Discord>>,
-    pending: std::sync::Mutex<Option<oneshot::Receiver<Arc<Discord>>>>,
-}
-
-impl Handler {
-    async fn dc(&self) -> Option<&Arc<Discord>> {
-        self.dc
-            .get_or_try_init(|| async {
-                let rx = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                match rx {
-                    Some(rx) => rx.await.map_err(|_| ()),
-                    None => Err(()),
-                }
-            })
-            .await
-            .ok()
-    }
+    dc: Arc<Discord>,
 }
 
 #[async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, _ctx: Context, ready: Ready) {
-        let Some(dc) = self.dc().await else { return };
+        let dc = &self.dc;
+        // Interaction responses and follow-ups are addressed by application id.
+        dc.http.set_application_id(ready.application.id);
         let _ = dc.bot_id.set(ready.user.id);
         dc.metrics.health.set_discord(true);
         tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
@@ -148,13 +129,11 @@ impl EventHandler for Handler {
     }
 
     async fn message(&self, _ctx: Context, msg: Message) {
-        let Some(dc) = self.dc().await else { return };
-        intake::on_message(dc, &msg).await;
+        intake::on_message(&self.dc, &msg).await;
     }
 
     async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
-        let Some(dc) = self.dc().await else { return };
-        intake::on_interaction(dc, interaction).await;
+        intake::on_interaction(&self.dc, interaction).await;
     }
 }
 
@@ -167,23 +146,18 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Deliveries> {
     let Prepared {
-        token, events_rx, ..
+        http,
+        token,
+        events_rx,
+        ..
     } = prepared;
     let intents = GatewayIntents::GUILDS
         | GatewayIntents::GUILD_MESSAGES
         | GatewayIntents::DIRECT_MESSAGES
         | GatewayIntents::MESSAGE_CONTENT
         | GatewayIntents::GUILD_MESSAGE_REACTIONS;
-    let (handler_tx, handler_rx) = oneshot::channel::<Arc<Discord>>();
-    let mut client =
-        ClientBuilder::new_with_http(http(&token, &settings.config.discord.api_url), intents)
-            .event_handler(Handler {
-                dc: tokio::sync::OnceCell::new(),
-                pending: std::sync::Mutex::new(Some(handler_rx)),
-            })
-            .await?;
     let dc = Arc::new(Discord {
-        http: client.http.clone(),
+        http,
         engine,
         metrics,
         bot_id: std::sync::OnceLock::new(),
@@ -192,7 +166,10 @@ pub async fn run(
         upload_limits: DashMap::new(),
         guild_langs: DashMap::new(),
     });
-    let _ = handler_tx.send(dc.clone());
+    let client_http = self::http(&token, &settings.config.discord.api_url);
+    let mut client = ClientBuilder::new_with_http(client_http, intents)
+        .event_handler(Handler { dc: dc.clone() })
+        .await?;
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(crate::core::jobs::pump(dc.clone(), events_rx, stopped));
     let ticker = tokio::spawn(deliver::position_ticker(dc.clone()));

@@ -36,10 +36,7 @@ pub async fn handle(
             None => messages::admin::refused(lang),
             Some(scope) => {
                 let rest: Vec<&str> = words.collect();
-                let scope = Scoped {
-                    scope: scope.as_deref(),
-                };
-                admin_command(tg, msg, scope, (word, sub), &rest, lang).await
+                admin_command(tg, msg, scope.as_deref(), (word, sub), &rest, lang).await
             }
         },
         _ => return Ok(()),
@@ -91,12 +88,6 @@ async fn admin_scope(tg: &Telegram, msg: &Message, user: UserId) -> Option<Optio
     }
 }
 
-/// Where an admin command applies.
-#[derive(Clone, Copy)]
-struct Scoped<'a> {
-    scope: Option<&'a str>,
-}
-
 /// The user an admin command is about: the author of the replied-to message, or a numeric id.
 fn target(msg: &Message, id_arg: Option<&str>) -> Option<UserRef> {
     let id = match id_arg.and_then(|a| a.parse::<u64>().ok()) {
@@ -109,13 +100,12 @@ fn target(msg: &Message, id_arg: Option<&str>) -> Option<UserRef> {
 async fn admin_command(
     tg: &Telegram,
     msg: &Message,
-    at: Scoped<'_>,
+    scope: Option<&str>,
     (word, sub): (&str, Option<&str>),
     rest: &[&str],
     lang: Lang,
 ) -> String {
     let quotas = tg.engine.quotas();
-    let scope = at.scope;
     let result = match (word, sub) {
         ("quota", Some("set")) => {
             // `/quota set N` (replying) or `/quota set ID N`.
