@@ -150,14 +150,9 @@ pub trait Ledger: Send + Sync + 'static {
         scope: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// Images reserved or committed by `user` since `since` (and since its last reset that
-    /// applies in `group`).
-    fn used(
-        &self,
-        user: &UserRef,
-        group: Option<&str>,
-        since: DateTime<Utc>,
-    ) -> Result<u32, StoreError>;
+    /// Images reserved or committed by `user` since `since` (see
+    /// [`UserSettings::counting_from`] for where a window's count starts).
+    fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// The job description saved with the reserve, if not pruned.
     fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError>;

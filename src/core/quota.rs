@@ -215,6 +215,15 @@ pub struct UserSettings {
     pub reset_at: Option<DateTime<Utc>>,
 }
 
+impl UserSettings {
+    /// From when usage counts in a window starting at `window_start`: the start, or a later
+    /// reset.
+    pub fn counting_from(&self, window_start: DateTime<Utc>) -> DateTime<Utc> {
+        self.reset_at
+            .map_or(window_start, |reset| reset.max(window_start))
+    }
+}
+
 /// What `/quota` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserQuota {
@@ -344,7 +353,7 @@ impl Quotas {
         let g = group.map(str::to_owned);
         let (settings, used) = blocking(&self.ledger, move |l| {
             let s = l.settings(&u, g.as_deref())?;
-            Ok((s, l.used(&u, g.as_deref(), limits.window.start(now))?))
+            Ok((s, l.used(&u, s.counting_from(limits.window.start(now)))?))
         })
         .await?;
         let key = (user.clone(), group.map(str::to_owned));

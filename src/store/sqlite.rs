@@ -210,7 +210,7 @@ fn check_limits(
     }
     let resets_at = limits.window.end(now);
     let start = limits.window.start(now);
-    let since = settings.reset_at.map_or(start, |reset| reset.max(start));
+    let since = settings.counting_from(start);
     let used = used_by_user(conn, &r.user, ms(since))?;
     if used + r.cost > limit {
         return Ok(Err(QuotaRejection::User {
@@ -408,16 +408,8 @@ impl Ledger for SqliteLedger {
         upsert(&self.conn(), user, scope, "reset_at", &(ms(now) + 1))
     }
 
-    fn used(
-        &self,
-        user: &UserRef,
-        group: Option<&str>,
-        since: DateTime<Utc>,
-    ) -> Result<u32, StoreError> {
-        let conn = self.conn();
-        let settings = settings_of(&conn, user, group).map_err(db)?;
-        let since = settings.reset_at.map_or(since, |reset| reset.max(since));
-        used_by_user(&conn, user, ms(since)).map_err(db)
+    fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError> {
+        used_by_user(&self.conn(), user, ms(since)).map_err(db)
     }
 
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

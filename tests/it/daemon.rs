@@ -340,11 +340,7 @@ async fn killed_at_random_moments_it_loses_no_job_and_charges_exactly_what_it_de
     let used: u32 = (7000..7040)
         .map(|u| {
             store
-                .used(
-                    &UserRef::new(Platform::Telegram, u.to_string()),
-                    None,
-                    since,
-                )
+                .used(&UserRef::new(Platform::Telegram, u.to_string()), since)
                 .unwrap()
         })
         .sum();

@@ -109,11 +109,7 @@ impl Bot {
             qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.dir.join("q.sqlite3")).unwrap();
         let since = chrono::Utc::now() - chrono::Duration::days(40);
         ledger
-            .used(
-                &UserRef::new(Platform::Discord, user_id.to_string()),
-                None,
-                since,
-            )
+            .used(&UserRef::new(Platform::Discord, user_id.to_string()), since)
             .unwrap()
     }
 

@@ -129,7 +129,6 @@ impl Bot {
         self.ledger()
             .used(
                 &UserRef::new(Platform::Telegram, user_id.to_string()),
-                None,
                 since,
             )
             .unwrap()
