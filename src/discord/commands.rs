@@ -119,10 +119,7 @@ pub async fn register(dc: &Discord) {
 }
 
 fn lang(cmd: &CommandInteraction) -> Lang {
-    match Lang::from_code(Some(&cmd.locale)) {
-        Lang::Zh => Lang::Zh,
-        Lang::En => Lang::from_code(cmd.guild_locale.as_deref()),
-    }
+    super::intake::lang_of(&cmd.locale, cmd.guild_locale.as_deref())
 }
 
 pub async fn quota(dc: &Discord, cmd: &CommandInteraction) {

@@ -24,7 +24,8 @@ pub const REACT_FAILED: &str = "❌";
 /// Images in the latest messages the slash command looks through when given none.
 const LATEST_LOOKBACK: u8 = 50;
 
-fn lang_of(locale: &str, guild_locale: Option<&str>) -> Lang {
+/// The interaction's language: its user's locale when Chinese, else the guild's.
+pub(super) fn lang_of(locale: &str, guild_locale: Option<&str>) -> Lang {
     match Lang::from_code(Some(locale)) {
         Lang::Zh => Lang::Zh,
         Lang::En => Lang::from_code(guild_locale),

@@ -54,13 +54,8 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
         }
         let Some(c) = candidate(&msg) else {
             if msg.chat.is_private() && super::trigger::image_of(&msg).is_some() {
-                reply(
-                    &tg,
-                    &msg.chat.id,
-                    msg.id,
-                    &messages::caption_hint(lang_of(msg.from.as_ref())),
-                )
-                .await;
+                let hint = messages::caption_hint(lang_of(msg.from.as_ref()));
+                send_reply(&tg.bot, msg.chat.id, msg.id, &hint).await;
             }
             return Ok(());
         };
@@ -179,7 +174,7 @@ impl Telegram {
 
     pub(super) async fn refuse(&self, chat: ChatId, to: MessageId, lang: Lang, r: &Rejection) {
         tracing::info!(reason = %r, "request refused");
-        reply(self, &chat, to, &messages::rejection(lang, r)).await;
+        send_reply(&self.bot, chat, to, &messages::rejection(lang, r)).await;
     }
 }
 
@@ -215,10 +210,6 @@ pub(super) async fn send_reply(
             None
         }
     }
-}
-
-async fn reply(tg: &Telegram, chat: &ChatId, to: MessageId, text: &str) {
-    send_reply(&tg.bot, *chat, to, text).await;
 }
 
 /// 🔁 under a result: the same inputs and prompt with a new seed, charged to whoever pressed.

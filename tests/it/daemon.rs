@@ -312,24 +312,34 @@ async fn killed_at_random_moments_it_loses_no_job_and_charges_exactly_what_it_de
             got.0, got.1
         );
         if got.0 == 2 && got.1 == 0 {
-            let first = sends
+            let copies: Vec<Instant> = sends
                 .iter()
-                .find(|c| c.params["reply_parameters"]["message_id"].as_i64() == Some(id))
-                .unwrap();
-            let in_flight = kills
+                .filter(|c| c.params["reply_parameters"]["message_id"].as_i64() == Some(id))
+                .map(|c| c.at)
+                .collect();
+            // The process died between the two copies, soon after the first (under load the
+            // time from Telegram's answer to the store's commit can stretch, hence 2 s).
+            let in_flight = kills.iter().any(|k| {
+                *k > copies[0]
+                    && *k < copies[1]
+                    && k.duration_since(copies[0]) < Duration::from_secs(2)
+            });
+            let gaps: Vec<_> = kills
                 .iter()
-                .any(|k| *k >= first.at && k.duration_since(first.at) < Duration::from_millis(300));
+                .map(|k| k.checked_duration_since(copies[0]))
+                .collect();
             assert!(
                 in_flight,
-                "{context}: sent twice without a kill during the first send"
+                "{context}: sent twice without a kill right after the first send (kills after it: {gaps:?})"
             );
             resent += 1;
             continue;
         }
         assert_eq!(got.0 + got.1, 1, "{context}");
     }
+    // At most one send per worker (max_concurrent = 4) can be in flight at a kill.
     assert!(
-        resent <= kills.len(),
+        resent <= kills.len() * 4,
         "{resent} re-sent results for {} kills",
         kills.len()
     );
