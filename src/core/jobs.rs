@@ -144,10 +144,6 @@ impl Engine {
         self.sinks.insert(platform, events);
     }
 
-    pub fn backend(&self) -> &Arc<dyn EditBackend> {
-        &self.backend
-    }
-
     /// Jobs served before `job_id`, if it is still waiting.
     pub fn position(&self, job_id: &str) -> Option<usize> {
         self.queue.position(|q| q.spec.id == job_id)

@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::config::{Settings, TelegramConfig};
 use crate::core::jobs::{Deliveries, Engine, JobEvent};
-use crate::core::quota::Platform;
 use crate::messages::Lang;
 
 pub use source::TelegramSource;
@@ -201,6 +200,3 @@ async fn register_commands(bot: &Bot) {
         tracing::warn!(error = %safe_error(&e), "setMyCommands (zh) failed");
     }
 }
-
-/// The platform this front-end serves.
-pub const PLATFORM: Platform = Platform::Telegram;
