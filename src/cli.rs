@@ -79,12 +79,7 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     })
     .await??;
     let delivery = result.map_err(|reason| {
-        let failure = crate::core::error::Failure {
-            reason: reason.clone(),
-            refunded: true,
-        };
-        let text = messages::failure(Lang::En, &failure);
-        let text = text.trim_end_matches(" Your quota was refunded.");
+        let text = messages::failure_reason(Lang::En, &reason);
         anyhow::anyhow!("{text} ({reason})")
     })?;
     let paths = output_paths(&args.out, delivery.images.len());

@@ -196,7 +196,26 @@ fn quota(q: &QuotaRejection, when: &dyn Fn(DateTime<Utc>) -> String) -> (String,
 
 /// Why an accepted job produced nothing, and whether the quota came back.
 pub fn failure(lang: Lang, f: &Failure) -> String {
-    let (en, zh) = match &f.reason {
+    let (en, zh) = reason(&f.reason);
+    let (en_q, zh_q) = if f.refunded {
+        ("Your quota was refunded.", "额度已退还。")
+    } else {
+        (
+            "Your quota could not be refunded; an admin can reset it.",
+            "额度未能退还，可联系管理员重置。",
+        )
+    };
+    pick(lang, format!("{en} {en_q}"), format!("{zh}{zh_q}"))
+}
+
+/// What went wrong, without a word on quota (the CLI has none).
+pub fn failure_reason(lang: Lang, r: &FailureReason) -> String {
+    let (en, zh) = reason(r);
+    pick(lang, en, zh)
+}
+
+fn reason(r: &FailureReason) -> (String, String) {
+    match r {
         FailureReason::Image(e) => image(e),
         FailureReason::Backend(e) => backend(e),
         FailureReason::Fetch(_) => (
@@ -211,16 +230,7 @@ pub fn failure(lang: Lang, f: &Failure) -> String {
             "An internal error occurred.".into(),
             "发生内部错误。".into(),
         ),
-    };
-    let (en_q, zh_q) = if f.refunded {
-        ("Your quota was refunded.", "额度已退还。")
-    } else {
-        (
-            "Your quota could not be refunded; an admin can reset it.",
-            "额度未能退还，可联系管理员重置。",
-        )
-    };
-    pick(lang, format!("{en} {en_q}"), format!("{zh}{zh_q}"))
+    }
 }
 
 fn backend(e: &BackendError) -> (String, String) {
