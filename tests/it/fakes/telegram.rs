@@ -37,7 +37,11 @@ pub struct Call {
     pub params: Value,
     /// Multipart file parts: (part name, bytes).
     pub files: Vec<(String, Vec<u8>)>,
+    /// When the fake had read the whole request (which may be after its sender died).
     pub at: Instant,
+    /// The path segment before `/bot<token>` when `api_url` had one (see [`FakeTelegram::url_via`]),
+    /// so a test can tell which client sent a call; empty otherwise.
+    pub via: String,
 }
 
 impl Call {
@@ -136,6 +140,8 @@ impl FakeTelegram {
         let app = Router::new()
             .route("/file/{bot}/{*path}", get(download))
             .route("/{bot}/{method}", any(api))
+            .route("/{via}/file/{bot}/{*path}", get(download_via))
+            .route("/{via}/{bot}/{method}", any(api_via))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,6 +151,11 @@ impl FakeTelegram {
             url: format!("http://{addr}"),
             inner,
         }
+    }
+
+    /// `api_url` for a client whose calls are to carry `via` (see [`Call::via`]).
+    pub fn url_via(&self, via: &str) -> String {
+        format!("{}/{via}", self.url)
     }
 
     /// Queues an update (without `update_id`; ids start at 1) and wakes any long poll.
@@ -247,8 +258,28 @@ impl FakeTelegram {
 // HTTP handlers
 
 async fn api(
-    State(s): State<Arc<Inner>>,
+    state: State<Arc<Inner>>,
     Path((bot, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(state, String::new(), bot, method, headers, body).await
+}
+
+async fn api_via(
+    state: State<Arc<Inner>>,
+    Path((via, bot, method)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(state, via, bot, method, headers, body).await
+}
+
+async fn handle(
+    State(s): State<Arc<Inner>>,
+    via: String,
+    bot: String,
+    method: String,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -262,6 +293,7 @@ async fn api(
         params,
         files,
         at: Instant::now(),
+        via,
     };
     let log = if method == "getupdates" {
         &s.polls
@@ -276,6 +308,14 @@ async fn api(
         return s.get_updates(&call.params).await;
     }
     s.answer(&call)
+}
+
+async fn download_via(
+    state: State<Arc<Inner>>,
+    Path((_via, bot, path)): Path<(String, String, String)>,
+    uri: Uri,
+) -> Response {
+    download(state, Path((bot, path)), uri).await
 }
 
 async fn download(
