@@ -104,6 +104,13 @@ pub async fn serve(
     let quotas = quotas(&settings)?;
     let backend = backend(&settings)?;
     let metrics = Arc::new(Metrics::new());
+    // An enabled platform is reported down by /healthz until it has connected.
+    if c.telegram.enabled {
+        metrics.health.set_telegram(false);
+    }
+    if c.discord.enabled {
+        metrics.health.set_discord(false);
+    }
     let mut engine = Engine::new(quotas, backend, engine_config(&settings));
     engine.set_observer(metrics.clone());
     let telegram = match c.telegram.enabled {

@@ -200,7 +200,26 @@ fn ledger(db: &Path) -> qwen_edit_bot::store::sqlite::SqliteLedger {
 #[tokio::test]
 async fn healthz_and_metrics_report_the_running_daemon_and_a_store_that_cannot_be_written() {
     let d = Deployment::new("").await;
+    // Telegram cannot be reached at first (three polls fail, ~3.5 s of back-off): the
+    // platform is reported down until it connects.
+    d.tg.fail_next(
+        "getupdates",
+        tg::Fault::BadRequest("Bad Request: not yet"),
+        3,
+    );
     let daemon = d.spawn("info");
+    let mut first = None;
+    for _ in 0..500 {
+        first = d.get("/healthz").await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = first.expect("/healthz answers");
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["down"], serde_json::json!(["telegram"]));
     let health = d.wait_healthy().await;
     assert_eq!(health["components"]["telegram"]["ok"], true);
     assert_eq!(health["components"]["store"]["ok"], true);

@@ -58,6 +58,8 @@ struct Inner {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     latency: Mutex<Duration>,
+    /// While true, successful calls wait (see [`FakeDashScope::hold`]).
+    held: tokio::sync::watch::Sender<bool>,
     model: Mutex<String>,
     result_size: Mutex<(u32, u32)>,
     result_bytes: Mutex<Option<Vec<u8>>>,
@@ -130,6 +132,20 @@ impl FakeDashScope {
         self.inner.downloads.lock().unwrap().clone()
     }
 
+    /// Successful calls wait from now until [`FakeDashScope::release`].
+    pub fn hold(&self) {
+        self.inner.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.inner.held.send_replace(false);
+    }
+
+    /// Calls being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.inner.max_in_flight.load(Ordering::SeqCst)
     }
@@ -179,6 +195,7 @@ async fn answer(s: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
         .to_owned();
     match reply {
         Reply::Ok(count) => {
+            let _ = s.held.subscribe().wait_for(|held| !*held).await;
             let latency = *s.latency.lock().unwrap();
             tokio::time::sleep(latency).await;
             let urls: Vec<String> = (0..count)
