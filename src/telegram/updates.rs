@@ -62,10 +62,9 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
                     .collect();
                 let idle = fresh.is_empty();
                 handle_batch(&tg, fresh).await;
-                let floor = tg.album_floor.iter().map(|f| *f.value()).min();
-                offset = floor.map_or(next, |f| next.min(i32::try_from(f).unwrap_or(i32::MAX)));
+                offset = confirmable(&tg, next);
                 seen.retain(|id| i64::from(*id) >= i64::from(offset));
-                if idle && floor.is_some() {
+                if idle && offset < next {
                     // Only held-back album updates came back: do not spin on them.
                     tokio::select! {
                         _ = &mut shutdown => break,
@@ -88,7 +87,9 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             }
         }
     }
-    // Confirm the last handled batch, so a restart does not see it again.
+    // Confirm the last handled batch, so a restart does not see it again; albums submitted
+    // since the last poll are included, those still being collected are not.
+    let offset = confirmable(&tg, next);
     if offset > 0 {
         let _ = tg
             .bot
@@ -98,6 +99,12 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             .timeout(0)
             .await;
     }
+}
+
+/// The offset that confirms everything before `next` except albums still being collected.
+fn confirmable(tg: &Telegram, next: i32) -> i32 {
+    let floor = tg.album_floor.iter().map(|f| *f.value()).min();
+    floor.map_or(next, |f| next.min(i32::try_from(f).unwrap_or(i32::MAX)))
 }
 
 /// Handles a batch: each chat's updates in order, different chats at once.
