@@ -312,9 +312,11 @@ async fn calls_are_spaced_by_the_rate_limit() {
     }
     let mut at: Vec<_> = fake.seen().iter().map(|s| s.at).collect();
     at.sort();
-    // 5 calls at 20/s with a burst of 1: at least 4 gaps of 50 ms.
+    // 5 calls at 20/s with a burst of 1: 4 gaps of 50 ms leave the client. The fake notes a
+    // call once it has read it, which a loaded machine can delay by some milliseconds, so the
+    // bound keeps a margin (without the limiter the five arrive within a few ms).
     assert!(
-        at[4] - at[0] >= Duration::from_millis(190),
+        at[4] - at[0] >= Duration::from_millis(150),
         "{:?}",
         at[4] - at[0]
     );
