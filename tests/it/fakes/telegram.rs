@@ -233,6 +233,11 @@ impl FakeTelegram {
         queue.extend(std::iter::repeat_n(fault, times));
     }
 
+    /// Drops the faults still queued for `method`.
+    pub fn clear_faults(&self, method: &str) {
+        lock(&self.inner.faults).remove(&method.to_ascii_lowercase());
+    }
+
     /// What getChatMember answers for this chat and user (default `member`).
     pub fn set_member_status(&self, chat_id: i64, user_id: i64, status: &str) {
         lock(&self.inner.members).insert((chat_id, user_id), status.to_owned());
