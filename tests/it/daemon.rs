@@ -200,12 +200,8 @@ fn ledger(db: &Path) -> qwen_edit_bot::store::sqlite::SqliteLedger {
 #[tokio::test]
 async fn healthz_and_metrics_report_the_running_daemon_and_a_store_that_cannot_be_written() {
     let d = Deployment::new("").await;
-    // Telegram's polls fail until the test has seen the platform reported down.
-    d.tg.fail_next(
-        "getupdates",
-        tg::Fault::BadRequest("Bad Request: not yet"),
-        100,
-    );
+    // Telegram does not answer getMe until the test has seen the platform reported down.
+    d.tg.hold("getme");
     let daemon = d.spawn("info");
     let mut first = None;
     for _ in 0..500 {
@@ -219,7 +215,7 @@ async fn healthz_and_metrics_report_the_running_daemon_and_a_store_that_cannot_b
     assert_eq!(status, 503, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["down"], serde_json::json!(["telegram"]));
-    d.tg.clear_faults("getupdates");
+    d.tg.release("getme");
     let health = d.wait_healthy().await;
     assert_eq!(health["components"]["telegram"]["ok"], true);
     assert_eq!(health["components"]["store"]["ok"], true);

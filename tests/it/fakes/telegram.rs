@@ -107,6 +107,8 @@ struct Inner {
     downloads: Mutex<Vec<String>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     members: Mutex<HashMap<(i64, i64), String>>,
+    /// Methods whose calls wait (see [`FakeTelegram::hold`]).
+    held: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
 }
 
 /// A running fake. It lives until the test's runtime ends.
@@ -136,6 +138,7 @@ impl FakeTelegram {
             downloads: Mutex::default(),
             faults: Mutex::default(),
             members: Mutex::default(),
+            held: Default::default(),
         });
         let app = Router::new()
             .route("/file/{bot}/{*path}", get(download))
@@ -233,9 +236,19 @@ impl FakeTelegram {
         queue.extend(std::iter::repeat_n(fault, times));
     }
 
-    /// Drops the faults still queued for `method`.
-    pub fn clear_faults(&self, method: &str) {
-        lock(&self.inner.faults).remove(&method.to_ascii_lowercase());
+    /// Calls to `method` wait from now until [`FakeTelegram::release`].
+    pub fn hold(&self, method: &str) {
+        let method = method.to_ascii_lowercase();
+        self.inner.held.send_modify(|held| {
+            held.insert(method);
+        });
+    }
+
+    pub fn release(&self, method: &str) {
+        let method = method.to_ascii_lowercase();
+        self.inner.held.send_modify(|held| {
+            held.remove(&method);
+        });
     }
 
     /// What getChatMember answers for this chat and user (default `member`).
@@ -306,6 +319,7 @@ async fn handle(
         &s.calls
     };
     lock(log).push(call.clone());
+    let _ = s.held.subscribe().wait_for(|h| !h.contains(&method)).await;
     if let Some(fault) = s.take_fault(&method) {
         return fault_response(fault);
     }
