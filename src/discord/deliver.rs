@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serenity::all::{
     ButtonStyle, CreateActionRow, CreateAttachment, CreateButton, CreateMessage,
-    EditInteractionResponse, EditMessage, GuildId, Message, MessageId, MessageReference,
+    EditInteractionResponse, EditMessage, GuildId, Message, MessageId, MessageReference, Nonce,
     PremiumTier,
 };
 use serenity::builder::Builder;
@@ -214,10 +214,14 @@ impl Discord {
         let again = CreateButton::new(format!("again:{}", outcome.job.id))
             .label("🔁")
             .style(ButtonStyle::Secondary);
+        // Discord de-duplicates by nonce for a few minutes: a retry, or a resend after a crash
+        // that came between Discord's answer and our commit, returns the message already posted.
         let message = CreateMessage::new()
             .content(text)
             .add_files(files)
-            .components(vec![CreateActionRow::Buttons(vec![again])]);
+            .components(vec![CreateActionRow::Buttons(vec![again])])
+            .nonce(Nonce::String(result_nonce(&outcome.job.id)))
+            .enforce_nonce(true);
         let sent = match tokio::time::timeout(DELIVERY_TIMEOUT, self.post(route, message)).await {
             Ok(sent) => sent,
             Err(_) => Err(serenity::Error::Other("delivery timed out")),
@@ -339,4 +343,13 @@ fn retryable(e: &serenity::Error) -> bool {
         serenity::Error::Http(HttpError::Request(_)) => true,
         _ => false,
     }
+}
+
+/// The nonce of a job's result message: at most 25 characters, the same in every process (FNV-1a
+/// of the job id).
+fn result_nonce(job_id: &str) -> String {
+    let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("r{hash:016x}")
 }

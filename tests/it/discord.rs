@@ -744,6 +744,66 @@ async fn quota_admin_needs_manage_server_every_time() {
     );
 }
 
+#[tokio::test]
+async fn a_result_posted_just_before_a_crash_is_not_posted_again_when_the_job_resumes() {
+    let mut bot = Bot::start("").await;
+    let request = message(
+        6100,
+        CHANNEL,
+        Some(GUILD),
+        user(7, "alice"),
+        "/edit make it night",
+        vec![bot.image(6101, 640, 480)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", request);
+    let first = bot.results(1).await.remove(0);
+    bot.stop().await;
+    // As if the process had died after Discord took the post but before the commit: the job is
+    // back to "result ready", so the next start delivers it again.
+    let db = bot.dir.join("q.sqlite3");
+    let reopened = rusqlite::Connection::open(&db).unwrap();
+    let changed = reopened
+        .execute(
+            "UPDATE jobs SET status = 'ready', finished_at = NULL WHERE status = 'delivered'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(reopened);
+    bot.launch("").await;
+    let status = || -> String {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT status FROM jobs", [], |r| r.get(0))
+            .unwrap()
+    };
+    for _ in 0..500 {
+        if status() == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status(), "delivered");
+    let posts = bot
+        .dc
+        .calls_to("POST", &format!("/channels/{CHANNEL}/messages"));
+    assert_eq!(posts.len(), 2, "sent again after the restart");
+    assert_eq!(posts[1].json["nonce"], first.json["nonce"]);
+    assert_eq!(posts[1].json["enforce_nonce"], true);
+    assert!(first.json["nonce"].as_str().is_some_and(|n| n.len() <= 25));
+    let results: Vec<Value> = bot
+        .dc
+        .channel_messages(CHANNEL)
+        .into_iter()
+        .filter(|m| m["author"]["bot"] == true && m["attachments"][0].is_object())
+        .collect();
+    assert_eq!(results.len(), 1, "Discord kept one result: {results:#?}");
+    assert_eq!(bot.ds.calls(), 1, "the model was not called again");
+    bot.stop().await;
+    assert_eq!(bot.used(7), 1, "charged once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
     let mut bot = Bot::start("").await;

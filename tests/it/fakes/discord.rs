@@ -841,6 +841,20 @@ impl Inner {
             },
             ("POST", ["typing"]) => no_content(),
             ("POST", ["messages"]) => {
+                // `enforce_nonce`: a message of ours with the same nonce is returned, not made again.
+                if json["enforce_nonce"] == true && !json["nonce"].is_null() {
+                    let earlier = lock(&self.messages)
+                        .values()
+                        .find(|m| {
+                            m["channel_id"] == json!(channel.to_string())
+                                && m["author"]["id"] == bot_user()["id"]
+                                && m["nonce"] == json["nonce"]
+                        })
+                        .cloned();
+                    if let Some(earlier) = earlier {
+                        return ok(earlier);
+                    }
+                }
                 let message = self.create_message(channel, json, files, None);
                 ok(message)
             }
@@ -963,6 +977,9 @@ impl Inner {
         let attachments = self.uploaded(body, files, |n| format!("sent-{id}-{n}"));
         let mut message = message_json(id, channel, None, bot_user(), "", attachments);
         apply_edit(&mut message, body);
+        if !body["nonce"].is_null() {
+            message["nonce"] = body["nonce"].clone();
+        }
         if let Some(reference) = body.get("message_reference").filter(|r| r.is_object()) {
             let mut reference = reference.clone();
             if reference.get("channel_id").is_none_or(Value::is_null) {
