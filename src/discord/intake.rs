@@ -3,8 +3,8 @@
 
 use serenity::all::{
     ChannelId, CommandInteraction, CommandType, ComponentInteraction, CreateInteractionResponse,
-    CreateInteractionResponseFollowup, CreateInteractionResponseMessage, GetMessages, Interaction,
-    Message, MessageId, ModalInteraction, ReactionType, ResolvedValue,
+    CreateInteractionResponseMessage, EditInteractionResponse, GetMessages, Interaction, Message,
+    MessageId, ModalInteraction, ReactionType, ResolvedValue,
 };
 
 use tracing::Instrument as _;
@@ -369,27 +369,17 @@ pub enum Deferred {
 }
 
 impl Deferred {
-    /// Replaces the "thinking" state with an ephemeral note (refusals).
+    /// Replaces the "thinking" state with the refusal. (A follow-up would not do: the first
+    /// one after a deferral *becomes* the deferred message, with its visibility.)
     async fn refuse(&self, dc: &Discord, text: &str) {
-        let followup = CreateInteractionResponseFollowup::new()
-            .content(text)
-            .ephemeral(true);
+        let edit = EditInteractionResponse::new().content(text);
         let http = &dc.http;
-        let (sent, deleted) = match self {
-            Deferred::Command(c) => (
-                c.create_followup(http, followup).await,
-                c.delete_response(http).await,
-            ),
-            Deferred::Modal(m) => (
-                m.create_followup(http, followup).await,
-                m.delete_response(http).await,
-            ),
-            Deferred::Component(b) => (
-                b.create_followup(http, followup).await,
-                b.delete_response(http).await,
-            ),
+        let edited = match self {
+            Deferred::Command(c) => c.edit_response(http, edit).await,
+            Deferred::Modal(m) => m.edit_response(http, edit).await,
+            Deferred::Component(b) => b.edit_response(http, edit).await,
         };
-        if let Err(e) = sent.map(|_| ()).and(deleted) {
+        if let Err(e) = edited {
             tracing::warn!(error = %e, "cannot answer the interaction");
         }
     }

@@ -413,6 +413,48 @@ async fn the_slash_command_without_an_image_takes_the_latest_one_in_the_channel(
 }
 
 #[tokio::test]
+async fn a_slash_command_refused_after_the_deferral_shows_the_reason_in_its_place() {
+    let mut bot = Bot::start("").await;
+    // No image given and none in the channel: found out only after deferring.
+    let cmd = slash_edit(
+        7150,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![option("prompt", 3, json!("sepia"))],
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", cmd);
+    let callback = bot.callbacks(1).await.remove(0);
+    assert_eq!(callback.json["type"], 5, "deferred first");
+    let edit = bot
+        .dc
+        .wait_for("PATCH", "/webhooks/*/*/messages/@original", 1, 20)
+        .await
+        .remove(0);
+    let text = edit.json["content"].as_str().unwrap_or_default();
+    assert!(text.contains("No image"), "{text}");
+    assert_eq!(edit.status, 200);
+    assert!(
+        bot.dc
+            .calls_to("DELETE", "/webhooks/*/*/messages/@original")
+            .is_empty(),
+        "the answer is not deleted again"
+    );
+    let shown = bot
+        .dc
+        .channel_messages(CHANNEL)
+        .into_iter()
+        .find(|m| m["interaction_metadata"].is_object() || m["webhook_id"].is_string())
+        .expect("the deferred message stays in the channel");
+    assert!(shown["content"].as_str().unwrap().contains("No image"));
+    bot.stop().await;
+    assert_eq!((bot.used(8), bot.ds.calls()), (0, 0));
+}
+
+#[tokio::test]
 async fn the_message_command_asks_for_the_prompt_in_a_modal() {
     let mut bot = Bot::start("").await;
     let target = message(

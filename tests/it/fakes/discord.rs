@@ -6,8 +6,9 @@
 //!   file parts. Messages the bot sends are stored, so later GETs, edits and lists see them, and
 //!   their attachments are served under `/attachments/...` like a CDN. Interaction callbacks and
 //!   webhook follow-ups follow Discord's rules that bots trip over: a second callback for the same
-//!   token is refused (40060), and follow-ups or `@original` before any callback are refused as
-//!   "Unknown Webhook" (10015). Scripted faults ([`FakeDiscord::fail_next`]) answer with Discord's
+//!   token is refused (40060), follow-ups or `@original` before any callback are refused as
+//!   "Unknown Webhook" (10015), and the first follow-up after a deferral becomes `@original`
+//!   (keeping the deferral's visibility) instead of a message of its own. Scripted faults ([`FakeDiscord::fail_next`]) answer with Discord's
 //!   error shape; a 429 carries `retry_after` and the rate-limit headers.
 //! * **Gateway** (`gateway_url`, plain `ws://`): HELLO, IDENTIFY → READY, heartbeats → ACK,
 //!   RESUME → RESUMED (no replay of missed events: events dispatched while no session is live
@@ -1158,7 +1159,30 @@ impl Inner {
             return unknown_webhook();
         }
         match (method, rest) {
-            ("POST", []) => ok(self.create_message(state.channel, json, files, Some((0, 0)))),
+            ("POST", []) => {
+                // The first follow-up after a deferral resolves the loading message: it edits
+                // `@original`, whose visibility stays that of the deferral (`flags` ignored).
+                let loading = state.original.filter(|id| {
+                    lock(&self.messages)
+                        .get(id)
+                        .is_some_and(|m| m["flags"].as_u64().unwrap_or(0) & LOADING != 0)
+                });
+                let Some(id) = loading else {
+                    return ok(self.create_message(state.channel, json, files, Some((0, 0))));
+                };
+                if let Some(m) = lock(&self.messages).get_mut(&id) {
+                    let flags = m["flags"].as_u64().unwrap_or(0);
+                    m["flags"] = json!(flags & !LOADING);
+                }
+                let mut body = json.clone();
+                if let Some(fields) = body.as_object_mut() {
+                    fields.remove("flags");
+                }
+                match self.edit_message(id, &body, files) {
+                    Some(m) => ok(m),
+                    None => unknown_message(),
+                }
+            }
             (_, ["messages", which]) => {
                 let id = if *which == "@original" {
                     state.original
@@ -2356,8 +2380,9 @@ async fn the_fake_discord_speaks_rest_and_gateway_to_the_real_serenity_client() 
         .await
         .unwrap();
     let ids: Vec<u64> = listed.iter().map(|m| m.id.get()).collect();
-    assert_eq!(ids.len(), 6, "{ids:?}");
-    assert_eq!(fake.channel_messages(42).len(), 6);
+    // The deferred response and its first follow-up are one message.
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(fake.channel_messages(42).len(), 5);
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
     assert_eq!(
         fake.calls_to("GET", "/channels/42/messages")
