@@ -268,18 +268,23 @@ impl Discord {
         }
     }
 
+    /// An interaction's deferred response shows the failure in its place; otherwise it is a reply
+    /// to the request (or a mention).
     async fn tell_failure(&self, route: &Route, failure: &Failure) {
         let text = messages::failure(route.lang, failure);
-        match &route.interaction_token {
-            Some(token) if route.reply_to.is_none() => {
-                let edit = EditInteractionResponse::new().content(&text);
-                if edit.execute(&self.http, token).await.is_ok() {
-                    return;
-                }
-                self.say(route, &format!("<@{}> {text}", route.user_id))
-                    .await;
+        if let Some(token) = &route.interaction_token {
+            let edit = EditInteractionResponse::new().content(&text);
+            match edit.execute(&self.http, token).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "the interaction could not be edited"),
             }
-            _ => self.say(route, &text).await,
+        }
+        match route.reply_to {
+            Some(_) => self.say(route, &text).await,
+            None => {
+                self.say(route, &format!("<@{}> {text}", route.user_id))
+                    .await
+            }
         }
     }
 

@@ -503,7 +503,41 @@ async fn the_message_command_asks_for_the_prompt_in_a_modal() {
     let post = bot.post_containing("水彩").await;
     assert_eq!(replied_to(&post), Some(6300));
     assert!(post.json["content"].as_str().unwrap().contains("剩余"));
+    // The next one fails at the backend: its deferred response says so instead of thinking on.
+    bot.ds.script([Reply::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    let failing = modal_submit(
+        7202,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        &custom_id,
+        &[("prompt", "变成油画"), ("negative", "")],
+        "zh-CN",
+    );
+    let token = failing["token"].as_str().unwrap().to_owned();
+    bot.dc.dispatch("INTERACTION_CREATE", failing);
+    let told = bot
+        .dc
+        .wait_for(
+            "PATCH",
+            &format!("/webhooks/*/{token}/messages/@original"),
+            1,
+            20,
+        )
+        .await
+        .remove(0);
+    let text = told.json["content"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("内容安全") && text.contains("额度已退还"),
+        "{text}"
+    );
     bot.stop().await;
+    assert_eq!(bot.used(8), 1, "the failed one was refunded");
 }
 
 #[tokio::test]
