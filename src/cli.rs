@@ -213,7 +213,7 @@ pub async fn usage(
     let since_t = since.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
     let quotas = crate::app::quotas(settings)?;
     let ledger = quotas.ledger().clone();
-    let rows = tokio::task::spawn_blocking(move || ledger.report(since_t, by)).await??;
+    let rows = tokio::task::spawn_blocking(move || ledger.report(since_t, by, None)).await??;
     let price = settings.config.quota.price_per_image;
     let mut out = Vec::new();
     writeln!(out, "since {since}")?;

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::quota::{Granted, Limits, QuotaRejection, Reservation, UserRef, UserSettings};
+use super::quota::{Granted, Limits, Platform, QuotaRejection, Reservation, UserRef, UserSettings};
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,5 +158,12 @@ pub trait Ledger: Send + Sync + 'static {
     fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError>;
     /// Forgets job descriptions of jobs created before `before`; returns how many.
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
-    fn report(&self, since: DateTime<Utc>, by: ReportBy) -> Result<Vec<ReportRow>, StoreError>;
+    /// Usage since `since`, grouped `by`; only the jobs of one platform's group (chat or
+    /// server) when `within` is given.
+    fn report(
+        &self,
+        since: DateTime<Utc>,
+        by: ReportBy,
+        within: Option<(Platform, &str)>,
+    ) -> Result<Vec<ReportRow>, StoreError>;
 }

@@ -415,10 +415,19 @@ impl Quotas {
     pub async fn top_users(
         &self,
         platform: Platform,
+        group: Option<&str>,
         limit: usize,
     ) -> Result<(DateTime<Utc>, Vec<ReportRow>), StoreError> {
         let since = self.limits.window.start(self.clock.now());
-        let rows = blocking(&self.ledger, move |l| l.report(since, ReportBy::User)).await?;
+        let group = group.map(str::to_owned);
+        let rows = blocking(&self.ledger, move |l| {
+            l.report(
+                since,
+                ReportBy::User,
+                group.as_deref().map(|g| (platform, g)),
+            )
+        })
+        .await?;
         let prefix = format!("{}:", platform.as_str());
         let mut rows: Vec<ReportRow> = rows
             .into_iter()

@@ -188,7 +188,7 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
             .set_blocked_in(&user, scope, false)
             .await
             .map(|_| messages::admin::blocked(lang, &user.id, false)),
-        ("usage", _, _) => usage(dc, lang).await,
+        ("usage", _, _) => usage(dc, scope, lang).await,
         _ => Ok(messages::admin::usage(lang)),
     };
     let text = result.unwrap_or_else(|e| {
@@ -198,8 +198,14 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
     ephemeral(dc, cmd, &text).await;
 }
 
-async fn usage(dc: &Discord, lang: Lang) -> Result<String, crate::core::quota::StoreError> {
-    let (since, rows) = dc.engine.quotas().top_users(Platform::Discord, 20).await?;
+/// The top users of the window in this server.
+async fn usage(
+    dc: &Discord,
+    scope: Option<&str>,
+    lang: Lang,
+) -> Result<String, crate::core::quota::StoreError> {
+    let quotas = dc.engine.quotas();
+    let (since, rows) = quotas.top_users(Platform::Discord, scope, 20).await?;
     if rows.is_empty() {
         return Ok(messages::admin::usage_empty(lang));
     }

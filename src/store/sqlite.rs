@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::core::quota::{
-    Granted, JobRecord, JobStatus, Ledger, Limits, QuotaRejection, ReportBy, ReportRow,
+    Granted, JobRecord, JobStatus, Ledger, Limits, Platform, QuotaRejection, ReportBy, ReportRow,
     Reservation, StoreError, Unfinished, UserRef, UserSettings, Window,
 };
 
@@ -469,7 +469,12 @@ impl Ledger for SqliteLedger {
             .map_err(db)
     }
 
-    fn report(&self, since: DateTime<Utc>, by: ReportBy) -> Result<Vec<ReportRow>, StoreError> {
+    fn report(
+        &self,
+        since: DateTime<Utc>,
+        by: ReportBy,
+        within: Option<(Platform, &str)>,
+    ) -> Result<Vec<ReportRow>, StoreError> {
         let key = match by {
             ReportBy::User => "platform || ':' || user_id",
             ReportBy::Chat => "platform || ':' || chat_id",
@@ -480,19 +485,27 @@ impl Ledger for SqliteLedger {
                     SUM(status = 'delivered'),
                     COALESCE(SUM(CASE WHEN status = 'delivered' THEN cost END), 0),
                     SUM(status = 'failed')
-             FROM jobs WHERE created_at >= ?1 GROUP BY k ORDER BY k"
+             FROM jobs WHERE created_at >= ?1 AND (?2 IS NULL OR (platform = ?2 AND group_id = ?3))
+             GROUP BY k ORDER BY k"
         );
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql).map_err(db)?;
         let rows = stmt
-            .query_map(params![ms(since)], |r| {
-                Ok(ReportRow {
-                    key: r.get(0)?,
-                    jobs: r.get(1)?,
-                    images: r.get(2)?,
-                    failed: r.get(3)?,
-                })
-            })
+            .query_map(
+                params![
+                    ms(since),
+                    within.map(|(p, _)| p.as_str()),
+                    within.map(|(_, g)| g)
+                ],
+                |r| {
+                    Ok(ReportRow {
+                        key: r.get(0)?,
+                        jobs: r.get(1)?,
+                        images: r.get(2)?,
+                        failed: r.get(3)?,
+                    })
+                },
+            )
             .map_err(db)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(db)
     }

@@ -141,7 +141,7 @@ async fn admin_command(
                 .await
                 .map(|_| messages::admin::blocked(lang, &user.id, block))
         }
-        ("usage", _) => usage(tg, lang).await,
+        ("usage", _) => usage(tg, scope, lang).await,
         _ => return messages::admin::usage(lang),
     };
     result.unwrap_or_else(|e| {
@@ -150,8 +150,14 @@ async fn admin_command(
     })
 }
 
-async fn usage(tg: &Telegram, lang: Lang) -> Result<String, crate::core::quota::StoreError> {
-    let (since, rows) = tg.engine.quotas().top_users(Platform::Telegram, 20).await?;
+/// The top users of the window: bot-wide for operators, this chat's for its admins.
+async fn usage(
+    tg: &Telegram,
+    scope: Option<&str>,
+    lang: Lang,
+) -> Result<String, crate::core::quota::StoreError> {
+    let quotas = tg.engine.quotas();
+    let (since, rows) = quotas.top_users(Platform::Telegram, scope, 20).await?;
     if rows.is_empty() {
         return Ok(messages::admin::usage_empty(lang));
     }

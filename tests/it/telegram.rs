@@ -783,6 +783,24 @@ async fn setup_usage_and_unfit_images_behave() {
         "{}",
         report["text"]
     );
+    // A chat's own administrator sees that chat's usage only (user 42 edited in private).
+    bot.tg.add_file("in-group", images::jpeg(800, 600));
+    let in_group = photo_message(
+        173,
+        group_chat(-5),
+        user(43, "en"),
+        "in-group",
+        Some("/edit y"),
+    );
+    bot.tg.push_update(message_update(in_group));
+    bot.tg.wait_for("sendphoto", 2, 20).await;
+    bot.tg.set_member_status(-5, 77, "administrator");
+    let local = text_message(174, group_chat(-5), user(77, "en"), "/usage", None);
+    bot.tg.push_update(message_update(local));
+    let local = bot.text_containing("43 — 1").await;
+    assert_eq!(reply_target(&local), 174);
+    let text = local["text"].as_str().unwrap();
+    assert!(!text.contains("42 —"), "{text}");
     for c in bot.tg.calls() {
         assert!(
             !c.params.to_string().contains(TOKEN),
