@@ -47,6 +47,9 @@ pub enum FailureReason {
     Fetch(String),
     #[error("the result could not be delivered: {0}")]
     Delivery(String),
+    /// Restarts interrupted the job while it ran, twice: it is given up.
+    #[error("interrupted by restarts")]
+    Interrupted,
     #[error("internal error")]
     Internal,
 }
@@ -59,6 +62,7 @@ impl FailureReason {
             FailureReason::Backend(e) => e.code(),
             FailureReason::Fetch(_) => "fetch".into(),
             FailureReason::Delivery(_) => "delivery".into(),
+            FailureReason::Interrupted => "interrupted".into(),
             FailureReason::Internal => "internal".into(),
         }
     }

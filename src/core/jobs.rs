@@ -28,6 +28,9 @@ use super::quota::{Granted, JobStatus, Platform, QuotaRejection, Quotas, Reserva
 /// Most input images per edit (API.md §1.4).
 pub const MAX_INPUTS: usize = 3;
 
+/// Times a job is started before restarts that cut it off make it fail (refunded).
+const MAX_RUNS: u32 = 2;
+
 /// Fetches the bytes behind an input locator. Implemented by each front-end.
 pub trait InputSource: Send + Sync + 'static {
     fn fetch<'a>(&'a self, locator: &'a str) -> BoxFuture<'a, Result<Bytes, String>>;
@@ -99,6 +102,8 @@ struct Queued {
     granted: Granted,
     /// The backend's stored answer, for a job resumed after it.
     answered: Option<Answered>,
+    /// Restarts cut it off while running twice already: fail it (refunded) instead of running.
+    given_up: bool,
 }
 
 struct Answered {
@@ -209,6 +214,7 @@ impl Engine {
                 spec,
                 granted,
                 answered: None,
+                given_up: false,
             },
         );
         let waits = position > 0 || self.busy.load(Ordering::SeqCst) >= self.workers();
@@ -352,6 +358,9 @@ impl Engine {
 
     async fn produce(&self, q: &Queued) -> Result<Delivery, FailureReason> {
         let spec = &q.spec;
+        if q.given_up {
+            return Err(FailureReason::Interrupted);
+        }
         if let Some(done) = &q.answered {
             // The backend answered before a restart: deliver its results, no new call.
             let images = download_all(self.backend.as_ref(), &done.urls).await?;
@@ -429,6 +438,9 @@ impl Engine {
                 request_id: u.request_id.clone(),
                 urls: u.urls.clone(),
             });
+            // A running job is run once more after a restart; cut off again, it is given up
+            // (it may be what brings the process down).
+            let given_up = answered.is_none() && u.attempts >= MAX_RUNS;
             let remaining = match self.quotas.show(&spec.user).await {
                 Ok(q) => q.remaining(),
                 Err(_) => 0,
@@ -445,6 +457,7 @@ impl Engine {
                     spec,
                     granted,
                     answered,
+                    given_up,
                 },
             );
             queued += 1;

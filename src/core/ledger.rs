@@ -72,6 +72,8 @@ pub struct Unfinished {
     pub request_id: Option<String>,
     /// Result URLs when the backend had answered.
     pub urls: Vec<String>,
+    /// How many times a worker has started it.
+    pub attempts: u32,
 }
 
 /// Grouping of the usage report.

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,
     prompt      TEXT,
     spec        TEXT,
-    result_urls TEXT
+    result_urls TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('queued','running','ready');
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at INTEGER NOT NULL);
@@ -75,6 +76,19 @@ impl SqliteLedger {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Databases made before `attempts` existed.
+        let has_attempts: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'attempts'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db)?
+            > 0;
+        if !has_attempts {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+                .map_err(db)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -291,7 +305,8 @@ impl Ledger for SqliteLedger {
     fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                "UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'",
+                "UPDATE jobs SET status = 'running', started_at = ?2, attempts = attempts + 1
+                 WHERE id = ?1 AND status IN ('queued','running')",
                 params![job_id, ms(now)],
             )
             .map_err(db)?;
@@ -321,7 +336,7 @@ impl Ledger for SqliteLedger {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id, status, spec, request_id, result_urls FROM jobs
+                "SELECT id, status, spec, request_id, result_urls, attempts FROM jobs
                  WHERE status IN ('queued','running','ready') ORDER BY seq",
             )
             .map_err(db)?;
@@ -337,6 +352,7 @@ impl Ledger for SqliteLedger {
                     urls: urls
                         .and_then(|u| serde_json::from_str(&u).ok())
                         .unwrap_or_default(),
+                    attempts: r.get(5)?,
                 })
             })
             .map_err(db)?;

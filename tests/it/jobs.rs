@@ -570,6 +570,49 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
 }
 
 #[tokio::test]
+async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given_up_and_refunded() {
+    let fake = FakeDashScope::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    {
+        let (engine, quotas, _rx) = engine_on(&db, &fake);
+        for (id, user_id) in [("once", "1"), ("twice", "2")] {
+            engine
+                .submit(spec(id, user_id, &["photo"], "/edit a"))
+                .await
+                .unwrap();
+        }
+        // Earlier runs started these and died: "once" one time, "twice" two times.
+        for id in ["once", "twice", "twice"] {
+            quotas.mark_running(id).await.unwrap();
+        }
+        engine.close();
+    }
+    let (engine, quotas, mut rx) = engine_on(&db, &fake);
+    assert_eq!(engine.resume().await, 2);
+    engine.spawn_workers();
+    let mut done = HashMap::new();
+    for _ in 0..2 {
+        let out = next(&mut rx).await;
+        done.insert(out.job.id.clone(), out);
+    }
+    assert!(done["once"].result.is_ok(), "run once more");
+    let given_up = done["twice"].result.as_ref().unwrap_err();
+    assert_eq!(
+        (&given_up.reason, given_up.refunded),
+        (&FailureReason::Interrupted, true)
+    );
+    assert_eq!(fake.calls(), 1, "the given-up job did not call the backend");
+    engine.delivered(&done["once"].job, None).await;
+    assert!(quotas.ledger().unfinished().unwrap().is_empty());
+    assert_eq!(quotas.show(&user("2")).await.unwrap().used, 0);
+    assert_eq!(
+        quotas.ledger().job("twice").unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+}
+
+#[tokio::test]
 async fn the_same_job_id_is_accepted_once() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let r = rig(RigOptions::default()).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use qwen_edit_bot::core::clock::ManualClock;
 use qwen_edit_bot::core::quota::{
-    JobStatus, Limits, Platform, QuotaRejection, Quotas, Reservation, UserRef, Window,
+    JobStatus, Ledger, Limits, Platform, QuotaRejection, Quotas, Reservation, UserRef, Window,
 };
 use qwen_edit_bot::store::sqlite::SqliteLedger;
 
@@ -366,4 +366,35 @@ async fn a_chat_admins_settings_apply_in_that_chat_only_and_bot_wide_ones_everyw
             .unwrap_err();
         assert_eq!(no, QuotaRejection::Blocked);
     }
+}
+
+#[test]
+fn a_database_from_before_job_attempts_were_counted_opens_and_keeps_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite3");
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch(
+        "CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            platform TEXT NOT NULL, user_id TEXT NOT NULL, chat_id TEXT NOT NULL, group_id TEXT,
+            model TEXT NOT NULL, cost INTEGER NOT NULL, status TEXT NOT NULL,
+            created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER,
+            request_id TEXT, error TEXT, prompt TEXT, spec TEXT, result_urls TEXT);
+         INSERT INTO jobs (id, platform, user_id, chat_id, model, cost, status, created_at)
+         VALUES ('old', 'telegram', '1', '1', 'm', 1, 'running', 0);",
+    )
+    .unwrap();
+    drop(old);
+    let ledger = SqliteLedger::open(&path).unwrap();
+    let open = ledger.unfinished().unwrap();
+    assert_eq!(
+        open.iter()
+            .map(|u| (u.id.as_str(), u.attempts))
+            .collect::<Vec<_>>(),
+        [("old", 0)]
+    );
+    ledger.mark_running("old", Utc::now()).unwrap();
+    assert_eq!(ledger.unfinished().unwrap()[0].attempts, 1);
+    drop(ledger);
+    SqliteLedger::open(&path).expect("opens again once migrated");
 }
