@@ -251,11 +251,50 @@ fn backend(e: &BackendError) -> (String, String) {
             "The model took too long to answer.".into(),
             "模型响应超时。".into(),
         ),
-        _ => (
+        BackendError::Operator { code, .. } => operator(code),
+        BackendError::Throttled { .. } => (
+            "The image service is busy (rate limit). Try again in a minute.".into(),
+            "图像服务繁忙（限流），请一分钟后再试。".into(),
+        ),
+        BackendError::Malformed(_) | BackendError::Download(_) => (
+            "The image service sent back an unusable answer. Try again.".into(),
+            "图像服务返回了无法使用的结果，请重试。".into(),
+        ),
+        BackendError::Unavailable { .. } | BackendError::Network(_) => (
             "The image service is unavailable right now. Try again later.".into(),
             "图像服务暂时不可用，请稍后再试。".into(),
         ),
     }
+}
+
+/// Problems only the bot's operator can fix (key, billing, model, permission).
+fn operator(code: &str) -> (String, String) {
+    let (en, zh) = match code {
+        "InvalidApiKey" => (
+            "The image service refused the bot's API key.",
+            "图像服务拒绝了机器人的 API 密钥。",
+        ),
+        "Arrearage" | "PrepaidBillOverdue" | "PostpaidBillOverdue" | "CommodityNotPurchased" => (
+            "The bot's image service account is out of credit.",
+            "机器人的图像服务账户已欠费。",
+        ),
+        "Throttling.AllocationQuota" | "LimitRequests" => (
+            "The bot's image service allowance is used up.",
+            "机器人的图像服务额度已用完。",
+        ),
+        "ModelNotFound" | "WorkSpaceNotFound" => (
+            "The configured model is not available.",
+            "所配置的模型不可用。",
+        ),
+        _ => (
+            "The bot is not allowed to use the image service.",
+            "机器人无权使用图像服务。",
+        ),
+    };
+    (
+        format!("{en} Please tell the bot's operator."),
+        format!("{zh}请告知机器人的管理员。"),
+    )
 }
 
 /// Told when a prompt was cut to the model's limit.

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use super::command::EditCommand;
-use super::edit::{BoxFuture, EditBackend};
+use super::edit::{BackendError, BoxFuture, EditBackend};
 use super::error::{Failure, FailureReason, Rejection};
 pub use super::frontend::{Deliveries, FrontEnd, pump};
 use super::image::FitLimits;
@@ -315,7 +315,11 @@ impl Engine {
             let result = match result {
                 Ok(delivery) => Ok(delivery),
                 Err(reason) => {
-                    tracing::warn!(code = %reason.code(), error = %reason, "job failed");
+                    if let FailureReason::Backend(BackendError::Operator { .. }) = &reason {
+                        tracing::error!(code = %reason.code(), error = %reason, "job failed: the backend needs the operator");
+                    } else {
+                        tracing::warn!(code = %reason.code(), error = %reason, "job failed");
+                    }
                     let refunded = self.quotas.refund(&q.spec.id, &reason.code()).await.is_ok();
                     self.observer().job_finished(false);
                     Err(Failure { reason, refunded })

@@ -903,7 +903,7 @@ async fn every_backend_fault_ends_with_a_message_and_the_quota_back() {
                 };
                 2
             ],
-            "unavailable",
+            "busy",
         ),
         (
             vec![
@@ -917,8 +917,24 @@ async fn every_backend_fault_ends_with_a_message_and_the_quota_back() {
             "unavailable",
         ),
         (vec![Reply::Hang; 2], "took too long"),
-        (vec![Reply::Malformed], "unavailable"),
-        (vec![Reply::MissingResult], "unavailable"),
+        (vec![Reply::Malformed], "unusable"),
+        (vec![Reply::MissingResult], "unusable"),
+        (
+            vec![Reply::Error {
+                status: 401,
+                code: "InvalidApiKey",
+                retry_after: None,
+            }],
+            "refused the bot's API key. Please tell the bot's operator",
+        ),
+        (
+            vec![Reply::Error {
+                status: 400,
+                code: "Arrearage",
+                retry_after: None,
+            }],
+            "out of credit. Please tell the bot's operator",
+        ),
     ];
     for (i, (script, expected)) in faults.into_iter().enumerate() {
         bot.ds.script(script);
