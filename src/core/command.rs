@@ -118,16 +118,24 @@ fn split_word(s: &str) -> (&str, &str) {
 }
 
 /// The flag a word names, if it is one: `--seed`, `--seed=4`, or `—seed` (phones turn `--` into
-/// an em dash). A bare `--` or `--5` is prompt text.
+/// an em dash). A bare `--` or `--5` is prompt text, and so is an em-dashed word that is not one
+/// of our flags (`—night`).
 fn as_flag(word: &str) -> Option<(&str, Option<&str>)> {
-    let name = word.strip_prefix("--").or_else(|| word.strip_prefix('—'))?;
+    let (name, dashed) = match word.strip_prefix("--") {
+        Some(name) => (name, false),
+        None => (word.strip_prefix('—')?, true),
+    };
     if !name.chars().next().is_some_and(char::is_alphabetic) {
         return None;
     }
-    Some(match name.split_once('=') {
+    let (name, value) = match name.split_once('=') {
         Some((n, v)) => (n, Some(v)),
         None => (name, None),
-    })
+    };
+    if dashed && flag_named(name).is_none() {
+        return None;
+    }
+    Some((name, value))
 }
 
 #[derive(Clone, Copy)]

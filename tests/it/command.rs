@@ -39,6 +39,9 @@ fn options_may_come_first_and_use_equals_or_a_phone_em_dash() {
         (c.prompt.as_str(), c.seed, c.n),
         ("add a hat", Some(7), Some(3))
     );
+    // An em-dashed word that is not an option is prompt text; `--` words must be options.
+    let c = ok("/edit make it —night— now");
+    assert_eq!(c.prompt, "make it —night— now");
 }
 
 #[test]
