@@ -105,10 +105,12 @@ impl Telegram {
                     .await;
             }
             Some(None) => {}
-            // Not ours (e.g. resumed after a restart): still stop the loop when it ends.
+            // Not ours (resumed after a restart): still stop the loop when it ends, and turn the
+            // previous run's reaction into the final one.
             None => {
                 let f = super::Feedback {
                     typing: Some(typing.abort_handle()),
+                    reacted: true,
                     ..Default::default()
                 };
                 self.feedback.insert(job_id.to_owned(), f);

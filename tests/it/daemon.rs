@@ -288,6 +288,24 @@ async fn sigterm_finishes_running_jobs_and_the_queued_ones_resume_after_a_restar
         "{answered:?}"
     );
     assert_eq!(d.ds.calls(), 8);
+    // The 👀 of the jobs that waited across the restart became 👌 too.
+    let done = || -> Vec<i64> {
+        let mut ids: Vec<i64> =
+            d.tg.calls_to("setmessagereaction")
+                .iter()
+                .filter(|c| c.params["reaction"].to_string().contains("👌"))
+                .filter_map(|c| c.int("message_id"))
+                .collect();
+        ids.sort();
+        ids
+    };
+    for _ in 0..500 {
+        if done().len() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(done(), (100..108).collect::<Vec<i64>>());
     daemon.stop().await;
 }
 
