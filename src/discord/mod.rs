@@ -122,10 +122,13 @@ impl EventHandler for Handler {
         let dc = &self.dc;
         // Interaction responses and follow-ups are addressed by application id.
         dc.http.set_application_id(ready.application.id);
-        let _ = dc.bot_id.set(ready.user.id);
+        // Every shard, and every new session, sends READY; commands are registered once.
+        let first = dc.bot_id.set(ready.user.id).is_ok();
         dc.metrics.health.set_discord(true);
         tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
-        commands::register(dc).await;
+        if first {
+            commands::register(dc).await;
+        }
     }
 
     async fn message(&self, _ctx: Context, msg: Message) {
