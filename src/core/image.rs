@@ -190,18 +190,48 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     })
 }
 
-/// Cheap check for a cut-off file: JPEG needs its end-of-image marker after the scan data (the
-/// entropy-coded data never contains `FF D9`), PNG its `IEND` chunk, WEBP the bytes its RIFF
-/// header promises. Data appended after the end (motion photos) is fine.
+/// Cheap check for a cut-off file: JPEG needs its end-of-image marker after the start of the
+/// scan data (the entropy-coded data never contains `FF D9`; an EXIF thumbnail's own marker sits
+/// in a segment before the scan and does not count), PNG its `IEND` chunk, WEBP the bytes its
+/// RIFF header promises. Data appended after the end (motion photos) is fine.
 fn looks_complete(format: Format, bytes: &[u8]) -> bool {
     match format {
-        Format::Jpeg => bytes.windows(2).rev().any(|w| w == [0xFF, 0xD9]),
+        Format::Jpeg => {
+            let scan = jpeg_scan_start(bytes).unwrap_or(0);
+            bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9])
+        }
         Format::Png => bytes.windows(4).rev().any(|w| w == b"IEND"),
         Format::WebP => bytes
             .get(4..8)
             .map(|n| u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize)
             .is_some_and(|riff| bytes.len() >= riff.saturating_add(8)),
         Format::Gif | Format::Bmp | Format::Tiff => true,
+    }
+}
+
+/// Where a JPEG's first scan starts: the segments after SOI are skipped by their lengths up to
+/// SOS. `None` when the segment chain cannot be followed.
+fn jpeg_scan_start(bytes: &[u8]) -> Option<usize> {
+    let mut at = 2;
+    loop {
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        let marker = *bytes.get(at + 1)?;
+        match marker {
+            0xFF => at += 1, // fill byte
+            0xD8 | 0x01 | 0xD0..=0xD7 => at += 2,
+            _ => {
+                let len = usize::from(u16::from_be_bytes([
+                    *bytes.get(at + 2)?,
+                    *bytes.get(at + 3)?,
+                ]));
+                if marker == 0xDA {
+                    return Some(at + 2 + len);
+                }
+                at += 2 + len;
+            }
+        }
     }
 }
 

@@ -72,6 +72,23 @@ fn truncated_zero_byte_and_non_image_inputs_are_refused_with_a_reason() {
     let mut truncated = images::jpeg(5000, 3750);
     truncated.truncate(truncated.len() / 3);
     assert_eq!(fit_default(truncated).unwrap_err(), ImageRejection::Corrupt);
+    // Cut off mid-scan, with a complete thumbnail (and its end marker) in an APP1 segment.
+    let thumbnail = images::jpeg(64, 48);
+    let main = images::jpeg(1000, 750);
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&thumbnail);
+    let mut with_thumbnail = main[..2].to_vec();
+    with_thumbnail.extend_from_slice(&[0xFF, 0xE1]);
+    with_thumbnail.extend_from_slice(&u16::try_from(payload.len() + 2).unwrap().to_be_bytes());
+    with_thumbnail.extend_from_slice(&payload);
+    with_thumbnail.extend_from_slice(&main[2..]);
+    let whole = fit_default(with_thumbnail.clone()).expect("the whole file is fine");
+    assert_eq!((whole.width, whole.height), (1000, 750));
+    with_thumbnail.truncate(with_thumbnail.len() - main.len() / 3);
+    assert_eq!(
+        fit_default(with_thumbnail).unwrap_err(),
+        ImageRejection::Corrupt
+    );
     assert_eq!(fit_default(Vec::new()).unwrap_err(), ImageRejection::Empty);
     assert_eq!(
         fit_default(b"%PDF-1.7 hello".to_vec()).unwrap_err(),
