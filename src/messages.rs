@@ -226,6 +226,10 @@ fn reason(r: &FailureReason) -> (String, String) {
             "The result could not be posted here.".into(),
             "结果无法发送到这里。".into(),
         ),
+        FailureReason::Earlier(code) => (
+            format!("Your edit failed ({code})."),
+            format!("编辑失败（{code}）。"),
+        ),
         FailureReason::Interrupted => (
             "The edit was cut off by a restart twice, so it was given up.".into(),
             "编辑两次因重启而中断，已放弃。".into(),

@@ -47,6 +47,9 @@ pub enum FailureReason {
     Fetch(String),
     #[error("the result could not be delivered: {0}")]
     Delivery(String),
+    /// It failed before a restart (for the reason coded here), and the user is told only now.
+    #[error("failed before a restart: {0}")]
+    Earlier(String),
     /// Restarts interrupted the job while it ran, twice: it is given up.
     #[error("interrupted by restarts")]
     Interrupted,
@@ -62,6 +65,7 @@ impl FailureReason {
             FailureReason::Backend(e) => e.code(),
             FailureReason::Fetch(_) => "fetch".into(),
             FailureReason::Delivery(_) => "delivery".into(),
+            FailureReason::Earlier(code) => code.clone(),
             FailureReason::Interrupted => "interrupted".into(),
             FailureReason::Internal => "internal".into(),
         }

@@ -104,6 +104,8 @@ struct Queued {
     answered: Option<Answered>,
     /// Restarts cut it off while running twice already: fail it (refunded) instead of running.
     given_up: bool,
+    /// It failed before a restart (this code) and its user was not told: only tell.
+    failed_before: Option<String>,
 }
 
 struct Answered {
@@ -215,6 +217,7 @@ impl Engine {
                 granted,
                 answered: None,
                 given_up: false,
+                failed_before: None,
             },
         );
         let waits = position > 0 || self.busy.load(Ordering::SeqCst) >= self.workers();
@@ -294,6 +297,14 @@ impl Engine {
         }
     }
 
+    /// The front-end has told the user why `job` failed (or tried to): it is not told again
+    /// after a restart.
+    pub async fn told(&self, job: &JobSpec) {
+        if let Err(e) = self.quotas.told(&job.id).await {
+            tracing::error!(job_id = %job.id, error = %e, "cannot record that the user was told");
+        }
+    }
+
     /// The front-end could not post the result: refund the reserve.
     pub async fn undeliverable(&self, job: &JobSpec, why: &str) {
         self.observer().job_finished(false);
@@ -306,6 +317,22 @@ impl Engine {
         let span = tracing::info_span!("job", platform = q.spec.user.platform.as_str(), job_id = %q.spec.id, user = %q.spec.user,
             chat = %q.spec.chat);
         async {
+            if let Some(code) = q.failed_before {
+                // Failed (and refunded) before a restart; the user still has to hear of it.
+                tracing::info!(code = %code, "telling the user of a failure from before the restart");
+                self.queue.done(&q.spec.user);
+                let failure = Failure {
+                    reason: FailureReason::Earlier(code),
+                    refunded: true,
+                };
+                let outcome = Outcome {
+                    job: q.spec,
+                    granted: q.granted,
+                    result: Err(failure),
+                };
+                self.emit(JobEvent::Finished(outcome)).await;
+                return;
+            }
             let started = Instant::now();
             if let Err(e) = self.quotas.mark_running(&q.spec.id).await {
                 tracing::error!(error = %e, "cannot mark the job running");
@@ -431,8 +458,10 @@ impl Engine {
                 .as_deref()
                 .and_then(|s| serde_json::from_str::<JobSpec>(s).ok())
             else {
+                // Nobody to tell: the description (with the chat) is gone.
                 tracing::warn!(job_id = %u.id, "unfinished job without its description; refunded");
                 let _ = self.quotas.refund(&u.id, "lost").await;
+                let _ = self.quotas.told(&u.id).await;
                 continue;
             };
             if !self.sinks.contains_key(&spec.user.platform) {
@@ -445,6 +474,8 @@ impl Engine {
             // A running job is run once more after a restart; cut off again, it is given up
             // (it may be what brings the process down).
             let given_up = answered.is_none() && u.attempts >= MAX_RUNS;
+            let failed_before = (u.status == JobStatus::Failed)
+                .then(|| u.error.clone().unwrap_or_else(|| "failed".into()));
             let remaining = match self.quotas.show(&spec.user).await {
                 Ok(q) => q.remaining(),
                 Err(_) => 0,
@@ -462,6 +493,7 @@ impl Engine {
                     granted,
                     answered,
                     given_up,
+                    failed_before,
                 },
             );
             queued += 1;

@@ -74,6 +74,8 @@ pub struct Unfinished {
     pub urls: Vec<String>,
     /// How many times a worker has started it.
     pub attempts: u32,
+    /// For a failed job whose user was not told yet: why it failed.
+    pub error: Option<String>,
 }
 
 /// Grouping of the usage report.
@@ -116,9 +118,11 @@ pub trait Ledger: Send + Sync + 'static {
         urls: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// Jobs not yet delivered or failed, oldest first, with their stored description and
-    /// result URLs.
+    /// Jobs not yet delivered or failed, and failed jobs whose user was not told yet, oldest
+    /// first, with their stored description and result URLs.
     fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError>;
+    /// The user of a failed job has been told (failed jobs are listed as unfinished until then).
+    fn mark_told(&self, job_id: &str) -> Result<(), StoreError>;
     /// Whether the store takes writes (health check).
     fn check_writable(&self) -> Result<(), StoreError>;
     /// Delivered commits the reserve, Failed refunds it. A finished job stays finished.

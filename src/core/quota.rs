@@ -338,6 +338,12 @@ impl Quotas {
         .await
     }
 
+    /// The user of the failed job `job_id` has been told.
+    pub async fn told(&self, job_id: &str) -> Result<(), StoreError> {
+        let id = job_id.to_owned();
+        blocking(&self.ledger, move |l| l.mark_told(&id)).await
+    }
+
     /// The user's standing in the current window (bot-wide settings).
     pub async fn show(&self, user: &UserRef) -> Result<UserQuota, StoreError> {
         self.show_in(user, None).await

@@ -162,6 +162,8 @@ impl Discord {
             typing.abort();
         }
         let Some(route) = route_of(&outcome.job.route) else {
+            tracing::error!(job_id = %job_id, "job without a Discord route");
+            self.engine.told(&outcome.job).await; // nobody to tell
             return;
         };
         let delivered = match &outcome.result {
@@ -171,6 +173,10 @@ impl Discord {
                 false
             }
         };
+        if !delivered {
+            // Every path without a result has told the user why by now.
+            self.engine.told(&outcome.job).await;
+        }
         if let Some(status) = feedback.status {
             let _ = route.channel().delete_message(&self.http, status).await;
         }

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     prompt      TEXT,
     spec        TEXT,
     result_urls TEXT,
-    attempts    INTEGER NOT NULL DEFAULT 0
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    -- 0 while a failed job's user has not been told yet
+    told        INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('queued','running','ready');
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at INTEGER NOT NULL);
@@ -76,18 +78,24 @@ impl SqliteLedger {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        // Databases made before `attempts` existed.
-        let has_attempts: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'attempts'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(db)?
-            > 0;
-        if !has_attempts {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        // Columns added since the first release, for databases made before them.
+        for (column, definition) in [
+            ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+            ("told", "INTEGER NOT NULL DEFAULT 1"),
+        ] {
+            let exists: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+                    [column],
+                    |r| r.get(0),
+                )
                 .map_err(db)?;
+            if exists == 0 {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE jobs ADD COLUMN {column} {definition}"
+                ))
+                .map_err(db)?;
+            }
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -336,8 +344,9 @@ impl Ledger for SqliteLedger {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id, status, spec, request_id, result_urls, attempts FROM jobs
-                 WHERE status IN ('queued','running','ready') ORDER BY seq",
+                "SELECT id, status, spec, request_id, result_urls, attempts, error FROM jobs
+                 WHERE status IN ('queued','running','ready') OR (status = 'failed' AND told = 0)
+                 ORDER BY seq",
             )
             .map_err(db)?;
         let rows = stmt
@@ -353,6 +362,7 @@ impl Ledger for SqliteLedger {
                         .and_then(|u| serde_json::from_str(&u).ok())
                         .unwrap_or_default(),
                     attempts: r.get(5)?,
+                    error: r.get(6)?,
                 })
             })
             .map_err(db)?;
@@ -385,10 +395,17 @@ impl Ledger for SqliteLedger {
         self.conn()
             .execute(
                 "UPDATE jobs SET status = ?2, finished_at = ?3,
-                    request_id = COALESCE(?4, request_id), error = ?5
+                    request_id = COALESCE(?4, request_id), error = ?5, told = (?2 != 'failed')
                  WHERE id = ?1 AND status IN ('queued','running','ready')",
                 params![job_id, status.as_str(), ms(now), request_id, error],
             )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn mark_told(&self, job_id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("UPDATE jobs SET told = 1 WHERE id = ?1", params![job_id])
             .map_err(db)?;
         Ok(())
     }

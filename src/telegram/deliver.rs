@@ -130,6 +130,7 @@ impl Telegram {
         }
         let Some(route) = route(&outcome.job.route) else {
             tracing::error!(job_id = %job_id, "job without a Telegram route");
+            self.engine.told(&outcome.job).await; // nobody to tell
             return;
         };
         let delivered = match &outcome.result {
@@ -139,6 +140,10 @@ impl Telegram {
                 false
             }
         };
+        if !delivered {
+            // Every path without a result has told the user why by now.
+            self.engine.told(&outcome.job).await;
+        }
         if let Some(status) = feedback.status {
             let _ = self.bot.delete_message(route.chat(), status).await;
         }

@@ -647,6 +647,13 @@ async fn a_backend_failure_is_explained_and_refunded() {
     assert_eq!(replied_to(&told), Some(6500));
     bot.stop().await;
     assert_eq!(bot.used(8), 0);
+    use qwen_edit_bot::core::quota::Ledger;
+    let ledger =
+        qwen_edit_bot::store::sqlite::SqliteLedger::open(&bot.dir.join("q.sqlite3")).unwrap();
+    assert!(
+        ledger.unfinished().unwrap().is_empty(),
+        "the user was told: nothing to tell after a restart"
+    );
 }
 
 #[tokio::test]

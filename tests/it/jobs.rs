@@ -604,12 +604,57 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
     );
     assert_eq!(fake.calls(), 1, "the given-up job did not call the backend");
     engine.delivered(&done["once"].job, None).await;
+    engine.told(&done["twice"].job).await;
     assert!(quotas.ledger().unfinished().unwrap().is_empty());
     assert_eq!(quotas.show(&user("2")).await.unwrap().used, 0);
     assert_eq!(
         quotas.ledger().job("twice").unwrap().unwrap().status,
         JobStatus::Failed
     );
+}
+
+#[tokio::test]
+async fn a_failure_whose_user_was_not_told_before_a_restart_is_told_after_it() {
+    let fake = FakeDashScope::start().await;
+    fake.script([Reply::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    {
+        let (engine, quotas, mut rx) = engine_on(&db, &fake);
+        engine
+            .submit(spec("refused", "1", &["photo"], "/edit a"))
+            .await
+            .unwrap();
+        let workers = engine.spawn_workers();
+        let out = next(&mut rx).await;
+        assert!(out.result.is_err());
+        // The process dies before the front-end has told the user.
+        engine.close();
+        for w in workers {
+            w.await.unwrap();
+        }
+        assert_eq!(quotas.ledger().unfinished().unwrap().len(), 1);
+    }
+    let (engine, quotas, mut rx) = engine_on(&db, &fake);
+    assert_eq!(engine.resume().await, 1);
+    engine.spawn_workers();
+    let out = next(&mut rx).await;
+    let failure = out.result.as_ref().unwrap_err();
+    assert_eq!(
+        (&failure.reason, failure.refunded),
+        (&FailureReason::Earlier("DataInspectionFailed".into()), true)
+    );
+    assert_eq!(fake.calls(), 1, "no new backend call");
+    engine.told(&out.job).await;
+    assert!(quotas.ledger().unfinished().unwrap().is_empty());
+    assert_eq!(quotas.show(&user("1")).await.unwrap().used, 0);
+    drop(engine);
+    let (engine, _, _rx) = engine_on(&db, &fake);
+    assert_eq!(engine.resume().await, 0, "told once, not again");
 }
 
 #[tokio::test]
