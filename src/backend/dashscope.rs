@@ -294,6 +294,13 @@ fn parse_response(
         .or(resp.msg.as_deref())
         .unwrap_or("");
     if status != 200 || (!code.is_empty() && resp.output.is_none()) {
+        // DashScope support asks for the request id of a failed call.
+        tracing::warn!(
+            status,
+            code,
+            request_id = resp.request_id.as_deref().unwrap_or(""),
+            "the backend answered with an error"
+        );
         return Err(classify(status, code, message, retry_after));
     }
     let urls: Vec<String> = resp

@@ -460,6 +460,11 @@ async fn the_logs_of_a_run_with_failures_never_hold_a_secret_or_a_file_url() {
     }
     assert!(logs.contains("\"job_id\""), "job spans carry the job id");
     assert!(
+        logs.lines()
+            .any(|l| l.contains("\"request_id\":\"req-err\"") && l.contains("InvalidApiKey")),
+        "a failed call's request id is logged for support"
+    );
+    assert!(
         logs.contains("\"platform\":\"telegram\""),
         "spans carry the platform"
     );
