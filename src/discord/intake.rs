@@ -34,14 +34,23 @@ pub(super) fn lang_of(locale: &str, guild_locale: Option<&str>) -> Lang {
 
 /// Locators of a message's attachments (sniffed later, not trusted by content type).
 fn locators(msg: &Message) -> Vec<String> {
+    locators_where(msg, |_| true)
+}
+
+/// Locators of the attachments declared as images (or as unknown bytes).
+fn image_locators(msg: &Message) -> Vec<String> {
+    locators_where(msg, |a| {
+        a.content_type
+            .as_deref()
+            .is_none_or(|t| t.starts_with("image/") || t == "application/octet-stream")
+    })
+}
+
+fn locators_where(msg: &Message, keep: impl Fn(&serenity::all::Attachment) -> bool) -> Vec<String> {
     msg.attachments
         .iter()
         .enumerate()
-        .filter(|(_, a)| {
-            a.content_type
-                .as_deref()
-                .is_none_or(|t| t.starts_with("image/") || t == "application/octet-stream")
-        })
+        .filter(|(_, a)| keep(a))
         .map(|(i, _)| format!("msg:{}:{}:{i}", msg.channel_id.get(), msg.id.get()))
         .collect()
 }
@@ -212,7 +221,7 @@ async fn latest_image(dc: &Discord, channel: ChannelId) -> Vec<String> {
     };
     recent
         .iter()
-        .map(locators)
+        .map(image_locators)
         .find(|l| !l.is_empty())
         .unwrap_or_default()
 }

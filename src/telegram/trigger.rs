@@ -10,10 +10,12 @@ pub const MAX_DOWNLOAD_BYTES: u32 = 20 * 1024 * 1024;
 pub struct ImageRef {
     pub file_id: String,
     pub size: u32,
+    /// A photo, or a document declared as an image (or as unknown bytes).
+    pub declared: bool,
 }
 
-/// The image of a message: the largest photo size, or a document (sniffed later, not trusted by
-/// MIME type or name).
+/// The image of a message: the largest photo size, or any document (sniffed later, not trusted
+/// by MIME type or name).
 pub fn image_of(msg: &Message) -> Option<ImageRef> {
     if let Some(sizes) = msg.photo() {
         let best = sizes
@@ -22,16 +24,18 @@ pub fn image_of(msg: &Message) -> Option<ImageRef> {
         return Some(ImageRef {
             file_id: best.file.id.to_string(),
             size: best.file.size,
+            declared: true,
         });
     }
     let doc = msg.document()?;
-    let looks_like_image = doc
+    let declared = doc
         .mime_type
         .as_ref()
         .is_none_or(|m| m.type_() == "image" || m.essence_str() == "application/octet-stream");
-    looks_like_image.then(|| ImageRef {
+    Some(ImageRef {
         file_id: doc.file.id.to_string(),
         size: doc.file.size,
+        declared,
     })
 }
 
@@ -63,7 +67,8 @@ pub fn candidate(msg: &Message) -> Option<Candidate> {
     Some(Candidate {
         text,
         images,
-        command_optional: msg.chat.is_private() && own.is_some(),
+        // Without `/edit`, only what looks like an image is taken (not every captioned file).
+        command_optional: msg.chat.is_private() && own.as_ref().is_some_and(|i| i.declared),
         reply_to: msg.id,
     })
 }

@@ -338,9 +338,26 @@ async fn an_image_document_is_sniffed_and_a_non_image_refunded() {
     let failure = bot.text_containing("not an image").await;
     assert!(failure["text"].as_str().unwrap().contains("refunded"));
     assert_eq!(reply_target(&failure), 51);
+    // An image declared as something else is still an image.
+    bot.tg.add_file("doc-mislabelled", images::png(800, 600));
+    let mislabelled = document_message(
+        52,
+        private_chat(42),
+        user(42, "en"),
+        "doc-mislabelled",
+        "application/pdf",
+        "scan.pdf",
+        Some("/edit brighter"),
+    );
+    bot.tg.push_update(message_update(mislabelled));
+    bot.tg.wait_for("sendphoto", 2, 20).await;
+    assert_eq!(
+        bot.ds.seen()[1].images,
+        vec![("image/png".into(), 800, 600)]
+    );
     bot.stop().await;
-    assert_eq!(bot.used(42), 1);
-    assert_eq!(bot.ds.calls(), 1);
+    assert_eq!(bot.used(42), 2);
+    assert_eq!(bot.ds.calls(), 2);
 }
 
 #[tokio::test]
