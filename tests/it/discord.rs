@@ -657,6 +657,39 @@ async fn a_backend_failure_is_explained_and_refunded() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_or_failing_result_post_is_retried_without_a_new_model_call() {
+    let mut bot = Bot::start("").await;
+    let posts = format!("/channels/{CHANNEL}/messages");
+    bot.dc.fail_next_rate_limited("POST", &posts, 0.2, 1);
+    bot.dc.fail_next("POST", &posts, 502, 0, 1);
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        message(
+            6550,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            "/edit x",
+            vec![bot.image(5650, 500, 500)],
+            None,
+        ),
+    );
+    let sent = bot.dc.wait_for("POST", &posts, 3, 30).await;
+    assert_eq!(
+        sent.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [429, 502, 200]
+    );
+    assert!(
+        sent.iter().all(|c| c.file("files[0]").is_some()),
+        "the result each time"
+    );
+    assert_eq!(replied_to(&sent[2]), Some(6550));
+    assert_eq!(bot.ds.calls(), 1);
+    bot.stop().await;
+    assert_eq!(bot.used(8), 1);
+}
+
+#[tokio::test]
 async fn a_result_over_the_upload_limit_is_compressed_to_fit() {
     let mut bot = Bot::start("").await;
     let noisy = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(2600, 2600, |x, y| {
