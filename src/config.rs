@@ -104,6 +104,8 @@ impl Default for TelegramConfig {
 pub struct DiscordConfig {
     pub enabled: bool,
     pub api_url: String,
+    /// The gateway to connect to (`ws://` or `wss://`); empty: the one the REST API names.
+    pub gateway_url: String,
     pub guild_ids: Vec<u64>,
     /// `[first, last, total]`: run only shards first..=last of total (several processes);
     /// empty: let Discord say how many shards, and run them all.
@@ -115,6 +117,7 @@ impl Default for DiscordConfig {
         Self {
             enabled: false,
             api_url: "https://discord.com".into(),
+            gateway_url: String::new(),
             guild_ids: Vec::new(),
             shards: Vec::new(),
         }
@@ -347,6 +350,15 @@ impl Config {
             out.push(format!(
                 "discord.api_url = {:?} is not an http(s) URL",
                 self.discord.api_url
+            ));
+        }
+        let gateway = &self.discord.gateway_url;
+        let ws = gateway
+            .strip_prefix("wss://")
+            .or_else(|| gateway.strip_prefix("ws://"));
+        if self.discord.enabled && !gateway.is_empty() && ws.is_none_or(str::is_empty) {
+            out.push(format!(
+                "discord.gateway_url = {gateway:?} is not a ws(s) URL (leave it empty to ask the REST API)"
             ));
         }
         if let [first, last, total] = self.discord.shards[..] {

@@ -173,6 +173,10 @@ pub async fn run(
     let mut client = ClientBuilder::new_with_http(client_http, intents)
         .event_handler(Handler { dc: dc.clone() })
         .await?;
+    let gateway = &settings.config.discord.gateway_url;
+    if !gateway.is_empty() {
+        *client.ws_url.lock().await = gateway.clone();
+    }
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(crate::core::jobs::pump(dc.clone(), events_rx, stopped));
     let ticker = tokio::spawn(deliver::position_ticker(dc.clone()));

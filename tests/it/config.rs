@@ -113,7 +113,8 @@ fn missing_secrets_and_bad_values_are_each_one_problem_line() {
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        "[backend]\nmax_concurrent = 0\nbase_url = \"ftp://x\"\n[telegram]\nenabled = true\nmode = \"push\"\n[http]\nlisten = \"nowhere\"\n",
+        "[backend]\nmax_concurrent = 0\nbase_url = \"ftp://x\"\n[telegram]\nenabled = true\nmode = \"push\"\n\
+         [discord]\nenabled = true\ngateway_url = \"https://gateway.discord.gg\"\n[http]\nlisten = \"nowhere\"\n",
     )
     .unwrap();
     let s = Settings::load_with_env(&path, env(&[])).unwrap();
@@ -125,6 +126,8 @@ fn missing_secrets_and_bad_values_are_each_one_problem_line() {
         "http.listen",
         "DASHSCOPE_API_KEY",
         "TELEGRAM_BOT_TOKEN",
+        "discord.gateway_url",
+        "DISCORD_TOKEN",
     ] {
         assert!(
             problems.iter().any(|p| p.contains(needle)),

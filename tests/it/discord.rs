@@ -988,6 +988,23 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
 }
 
 #[tokio::test]
+async fn discord_gateway_url_overrides_the_gateway_the_rest_api_names() {
+    let mut bot = Bot::start("").await;
+    bot.stop().await;
+    // The REST API now names a gateway where nothing listens; the configured one is used.
+    bot.dc.advertise_gateway("ws://127.0.0.1:9");
+    let gateway = bot.dc.gateway_url.clone();
+    bot.launch(&format!("discord:gateway_url = {gateway:?}\n"))
+        .await;
+    assert_eq!(
+        bot.dc.identifies().len(),
+        2,
+        "connected again, to the configured gateway"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
 async fn the_gateway_session_asks_for_message_content_and_can_pin_a_shard_range() {
     let mut bot = Bot::start("discord:shards = [1, 1, 2]\n").await;
     let identify = bot.dc.identifies().remove(0);

@@ -200,6 +200,8 @@ impl Gateway {
 struct Inner {
     rest_url: String,
     gateway_url: String,
+    /// What `GET /gateway` answers instead of `gateway_url` (see [`FakeDiscord::advertise_gateway`]).
+    advertised: Mutex<Option<String>>,
     next_id: AtomicU64,
     heartbeat_interval: AtomicU64,
     calls: Mutex<Vec<Call>>,
@@ -239,6 +241,7 @@ impl FakeDiscord {
         let inner = Arc::new(Inner {
             rest_url: rest_url.clone(),
             gateway_url: gateway_url.clone(),
+            advertised: Mutex::default(),
             next_id: AtomicU64::new(FIRST_ID),
             heartbeat_interval: AtomicU64::new(45_000),
             calls: Mutex::default(),
@@ -450,6 +453,11 @@ impl FakeDiscord {
     /// The stored messages of a channel, newest first.
     pub fn channel_messages(&self, channel_id: u64) -> Vec<Value> {
         self.inner.channel_messages(channel_id)
+    }
+
+    /// `GET /gateway` and `/gateway/bot` name `url` from now on instead of this fake's gateway.
+    pub fn advertise_gateway(&self, url: &str) {
+        *lock(&self.inner.advertised) = Some(url.to_owned());
     }
 
     /// The next `times` calls matching (`method`, `path_pattern`) answer `status` with a Discord
@@ -729,6 +737,12 @@ fn fault_response(fault: &Fault) -> Response {
 // REST behaviour
 
 impl Inner {
+    fn advertised_gateway(&self) -> String {
+        lock(&self.advertised)
+            .clone()
+            .unwrap_or_else(|| self.gateway_url.clone())
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::SeqCst)
     }
@@ -758,9 +772,9 @@ impl Inner {
         let files = &call.files;
         let query = parse_query(&call.query);
         match (call.method.as_str(), segs.as_slice()) {
-            ("GET", ["gateway"]) => ok(json!({ "url": self.gateway_url })),
+            ("GET", ["gateway"]) => ok(json!({ "url": self.advertised_gateway() })),
             ("GET", ["gateway", "bot"]) => ok(json!({
-                "url": self.gateway_url,
+                "url": self.advertised_gateway(),
                 "shards": 1,
                 "session_start_limit": {
                     "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1
