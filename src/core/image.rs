@@ -198,7 +198,8 @@ fn looks_complete(format: Format, bytes: &[u8]) -> bool {
     match format {
         Format::Jpeg => {
             let scan = jpeg_scan_start(bytes).unwrap_or(0);
-            bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9])
+            // From the end: the marker is normally in the last two bytes.
+            bytes[scan..].windows(2).rev().any(|w| w == [0xFF, 0xD9])
         }
         Format::Png => bytes.windows(4).rev().any(|w| w == b"IEND"),
         Format::WebP => bytes
