@@ -509,6 +509,35 @@ pub mod admin {
     pub fn usage_empty(lang: Lang) -> String {
         pick(lang, "No edits yet.".into(), "暂无编辑记录。".into())
     }
+
+    /// The `/usage` report: one line per user (`who` writes the user id as the platform shows
+    /// it), or "no edits".
+    pub fn usage_report(
+        lang: Lang,
+        since: &str,
+        rows: &[crate::core::quota::ReportRow],
+        who: impl Fn(&str) -> String,
+    ) -> String {
+        if rows.is_empty() {
+            return usage_empty(lang);
+        }
+        let mut out = usage_header(lang, since);
+        for r in rows {
+            let user = who(&r.key);
+            out.push('\n');
+            out.push_str(&match lang {
+                Lang::En => format!(
+                    "{user} — {} ({} jobs, {} failed)",
+                    r.images, r.jobs, r.failed
+                ),
+                Lang::Zh => format!(
+                    "{user} — {}（{} 个任务，{} 个失败）",
+                    r.images, r.jobs, r.failed
+                ),
+            });
+        }
+        out
+    }
 }
 
 /// A time as a Discord relative timestamp (`in 3 hours`, localised by the client).

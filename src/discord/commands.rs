@@ -206,16 +206,8 @@ async fn usage(
 ) -> Result<String, crate::core::quota::StoreError> {
     let quotas = dc.engine.quotas();
     let (since, rows) = quotas.top_users(Platform::Discord, scope, 20).await?;
-    if rows.is_empty() {
-        return Ok(messages::admin::usage_empty(lang));
-    }
-    let mut out = messages::admin::usage_header(lang, &messages::discord_time(since));
-    for r in &rows {
-        let id = &r.key;
-        out.push_str(&format!(
-            "\n<@{id}> — {} ({} jobs, {} failed)",
-            r.images, r.jobs, r.failed
-        ));
-    }
-    Ok(out)
+    let since = messages::discord_time(since);
+    Ok(messages::admin::usage_report(lang, &since, &rows, |id| {
+        format!("<@{id}>")
+    }))
 }

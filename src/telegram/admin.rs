@@ -158,16 +158,11 @@ async fn usage(
 ) -> Result<String, crate::core::quota::StoreError> {
     let quotas = tg.engine.quotas();
     let (since, rows) = quotas.top_users(Platform::Telegram, scope, 20).await?;
-    if rows.is_empty() {
-        return Ok(messages::admin::usage_empty(lang));
-    }
-    let mut out = messages::admin::usage_header(lang, &messages::when(since));
-    for r in &rows {
-        let id = &r.key;
-        out.push_str(&format!(
-            "\n{id} — {} ({} jobs, {} failed)",
-            r.images, r.jobs, r.failed
-        ));
-    }
-    Ok(out)
+    let since = messages::when(since);
+    Ok(messages::admin::usage_report(
+        lang,
+        &since,
+        &rows,
+        str::to_owned,
+    ))
 }
