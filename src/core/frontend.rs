@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::edit::BoxFuture;
-use super::jobs::{JobEvent, JobSpec, Outcome};
+use super::jobs::{Engine, JobEvent, JobSpec, Outcome};
 
 /// A front-end's delivery task, which goes on after intake stopped: stop it once the workers
 /// are done, then await it.
@@ -19,14 +19,17 @@ pub struct Deliveries {
 pub trait FrontEnd: Send + Sync + 'static {
     /// A worker took the job (typing indicators…); quick, runs in order.
     fn started(&self, spec: JobSpec) -> BoxFuture<'_, ()>;
-    /// The job ended: post the result or the failure; runs alongside other deliveries.
-    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, ()>;
+    /// The job ended: post the result, or tell the user why there is none; runs alongside
+    /// other deliveries. Returns whether the result was delivered.
+    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, bool>;
 }
 
 /// Feeds job events to `front` until `stop` fires (then the events already queued are handled)
-/// or the engine is gone, and waits for every delivery it started.
+/// or the engine is gone, and waits for every delivery it started. A job without a result is
+/// recorded as told once the front-end has answered it, so a restart does not tell it again.
 pub async fn pump<F: FrontEnd>(
     front: Arc<F>,
+    engine: Arc<Engine>,
     mut events: mpsc::Receiver<JobEvent>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -34,7 +37,13 @@ pub async fn pump<F: FrontEnd>(
     let handle = |event: JobEvent, deliveries: &mut tokio::task::JoinSet<()>| match event {
         JobEvent::Started(spec) => Some(spec),
         JobEvent::Finished(outcome) => {
-            deliveries.spawn(Arc::clone(&front).finished(outcome));
+            let (engine, job) = (Arc::clone(&engine), outcome.job.clone());
+            let finished = Arc::clone(&front).finished(outcome);
+            deliveries.spawn(async move {
+                if !finished.await {
+                    engine.told(&job).await;
+                }
+            });
             None
         }
     };

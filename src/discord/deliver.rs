@@ -61,7 +61,7 @@ impl FrontEnd for Discord {
         Box::pin(async move { self.start(&spec.id, &spec.route).await })
     }
 
-    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, ()> {
+    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, bool> {
         Box::pin(async move { self.finish(outcome).await })
     }
 }
@@ -151,7 +151,8 @@ impl Discord {
         }
     }
 
-    async fn finish(&self, outcome: Outcome) {
+    /// Posts the result or the failure; returns whether the result was delivered.
+    async fn finish(&self, outcome: Outcome) -> bool {
         let job_id = outcome.job.id.clone();
         let feedback = self
             .feedback
@@ -163,8 +164,7 @@ impl Discord {
         }
         let Some(route) = route_of(&outcome.job.route) else {
             tracing::error!(job_id = %job_id, "job without a Discord route");
-            self.engine.told(&outcome.job).await; // nobody to tell
-            return;
+            return false; // nobody to tell
         };
         let delivered = match &outcome.result {
             Ok(delivery) => self.deliver(&outcome, delivery, &route).await,
@@ -173,15 +173,12 @@ impl Discord {
                 false
             }
         };
-        if !delivered {
-            // Every path without a result has told the user why by now.
-            self.engine.told(&outcome.job).await;
-        }
         if let Some(status) = feedback.status {
             let _ = route.channel().delete_message(&self.http, status).await;
         }
         self.react(&route, if delivered { REACT_DONE } else { REACT_FAILED })
             .await;
+        delivered
     }
 
     async fn deliver(&self, outcome: &Outcome, delivery: &Delivery, route: &Route) -> bool {

@@ -178,7 +178,12 @@ pub async fn run(
         *client.ws_url.lock().await = gateway.clone();
     }
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(crate::core::jobs::pump(dc.clone(), events_rx, stopped));
+    let task = tokio::spawn(crate::core::jobs::pump(
+        dc.clone(),
+        dc.engine.clone(),
+        events_rx,
+        stopped,
+    ));
     let ticker = tokio::spawn(deliver::position_ticker(dc.clone()));
     let shards = client.shard_manager.clone();
     tokio::spawn(async move {

@@ -74,7 +74,7 @@ impl FrontEnd for Telegram {
         Box::pin(async move { self.start(&spec.id, &spec.route).await })
     }
 
-    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, ()> {
+    fn finished(self: Arc<Self>, outcome: Outcome) -> BoxFuture<'static, bool> {
         Box::pin(async move { self.finish(outcome).await })
     }
 }
@@ -118,7 +118,8 @@ impl Telegram {
         }
     }
 
-    async fn finish(&self, outcome: Outcome) {
+    /// Posts the result or the failure; returns whether the result was delivered.
+    async fn finish(&self, outcome: Outcome) -> bool {
         let job_id = outcome.job.id.clone();
         let feedback = self
             .feedback
@@ -130,8 +131,7 @@ impl Telegram {
         }
         let Some(route) = route(&outcome.job.route) else {
             tracing::error!(job_id = %job_id, "job without a Telegram route");
-            self.engine.told(&outcome.job).await; // nobody to tell
-            return;
+            return false; // nobody to tell
         };
         let delivered = match &outcome.result {
             Ok(delivery) => self.deliver(&outcome, delivery, &route).await,
@@ -140,10 +140,6 @@ impl Telegram {
                 false
             }
         };
-        if !delivered {
-            // Every path without a result has told the user why by now.
-            self.engine.told(&outcome.job).await;
-        }
         if let Some(status) = feedback.status {
             let _ = self.bot.delete_message(route.chat(), status).await;
         }
@@ -157,6 +153,7 @@ impl Telegram {
                 }])
                 .await;
         }
+        delivered
     }
 
     /// Posts the result; commits on success, refunds and says so on failure.

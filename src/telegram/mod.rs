@@ -149,7 +149,12 @@ pub async fn run(
     });
     tg.metrics.health.set_telegram(true);
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(crate::core::jobs::pump(tg.clone(), events_rx, stopped));
+    let task = tokio::spawn(crate::core::jobs::pump(
+        tg.clone(),
+        tg.engine.clone(),
+        events_rx,
+        stopped,
+    ));
     let ticker = tokio::spawn(deliver::position_ticker(tg.clone()));
     let result = dispatch(tg.clone(), cfg, settings, shutdown).await;
     ticker.abort();
