@@ -55,6 +55,47 @@ CREATE TABLE IF NOT EXISTS users (
 );
 ";
 
+/// Brings a database made by an earlier version up to [`SCHEMA`] (which `CREATE TABLE IF NOT
+/// EXISTS` leaves alone): job columns added since, and per-scope user settings.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    for (column, definition) in [
+        ("result_urls", "TEXT"),
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("told", "INTEGER NOT NULL DEFAULT 1"),
+    ] {
+        if !has("jobs", column)? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE jobs ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    if !has("users", "scope")? {
+        // The key gains `scope`: rebuild the table; old settings become bot-wide ('').
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE users RENAME TO users_before_scope;
+             CREATE TABLE users (
+                 platform TEXT NOT NULL, user_id TEXT NOT NULL, scope TEXT NOT NULL DEFAULT '',
+                 limit_override INTEGER, blocked INTEGER NOT NULL DEFAULT 0, reset_at INTEGER,
+                 PRIMARY KEY (platform, user_id, scope));
+             INSERT INTO users (platform, user_id, scope, limit_override, blocked, reset_at)
+                 SELECT platform, user_id, '', limit_override, blocked, reset_at
+                 FROM users_before_scope;
+             DROP TABLE users_before_scope;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
 /// Statuses whose cost counts against quotas.
 const CHARGED: &str = "status IN ('queued','running','ready','delivered')";
 
@@ -78,25 +119,7 @@ impl SqliteLedger {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        // Columns added since the first release, for databases made before them.
-        for (column, definition) in [
-            ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-            ("told", "INTEGER NOT NULL DEFAULT 1"),
-        ] {
-            let exists: i64 = conn
-                .query_row(
-                    "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
-                    [column],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
-            if exists == 0 {
-                conn.execute_batch(&format!(
-                    "ALTER TABLE jobs ADD COLUMN {column} {definition}"
-                ))
-                .map_err(db)?;
-            }
-        }
+        migrate(&conn).map_err(db)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

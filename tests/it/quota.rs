@@ -369,19 +369,28 @@ async fn a_chat_admins_settings_apply_in_that_chat_only_and_bot_wide_ones_everyw
 }
 
 #[test]
-fn a_database_from_before_job_attempts_were_counted_opens_and_keeps_its_jobs() {
+fn a_database_made_by_the_first_release_is_migrated_and_keeps_its_jobs_and_settings() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.sqlite3");
     let old = rusqlite::Connection::open(&path).unwrap();
+    // The schema of the first release (commit 662afa0), with a job and a user's settings.
     old.execute_batch(
         "CREATE TABLE jobs (
             seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
             platform TEXT NOT NULL, user_id TEXT NOT NULL, chat_id TEXT NOT NULL, group_id TEXT,
             model TEXT NOT NULL, cost INTEGER NOT NULL, status TEXT NOT NULL,
             created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER,
-            request_id TEXT, error TEXT, prompt TEXT, spec TEXT, result_urls TEXT);
+            request_id TEXT, error TEXT, prompt TEXT, spec TEXT);
+         CREATE INDEX jobs_user ON jobs (platform, user_id, created_at);
+         CREATE INDEX jobs_group ON jobs (platform, group_id, created_at);
+         CREATE INDEX jobs_time ON jobs (created_at);
+         CREATE TABLE users (
+            platform TEXT NOT NULL, user_id TEXT NOT NULL, limit_override INTEGER,
+            blocked INTEGER NOT NULL DEFAULT 0, reset_at INTEGER,
+            PRIMARY KEY (platform, user_id));
          INSERT INTO jobs (id, platform, user_id, chat_id, model, cost, status, created_at)
-         VALUES ('old', 'telegram', '1', '1', 'm', 1, 'running', 0);",
+         VALUES ('old', 'telegram', '1', '1', 'm', 1, 'running', 0);
+         INSERT INTO users (platform, user_id, limit_override, blocked) VALUES ('telegram', '2', 7, 1);",
     )
     .unwrap();
     drop(old);
@@ -389,12 +398,23 @@ fn a_database_from_before_job_attempts_were_counted_opens_and_keeps_its_jobs() {
     let open = ledger.unfinished().unwrap();
     assert_eq!(
         open.iter()
-            .map(|u| (u.id.as_str(), u.attempts))
+            .map(|u| (u.id.as_str(), u.attempts, u.urls.len()))
             .collect::<Vec<_>>(),
-        [("old", 0)]
+        [("old", 0, 0)]
     );
     ledger.mark_running("old", Utc::now()).unwrap();
     assert_eq!(ledger.unfinished().unwrap()[0].attempts, 1);
+    // Old settings are bot-wide now, and scoped ones can be added next to them.
+    let settings = ledger.settings(&user("2"), None).unwrap();
+    assert_eq!((settings.limit_override, settings.blocked), (Some(7), true));
+    ledger.set_blocked(&user("2"), Some("-5"), false).unwrap();
+    assert!(ledger.settings(&user("2"), None).unwrap().blocked);
+    let now = at(2026, 11, 26, 12, 0);
+    let granted = ledger
+        .reserve(&reservation("new", "3", None, 1), &limits(5), now)
+        .unwrap();
+    assert!(granted.is_ok(), "{granted:?}");
     drop(ledger);
-    SqliteLedger::open(&path).expect("opens again once migrated");
+    let again = SqliteLedger::open(&path).expect("opens again once migrated");
+    assert!(again.settings(&user("2"), None).unwrap().blocked);
 }
