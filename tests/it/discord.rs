@@ -59,6 +59,7 @@ impl Bot {
             .map(|l| format!("{l}\n"))
             .collect();
         let path = self.dir.join("config.toml");
+        let registered = self.dc.calls_to("PUT", "/guilds/*/commands").len();
         let config = format!(
             "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 3\n\
              [telegram]\nenabled = false\n\
@@ -87,7 +88,9 @@ impl Bot {
         })));
         self.dc.wait_ready(20).await;
         // Commands are registered right after READY; wait for them so events come after.
-        self.dc.wait_for("PUT", "/guilds/*/commands", 1, 20).await;
+        self.dc
+            .wait_for("PUT", "/guilds/*/commands", registered + 1, 20)
+            .await;
     }
 
     async fn stop(&mut self) {
@@ -101,6 +104,8 @@ impl Bot {
                 .unwrap()
                 .unwrap();
         }
+        let problems = self.dc.problems();
+        assert!(problems.is_empty(), "the fake Discord saw: {problems:?}");
     }
 
     fn used(&self, user_id: u64) -> u32 {
@@ -437,6 +442,8 @@ async fn a_slash_command_refused_after_the_deferral_shows_the_reason_in_its_plac
     let text = edit.json["content"].as_str().unwrap_or_default();
     assert!(text.contains("No image"), "{text}");
     assert_eq!(edit.status, 200);
+    bot.stop().await;
+    // Checked once the bot has stopped, so a late DELETE would be seen.
     assert!(
         bot.dc
             .calls_to("DELETE", "/webhooks/*/*/messages/@original")
@@ -450,7 +457,6 @@ async fn a_slash_command_refused_after_the_deferral_shows_the_reason_in_its_plac
         .find(|m| m["interaction_metadata"].is_object() || m["webhook_id"].is_string())
         .expect("the deferred message stays in the channel");
     assert!(shown["content"].as_str().unwrap().contains("No image"));
-    bot.stop().await;
     assert_eq!((bot.used(8), bot.ds.calls()), (0, 0));
 }
 
@@ -774,7 +780,13 @@ async fn again_works_after_a_restart() {
         seen[0].images, seen[1].images,
         "the input fetched again from its message"
     );
-    assert_ne!(seen[1].body["parameters"]["seed"], 1);
+    assert!(
+        seen[1].body["parameters"]["seed"]
+            .as_u64()
+            .is_some_and(|s| s != 1),
+        "a new seed: {}",
+        seen[1].body["parameters"]
+    );
     bot.stop().await;
     assert_eq!((bot.used(8), bot.used(9)), (1, 1));
 }

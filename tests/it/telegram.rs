@@ -814,7 +814,7 @@ async fn setup_usage_and_unfit_images_behave() {
     bot.tg.set_member_status(-5, 77, "administrator");
     let local = text_message(174, group_chat(-5), user(77, "en"), "/usage", None);
     bot.tg.push_update(message_update(local));
-    let local = bot.text_containing("43 — 1").await;
+    let local = bot.text_containing("43 — 1 (1 jobs, 0 failed)").await;
     assert_eq!(reply_target(&local), 174);
     let text = local["text"].as_str().unwrap();
     assert!(!text.contains("42 —"), "{text}");
