@@ -290,8 +290,11 @@ impl Engine {
     }
 
     /// The front-end posted the result: commit the reserve.
-    pub async fn delivered(&self, job: &JobSpec, request_id: Option<String>) {
+    pub async fn delivered(&self, job: &JobSpec, delivery: &Delivery) {
         self.observer().job_finished(true);
+        self.observer()
+            .images_delivered(job.user.platform.as_str(), delivery.images.len());
+        let request_id = delivery.request_id.clone();
         if let Err(e) = self.quotas.commit(&job.id, request_id).await {
             tracing::error!(job_id = %job.id, error = %e, "cannot commit a delivered job");
         }
@@ -476,9 +479,14 @@ impl Engine {
             let given_up = answered.is_none() && u.attempts >= MAX_RUNS;
             let failed_before = (u.status == JobStatus::Failed)
                 .then(|| u.error.clone().unwrap_or_else(|| "failed".into()));
-            let remaining = match self.quotas.show(&spec.user).await {
-                Ok(q) => q.remaining(),
-                Err(_) => 0,
+            // What is left is said under a result; a job that only fails needs no store read.
+            let remaining = match given_up || failed_before.is_some() {
+                true => 0,
+                false => self
+                    .quotas
+                    .show(&spec.user)
+                    .await
+                    .map_or(0, |q| q.remaining()),
             };
             let granted = Granted {
                 remaining,
@@ -486,8 +494,9 @@ impl Engine {
                 resets_at: self.quotas.now(),
             };
             tracing::info!(job_id = %spec.id, status = u.status.as_str(), "resuming job");
+            let user = spec.user.clone();
             self.queue.requeue(
-                &spec.user.clone(),
+                &user,
                 Queued {
                     spec,
                     granted,

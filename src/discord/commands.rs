@@ -5,8 +5,8 @@ use serenity::all::{
     CreateCommandOption, GuildId, Permissions, ResolvedOption, ResolvedValue,
 };
 
-use super::Discord;
 use super::intake::ephemeral;
+use super::{Discord, group_of};
 use crate::core::quota::{Platform, UserRef};
 use crate::messages::{self, Lang};
 
@@ -124,7 +124,7 @@ fn lang(cmd: &CommandInteraction) -> Lang {
 
 pub async fn quota(dc: &Discord, cmd: &CommandInteraction) {
     let user = UserRef::new(Platform::Discord, cmd.user.id.get().to_string());
-    let guild = cmd.guild_id.map(|g| g.get().to_string());
+    let guild = group_of(cmd.guild_id);
     let text = match dc.engine.quotas().show_in(&user, guild.as_deref()).await {
         Ok(q) => messages::quota_status_with(lang(cmd), &q, &messages::discord_time),
         Err(e) => {
@@ -145,11 +145,7 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
         .and_then(|m| m.permissions)
         .is_some_and(|p| p.manage_guild() || p.administrator());
     // A server's admins manage quotas in that server only.
-    let Some(scope) = cmd
-        .guild_id
-        .map(|g| g.get().to_string())
-        .filter(|_| allowed)
-    else {
+    let Some(scope) = group_of(cmd.guild_id).filter(|_| allowed) else {
         return ephemeral(dc, cmd, &messages::admin::refused_discord(lang)).await;
     };
     let scope = Some(scope.as_str());

@@ -231,12 +231,7 @@ impl Discord {
         };
         match sent {
             Ok(sent) => {
-                self.engine
-                    .delivered(&outcome.job, delivery.request_id.clone())
-                    .await;
-                self.engine
-                    .observer()
-                    .images_delivered("discord", delivery.images.len());
+                self.engine.delivered(&outcome.job, delivery).await;
                 self.point_interaction_at(route, &sent).await;
                 true
             }

@@ -178,12 +178,7 @@ impl Telegram {
         };
         match sent {
             Ok(()) => {
-                self.engine
-                    .delivered(&outcome.job, delivery.request_id.clone())
-                    .await;
-                self.engine
-                    .observer()
-                    .images_delivered("telegram", delivery.images.len());
+                self.engine.delivered(&outcome.job, delivery).await;
                 true
             }
             Err(e) => {

@@ -186,7 +186,7 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
     );
     let open = r.quotas.ledger().unfinished().unwrap();
     assert_eq!((open.len(), open[0].urls.len()), (1, 2));
-    r.engine.delivered(&out.job, delivery.request_id).await;
+    r.engine.delivered(&out.job, &delivery).await;
     let job = r.quotas.ledger().job("j1").unwrap().unwrap();
     assert_eq!(
         (job.status, job.request_id.as_deref()),
@@ -563,7 +563,9 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
     assert!(done["waiting"].result.is_ok());
     assert_eq!(fake.calls(), 1, "only the waiting job called the backend");
     for out in done.values() {
-        engine.delivered(&out.job, None).await;
+        engine
+            .delivered(&out.job, out.result.as_ref().unwrap())
+            .await;
     }
     assert!(quotas.ledger().unfinished().unwrap().is_empty());
     assert_eq!(quotas.show(&user("2")).await.unwrap().used, 2);
@@ -603,7 +605,10 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
         (&FailureReason::Interrupted, true)
     );
     assert_eq!(fake.calls(), 1, "the given-up job did not call the backend");
-    engine.delivered(&done["once"].job, None).await;
+    let once = &done["once"];
+    engine
+        .delivered(&once.job, once.result.as_ref().unwrap())
+        .await;
     engine.told(&done["twice"].job).await;
     assert!(quotas.ledger().unfinished().unwrap().is_empty());
     assert_eq!(quotas.show(&user("2")).await.unwrap().used, 0);
