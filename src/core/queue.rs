@@ -109,16 +109,13 @@ impl<J: Send> FairQueue<J> {
     /// Puts back a job that was accepted in an earlier run, outside the limits (its place was
     /// granted then).
     pub fn requeue(&self, user: &UserRef, job: J) {
-        let mut s = self.lock();
-        *s.unfinished.entry(user.clone()).or_default() += 1;
-        s.queued += 1;
-        let mine = s.waiting.entry(user.clone()).or_default();
-        mine.push_back(job);
-        if mine.len() == 1 {
-            s.rotation.push_back(user.clone());
-        }
-        drop(s);
-        self.notify.notify_one();
+        let hold = {
+            let mut s = self.lock();
+            *s.unfinished.entry(user.clone()).or_default() += 1;
+            s.held += 1;
+            Hold { user: user.clone() }
+        };
+        self.push(hold, job);
     }
 
     /// Waits for the next job in fair order; `None` once closed.
