@@ -58,6 +58,7 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
         store_prompts: c.quota.store_prompts,
         default_negative: c.backend.default_negative_prompt.clone(),
         fetch_timeout: Duration::from_secs(60),
+        download_timeout: Duration::from_secs(c.backend.timeout_secs.max(1)),
     }
 }
 
@@ -102,6 +103,8 @@ pub async fn serve(
         );
     }
     let quotas = quotas(&settings)?;
+    // One daemon per store: a second one (a rolling deploy) would run the same jobs again.
+    let _lock = crate::store::lock(&settings.config.quota.database)?;
     let backend = backend(&settings)?;
     let metrics = Arc::new(Metrics::new());
     // An enabled platform is reported down by /healthz until it has connected.

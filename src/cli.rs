@@ -15,7 +15,7 @@ use crate::core::image::FitLimits;
 use crate::core::jobs::MAX_INPUTS;
 use crate::core::pipeline::execute;
 use crate::core::quota::{
-    JobStatus, Ledger, Limits, Platform, ReportBy, Reservation, UserRef, Window,
+    JobStatus, Ledger, Limits, Platform, ReportBy, ReportRow, Reservation, UserRef, Window,
 };
 use crate::messages::{self, Lang};
 
@@ -64,18 +64,15 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     let ledger = crate::app::quotas(settings)?.ledger().clone();
     let job_id = record_start(&ledger, backend.model(), u32::from(command.count())).await?;
     let result = execute(backend.as_ref(), &limits, inputs, &command, negative).await;
-    let (status, error, request_id) = match &result {
-        Ok(d) => (JobStatus::Delivered, None, d.request_id.clone()),
-        Err(reason) => (JobStatus::Failed, Some(reason.code()), None),
+    let outcome = match &result {
+        Ok(d) => Ok((d.images.len() as u32, d.request_id.clone())),
+        Err(reason) => Err(reason.code()),
     };
-    tokio::task::spawn_blocking(move || {
-        ledger.finish(
-            &job_id,
-            status,
-            request_id.as_deref(),
-            error.as_deref(),
-            Utc::now(),
-        )
+    tokio::task::spawn_blocking(move || match outcome {
+        Ok((images, request_id)) => {
+            ledger.deliver(&job_id, images, request_id.as_deref(), None, Utc::now())
+        }
+        Err(code) => ledger.finish(&job_id, JobStatus::Failed, None, Some(&code), Utc::now()),
     })
     .await??;
     let delivery = result.map_err(|reason| {
@@ -108,6 +105,7 @@ async fn record_start(ledger: &Arc<dyn Ledger>, model: &str, cost: u32) -> anyho
         cost,
         prompt: None,
         spec: None,
+        token: None,
     };
     let unlimited = Limits {
         per_user: u32::MAX,
@@ -213,38 +211,54 @@ pub async fn usage(
     let since_t = since.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
     let quotas = crate::app::quotas(settings)?;
     let ledger = quotas.ledger().clone();
-    let rows = tokio::task::spawn_blocking(move || ledger.report(since_t, by, None)).await??;
+    let rows =
+        tokio::task::spawn_blocking(move || ledger.report(since_t, None, by, None)).await??;
     let price = settings.config.quota.price_per_image;
     let mut out = Vec::new();
     writeln!(out, "since {since}")?;
+    let head = match by {
+        ReportBy::User => "user",
+        ReportBy::Chat => "chat",
+        ReportBy::Day => "day",
+    };
+    // The operator pays for what the model made: cost is generated images × price.
     writeln!(
         out,
-        "{:<28} {:>8} {:>8} {:>8} {:>10}",
-        "key", "jobs", "images", "failed", "cost"
+        "{head:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>10}",
+        "jobs", "delivered", "undelivered", "failed", "generated", "cost"
     )?;
-    let (mut jobs, mut images, mut failed) = (0, 0, 0);
+    let mut total = ReportRow {
+        key: "total".into(),
+        jobs: 0,
+        images: 0,
+        failed: 0,
+        generated: 0,
+        undelivered: 0,
+    };
     for r in &rows {
-        writeln!(
-            out,
-            "{:<28} {:>8} {:>8} {:>8} {:>10.2}",
-            r.key,
-            r.jobs,
-            r.images,
-            r.failed,
-            r.images as f64 * price
-        )?;
-        (jobs, images, failed) = (jobs + r.jobs, images + r.images, failed + r.failed);
+        write_row(&mut out, r, price)?;
+        total.jobs += r.jobs;
+        total.images += r.images;
+        total.failed += r.failed;
+        total.generated += r.generated;
+        total.undelivered += r.undelivered;
     }
+    write_row(&mut out, &total, price)?;
+    Ok(String::from_utf8(out)?)
+}
+
+fn write_row(out: &mut Vec<u8>, r: &ReportRow, price: f64) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<28} {:>8} {:>8} {:>8} {:>10.2}",
-        "total",
-        jobs,
-        images,
-        failed,
-        images as f64 * price
-    )?;
-    Ok(String::from_utf8(out)?)
+        "{:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>10.2}",
+        r.key,
+        r.jobs,
+        r.images,
+        r.undelivered,
+        r.failed,
+        r.generated,
+        r.generated as f64 * price
+    )
 }
 
 use chrono::Datelike as _;

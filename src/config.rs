@@ -107,6 +107,9 @@ pub struct DiscordConfig {
     /// The gateway to connect to (`ws://` or `wss://`); empty: the one the REST API names.
     pub gateway_url: String,
     pub guild_ids: Vec<u64>,
+    /// Operators: users who may change quotas bot-wide (raise limits, reset usage) from any
+    /// server with `/quota-admin`.
+    pub admin_ids: Vec<u64>,
     /// `[first, last, total]`: run only shards first..=last of total (several processes);
     /// empty: let Discord say how many shards, and run them all.
     pub shards: Vec<u32>,
@@ -119,6 +122,7 @@ impl Default for DiscordConfig {
             api_url: "https://discord.com".into(),
             gateway_url: String::new(),
             guild_ids: Vec::new(),
+            admin_ids: Vec::new(),
             shards: Vec::new(),
         }
     }

@@ -197,7 +197,12 @@ fn quota(q: &QuotaRejection, when: &dyn Fn(DateTime<Utc>) -> String) -> (String,
 /// Why an accepted job produced nothing, and whether the quota came back.
 pub fn failure(lang: Lang, f: &Failure) -> String {
     let (en, zh) = reason(&f.reason);
-    let (en_q, zh_q) = if f.refunded {
+    let (en_q, zh_q) = if let FailureReason::ChatRefused(_) = f.reason {
+        (
+            "The images were made, so they count against your quota.",
+            "图片已生成，因此计入你的额度。",
+        )
+    } else if f.refunded {
         ("Your quota was refunded.", "额度已退还。")
     } else {
         (
@@ -225,6 +230,10 @@ fn reason(r: &FailureReason) -> (String, String) {
         FailureReason::Delivery(_) => (
             "The result could not be posted here.".into(),
             "结果无法发送到这里。".into(),
+        ),
+        FailureReason::ChatRefused(_) => (
+            "This chat did not let me post the result (the bot may be blocked or lack the right to send photos here).".into(),
+            "此聊天不允许我发送结果（机器人可能被屏蔽，或没有发送图片的权限）。".into(),
         ),
         FailureReason::Earlier(code) => (
             format!("Your edit failed ({code})."),
@@ -478,6 +487,27 @@ pub mod admin {
             lang,
             format!("User {user} may now make {limit} edits per window."),
             format!("用户 {user} 每个周期可编辑 {limit} 次。"),
+        )
+    }
+
+    /// A chat admin's limit: it only restricts, in this chat.
+    pub fn limit_set_in_chat(lang: Lang, user: &str, limit: u32) -> String {
+        pick(
+            lang,
+            format!(
+                "User {user} may now make at most {limit} edits per window here (the bot-wide limit still applies)."
+            ),
+            format!("用户 {user} 在此每个周期最多可编辑 {limit} 次（机器人的总额度仍然适用）。"),
+        )
+    }
+
+    /// A chat admin tried to forgive usage: only the operator may.
+    pub fn reset_operators_only(lang: Lang) -> String {
+        pick(
+            lang,
+            "Only the bot's operator can reset usage; you can lower a user's limit here or block them."
+                .into(),
+            "只有机器人的运营者可以重置用量；你可以在此降低用户的额度或屏蔽用户。".into(),
         )
     }
 

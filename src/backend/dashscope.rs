@@ -28,6 +28,8 @@ use crate::core::image::Fitted;
 const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 /// Largest result image we download.
 const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+/// Redirects followed, within the same host only.
+const MAX_REDIRECTS: usize = 5;
 /// Longest wait we honour from a `Retry-After` header.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -84,7 +86,20 @@ pub struct DashScope {
 
 impl DashScope {
     pub fn new(opts: DashScopeOptions) -> Result<Self, BackendError> {
+        // A redirect may move within the host it started on, never to another one (a result URL
+        // must not send us to an internal address or an unrelated site).
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let first = attempt.previous().first().and_then(|u| u.host_str().map(str::to_owned));
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else if first.as_deref() == attempt.url().host_str() {
+                attempt.follow()
+            } else {
+                attempt.error("redirect to another host")
+            }
+        });
         let http = reqwest::Client::builder()
+            .redirect(redirects)
             .timeout(opts.timeout)
             .connect_timeout(Duration::from_secs(10).min(opts.timeout))
             .user_agent(concat!("qwen-edit-bot/", env!("CARGO_PKG_VERSION")))
@@ -208,8 +223,13 @@ impl DashScope {
         serde_json::to_vec(&wire).map_err(|e| BackendError::Malformed(e.to_string()))
     }
 
-    /// Downloads one result image (no API key is sent).
-    async fn fetch_result(&self, url: &str) -> Result<Bytes, BackendError> {
+    /// Downloads one result image of at most `limit` bytes (no API key is sent). Only `https`
+    /// URLs are taken, or `http` when the API itself is (a local test server).
+    async fn fetch_result(&self, url: &str, limit: usize) -> Result<Bytes, BackendError> {
+        if !result_url_allowed(&self.opts.base_url, url) {
+            return Err(BackendError::Download("the result URL is not https".into()));
+        }
+        let limit = limit.min(MAX_RESULT_BYTES);
         let resp = self.http.get(url).send().await.map_err(|e| {
             BackendError::Download(if e.is_timeout() {
                 "timed out".into()
@@ -221,10 +241,12 @@ impl DashScope {
         if !status.is_success() {
             return Err(BackendError::Download(format!("HTTP {}", status.as_u16())));
         }
-        let bytes = read_limited(resp, MAX_RESULT_BYTES)
+        let bytes = read_limited(resp, limit)
             .await
             .map_err(|e| BackendError::Download(e.without_url().to_string()))?
-            .ok_or_else(|| BackendError::Download("result larger than 64 MB".into()))?;
+            .ok_or_else(|| {
+                BackendError::Download(format!("result larger than {} MB", limit >> 20))
+            })?;
         crate::core::image::sniff(&bytes)
             .map_err(|_| BackendError::Download("the result is not an image".into()))?;
         Ok(bytes)
@@ -243,8 +265,25 @@ impl EditBackend for DashScope {
         Box::pin(self.edit_with_retries(req))
     }
 
-    fn download<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Bytes, BackendError>> {
-        Box::pin(self.fetch_result(url))
+    fn download<'a>(
+        &'a self,
+        url: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+        Box::pin(self.fetch_result(url, limit))
+    }
+}
+
+/// Whether a result URL may be downloaded for an API at `base_url`: `https` always, `http` only
+/// when the API itself is plain `http` (a local server).
+pub fn result_url_allowed(base_url: &str, url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match parsed.scheme() {
+        "https" => true,
+        "http" => base_url.starts_with("http://"),
+        _ => false,
     }
 }
 

@@ -68,8 +68,12 @@ pub trait EditBackend: Send + Sync + 'static {
         &'a self,
         req: &'a EditRequest,
     ) -> BoxFuture<'a, Result<EditResponse, BackendError>>;
-    /// Fetches one result image.
-    fn download<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Bytes, BackendError>>;
+    /// Fetches one result image of at most `limit` bytes.
+    fn download<'a>(
+        &'a self,
+        url: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>>;
 }
 
 /// A failed edit call. `retryable` ones are retried inside the client; what reaches callers is

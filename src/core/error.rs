@@ -47,6 +47,10 @@ pub enum FailureReason {
     Fetch(String),
     #[error("the result could not be delivered: {0}")]
     Delivery(String),
+    /// The images were made, but the user's chat refused them (the bot was blocked, or may not
+    /// post there): spent money, charged.
+    #[error("the chat refused the result: {0}")]
+    ChatRefused(String),
     /// It failed before a restart (for the reason coded here), and the user is told only now.
     #[error("failed before a restart: {0}")]
     Earlier(String),
@@ -65,6 +69,7 @@ impl FailureReason {
             FailureReason::Backend(e) => e.code(),
             FailureReason::Fetch(_) => "fetch".into(),
             FailureReason::Delivery(_) => "delivery".into(),
+            FailureReason::ChatRefused(_) => "chat_refused".into(),
             FailureReason::Earlier(code) => code.clone(),
             FailureReason::Interrupted => "interrupted".into(),
             FailureReason::Internal => "internal".into(),

@@ -23,7 +23,9 @@ pub use super::frontend::{Deliveries, FrontEnd, pump};
 use super::image::FitLimits;
 use super::pipeline::{Observer, call, download_all, fit_all};
 use super::queue::FairQueue;
-use super::quota::{Granted, JobStatus, Platform, QuotaRejection, Quotas, Reservation, UserRef};
+use super::quota::{
+    Granted, JobStatus, Platform, QuotaRejection, Quotas, Reservation, ResultAt, UserRef,
+};
 
 /// Most input images per edit (API.md §1.4).
 pub const MAX_INPUTS: usize = 3;
@@ -49,6 +51,20 @@ pub struct JobSpec {
     pub command: EditCommand,
     /// Whatever the front-end needs to answer (message ids, language…).
     pub route: serde_json::Value,
+    /// The unguessable id the result's 🔁 button carries; given by [`Engine::submit`] (`None`
+    /// for jobs of releases before it: their results get no button).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Why a chat did not take a result, as its adapter classifies the platform's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The user's side: the bot was blocked, kicked, or may not post there. The images were
+    /// made, so they are charged.
+    ChatRefused(String),
+    /// Our or the platform's side (5xx, timeouts, network, a file it would not take): refunded.
+    Platform(String),
 }
 
 /// A job that was accepted.
@@ -95,6 +111,8 @@ pub struct EngineConfig {
     pub store_prompts: bool,
     pub default_negative: String,
     pub fetch_timeout: Duration,
+    /// All of one job's result downloads must end within this.
+    pub download_timeout: Duration,
 }
 
 struct Queued {
@@ -182,8 +200,9 @@ impl Engine {
 
     /// Validates, holds a queue place, reserves quota (persisted) and queues the job.
     /// Returns quickly: nothing here waits for the model.
-    pub async fn submit(&self, spec: JobSpec) -> Result<Accepted, Rejection> {
+    pub async fn submit(&self, mut spec: JobSpec) -> Result<Accepted, Rejection> {
         validate(&spec, self.backend.caps().max_n)?;
+        spec.token = Some(uuid::Uuid::new_v4().simple().to_string());
         let hold = self.queue.hold(&spec.user)?;
         let reservation = Reservation {
             job_id: spec.id.clone(),
@@ -194,6 +213,7 @@ impl Engine {
             cost: u32::from(spec.command.count()),
             prompt: self.cfg.store_prompts.then(|| spec.command.prompt.clone()),
             spec: serde_json::to_string(&spec).ok(),
+            token: spec.token.clone(),
         };
         let granted = match self.quotas.reserve(reservation).await {
             Ok(Ok(granted)) => granted,
@@ -228,17 +248,22 @@ impl Engine {
         })
     }
 
-    /// For 🔁: the job `job_id` again — same inputs, chat and prompt, a new random seed — as
-    /// job `new_id` of `user`, answered through `route`. `None` when the job is not known (any
-    /// more).
+    /// For 🔁 pressed on message `pressed` of a chat: the job whose button `token` is — if its
+    /// result is that very message — again: same inputs, chat and prompt, a new random seed, as
+    /// job `new_id` of `user` (who pays), answered through `route`. `None` when the job is not
+    /// known (any more), or the button was not pressed on its result (a forged or copied token).
     pub async fn again(
         &self,
-        job_id: &str,
+        token: &str,
+        pressed: &ResultAt,
         new_id: String,
         user: UserRef,
         route: serde_json::Value,
     ) -> Option<JobSpec> {
-        let stored = self.quotas.stored_spec(job_id).await?;
+        let stored = self
+            .quotas
+            .again_source(token, &pressed.chat, &pressed.message)
+            .await?;
         let old: JobSpec = serde_json::from_str(&stored).ok()?;
         let seed = rand::random_range(0..=super::command::MAX_SEED);
         let command = EditCommand {
@@ -253,6 +278,7 @@ impl Engine {
             inputs: old.inputs,
             command,
             route,
+            token: None,
         })
     }
 
@@ -289,13 +315,18 @@ impl Engine {
         self.observer.as_deref().unwrap_or(&())
     }
 
-    /// The front-end posted the result: commit the reserve.
-    pub async fn delivered(&self, job: &JobSpec, delivery: &Delivery) {
+    /// The front-end posted the result (its 🔁 button on message `at`): commit the images.
+    pub async fn delivered(&self, job: &JobSpec, delivery: &Delivery, at: Option<ResultAt>) {
         self.observer().job_finished(true);
+        let images = delivery.images.len();
         self.observer()
-            .images_delivered(job.user.platform.as_str(), delivery.images.len());
+            .images_delivered(job.user.platform.as_str(), images);
         let request_id = delivery.request_id.clone();
-        if let Err(e) = self.quotas.commit(&job.id, request_id).await {
+        let committed = self
+            .quotas
+            .commit(&job.id, images as u32, request_id, at)
+            .await;
+        if let Err(e) = committed {
             tracing::error!(job_id = %job.id, error = %e, "cannot commit a delivered job");
         }
     }
@@ -308,12 +339,26 @@ impl Engine {
         }
     }
 
-    /// The front-end could not post the result: refund the reserve.
-    pub async fn undeliverable(&self, job: &JobSpec, why: &str) {
+    /// The front-end could not post the result. Refused by the user's chat, the images are
+    /// charged (the model was paid); failed on our or the platform's side, they are refunded.
+    /// Returns what to tell the user.
+    pub async fn undeliverable(&self, job: &JobSpec, why: SendFailure) -> Failure {
         self.observer().job_finished(false);
-        if let Err(e) = self.quotas.refund(&job.id, why).await {
-            tracing::error!(job_id = %job.id, error = %e, "cannot refund an undelivered job");
+        let (reason, written) = match why {
+            SendFailure::ChatRefused(detail) => {
+                let written = self.quotas.charge_undelivered(&job.id, "chat_refused").await;
+                (FailureReason::ChatRefused(detail), written)
+            }
+            SendFailure::Platform(detail) => {
+                let written = self.quotas.refund(&job.id, "delivery").await;
+                (FailureReason::Delivery(detail), written)
+            }
+        };
+        if let Err(e) = &written {
+            tracing::error!(job_id = %job.id, error = %e, "cannot record an undelivered job");
         }
+        let refunded = matches!(reason, FailureReason::Delivery(_)) && written.is_ok();
+        Failure { reason, refunded }
     }
 
     async fn run(&self, q: Queued) {
@@ -397,7 +442,7 @@ impl Engine {
         }
         if let Some(done) = &q.answered {
             // The backend answered before a restart: deliver its results, no new call.
-            let images = download_all(self.backend.as_ref(), &done.urls).await?;
+            let images = download_all(self.backend.as_ref(), &done.urls, self.cfg.download_timeout).await?;
             return Ok(Delivery {
                 images,
                 request_id: done.request_id.clone(),
@@ -420,7 +465,7 @@ impl Engine {
                 Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
             });
         let images = fit_all(inputs, &self.cfg.fit).await?;
-        let resp = call(
+        let mut resp = call(
             self.backend.as_ref(),
             self.observer(),
             images,
@@ -428,6 +473,8 @@ impl Engine {
             negative,
         )
         .await?;
+        // More than asked for is not delivered (nor charged); fewer is charged as delivered.
+        resp.urls.truncate(usize::from(spec.command.count()));
         if let Err(e) = self
             .quotas
             .save_result(&spec.id, resp.request_id.clone(), resp.urls.clone())
@@ -435,7 +482,7 @@ impl Engine {
         {
             tracing::error!(error = %e, "cannot store the backend's answer");
         }
-        let images = download_all(self.backend.as_ref(), &resp.urls).await?;
+        let images = download_all(self.backend.as_ref(), &resp.urls, self.cfg.download_timeout).await?;
         Ok(Delivery {
             images,
             request_id: resp.request_id,

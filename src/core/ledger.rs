@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::policy::Standing;
 use super::quota::{Granted, Limits, Platform, QuotaRejection, Reservation, UserRef, UserSettings};
 
 /// How a job ended.
@@ -18,8 +19,12 @@ pub enum JobStatus {
     Ready,
     /// The result reached the chat; the reserve is committed.
     Delivered,
-    /// Nothing was delivered; the reserve is refunded.
+    /// Nothing was delivered, not because of the user; the reserve is refunded (images the
+    /// backend made still count against `global_per_day`).
     Failed,
+    /// The images were made but the user's chat refused them (the bot was blocked or may not
+    /// post there): they are charged.
+    Undelivered,
 }
 
 impl JobStatus {
@@ -30,6 +35,7 @@ impl JobStatus {
             JobStatus::Ready => "ready",
             JobStatus::Delivered => "delivered",
             JobStatus::Failed => "failed",
+            JobStatus::Undelivered => "undelivered",
         }
     }
 
@@ -40,6 +46,7 @@ impl JobStatus {
             "ready" => JobStatus::Ready,
             "delivered" => JobStatus::Delivered,
             "failed" => JobStatus::Failed,
+            "undelivered" => JobStatus::Undelivered,
             _ => return None,
         })
     }
@@ -86,13 +93,37 @@ pub enum ReportBy {
     Day,
 }
 
-/// One line of the usage report: delivered jobs and images.
+/// One line of the usage report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportRow {
     pub key: String,
+    /// Delivered jobs.
     pub jobs: u64,
+    /// Delivered images.
     pub images: u64,
+    /// Jobs that ended without a result.
     pub failed: u64,
+    /// Images the backend made (what the operator pays for), delivered or not.
+    pub generated: u64,
+    /// Images the backend made that did not reach the chat.
+    pub undelivered: u64,
+}
+
+/// The message that carries a result's 🔁 button.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultAt {
+    pub chat: String,
+    pub message: String,
+}
+
+/// What a 🔁 token leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgainSource {
+    pub job_id: String,
+    /// Where the job's result (and so its button) was posted; `None` before delivery.
+    pub result_at: Option<ResultAt>,
+    /// The job description.
+    pub spec: String,
 }
 
 /// The store failed (disk, database). Internal: logged, never shown verbatim.
@@ -102,7 +133,8 @@ pub struct StoreError(pub String);
 
 /// Durable quota and job state. Every write is persisted before the call returns.
 pub trait Ledger: Send + Sync + 'static {
-    /// Atomically checks every limit for `r` and, if all allow it, records the job as queued.
+    /// Atomically reads the user's [`Standing`], asks `policy::decide` and, if it allows the
+    /// job, records it as queued.
     fn reserve(
         &self,
         r: &Reservation,
@@ -110,7 +142,8 @@ pub trait Ledger: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError>;
     fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Records the backend's answer (result URLs as JSON) before the results are downloaded.
+    /// Records the backend's answer (result URLs as JSON) before the results are downloaded; its
+    /// images count as generated from here on.
     fn save_result(
         &self,
         job_id: &str,
@@ -125,7 +158,18 @@ pub trait Ledger: Send + Sync + 'static {
     fn mark_told(&self, job_id: &str) -> Result<(), StoreError>;
     /// Whether the store takes writes (health check).
     fn check_writable(&self) -> Result<(), StoreError>;
-    /// Delivered commits the reserve, Failed refunds it. A finished job stays finished.
+    /// `images` results were posted: the job is delivered and charged that many (at most its
+    /// reserve); `at` is the message with its 🔁 button. A finished job stays finished.
+    fn deliver(
+        &self,
+        job_id: &str,
+        images: u32,
+        request_id: Option<&str>,
+        at: Option<&ResultAt>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Failed refunds the reserve; Undelivered charges the images the backend made. A finished
+    /// job stays finished.
     fn finish(
         &self,
         job_id: &str,
@@ -134,8 +178,17 @@ pub trait Ledger: Send + Sync + 'static {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// The user's settings as they apply in `group` (bot-wide merged with the group's own).
+    /// The user's settings as they apply in `group`: blocked if blocked bot-wide or there, the
+    /// lower of the two limits, the bot-wide reset.
     fn settings(&self, user: &UserRef, group: Option<&str>) -> Result<UserSettings, StoreError>;
+    /// What `policy` needs to decide about `user` in `group` at `now`.
+    fn standing(
+        &self,
+        user: &UserRef,
+        group: Option<&str>,
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Standing, StoreError>;
     /// Admin changes. `scope` `None` is bot-wide (operators, CLI); `Some(group)` applies only
     /// in that group or guild (its own admins).
     fn set_limit(
@@ -150,25 +203,24 @@ pub trait Ledger: Send + Sync + 'static {
         scope: Option<&str>,
         blocked: bool,
     ) -> Result<(), StoreError>;
-    fn reset_usage(
-        &self,
-        user: &UserRef,
-        scope: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    /// Forgets the user's usage so far (bot-wide; only operators reset).
+    fn reset_usage(&self, user: &UserRef) -> Result<(), StoreError>;
     /// Images reserved or committed by `user` since `since` (see
     /// [`UserSettings::counting_from`] for where a window's count starts).
     fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// The job description saved with the reserve, if not pruned.
     fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError>;
+    /// The job whose 🔁 token is `token`, if its description is still kept.
+    fn by_token(&self, token: &str) -> Result<Option<AgainSource>, StoreError>;
     /// Forgets job descriptions of jobs created before `before`; returns how many.
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
-    /// Usage since `since`, grouped `by`; only the jobs of one platform's group (chat or
-    /// server) when `within` is given.
+    /// Usage since `since` (and before `until`), grouped `by`; only the jobs of one platform's
+    /// group (chat or server) when `within` is given.
     fn report(
         &self,
         since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
         by: ReportBy,
         within: Option<(Platform, &str)>,
     ) -> Result<Vec<ReportRow>, StoreError>;

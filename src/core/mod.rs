@@ -10,5 +10,6 @@ pub mod image;
 pub mod jobs;
 pub mod ledger;
 pub mod pipeline;
+pub mod policy;
 pub mod queue;
 pub mod quota;

@@ -38,8 +38,9 @@ pub async fn execute(
     negative: Option<String>,
 ) -> Result<Delivery, FailureReason> {
     let images = fit_all(inputs, limits).await?;
-    let resp = call(backend, &(), images, command, negative).await?;
-    let images = download_all(backend, &resp.urls).await?;
+    let mut resp = call(backend, &(), images, command, negative).await?;
+    resp.urls.truncate(usize::from(command.count()));
+    let images = download_all(backend, &resp.urls, DOWNLOAD_TIMEOUT).await?;
     Ok(Delivery {
         images,
         request_id: resp.request_id,
@@ -81,16 +82,25 @@ pub async fn call(
     Ok(result?)
 }
 
-/// Downloads every result URL.
+/// How long the CLI's downloads of one edit may take in all.
+const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Most bytes all results of one edit may take together; each download gets its share.
+pub const MAX_RESULTS_BYTES: usize = 128 * 1024 * 1024;
+
+/// Downloads every result URL at once, each within its share of [`MAX_RESULTS_BYTES`], all
+/// within `deadline`.
 pub async fn download_all(
     backend: &dyn EditBackend,
     urls: &[String],
+    deadline: std::time::Duration,
 ) -> Result<Vec<Bytes>, FailureReason> {
-    let mut results = Vec::with_capacity(urls.len());
-    for url in urls {
-        results.push(backend.download(url).await?);
-    }
-    Ok(results)
+    let share = MAX_RESULTS_BYTES / urls.len().max(1);
+    let downloads = urls.iter().map(|url| backend.download(url, share));
+    let results = tokio::time::timeout(deadline, futures_util::future::join_all(downloads))
+        .await
+        .map_err(|_| BackendError::Download("timed out".into()))?;
+    Ok(results.into_iter().collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Runs [`fit`] on the blocking pool, so a large decode never stalls other chats.

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
 pub use super::ledger::{
-    JobRecord, JobStatus, Ledger, ReportBy, ReportRow, StoreError, Unfinished,
+    AgainSource, JobRecord, JobStatus, Ledger, ReportBy, ReportRow, ResultAt, StoreError,
+    Unfinished,
 };
 
 /// Calendar windows in UTC. Weeks start on Monday.
@@ -170,6 +171,9 @@ pub struct Reservation {
     pub prompt: Option<String>,
     /// The job description (JSON) kept for 🔁 and for resuming; pruned after a few days.
     pub spec: Option<String>,
+    /// An unguessable token for the result's 🔁 button (it names the job without revealing or
+    /// letting anyone guess its id).
+    pub token: Option<String>,
 }
 
 /// A reserve that went through.
@@ -206,22 +210,14 @@ pub enum QuotaRejection {
     Global { resets_at: DateTime<Utc> },
 }
 
-/// Per-user settings kept by admins.
+/// Per-user settings kept by admins, in one scope (bot-wide or one chat).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UserSettings {
     pub limit_override: Option<u32>,
     pub blocked: bool,
-    /// Usage before this moment does not count (an admin's "reset").
-    pub reset_at: Option<DateTime<Utc>>,
-}
-
-impl UserSettings {
-    /// From when usage counts in a window starting at `window_start`: the start, or a later
-    /// reset.
-    pub fn counting_from(&self, window_start: DateTime<Utc>) -> DateTime<Utc> {
-        self.reset_at
-            .map_or(window_start, |reset| reset.max(window_start))
-    }
+    /// An operator's reset: only jobs after this position in the job sequence count. A position,
+    /// not a time, so a clock that was wrong at the reset cannot move it.
+    pub reset_after: Option<i64>,
 }
 
 /// What `/quota` shows.
@@ -248,10 +244,15 @@ pub struct Quotas {
     /// Hot copy of per-user settings with when it was read; trusted for [`SETTINGS_TTL`] (the
     /// CLI or another process may change the store meanwhile).
     settings: DashMap<(UserRef, Option<String>), (UserSettings, std::time::Instant)>,
+    /// Waits between attempts of a write that must not be lost (see [`Quotas::persist`]).
+    write_backoff: Vec<std::time::Duration>,
 }
 
 /// How long a cached block is trusted without asking the store.
 const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits between attempts of a job write after the backend answered (about 30 s in all).
+const WRITE_BACKOFF_MS: [u64; 8] = [50, 100, 250, 500, 1000, 2000, 5000, 20000];
 
 impl Quotas {
     pub fn new(ledger: Arc<dyn Ledger>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
@@ -260,6 +261,10 @@ impl Quotas {
             clock,
             limits,
             settings: DashMap::new(),
+            write_backoff: WRITE_BACKOFF_MS
+                .iter()
+                .map(|ms| std::time::Duration::from_millis(*ms))
+                .collect(),
         }
     }
 
@@ -306,7 +311,36 @@ impl Quotas {
         blocking(&self.ledger, move |l| l.mark_running(&id, now)).await
     }
 
-    /// Stores the backend's result URLs: from here on a restart delivers without a new call.
+    /// Runs a write that must not be lost, again after a failure (the store may be busy or
+    /// briefly unwritable), until it succeeds or the attempts run out (about 30 s).
+    async fn persist<F>(&self, what: &'static str, job_id: &str, write: F) -> Result<(), StoreError>
+    where
+        F: Fn(&dyn Ledger) -> Result<(), StoreError> + Send + Sync + 'static,
+    {
+        let write = Arc::new(write);
+        let mut waits = self.write_backoff.iter();
+        loop {
+            let w = Arc::clone(&write);
+            let err = match blocking(&self.ledger, move |l| w(l)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let Some(wait) = waits.next() else {
+                tracing::error!(job_id, error = %err, "giving up on a store write: {what}");
+                return Err(err);
+            };
+            tracing::warn!(job_id, error = %err, "store write failed, retrying: {what}");
+            tokio::time::sleep(*wait).await;
+        }
+    }
+
+    /// Sets the waits between attempts of writes that must not be lost (tests shorten them).
+    pub fn set_write_backoff(&mut self, waits: Vec<std::time::Duration>) {
+        self.write_backoff = waits;
+    }
+
+    /// Stores the backend's result URLs: from here on a restart delivers without a new call, and
+    /// the images count as generated (spent money) whatever happens to them.
     pub async fn save_result(
         &self,
         job_id: &str,
@@ -314,26 +348,43 @@ impl Quotas {
         urls: Vec<String>,
     ) -> Result<(), StoreError> {
         let (id, now) = (job_id.to_owned(), self.clock.now());
-        blocking(&self.ledger, move |l| {
+        self.persist("the backend's answer", job_id, move |l| {
             l.save_result(&id, request_id.as_deref(), &urls, now)
         })
         .await
     }
 
-    /// Commits the job's reserve: the result reached the user.
-    pub async fn commit(&self, job_id: &str, request_id: Option<String>) -> Result<(), StoreError> {
+    /// Commits the job: `images` results reached the user (that many are charged), the 🔁 button
+    /// sits on the message `at`.
+    pub async fn commit(
+        &self,
+        job_id: &str,
+        images: u32,
+        request_id: Option<String>,
+        at: Option<ResultAt>,
+    ) -> Result<(), StoreError> {
         let (id, now) = (job_id.to_owned(), self.clock.now());
-        blocking(&self.ledger, move |l| {
-            l.finish(&id, JobStatus::Delivered, request_id.as_deref(), None, now)
+        self.persist("a delivery", job_id, move |l| {
+            l.deliver(&id, images, request_id.as_deref(), at.as_ref(), now)
         })
         .await
     }
 
-    /// Gives the job's reserve back: nothing was delivered.
+    /// Gives the job's reserve back: nothing was delivered, and not because of the user.
     pub async fn refund(&self, job_id: &str, error: &str) -> Result<(), StoreError> {
+        self.end(job_id, JobStatus::Failed, error).await
+    }
+
+    /// The images were made but the user's chat refused them (blocked bot, no right to post):
+    /// they are charged.
+    pub async fn charge_undelivered(&self, job_id: &str, error: &str) -> Result<(), StoreError> {
+        self.end(job_id, JobStatus::Undelivered, error).await
+    }
+
+    async fn end(&self, job_id: &str, status: JobStatus, error: &str) -> Result<(), StoreError> {
         let (id, now, error) = (job_id.to_owned(), self.clock.now(), error.to_owned());
-        blocking(&self.ledger, move |l| {
-            l.finish(&id, JobStatus::Failed, None, Some(&error), now)
+        self.persist("the end of a job", job_id, move |l| {
+            l.finish(&id, status, None, Some(&error), now)
         })
         .await
     }
@@ -357,21 +408,17 @@ impl Quotas {
     ) -> Result<UserQuota, StoreError> {
         let (u, now, limits) = (user.clone(), self.clock.now(), self.limits);
         let g = group.map(str::to_owned);
-        let (settings, used) = blocking(&self.ledger, move |l| {
-            let s = l.settings(&u, g.as_deref())?;
-            Ok((s, l.used(&u, s.counting_from(limits.window.start(now)))?))
-        })
-        .await?;
+        let standing =
+            blocking(&self.ledger, move |l| l.standing(&u, g.as_deref(), &limits, now)).await?;
+        let quota = super::policy::view(&limits, &standing, now);
+        let settings = UserSettings {
+            blocked: quota.blocked,
+            ..UserSettings::default()
+        };
         let key = (user.clone(), group.map(str::to_owned));
         self.settings
             .insert(key, (settings, std::time::Instant::now()));
-        Ok(UserQuota {
-            used,
-            limit: settings.limit_override.unwrap_or(limits.per_user),
-            blocked: settings.blocked,
-            overridden: settings.limit_override.is_some(),
-            resets_at: limits.window.end(now),
-        })
+        Ok(quota)
     }
 
     /// Sets (or with `None` clears) the user's own limit per window, bot-wide.
@@ -379,7 +426,8 @@ impl Quotas {
         self.set_limit_in(user, None, limit).await
     }
 
-    /// Like [`Quotas::set_limit`], only in `scope` when given.
+    /// Like [`Quotas::set_limit`], only in `scope` when given. A chat's limit only restricts:
+    /// the bot-wide one still applies there (see `policy`).
     pub async fn set_limit_in(
         &self,
         user: &UserRef,
@@ -429,6 +477,7 @@ impl Quotas {
         let rows = blocking(&self.ledger, move |l| {
             l.report(
                 since,
+                None,
                 ReportBy::User,
                 group.as_deref().map(|g| (platform, g)),
             )
@@ -447,24 +496,23 @@ impl Quotas {
         Ok((since, rows))
     }
 
-    /// The stored description of a job, if it is still kept.
-    pub async fn stored_spec(&self, job_id: &str) -> Option<String> {
-        let id = job_id.to_owned();
-        blocking(&self.ledger, move |l| l.job_spec(&id))
+    /// The job behind a 🔁 `token`, if it is still kept and its button is on message `message`
+    /// of chat `chat` (a button pressed anywhere else, or a forged token, finds nothing).
+    pub async fn again_source(&self, token: &str, chat: &str, message: &str) -> Option<String> {
+        let token = token.to_owned();
+        let found = blocking(&self.ledger, move |l| l.by_token(&token))
             .await
             .ok()
-            .flatten()
+            .flatten()?;
+        let at = found.result_at?;
+        (at.chat == chat && at.message == message).then_some(found.spec)
     }
 
-    /// Forgets the user's usage so far in this window, bot-wide.
+    /// Forgets the user's usage so far in this window, bot-wide. Only operators may: a chat's
+    /// admins cannot forgive usage (it is the operator's money).
     pub async fn reset(&self, user: &UserRef) -> Result<(), StoreError> {
-        self.reset_in(user, None).await
-    }
-
-    /// Forgets the user's usage so far, for requests in `scope` when given.
-    pub async fn reset_in(&self, user: &UserRef, scope: Option<&str>) -> Result<(), StoreError> {
-        let (u, sc, now) = (user.clone(), scope.map(str::to_owned), self.clock.now());
-        blocking(&self.ledger, move |l| l.reset_usage(&u, sc.as_deref(), now)).await?;
+        let u = user.clone();
+        blocking(&self.ledger, move |l| l.reset_usage(&u)).await?;
         self.forget(user);
         Ok(())
     }

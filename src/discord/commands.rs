@@ -144,11 +144,13 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
         .as_ref()
         .and_then(|m| m.permissions)
         .is_some_and(|p| p.manage_guild() || p.administrator());
-    // A server's admins manage quotas in that server only.
-    let Some(scope) = group_of(cmd.guild_id).filter(|_| allowed) else {
-        return ephemeral(dc, cmd, &messages::admin::refused_discord(lang)).await;
+    // Operators (`discord.admin_ids`) act bot-wide; a server's admins in that server only.
+    let scope = match group_of(cmd.guild_id) {
+        _ if dc.admin_ids.contains(&cmd.user.id.get()) => None,
+        Some(guild) if allowed => Some(guild),
+        _ => return ephemeral(dc, cmd, &messages::admin::refused_discord(lang)).await,
     };
-    let scope = Some(scope.as_str());
+    let scope = scope.as_deref();
     let options = cmd.data.options();
     let Some(ResolvedOption {
         name,
@@ -168,12 +170,22 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
     });
     let quotas = dc.engine.quotas();
     let result = match (*name, target, limit) {
-        ("set", Some(user), Some(limit)) => quotas
-            .set_limit_in(&user, scope, Some(limit))
-            .await
-            .map(|_| messages::admin::limit_set(lang, &user.id, limit)),
+        ("set", Some(user), Some(limit)) => {
+            let said = match scope {
+                None => messages::admin::limit_set(lang, &user.id, limit),
+                Some(_) => messages::admin::limit_set_in_chat(lang, &user.id, limit),
+            };
+            quotas
+                .set_limit_in(&user, scope, Some(limit))
+                .await
+                .map(|_| said)
+        }
+        // Forgiving usage spends the operator's money: only operators may.
+        ("reset", Some(_), _) if scope.is_some() => {
+            Ok(messages::admin::reset_operators_only(lang))
+        }
         ("reset", Some(user), _) => quotas
-            .reset_in(&user, scope)
+            .reset(&user)
             .await
             .map(|_| messages::admin::reset(lang, &user.id)),
         ("block", Some(user), _) => quotas

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serenity::all::{
-    ButtonStyle, CreateActionRow, CreateAttachment, CreateButton, CreateMessage,
-    EditInteractionResponse, EditMessage, GuildId, Message, MessageId, MessageReference, Nonce,
-    PremiumTier,
+    ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAttachment, CreateButton,
+    CreateMessage, EditInteractionResponse, EditMessage, GuildId, Message, MessageId,
+    MessageReference, Nonce, PremiumTier, UserId,
 };
 use serenity::builder::Builder;
 
@@ -18,7 +18,8 @@ use super::{Discord, Route};
 use crate::core::edit::BoxFuture;
 use crate::core::error::{Failure, FailureReason};
 use crate::core::image::{FitLimits, fit_upload};
-use crate::core::jobs::{Delivery, FrontEnd, JobSpec, Outcome};
+use crate::core::jobs::{Delivery, FrontEnd, JobSpec, Outcome, SendFailure};
+use crate::core::quota::ResultAt;
 use crate::messages;
 
 const SEND_ATTEMPTS: u32 = 4;
@@ -124,8 +125,13 @@ impl Discord {
         }
     }
 
-    /// Sends a message replying to the request (or mentioning the user), retrying.
+    /// Sends a message replying to the request (or mentioning the user), retrying. Only the
+    /// requester may be pinged: a prompt's `@everyone` or role mention stays text.
     async fn post(&self, route: &Route, message: CreateMessage) -> serenity::Result<Message> {
+        let mentions = CreateAllowedMentions::new()
+            .users([UserId::new(route.user_id)])
+            .replied_user(true);
+        let message = message.allowed_mentions(mentions);
         let message = match route.reply_to {
             Some(to) => message.reference_message(
                 MessageReference::from((route.channel(), MessageId::new(to)))
@@ -186,17 +192,10 @@ impl Discord {
         let (files, compressed) = match fit_all(&delivery.images, limit).await {
             Ok(fitted) => fitted,
             Err(reason) => {
-                self.engine
-                    .undeliverable(&outcome.job, "upload_limit")
+                let why = SendFailure::Platform(format!("upload_limit: {reason}"));
+                let refunded = self.engine.undeliverable(&outcome.job, why).await.refunded;
+                self.tell_failure(route, &Failure { reason, refunded })
                     .await;
-                self.tell_failure(
-                    route,
-                    &Failure {
-                        reason,
-                        refunded: true,
-                    },
-                )
-                .await;
                 return false;
             }
         };
@@ -214,35 +213,40 @@ impl Discord {
             text.push('\n');
             text.push_str(&messages::compressed(route.lang));
         }
-        let again = CreateButton::new(format!("again:{}", outcome.job.id))
-            .label("🔁")
-            .style(ButtonStyle::Secondary);
+        // The button names the job by its unguessable token (none for jobs of older releases).
+        let again = outcome.job.token.as_ref().map(|token| {
+            CreateButton::new(format!("again:{token}"))
+                .label("🔁")
+                .style(ButtonStyle::Secondary)
+        });
         // Discord de-duplicates by nonce for a few minutes: a retry, or a resend after a crash
         // that came between Discord's answer and our commit, returns the message already posted.
-        let message = CreateMessage::new()
+        let mut message = CreateMessage::new()
             .content(text)
             .add_files(files)
-            .components(vec![CreateActionRow::Buttons(vec![again])])
             .nonce(Nonce::String(result_nonce(&outcome.job.id)))
             .enforce_nonce(true);
+        if let Some(again) = again {
+            message = message.components(vec![CreateActionRow::Buttons(vec![again])]);
+        }
         let sent = match tokio::time::timeout(DELIVERY_TIMEOUT, self.post(route, message)).await {
             Ok(sent) => sent,
             Err(_) => Err(serenity::Error::Other("delivery timed out")),
         };
         match sent {
             Ok(sent) => {
-                self.engine.delivered(&outcome.job, delivery).await;
+                let at = ResultAt {
+                    chat: sent.channel_id.get().to_string(),
+                    message: sent.id.get().to_string(),
+                };
+                self.engine.delivered(&outcome.job, delivery, Some(at)).await;
                 self.point_interaction_at(route, &sent).await;
                 true
             }
             Err(e) => {
                 tracing::error!(job_id = %outcome.job.id, error = %e, "delivery failed");
                 self.engine.observer().send_failed("discord");
-                self.engine.undeliverable(&outcome.job, "delivery").await;
-                let failure = Failure {
-                    reason: FailureReason::Delivery(e.to_string()),
-                    refunded: true,
-                };
+                let failure = self.engine.undeliverable(&outcome.job, classify(&e)).await;
                 self.tell_failure(route, &failure).await;
                 false
             }
@@ -335,6 +339,23 @@ async fn fit_all(
         files.push(CreateAttachment::bytes(upload.bytes.to_vec(), name));
     }
     Ok((files, compressed))
+}
+
+/// Whose side a failed post is on. The channel refusing the bot (403: Missing Access 50001,
+/// Missing Permissions 50013, cannot DM the user 50007; or the channel gone, 10003) is the
+/// user's: the images are charged. Everything else is ours or Discord's.
+fn classify(e: &serenity::Error) -> SendFailure {
+    use serenity::all::HttpError;
+    let refused = match e {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
+            r.status_code.as_u16() == 403 || matches!(r.error.code, 50001 | 50007 | 50013 | 10003)
+        }
+        _ => false,
+    };
+    match refused {
+        true => SendFailure::ChatRefused(e.to_string()),
+        false => SendFailure::Platform(e.to_string()),
+    }
 }
 
 fn retryable(e: &serenity::Error) -> bool {

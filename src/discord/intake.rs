@@ -233,7 +233,9 @@ async fn open_modal(dc: &Discord, cmd: &CommandInteraction) {
     let Some(target) = cmd.data.target_id else {
         return;
     };
-    let custom_id = format!("edit:{}:{}", cmd.channel_id.get(), target.get());
+    // Only the target message: the channel is the one the modal is submitted in (an id sent back
+    // by the client carries no authority).
+    let custom_id = format!("edit:{}", target.get());
     let (title, prompt_label, negative_label) = match lang {
         Lang::En => ("Edit image", "What should change?", "Avoid (optional)"),
         Lang::Zh => ("编辑图片", "要修改什么？", "不想要的内容（可选）"),
@@ -264,12 +266,12 @@ async fn modal_submit(dc: &Discord, modal: &ModalInteraction) {
     let Some(rest) = modal.data.custom_id.strip_prefix("edit:") else {
         return;
     };
-    let Some((channel, message)) = rest.split_once(':') else {
+    // `edit:<message>` (or `edit:<channel>:<message>` from older releases, whose channel is
+    // ignored): the message is looked up in the channel of the interaction, nowhere else.
+    let Ok(message) = rest.rsplit(':').next().unwrap_or("").parse::<u64>() else {
         return;
     };
-    let (Ok(channel), Ok(message)) = (channel.parse::<u64>(), message.parse::<u64>()) else {
-        return;
-    };
+    let channel = modal.channel_id.get();
     let field = |id: &str| {
         modal
             .data
@@ -334,8 +336,14 @@ async fn modal_submit(dc: &Discord, modal: &ModalInteraction) {
 /// 🔁 under a result: the same inputs and prompt with a new seed, charged to whoever pressed.
 async fn again(dc: &Discord, button: &ComponentInteraction) {
     let lang = lang_of(&button.locale, button.guild_locale.as_deref());
-    let Some(job_id) = button.data.custom_id.strip_prefix("again:") else {
+    let Some(token) = button.data.custom_id.strip_prefix("again:") else {
         return;
+    };
+    // Only the button under the job's own result counts: the message it was pressed on must be
+    // the stored result message, in the same channel.
+    let pressed = crate::core::quota::ResultAt {
+        chat: button.channel_id.get().to_string(),
+        message: button.message.id.get().to_string(),
     };
     let route = Route {
         channel_id: button.channel_id.get(),
@@ -349,7 +357,7 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
     let user = UserRef::new(Platform::Discord, button.user.id.get().to_string());
     let route_value = serde_json::to_value(&route).unwrap_or_default();
     let id = format!("dc-b-{}", button.id.get());
-    let Some(spec) = dc.engine.again(job_id, id, user, route_value).await else {
+    let Some(spec) = dc.engine.again(token, &pressed, id, user, route_value).await else {
         let reply = CreateInteractionResponseMessage::new()
             .content(messages::again_expired(lang))
             .ephemeral(true);
@@ -412,6 +420,7 @@ impl Discord {
             inputs,
             command,
             route: serde_json::to_value(route).unwrap_or_default(),
+            token: None,
         }
     }
 

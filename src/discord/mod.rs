@@ -64,6 +64,8 @@ pub struct Discord {
     metrics: Arc<Metrics>,
     bot_id: std::sync::OnceLock<UserId>,
     guild_ids: Vec<u64>,
+    /// Operators: `/quota-admin` acts bot-wide for them.
+    admin_ids: Vec<u64>,
     feedback: DashMap<String, Feedback>,
     /// Upload limits learnt per guild (from its boost tier).
     upload_limits: DashMap<u64, u64>,
@@ -74,7 +76,10 @@ pub struct Discord {
 /// The REST client, pointed at `discord.api_url` (a proxy or a fake) when it is not Discord's.
 pub fn http(token: &str, api_url: &str) -> Http {
     let api_url = api_url.trim_end_matches('/');
-    let builder = HttpBuilder::new(token);
+    // Nobody is pinged unless a message names whom (a result pings its requester only), so a
+    // prompt's `@everyone` or role mention, echoed back, stays text.
+    let builder = HttpBuilder::new(token)
+        .default_allowed_mentions(serenity::all::CreateAllowedMentions::new());
     if api_url == "https://discord.com" {
         return builder.build();
     }
@@ -165,6 +170,7 @@ pub async fn run(
         metrics,
         bot_id: std::sync::OnceLock::new(),
         guild_ids: settings.config.discord.guild_ids.clone(),
+        admin_ids: settings.config.discord.admin_ids.clone(),
         feedback: DashMap::new(),
         upload_limits: DashMap::new(),
         guild_langs: DashMap::new(),

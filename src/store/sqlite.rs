@@ -7,12 +7,14 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::core::policy::{Standing, decide};
 use crate::core::quota::{
-    Granted, JobRecord, JobStatus, Ledger, Limits, Platform, QuotaRejection, ReportBy, ReportRow,
-    Reservation, StoreError, Unfinished, UserRef, UserSettings, Window,
+    AgainSource, Granted, JobRecord, JobStatus, Ledger, Limits, Platform, QuotaRejection,
+    ReportBy, ReportRow, Reservation, ResultAt, StoreError, Unfinished, UserRef, UserSettings,
+    Window,
 };
 
 const SCHEMA: &str = "
@@ -36,7 +38,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_urls TEXT,
     attempts    INTEGER NOT NULL DEFAULT 0,
     -- 0 while a failed job's user has not been told yet
-    told        INTEGER NOT NULL DEFAULT 1
+    told        INTEGER NOT NULL DEFAULT 1,
+    -- images the backend made for the job (spent money, delivered or not)
+    generated   INTEGER NOT NULL DEFAULT 0,
+    -- the unguessable id in the result's 🔁 button, and the message that carries it
+    token          TEXT,
+    result_chat    TEXT,
+    result_message TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('queued','running','ready');
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at INTEGER NOT NULL);
@@ -51,9 +59,15 @@ CREATE TABLE IF NOT EXISTS users (
     limit_override INTEGER,
     blocked        INTEGER NOT NULL DEFAULT 0,
     reset_at       INTEGER,
+    -- an operator's reset: only jobs with a larger seq count (bot-wide rows only)
+    reset_seq      INTEGER,
     PRIMARY KEY (platform, user_id, scope)
 );
 ";
+
+/// Indexes on columns that [`migrate`] may have to add first.
+const LATE_INDEXES: &str =
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_token ON jobs (token) WHERE token IS NOT NULL;";
 
 /// Brings a database made by an earlier version up to [`SCHEMA`] (which `CREATE TABLE IF NOT
 /// EXISTS` leaves alone): job columns added since, and per-scope user settings.
@@ -70,6 +84,10 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("result_urls", "TEXT"),
         ("attempts", "INTEGER NOT NULL DEFAULT 0"),
         ("told", "INTEGER NOT NULL DEFAULT 1"),
+        ("generated", "INTEGER NOT NULL DEFAULT 0"),
+        ("token", "TEXT"),
+        ("result_chat", "TEXT"),
+        ("result_message", "TEXT"),
     ] {
         if !has("jobs", column)? {
             conn.execute_batch(&format!(
@@ -93,11 +111,29 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
-    Ok(())
+    if !has("users", "reset_seq")? {
+        // Resets were times; they become positions in the job sequence. A chat admin's reset is
+        // no longer a rule (only operators forgive usage), so only bot-wide ones carry over.
+        conn.execute_batch(
+            "ALTER TABLE users ADD COLUMN reset_seq INTEGER;
+             UPDATE users SET reset_seq =
+                 (SELECT COALESCE(MAX(seq), 0) FROM jobs WHERE jobs.created_at < users.reset_at)
+             WHERE reset_at IS NOT NULL AND scope = '';",
+        )?;
+    }
+    conn.execute_batch(LATE_INDEXES)
 }
 
 /// Statuses whose cost counts against quotas.
-const CHARGED: &str = "status IN ('queued','running','ready','delivered')";
+const CHARGED: &str = "status IN ('queued','running','ready','delivered','undelivered')";
+
+/// What a job costs the operator's daily budget: its reserve or charge, or what the backend made
+/// when that is more (a refunded job whose images were made still cost money).
+const SPENT: &str = "MAX(CASE WHEN status IN ('queued','running','ready','delivered','undelivered')
+                      THEN cost ELSE 0 END, generated)";
+
+/// Statuses a job can still leave.
+const OPEN: &str = "status IN ('queued','running','ready')";
 
 /// SQLite-backed [`Ledger`].
 pub struct SqliteLedger {
@@ -142,16 +178,14 @@ fn time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-/// The user's settings as they apply in `group`: the bot-wide row merged with the group's.
-/// A block anywhere blocks; the group's own limit wins over the bot-wide one; the later reset
-/// counts.
+/// The user's bot-wide settings and, in `group`, that group's own.
 fn settings_of(
     conn: &Connection,
     user: &UserRef,
     group: Option<&str>,
-) -> rusqlite::Result<UserSettings> {
+) -> rusqlite::Result<(UserSettings, Option<UserSettings>)> {
     let mut stmt = conn.prepare_cached(
-        "SELECT scope, limit_override, blocked, reset_at FROM users
+        "SELECT scope, limit_override, blocked, reset_seq FROM users
          WHERE platform = ?1 AND user_id = ?2 AND (scope = '' OR scope = ?3)",
     )?;
     let rows = stmt.query_map(
@@ -162,25 +196,24 @@ fn settings_of(
                 UserSettings {
                     limit_override: r.get::<_, Option<u32>>(1)?,
                     blocked: r.get::<_, bool>(2)?,
-                    reset_at: r.get::<_, Option<i64>>(3)?.map(time),
+                    reset_after: r.get::<_, Option<i64>>(3)?,
                 },
             ))
         },
     )?;
-    let mut merged = UserSettings::default();
-    let mut scoped_limit = None;
+    let (mut bot_wide, mut in_chat) = (UserSettings::default(), None);
     for row in rows {
-        let (scope, s) = row?;
-        merged.blocked |= s.blocked;
-        merged.reset_at = merged.reset_at.max(s.reset_at);
-        if scope.is_empty() {
-            merged.limit_override = merged.limit_override.or(s.limit_override);
-        } else {
-            scoped_limit = s.limit_override;
+        match row? {
+            (scope, s) if scope.is_empty() => bot_wide = s,
+            (_, s) => {
+                in_chat = Some(UserSettings {
+                    reset_after: None,
+                    ..s
+                })
+            }
         }
     }
-    merged.limit_override = scoped_limit.or(merged.limit_override);
-    Ok(merged)
+    Ok((bot_wide, in_chat))
 }
 
 /// Writes one column of the user's row in `scope` ('' = bot-wide).
@@ -203,13 +236,20 @@ fn upsert(
     Ok(())
 }
 
-fn used_by_user(conn: &Connection, user: &UserRef, since: i64) -> rusqlite::Result<u32> {
+fn used_by_user(
+    conn: &Connection,
+    user: &UserRef,
+    group: Option<&str>,
+    since: i64,
+    after_seq: i64,
+) -> rusqlite::Result<u32> {
     conn.query_row(
         &format!(
             "SELECT COALESCE(SUM(cost), 0) FROM jobs
-             WHERE platform = ?1 AND user_id = ?2 AND created_at >= ?3 AND {CHARGED}"
+             WHERE platform = ?1 AND user_id = ?2 AND created_at >= ?3 AND seq > ?4
+               AND (?5 IS NULL OR group_id = ?5) AND {CHARGED}"
         ),
-        params![user.platform.as_str(), user.id, since],
+        params![user.platform.as_str(), user.id, since, after_seq, group],
         |r| r.get(0),
     )
 }
@@ -230,12 +270,44 @@ fn used_by_group(
     )
 }
 
-fn used_globally(conn: &Connection, since: i64) -> rusqlite::Result<u32> {
+fn spent_globally(conn: &Connection, since: i64) -> rusqlite::Result<u32> {
     conn.query_row(
-        &format!("SELECT COALESCE(SUM(cost), 0) FROM jobs WHERE created_at >= ?1 AND {CHARGED}"),
+        &format!("SELECT COALESCE(SUM({SPENT}), 0) FROM jobs WHERE created_at >= ?1"),
         params![since],
         |r| r.get(0),
     )
+}
+
+/// Reads everything `policy` needs about `user` in `group` at `now` (the clock read once, by the
+/// caller).
+fn standing_of(
+    conn: &Connection,
+    user: &UserRef,
+    group: Option<&str>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Standing> {
+    let (bot_wide, in_chat) = settings_of(conn, user, group)?;
+    let start = ms(limits.window.start(now));
+    let after = bot_wide.reset_after.unwrap_or(0);
+    let (used_in_chat, chat_used) = match group {
+        Some(g) => (
+            used_by_user(conn, user, Some(g), start, after)?,
+            used_by_group(conn, user, g, start)?,
+        ),
+        None => (0, 0),
+    };
+    Ok(Standing {
+        bot_wide,
+        in_chat,
+        used_total: used_by_user(conn, user, None, start, after)?,
+        used_in_chat,
+        chat_used,
+        global_used: match limits.global_per_day {
+            0 => 0,
+            _ => spent_globally(conn, ms(Window::Day.start(now)))?,
+        },
+    })
 }
 
 /// Checks every limit; `Ok(Ok(granted))` when the job may be recorded.
@@ -245,46 +317,8 @@ fn check_limits(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Result<Granted, QuotaRejection>> {
-    let settings = settings_of(conn, &r.user, r.group.as_deref())?;
-    if settings.blocked {
-        return Ok(Err(QuotaRejection::Blocked));
-    }
-    let limit = settings.limit_override.unwrap_or(limits.per_user);
-    if limit == 0 {
-        return Ok(Err(QuotaRejection::Disabled));
-    }
-    let resets_at = limits.window.end(now);
-    let start = limits.window.start(now);
-    let since = settings.counting_from(start);
-    let used = used_by_user(conn, &r.user, ms(since))?;
-    if used + r.cost > limit {
-        return Ok(Err(QuotaRejection::User {
-            used,
-            limit,
-            resets_at,
-        }));
-    }
-    if let Some(group) = r.group.as_deref().filter(|_| limits.per_chat > 0) {
-        let chat_used = used_by_group(conn, &r.user, group, ms(start))?;
-        if chat_used + r.cost > limits.per_chat {
-            return Ok(Err(QuotaRejection::Chat {
-                limit: limits.per_chat,
-                resets_at,
-            }));
-        }
-    }
-    if limits.global_per_day > 0 {
-        let day = Window::Day.start(now);
-        if used_globally(conn, ms(day))? + r.cost > limits.global_per_day {
-            let resets_at = day + Duration::days(1);
-            return Ok(Err(QuotaRejection::Global { resets_at }));
-        }
-    }
-    Ok(Ok(Granted {
-        remaining: limit - used - r.cost,
-        limit,
-        resets_at,
-    }))
+    let standing = standing_of(conn, &r.user, r.group.as_deref(), limits, now)?;
+    Ok(decide(limits, &standing, r.cost, r.group.is_some(), now))
 }
 
 impl Ledger for SqliteLedger {
@@ -312,8 +346,8 @@ impl Ledger for SqliteLedger {
         if verdict.is_ok() {
             tx.execute(
                 "INSERT INTO jobs (id, platform, user_id, chat_id, group_id, model, cost, status,
-                                   created_at, prompt, spec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?10)",
+                                   created_at, prompt, spec, token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?10, ?11)",
                 params![
                     r.job_id,
                     r.user.platform.as_str(),
@@ -324,7 +358,8 @@ impl Ledger for SqliteLedger {
                     r.cost,
                     ms(now),
                     r.prompt,
-                    r.spec
+                    r.spec,
+                    r.token
                 ],
             )
             .map_err(db)?;
@@ -351,13 +386,14 @@ impl Ledger for SqliteLedger {
         urls: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let count = urls.len() as i64;
         let urls = serde_json::to_string(urls).map_err(|e| StoreError(e.to_string()))?;
         self.conn()
             .execute(
                 "UPDATE jobs SET status = 'ready', result_urls = ?2, request_id = ?3,
-                    started_at = COALESCE(started_at, ?4)
+                    started_at = COALESCE(started_at, ?4), generated = ?5
                  WHERE id = ?1 AND status IN ('queued','running')",
-                params![job_id, urls, request_id, ms(now)],
+                params![job_id, urls, request_id, ms(now), count],
             )
             .map_err(db)?;
         Ok(())
@@ -407,6 +443,35 @@ impl Ledger for SqliteLedger {
         result.map(|_| ()).map_err(db)
     }
 
+    fn deliver(
+        &self,
+        job_id: &str,
+        images: u32,
+        request_id: Option<&str>,
+        at: Option<&ResultAt>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                &format!(
+                    "UPDATE jobs SET status = 'delivered', finished_at = ?3, cost = MIN(cost, ?2),
+                        request_id = COALESCE(?4, request_id), told = 1,
+                        result_chat = ?5, result_message = ?6
+                     WHERE id = ?1 AND {OPEN}"
+                ),
+                params![
+                    job_id,
+                    images,
+                    ms(now),
+                    request_id,
+                    at.map(|a| &a.chat),
+                    at.map(|a| &a.message)
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
     fn finish(
         &self,
         job_id: &str,
@@ -415,11 +480,16 @@ impl Ledger for SqliteLedger {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        // An undelivered job is charged what the backend made (at most its reserve).
         self.conn()
             .execute(
-                "UPDATE jobs SET status = ?2, finished_at = ?3,
-                    request_id = COALESCE(?4, request_id), error = ?5, told = (?2 != 'failed')
-                 WHERE id = ?1 AND status IN ('queued','running','ready')",
+                &format!(
+                    "UPDATE jobs SET status = ?2, finished_at = ?3,
+                        request_id = COALESCE(?4, request_id), error = ?5, told = (?2 != 'failed'),
+                        cost = CASE WHEN ?2 = 'undelivered' AND generated > 0
+                                    THEN MIN(cost, generated) ELSE cost END
+                     WHERE id = ?1 AND {OPEN}"
+                ),
                 params![job_id, status.as_str(), ms(now), request_id, error],
             )
             .map_err(db)?;
@@ -434,7 +504,29 @@ impl Ledger for SqliteLedger {
     }
 
     fn settings(&self, user: &UserRef, group: Option<&str>) -> Result<UserSettings, StoreError> {
-        settings_of(&self.conn(), user, group).map_err(db)
+        let (bot_wide, in_chat) = settings_of(&self.conn(), user, group).map_err(db)?;
+        let Some(chat) = in_chat else {
+            return Ok(bot_wide);
+        };
+        let limit_override = match (bot_wide.limit_override, chat.limit_override) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(UserSettings {
+            limit_override,
+            blocked: bot_wide.blocked || chat.blocked,
+            reset_after: bot_wide.reset_after,
+        })
+    }
+
+    fn standing(
+        &self,
+        user: &UserRef,
+        group: Option<&str>,
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Standing, StoreError> {
+        standing_of(&self.conn(), user, group, limits, now).map_err(db)
     }
 
     fn set_limit(
@@ -455,17 +547,16 @@ impl Ledger for SqliteLedger {
         upsert(&self.conn(), user, scope, "blocked", &blocked)
     }
 
-    fn reset_usage(
-        &self,
-        user: &UserRef,
-        scope: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        upsert(&self.conn(), user, scope, "reset_at", &(ms(now) + 1))
+    fn reset_usage(&self, user: &UserRef) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM jobs", [], |r| r.get(0))
+            .map_err(db)?;
+        upsert(&conn, user, None, "reset_seq", &last)
     }
 
     fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError> {
-        used_by_user(&self.conn(), user, ms(since)).map_err(db)
+        used_by_user(&self.conn(), user, None, ms(since), 0).map_err(db)
     }
 
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -515,6 +606,25 @@ impl Ledger for SqliteLedger {
             .map_err(db)
     }
 
+    fn by_token(&self, token: &str) -> Result<Option<AgainSource>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, result_chat, result_message, spec FROM jobs
+                 WHERE token = ?1 AND spec IS NOT NULL",
+                params![token],
+                |r| {
+                    let (chat, message): (Option<String>, Option<String>) = (r.get(1)?, r.get(2)?);
+                    Ok(AgainSource {
+                        job_id: r.get(0)?,
+                        result_at: chat.zip(message).map(|(chat, message)| ResultAt { chat, message }),
+                        spec: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         self.conn()
             .execute(
@@ -528,6 +638,7 @@ impl Ledger for SqliteLedger {
     fn report(
         &self,
         since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
         by: ReportBy,
         within: Option<(Platform, &str)>,
     ) -> Result<Vec<ReportRow>, StoreError> {
@@ -540,8 +651,10 @@ impl Ledger for SqliteLedger {
             "SELECT {key} AS k,
                     SUM(status = 'delivered'),
                     COALESCE(SUM(CASE WHEN status = 'delivered' THEN cost END), 0),
-                    SUM(status = 'failed')
-             FROM jobs WHERE created_at >= ?1 AND (?2 IS NULL OR (platform = ?2 AND group_id = ?3))
+                    SUM(status IN ('failed','undelivered')),
+                    COALESCE(SUM(MAX(generated, CASE WHEN status = 'delivered' THEN cost ELSE 0 END)), 0)
+             FROM jobs WHERE created_at >= ?1 AND (?4 IS NULL OR created_at < ?4)
+                 AND (?2 IS NULL OR (platform = ?2 AND group_id = ?3))
              GROUP BY k ORDER BY k"
         );
         let conn = self.conn();
@@ -551,14 +664,18 @@ impl Ledger for SqliteLedger {
                 params![
                     ms(since),
                     within.map(|(p, _)| p.as_str()),
-                    within.map(|(_, g)| g)
+                    within.map(|(_, g)| g),
+                    until.map(ms)
                 ],
                 |r| {
+                    let (images, generated): (u64, u64) = (r.get(2)?, r.get(4)?);
                     Ok(ReportRow {
                         key: r.get(0)?,
                         jobs: r.get(1)?,
-                        images: r.get(2)?,
+                        images,
                         failed: r.get(3)?,
+                        generated,
+                        undelivered: generated.saturating_sub(images),
                     })
                 },
             )

@@ -117,17 +117,25 @@ async fn admin_command(
             let (Some(user), Ok(limit)) = (target(msg, id), n.parse::<u32>()) else {
                 return messages::admin::usage(lang);
             };
+            let said = match scope {
+                None => messages::admin::limit_set(lang, &user.id, limit),
+                Some(_) => messages::admin::limit_set_in_chat(lang, &user.id, limit),
+            };
             quotas
                 .set_limit_in(&user, scope, Some(limit))
                 .await
-                .map(|_| messages::admin::limit_set(lang, &user.id, limit))
+                .map(|_| said)
+        }
+        // Forgiving usage spends the operator's money: only operators may.
+        ("quota", Some("reset")) if scope.is_some() => {
+            return messages::admin::reset_operators_only(lang);
         }
         ("quota", Some("reset")) => {
             let Some(user) = target(msg, rest.first().copied()) else {
                 return messages::admin::usage(lang);
             };
             quotas
-                .reset_in(&user, scope)
+                .reset(&user)
                 .await
                 .map(|_| messages::admin::reset(lang, &user.id))
         }

@@ -11,14 +11,15 @@ use teloxide::RequestError;
 use teloxide::prelude::*;
 use teloxide::types::{
     ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia, InputMediaPhoto,
+    MessageId,
     ReactionType, ReplyParameters,
 };
 
 use super::handler::{REACT_DONE, REACT_FAILED};
 use super::{Route, Telegram, safe_error};
 use crate::core::edit::BoxFuture;
-use crate::core::error::{Failure, FailureReason};
-use crate::core::jobs::{Delivery, FrontEnd, JobSpec, Outcome};
+use crate::core::jobs::{Delivery, FrontEnd, JobSpec, Outcome, SendFailure};
+use crate::core::quota::ResultAt;
 use crate::messages;
 
 /// Attempts per send before the delivery is given up (and the quota refunded).
@@ -165,10 +166,10 @@ impl Telegram {
             outcome.granted.remaining,
             command.truncated,
         );
-        let again = InlineKeyboardMarkup::new([[InlineKeyboardButton::callback(
-            "🔁",
-            format!("again:{}", outcome.job.id),
-        )]]);
+        // The button names the job by its unguessable token (none for jobs of older releases).
+        let again = InlineKeyboardMarkup::new(outcome.job.token.as_ref().map(|token| {
+            vec![InlineKeyboardButton::callback("🔁", format!("again:{token}"))]
+        }));
         let sending = self.send_result(route, &delivery.images, &caption, again);
         let sent = match tokio::time::timeout(DELIVERY_TIMEOUT, sending).await {
             Ok(sent) => sent,
@@ -177,31 +178,32 @@ impl Telegram {
             )))),
         };
         match sent {
-            Ok(()) => {
-                self.engine.delivered(&outcome.job, delivery).await;
+            Ok(button) => {
+                let at = button.map(|m| ResultAt {
+                    chat: route.chat_id.to_string(),
+                    message: m.0.to_string(),
+                });
+                self.engine.delivered(&outcome.job, delivery, at).await;
                 true
             }
             Err(e) => {
                 tracing::error!(job_id = %outcome.job.id, error = %safe_error(&e), "delivery failed");
                 self.engine.observer().send_failed("telegram");
-                self.engine.undeliverable(&outcome.job, "delivery").await;
-                let failure = Failure {
-                    reason: FailureReason::Delivery(safe_error(&e)),
-                    refunded: true,
-                };
+                let failure = self.engine.undeliverable(&outcome.job, classify(&e)).await;
                 self.tell_failure(route, &failure).await;
                 false
             }
         }
     }
 
+    /// Posts the images and the caption; returns the message that carries the 🔁 button.
     async fn send_result(
         &self,
         route: &Route,
         images: &[Bytes],
         caption: &str,
         again: InlineKeyboardMarkup,
-    ) -> Result<(), RequestError> {
+    ) -> Result<Option<MessageId>, RequestError> {
         let reply = ReplyParameters::new(route.message()).allow_sending_without_reply();
         if let [image] = images {
             return self.send_one(route, image, caption, again, reply).await;
@@ -247,10 +249,13 @@ impl Telegram {
                 .send()
         })
         .await;
-        if let Err(e) = caption_sent {
-            tracing::warn!(error = %safe_error(&e), "the caption after an album could not be sent");
+        match caption_sent {
+            Ok(m) => Ok(Some(m.id)),
+            Err(e) => {
+                tracing::warn!(error = %safe_error(&e), "the caption after an album could not be sent");
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     async fn send_one(
@@ -260,9 +265,9 @@ impl Telegram {
         caption: &str,
         again: InlineKeyboardMarkup,
         reply: ReplyParameters,
-    ) -> Result<(), RequestError> {
+    ) -> Result<Option<MessageId>, RequestError> {
         let file = InputFile::memory(image.clone()).file_name("edited.png");
-        if fits_photo(image) {
+        let sent = if fits_photo(image) {
             retrying(|| {
                 self.bot
                     .send_photo(route.chat(), file.clone())
@@ -271,7 +276,7 @@ impl Telegram {
                     .reply_markup(again.clone())
                     .send()
             })
-            .await?;
+            .await?
         } else {
             retrying(|| {
                 self.bot
@@ -281,12 +286,12 @@ impl Telegram {
                     .reply_markup(again.clone())
                     .send()
             })
-            .await?;
-        }
-        Ok(())
+            .await?
+        };
+        Ok(Some(sent.id))
     }
 
-    async fn tell_failure(&self, route: &Route, failure: &Failure) {
+    async fn tell_failure(&self, route: &Route, failure: &crate::core::error::Failure) {
         let text = messages::failure(route.lang, failure);
         let reply = ReplyParameters::new(route.message()).allow_sending_without_reply();
         let sent = retrying(|| {
@@ -299,6 +304,39 @@ impl Telegram {
         if let Err(e) = sent {
             tracing::error!(error = %safe_error(&e), "cannot tell the user about a failure");
         }
+    }
+}
+
+/// Whose side a failed send is on. The user's chat refusing the bot (blocked, kicked, no right
+/// to post) is the user's: the images are charged. Everything else is ours or Telegram's.
+fn classify(e: &RequestError) -> SendFailure {
+    use teloxide::ApiError as A;
+    let detail = safe_error(e);
+    let refused = match e {
+        RequestError::Api(api) => match api {
+            A::BotBlocked
+            | A::BotKicked
+            | A::BotKickedFromSupergroup
+            | A::BotKickedFromChannel
+            | A::UserDeactivated
+            | A::CantInitiateConversation
+            | A::CantTalkWithBots
+            | A::NotEnoughRightsToPostMessages
+            | A::ChatNotFound
+            | A::GroupDeactivated => true,
+            A::Unknown(text) => {
+                let text = text.to_ascii_lowercase();
+                ["forbidden", "not enough rights", "have no rights", "chat_write_forbidden"]
+                    .iter()
+                    .any(|needle| text.contains(needle))
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    match refused {
+        true => SendFailure::ChatRefused(detail),
+        false => SendFailure::Platform(detail),
     }
 }
 

@@ -109,6 +109,7 @@ impl Telegram {
             inputs: c.images.iter().map(|i| i.file_id.clone()).collect(),
             command,
             route: serde_json::to_value(&route).unwrap_or_default(),
+            token: None,
         };
         self.submit(spec, &route).await;
     }
@@ -215,7 +216,7 @@ pub(super) async fn send_reply(
 /// 🔁 under a result: the same inputs and prompt with a new seed, charged to whoever pressed.
 pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
     let lang = lang_of(Some(&q.from));
-    let Some(job_id) = q.data.as_deref().and_then(|d| d.strip_prefix("again:")) else {
+    let Some(token) = q.data.as_deref().and_then(|d| d.strip_prefix("again:")) else {
         tg.bot.answer_callback_query(q.id.clone()).await?;
         return Ok(());
     };
@@ -231,7 +232,13 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
     let user = UserRef::new(Platform::Telegram, q.from.id.0.to_string());
     let route_value = serde_json::to_value(&route).unwrap_or_default();
     let id = format!("tg-cb-{}", q.id.0);
-    let Some(spec) = tg.engine.again(job_id, id, user, route_value).await else {
+    // Only the button under the job's own result counts: a token pressed anywhere else (copied
+    // into another chat's button, or forged) finds nothing.
+    let pressed = crate::core::quota::ResultAt {
+        chat: result_msg.chat.id.0.to_string(),
+        message: result_msg.id.0.to_string(),
+    };
+    let Some(spec) = tg.engine.again(token, &pressed, id, user, route_value).await else {
         tg.bot
             .answer_callback_query(q.id.clone())
             .text(messages::again_expired(lang))

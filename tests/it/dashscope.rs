@@ -78,7 +78,7 @@ async fn an_edit_sends_the_documented_body_and_returns_every_result_url() {
     assert!(p.get("size").is_none());
     // Results come back without the API key.
     for url in &resp.urls {
-        let png = client.download(url).await.unwrap();
+        let png = client.download(url, 64 << 20).await.unwrap();
         assert_eq!(images::dims(&png).1, 64);
     }
     assert_eq!(fake.download_auth(), vec![None, None, None]);
@@ -241,7 +241,7 @@ async fn a_result_url_that_is_gone_is_a_download_error() {
     let (fake, client, _) = setup().await;
     fake.script([Reply::MissingResult]);
     let resp = client.edit(&request(1)).await.unwrap();
-    let err = client.download(&resp.urls[0]).await.unwrap_err();
+    let err = client.download(&resp.urls[0], 64 << 20).await.unwrap_err();
     assert_eq!(err, BackendError::Download("HTTP 404".into()));
 }
 

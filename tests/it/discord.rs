@@ -750,15 +750,14 @@ async fn again_works_after_a_restart() {
     assert_eq!(result_msg, 1);
     bot.stop().await;
     bot.launch("").await;
-    let posted = message(
-        900_000,
-        CHANNEL,
-        Some(GUILD),
-        dc::bot_user(),
-        "result",
-        vec![],
-        None,
-    );
+    // Pressed on the result message itself (the only place the button counts).
+    let posted = bot
+        .dc
+        .channel_messages(CHANNEL)
+        .into_iter()
+        .find(|m| m["components"][0]["components"][0]["custom_id"] == custom_id.as_str())
+        .expect("the result message carries the button");
+    let posted_id: u64 = posted["id"].as_str().unwrap().parse().unwrap();
     bot.dc.dispatch(
         "INTERACTION_CREATE",
         button_press(
@@ -773,7 +772,7 @@ async fn again_works_after_a_restart() {
         ),
     );
     let again = bot.results(2).await.remove(1);
-    assert_eq!(replied_to(&again), Some(900_000));
+    assert_eq!(replied_to(&again), Some(posted_id));
     let seen = bot.ds.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(

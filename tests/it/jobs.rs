@@ -89,6 +89,7 @@ async fn rig(o: RigOptions) -> Rig {
         store_prompts: false,
         default_negative: "blurry".into(),
         fetch_timeout: Duration::from_secs(5),
+        download_timeout: Duration::from_secs(30),
     };
     let source = Arc::new(MemorySource::default());
     {
@@ -122,6 +123,7 @@ fn spec(id: &str, user_id: &str, inputs: &[&str], text: &str) -> JobSpec {
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
         command: command(text),
         route: serde_json::json!({ "reply_to": 99 }),
+        token: None,
     }
 }
 
@@ -186,7 +188,7 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
     );
     let open = r.quotas.ledger().unfinished().unwrap();
     assert_eq!((open.len(), open[0].urls.len()), (1, 2));
-    r.engine.delivered(&out.job, &delivery).await;
+    r.engine.delivered(&out.job, &delivery, None).await;
     let job = r.quotas.ledger().job("j1").unwrap().unwrap();
     assert_eq!(
         (job.status, job.request_id.as_deref()),
@@ -504,6 +506,7 @@ fn engine_on(
         store_prompts: false,
         default_negative: String::new(),
         fetch_timeout: Duration::from_secs(5),
+        download_timeout: Duration::from_secs(30),
     };
     let source = Arc::new(MemorySource::default());
     source
@@ -564,7 +567,7 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
     assert_eq!(fake.calls(), 1, "only the waiting job called the backend");
     for out in done.values() {
         engine
-            .delivered(&out.job, out.result.as_ref().unwrap())
+            .delivered(&out.job, out.result.as_ref().unwrap(), None)
             .await;
     }
     assert!(quotas.ledger().unfinished().unwrap().is_empty());
@@ -607,7 +610,7 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
     assert_eq!(fake.calls(), 1, "the given-up job did not call the backend");
     let once = &done["once"];
     engine
-        .delivered(&once.job, once.result.as_ref().unwrap())
+        .delivered(&once.job, once.result.as_ref().unwrap(), None)
         .await;
     engine.told(&done["twice"].job).await;
     assert!(quotas.ledger().unfinished().unwrap().is_empty());

@@ -1,5 +1,6 @@
 //! Quotas and the SQLite ledger (SPEC §5).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -36,6 +37,7 @@ pub fn reservation(job: &str, user_id: &str, group: Option<&str>, cost: u32) -> 
         cost,
         prompt: None,
         spec: None,
+        token: None,
     }
 }
 
@@ -139,7 +141,7 @@ async fn refunds_give_the_quota_back_and_commits_keep_it() {
         .await
         .unwrap()
         .unwrap();
-    q.commit("a", Some("req-1".into())).await.unwrap();
+    q.commit("a", 1, Some("req-1".into()), None).await.unwrap();
     q.refund("b", "InternalError").await.unwrap();
     assert_eq!(q.show(&user("1")).await.unwrap().used, 1);
     // A finished job stays finished: a late refund of a delivered job changes nothing.
@@ -323,11 +325,11 @@ async fn prompts_are_stored_only_when_given() {
 }
 
 #[tokio::test]
-async fn a_chat_admins_settings_apply_in_that_chat_only_and_bot_wide_ones_everywhere() {
+async fn a_chat_admins_settings_only_restrict_in_that_chat_and_bot_wide_ones_apply_everywhere() {
     let s = Setup::new(at(2026, 11, 26, 10, 0));
     let q = s.quotas(limits(1));
     let u = user("7");
-    // The admins of group -100 block the user and give them 5 edits, in -100 only.
+    // The admins of group -100 block the user there, and only there.
     q.set_blocked_in(&u, Some("-100"), true).await.unwrap();
     let no = q
         .reserve(reservation("a", "7", Some("-100"), 1))
@@ -339,33 +341,208 @@ async fn a_chat_admins_settings_apply_in_that_chat_only_and_bot_wide_ones_everyw
         .await
         .unwrap()
         .unwrap();
+    // A chat's limit above the bot-wide one gives nothing: usage in every chat counts.
     q.set_blocked_in(&u, Some("-100"), false).await.unwrap();
     q.set_limit_in(&u, Some("-100"), Some(5)).await.unwrap();
-    q.reserve(reservation("c", "7", Some("-100"), 1))
-        .await
-        .unwrap()
-        .unwrap();
-    let elsewhere = q
-        .reserve(reservation("d", "7", Some("-200"), 1))
+    let no = q
+        .reserve(reservation("c", "7", Some("-100"), 1))
         .await
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(elsewhere, QuotaRejection::User { limit: 1, .. }),
-        "{elsewhere:?}"
+        matches!(no, QuotaRejection::User { used: 1, limit: 1, .. }),
+        "{no:?}"
     );
-    assert_eq!(q.show_in(&u, Some("-100")).await.unwrap().limit, 5);
+    assert_eq!(q.show_in(&u, Some("-100")).await.unwrap().limit, 1);
     assert_eq!(q.show(&u).await.unwrap().limit, 1);
+    // The operator raises the bot-wide limit; the chat's admins lower it in their chat.
+    q.set_limit(&u, Some(3)).await.unwrap();
+    q.set_limit_in(&u, Some("-100"), Some(1)).await.unwrap();
+    q.reserve(reservation("d", "7", Some("-100"), 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let no = q
+        .reserve(reservation("e", "7", Some("-100"), 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(no, QuotaRejection::User { used: 1, limit: 1, .. }),
+        "the chat's own limit counts its own usage: {no:?}"
+    );
+    let shown = q.show_in(&u, Some("-100")).await.unwrap();
+    assert_eq!((shown.used, shown.limit, shown.remaining()), (1, 1, 0));
+    let elsewhere = q
+        .reserve(reservation("f", "7", Some("-200"), 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(elsewhere.remaining, 0, "3 of the operator's 3 used");
     // An operator's (bot-wide) block applies in every chat.
     q.set_blocked(&u, true).await.unwrap();
     for group in ["-100", "-200"] {
         let no = q
-            .reserve(reservation(&format!("e{group}"), "7", Some(group), 1))
+            .reserve(reservation(&format!("g{group}"), "7", Some(group), 1))
             .await
             .unwrap()
             .unwrap_err();
         assert_eq!(no, QuotaRejection::Blocked);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_5000_concurrent_reserves_in_three_chats_exactly_the_bot_wide_limit_wins() {
+    let s = Setup::new(at(2026, 11, 26, 12, 0));
+    let q = s.quotas(limits(10));
+    let u = user("7");
+    // Chat admins in play: one "grants" a million, one restricts to 4.
+    q.set_limit_in(&u, Some("-1"), Some(1_000_000)).await.unwrap();
+    q.set_limit_in(&u, Some("-2"), Some(4)).await.unwrap();
+    let tasks: Vec<_> = (0..5000)
+        .map(|i| {
+            let q = q.clone();
+            let group = ["-1", "-2", "-3"][i % 3];
+            tokio::spawn(async move {
+                let r = reservation(&format!("job{i}"), "7", Some(group), 1);
+                (group, q.reserve(r).await.unwrap())
+            })
+        })
+        .collect();
+    let mut won: HashMap<&str, u32> = HashMap::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (group, Ok(_)) => *won.entry(group).or_default() += 1,
+            (_, Err(QuotaRejection::User { .. })) => {}
+            (_, Err(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won.values().sum::<u32>(), 10, "{won:?}");
+    assert!(won.get("-2").copied().unwrap_or(0) <= 4, "{won:?}");
+    assert_eq!(q.show(&u).await.unwrap().used, 10);
+}
+
+#[tokio::test]
+async fn a_reset_made_while_the_clock_was_ahead_does_not_disable_the_quota() {
+    let s = Setup::new(at(2026, 11, 26, 12, 0));
+    let q = s.quotas(limits(2));
+    q.reserve(reservation("a", "1", None, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    // The operator resets while the clock is a day ahead; then the clock is put right.
+    s.clock.set(at(2026, 11, 27, 12, 0));
+    q.reset(&user("1")).await.unwrap();
+    s.clock.set(at(2026, 11, 26, 12, 5));
+    assert_eq!(q.show(&user("1")).await.unwrap().used, 0, "the reset counts");
+    q.reserve(reservation("b", "1", None, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let no = q
+        .reserve(reservation("c", "1", None, 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(no, QuotaRejection::User { used: 2, limit: 2, .. }),
+        "usage after the reset counts: {no:?}"
+    );
+}
+
+#[tokio::test]
+async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_day() {
+    use qwen_edit_bot::core::quota::ReportBy;
+    let s = Setup::new(at(2026, 11, 26, 10, 0));
+    let q = s.quotas(Limits {
+        per_user: 10,
+        window: Window::Day,
+        per_chat: 0,
+        global_per_day: 10,
+    });
+    let urls = |n: usize| (0..n).map(|i| format!("https://r/{i}.png")).collect::<Vec<_>>();
+    // Made and refused by the user's chat: charged what the backend made.
+    q.reserve(reservation("a", "1", None, 4))
+        .await
+        .unwrap()
+        .unwrap();
+    q.save_result("a", None, urls(4)).await.unwrap();
+    q.charge_undelivered("a", "chat_refused").await.unwrap();
+    // Made, then lost on our side: refunded to the user, still spent for the day.
+    q.reserve(reservation("b", "2", None, 3))
+        .await
+        .unwrap()
+        .unwrap();
+    q.save_result("b", None, urls(3)).await.unwrap();
+    q.refund("b", "delivery").await.unwrap();
+    // Asked for 3, given 2: charged 2.
+    q.reserve(reservation("c", "3", None, 3))
+        .await
+        .unwrap()
+        .unwrap();
+    q.save_result("c", None, urls(2)).await.unwrap();
+    q.commit("c", 2, None, None).await.unwrap();
+    assert_eq!(
+        (
+            q.show(&user("1")).await.unwrap().used,
+            q.show(&user("2")).await.unwrap().used,
+            q.show(&user("3")).await.unwrap().used
+        ),
+        (4, 0, 2)
+    );
+    assert_eq!(
+        q.ledger().job("a").unwrap().unwrap().status,
+        JobStatus::Undelivered
+    );
+    // 4 + 3 + 2 generated: one more image fits the day's 10, two do not.
+    let no = q
+        .reserve(reservation("d", "4", None, 2))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(no, QuotaRejection::Global { .. }), "{no:?}");
+    q.reserve(reservation("e", "4", None, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = q
+        .ledger()
+        .report(at(2026, 11, 26, 0, 0), None, ReportBy::User, None)
+        .unwrap();
+    let row = |key: &str| rows.iter().find(|r| r.key == key).unwrap().clone();
+    let (a, b, c) = (row("telegram:1"), row("telegram:2"), row("telegram:3"));
+    assert_eq!(
+        (a.jobs, a.images, a.failed, a.generated, a.undelivered),
+        (0, 0, 1, 4, 4)
+    );
+    assert_eq!(
+        (b.jobs, b.images, b.failed, b.generated, b.undelivered),
+        (0, 0, 1, 3, 3)
+    );
+    assert_eq!(
+        (c.jobs, c.images, c.failed, c.generated, c.undelivered),
+        (1, 2, 0, 2, 0)
+    );
+    let later = q
+        .ledger()
+        .report(at(2026, 11, 26, 0, 0), Some(at(2026, 11, 26, 9, 0)), ReportBy::User, None)
+        .unwrap();
+    assert!(later.is_empty(), "--until cuts: {later:?}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_store_is_refused_until_the_first_one_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.sqlite3");
+    let db = db.to_str().unwrap();
+    let first = qwen_edit_bot::store::lock(db).unwrap();
+    let second = qwen_edit_bot::store::lock(db).unwrap_err().to_string();
+    assert!(
+        second.contains("another qwen-edit-bot is already running") && second.contains("q.sqlite3"),
+        "{second}"
+    );
+    drop(first);
+    qwen_edit_bot::store::lock(db).expect("free again once the first one stopped");
 }
 
 #[test]

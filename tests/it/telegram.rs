@@ -512,13 +512,18 @@ async fn again_works_after_a_restart_with_a_new_seed() {
         .to_owned();
     bot.stop().await;
     bot.launch("");
-    let result_msg = photo_message(555, private_chat(42), user(tg::BOT_ID, "en"), "sent", None);
+    // Pressed on the result message itself (the only place the button counts).
+    let result_msg = bot
+        .tg
+        .message_with_button(42, &data)
+        .expect("the result message carries the button");
+    let result_id = result_msg["message_id"].as_i64().unwrap();
     bot.tg
         .push_update(callback_update("cb1", user(43, "en"), result_msg, &data));
     let sent = bot.tg.wait_for("sendphoto", 2, 20).await;
     assert_eq!(
         reply_target(&sent[1].params),
-        555,
+        result_id,
         "the new result replies to the old one"
     );
     let seen = bot.ds.seen();

@@ -36,6 +36,9 @@ pub enum Reply {
     MissingResult,
     /// 200 carrying `code` and no `output`.
     CodeWith200(&'static str),
+    /// 200 whose one result URL redirects (302) to a result on the same host, or on another
+    /// host (`localhost` instead of `127.0.0.1`, same port).
+    Redirect { other_host: bool },
 }
 
 /// One request as the fake saw it.
@@ -55,6 +58,8 @@ struct Inner {
     script: Mutex<VecDeque<Reply>>,
     seen: Mutex<Vec<Seen>>,
     downloads: Mutex<Vec<Option<String>>>,
+    /// `host/path` of every result request.
+    fetched: Mutex<Vec<String>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     latency: Mutex<Duration>,
@@ -121,6 +126,11 @@ impl FakeDashScope {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.inner.seen.lock().unwrap().clone()
+    }
+
+    /// `host/path` of every result request so far (redirects included).
+    pub fn fetched(&self) -> Vec<String> {
+        self.inner.fetched.lock().unwrap().clone()
     }
 
     pub fn calls(&self) -> usize {
@@ -204,6 +214,10 @@ async fn answer(s: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
             success(&urls)
         }
         Reply::MissingResult => success(&[format!("http://{host}/results/missing.png")]),
+        Reply::Redirect { other_host } => {
+            let name = if other_host { "redirect-other" } else { "redirect-same" };
+            success(&[format!("http://{host}/results/{name}.png")])
+        }
         Reply::Error {
             status,
             code,
@@ -345,6 +359,21 @@ async fn result(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     s.downloads.lock().unwrap().push(auth);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    s.fetched.lock().unwrap().push(format!("{host}/results/{name}"));
+    let port = host.rsplit(':').next().unwrap_or("");
+    let to = match name.as_str() {
+        "redirect-same.png" => Some(format!("http://{host}/results/0.png")),
+        "redirect-other.png" => Some(format!("http://localhost:{port}/results/0.png")),
+        _ => None,
+    };
+    if let Some(to) = to {
+        return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+    }
     let Some(index) = name.strip_suffix(".png").and_then(|i| i.parse::<u8>().ok()) else {
         return (StatusCode::NOT_FOUND, "NoSuchKey").into_response();
     };

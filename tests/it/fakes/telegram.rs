@@ -87,6 +87,8 @@ pub enum Fault {
     ServerError,
     /// 400 with this description (teloxide maps known ones to `ApiError` variants).
     BadRequest(&'static str),
+    /// 403 with this description, e.g. "Forbidden: bot was blocked by the user".
+    Forbidden(&'static str),
 }
 
 #[derive(Default)]
@@ -266,6 +268,30 @@ impl FakeTelegram {
         self.inner.last_offset.load(Ordering::SeqCst)
     }
 
+    /// The messages the bot has sent (or edited) in `chat_id`, as the fake stored them, oldest
+    /// first.
+    pub fn sent_messages(&self, chat_id: i64) -> Vec<Value> {
+        let mut found: Vec<Value> = lock(&self.inner.messages)
+            .iter()
+            .filter(|((chat, _), _)| *chat == chat_id)
+            .map(|(_, m)| m.clone())
+            .collect();
+        found.sort_by_key(|m| m["message_id"].as_i64());
+        found
+    }
+
+    /// The stored message that carries the inline button with `callback_data`.
+    pub fn message_with_button(&self, chat_id: i64, callback_data: &str) -> Option<Value> {
+        self.sent_messages(chat_id).into_iter().find(|m| {
+            m["reply_markup"]["inline_keyboard"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|row| row.as_array().into_iter().flatten())
+                .any(|b| b["callback_data"] == callback_data)
+        })
+    }
+
     /// Updates queued and not yet confirmed by a later offset.
     pub fn pending_updates(&self) -> usize {
         lock(&self.inner.queue).pending.len()
@@ -379,6 +405,7 @@ fn fault_response(fault: Fault) -> Response {
         ),
         Fault::ServerError => error(500, "Internal Server Error", None),
         Fault::BadRequest(description) => error(400, description, None),
+        Fault::Forbidden(description) => error(403, description, None),
     }
 }
 
