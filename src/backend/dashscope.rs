@@ -89,7 +89,10 @@ impl DashScope {
         // A redirect may move within the host it started on, never to another one (a result URL
         // must not send us to an internal address or an unrelated site).
         let redirects = reqwest::redirect::Policy::custom(|attempt| {
-            let first = attempt.previous().first().and_then(|u| u.host_str().map(str::to_owned));
+            let first = attempt
+                .previous()
+                .first()
+                .and_then(|u| u.host_str().map(str::to_owned));
             if attempt.previous().len() > MAX_REDIRECTS {
                 attempt.error("too many redirects")
             } else if first.as_deref() == attempt.url().host_str() {

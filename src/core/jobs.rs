@@ -346,7 +346,10 @@ impl Engine {
         self.observer().job_finished(false);
         let (reason, written) = match why {
             SendFailure::ChatRefused(detail) => {
-                let written = self.quotas.charge_undelivered(&job.id, "chat_refused").await;
+                let written = self
+                    .quotas
+                    .charge_undelivered(&job.id, "chat_refused")
+                    .await;
                 (FailureReason::ChatRefused(detail), written)
             }
             SendFailure::Platform(detail) => {
@@ -442,7 +445,8 @@ impl Engine {
         }
         if let Some(done) = &q.answered {
             // The backend answered before a restart: deliver its results, no new call.
-            let images = download_all(self.backend.as_ref(), &done.urls, self.cfg.download_timeout).await?;
+            let images =
+                download_all(self.backend.as_ref(), &done.urls, self.cfg.download_timeout).await?;
             return Ok(Delivery {
                 images,
                 request_id: done.request_id.clone(),
@@ -482,7 +486,8 @@ impl Engine {
         {
             tracing::error!(error = %e, "cannot store the backend's answer");
         }
-        let images = download_all(self.backend.as_ref(), &resp.urls, self.cfg.download_timeout).await?;
+        let images =
+            download_all(self.backend.as_ref(), &resp.urls, self.cfg.download_timeout).await?;
         Ok(Delivery {
             images,
             request_id: resp.request_id,

@@ -49,7 +49,9 @@ impl Standing {
     fn binding(&self, limits: &Limits) -> (u32, u32) {
         let total = (self.used_total, self.user_limit(limits));
         match self.chat_limit() {
-            Some(limit) if limit.saturating_sub(self.used_in_chat) < total.1.saturating_sub(total.0) => {
+            Some(limit)
+                if limit.saturating_sub(self.used_in_chat) < total.1.saturating_sub(total.0) =>
+            {
                 (self.used_in_chat, limit)
             }
             _ => total,
@@ -81,14 +83,14 @@ pub fn decide(
             resets_at,
         });
     }
-    if let Some(limit) = standing.chat_limit() {
-        if standing.used_in_chat + cost > limit {
-            return Err(QuotaRejection::User {
-                used: standing.used_in_chat,
-                limit,
-                resets_at,
-            });
-        }
+    if let Some(limit) = standing.chat_limit()
+        && standing.used_in_chat + cost > limit
+    {
+        return Err(QuotaRejection::User {
+            used: standing.used_in_chat,
+            limit,
+            resets_at,
+        });
     }
     if in_group && limits.per_chat > 0 && standing.chat_used + cost > limits.per_chat {
         return Err(QuotaRejection::Chat {

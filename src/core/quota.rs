@@ -408,8 +408,10 @@ impl Quotas {
     ) -> Result<UserQuota, StoreError> {
         let (u, now, limits) = (user.clone(), self.clock.now(), self.limits);
         let g = group.map(str::to_owned);
-        let standing =
-            blocking(&self.ledger, move |l| l.standing(&u, g.as_deref(), &limits, now)).await?;
+        let standing = blocking(&self.ledger, move |l| {
+            l.standing(&u, g.as_deref(), &limits, now)
+        })
+        .await?;
         let quota = super::policy::view(&limits, &standing, now);
         let settings = UserSettings {
             blocked: quota.blocked,

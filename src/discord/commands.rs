@@ -181,9 +181,7 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
                 .map(|_| said)
         }
         // Forgiving usage spends the operator's money: only operators may.
-        ("reset", Some(_), _) if scope.is_some() => {
-            Ok(messages::admin::reset_operators_only(lang))
-        }
+        ("reset", Some(_), _) if scope.is_some() => Ok(messages::admin::reset_operators_only(lang)),
         ("reset", Some(user), _) => quotas
             .reset(&user)
             .await

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serenity::all::{
     ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAttachment, CreateButton,
-    CreateMessage, EditInteractionResponse, EditMessage, GuildId, Message, MessageId,
-    MessageReference, Nonce, PremiumTier, UserId,
+    CreateMessage, EditMessage, GuildId, Message, MessageId, MessageReference, Nonce, PremiumTier,
+    UserId,
 };
 use serenity::builder::Builder;
 
@@ -95,7 +95,7 @@ impl Discord {
         let status = self.feedback.get(job_id).and_then(|f| f.status);
         match (&route.interaction_token, status) {
             (Some(token), _) => {
-                let _ = EditInteractionResponse::new()
+                let _ = super::edit_response()
                     .content(text)
                     .execute(&self.http, token)
                     .await;
@@ -239,7 +239,9 @@ impl Discord {
                     chat: sent.channel_id.get().to_string(),
                     message: sent.id.get().to_string(),
                 };
-                self.engine.delivered(&outcome.job, delivery, Some(at)).await;
+                self.engine
+                    .delivered(&outcome.job, delivery, Some(at))
+                    .await;
                 self.point_interaction_at(route, &sent).await;
                 true
             }
@@ -263,8 +265,7 @@ impl Discord {
             "https://discord.com/channels/{guild}/{}/{}",
             sent.channel_id, sent.id
         );
-        let edit =
-            EditInteractionResponse::new().content(messages::result_posted(route.lang, &link));
+        let edit = super::edit_response().content(messages::result_posted(route.lang, &link));
         if let Err(e) = edit.execute(&self.http, token).await {
             tracing::debug!(error = %e, "the interaction could not be edited (expired?)");
         }
@@ -275,7 +276,7 @@ impl Discord {
     async fn tell_failure(&self, route: &Route, failure: &Failure) {
         let text = messages::failure(route.lang, failure);
         if let Some(token) = &route.interaction_token {
-            let edit = EditInteractionResponse::new().content(&text);
+            let edit = super::edit_response().content(&text);
             match edit.execute(&self.http, token).await {
                 Ok(_) => return,
                 Err(e) => tracing::debug!(error = %e, "the interaction could not be edited"),

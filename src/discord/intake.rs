@@ -3,8 +3,8 @@
 
 use serenity::all::{
     ChannelId, CommandInteraction, CommandType, ComponentInteraction, CreateInteractionResponse,
-    CreateInteractionResponseMessage, EditInteractionResponse, GetMessages, Interaction, Message,
-    MessageId, ModalInteraction, ReactionType, ResolvedValue,
+    CreateInteractionResponseMessage, GetMessages, Interaction, Message, MessageId,
+    ModalInteraction, ReactionType, ResolvedValue,
 };
 
 use tracing::Instrument as _;
@@ -113,10 +113,10 @@ async fn text_request(dc: &Discord, msg: &Message, text: &str) {
         }
     };
     let mut inputs = locators(msg);
-    if inputs.is_empty() {
-        if let Some(referenced) = &msg.referenced_message {
-            inputs = locators(referenced);
-        }
+    if inputs.is_empty()
+        && let Some(referenced) = &msg.referenced_message
+    {
+        inputs = locators(referenced);
     }
     let spec = dc.spec(
         format!("dc-{}", msg.id.get()),
@@ -357,7 +357,11 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
     let user = UserRef::new(Platform::Discord, button.user.id.get().to_string());
     let route_value = serde_json::to_value(&route).unwrap_or_default();
     let id = format!("dc-b-{}", button.id.get());
-    let Some(spec) = dc.engine.again(token, &pressed, id, user, route_value).await else {
+    let Some(spec) = dc
+        .engine
+        .again(token, &pressed, id, user, route_value)
+        .await
+    else {
         let reply = CreateInteractionResponseMessage::new()
             .content(messages::again_expired(lang))
             .ephemeral(true);
@@ -389,7 +393,7 @@ impl Deferred {
     /// Replaces the "thinking" state with the refusal. (A follow-up would not do: the first
     /// one after a deferral *becomes* the deferred message, with its visibility.)
     async fn refuse(&self, dc: &Discord, text: &str) {
-        let edit = EditInteractionResponse::new().content(text);
+        let edit = super::edit_response().content(text);
         let http = &dc.http;
         let edited = match self {
             Deferred::Command(c) => c.edit_response(http, edit).await,

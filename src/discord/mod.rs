@@ -226,3 +226,10 @@ impl Discord {
 fn group_of(guild: Option<GuildId>) -> Option<String> {
     guild.map(|g| g.get().to_string())
 }
+
+/// An edit of an interaction's response that pings nobody (serenity applies the client's default
+/// allowed mentions to channel messages, not to these edits).
+fn edit_response() -> serenity::all::EditInteractionResponse {
+    serenity::all::EditInteractionResponse::new()
+        .allowed_mentions(serenity::all::CreateAllowedMentions::new())
+}

@@ -12,9 +12,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::core::policy::{Standing, decide};
 use crate::core::quota::{
-    AgainSource, Granted, JobRecord, JobStatus, Ledger, Limits, Platform, QuotaRejection,
-    ReportBy, ReportRow, Reservation, ResultAt, StoreError, Unfinished, UserRef, UserSettings,
-    Window,
+    AgainSource, Granted, JobRecord, JobStatus, Ledger, Limits, Platform, QuotaRejection, ReportBy,
+    ReportRow, Reservation, ResultAt, StoreError, Unfinished, UserRef, UserSettings, Window,
 };
 
 const SCHEMA: &str = "
@@ -616,7 +615,9 @@ impl Ledger for SqliteLedger {
                     let (chat, message): (Option<String>, Option<String>) = (r.get(1)?, r.get(2)?);
                     Ok(AgainSource {
                         job_id: r.get(0)?,
-                        result_at: chat.zip(message).map(|(chat, message)| ResultAt { chat, message }),
+                        result_at: chat
+                            .zip(message)
+                            .map(|(chat, message)| ResultAt { chat, message }),
                         spec: r.get(3)?,
                     })
                 },

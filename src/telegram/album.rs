@@ -39,10 +39,10 @@ impl Telegram {
             }
         });
         album.items.push((msg.id.0, image));
-        if msg.caption().is_some() {
-            if let Some(from) = msg.from.clone() {
-                album.caption = Some((msg, from));
-            }
+        if msg.caption().is_some()
+            && let Some(from) = msg.from.clone()
+        {
+            album.caption = Some((msg, from));
         }
         drop(album);
         if first {

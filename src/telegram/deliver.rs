@@ -11,8 +11,7 @@ use teloxide::RequestError;
 use teloxide::prelude::*;
 use teloxide::types::{
     ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia, InputMediaPhoto,
-    MessageId,
-    ReactionType, ReplyParameters,
+    MessageId, ReactionType, ReplyParameters,
 };
 
 use super::handler::{REACT_DONE, REACT_FAILED};
@@ -168,7 +167,10 @@ impl Telegram {
         );
         // The button names the job by its unguessable token (none for jobs of older releases).
         let again = InlineKeyboardMarkup::new(outcome.job.token.as_ref().map(|token| {
-            vec![InlineKeyboardButton::callback("🔁", format!("again:{token}"))]
+            vec![InlineKeyboardButton::callback(
+                "🔁",
+                format!("again:{token}"),
+            )]
         }));
         let sending = self.send_result(route, &delivery.images, &caption, again);
         let sent = match tokio::time::timeout(DELIVERY_TIMEOUT, sending).await {
@@ -326,9 +328,14 @@ fn classify(e: &RequestError) -> SendFailure {
             | A::GroupDeactivated => true,
             A::Unknown(text) => {
                 let text = text.to_ascii_lowercase();
-                ["forbidden", "not enough rights", "have no rights", "chat_write_forbidden"]
-                    .iter()
-                    .any(|needle| text.contains(needle))
+                [
+                    "forbidden",
+                    "not enough rights",
+                    "have no rights",
+                    "chat_write_forbidden",
+                ]
+                .iter()
+                .any(|needle| text.contains(needle))
             }
             _ => false,
         },

@@ -47,10 +47,10 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
             return Ok(());
         }
         let text = msg.text().or(msg.caption()).unwrap_or("");
-        if let Some((word, args)) = command_word(text, &tg.username) {
-            if super::admin::is_command(&word) {
-                return super::admin::handle(&tg, &msg, &word, args).await;
-            }
+        if let Some((word, args)) = command_word(text, &tg.username)
+            && super::admin::is_command(&word)
+        {
+            return super::admin::handle(&tg, &msg, &word, args).await;
         }
         let Some(c) = candidate(&msg) else {
             if msg.chat.is_private() && super::trigger::image_of(&msg).is_some() {
@@ -238,7 +238,11 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
         chat: result_msg.chat.id.0.to_string(),
         message: result_msg.id.0.to_string(),
     };
-    let Some(spec) = tg.engine.again(token, &pressed, id, user, route_value).await else {
+    let Some(spec) = tg
+        .engine
+        .again(token, &pressed, id, user, route_value)
+        .await
+    else {
         tg.bot
             .answer_callback_query(q.id.clone())
             .text(messages::again_expired(lang))

@@ -1048,3 +1048,279 @@ async fn the_gateway_session_asks_for_message_content_and_can_pin_a_shard_range(
     );
     bot.stop().await;
 }
+
+/// `/quota-admin <sub> user:<target> [limit]` by `who` with `perms`.
+fn quota_admin(
+    id: u64,
+    who: u64,
+    perms: &str,
+    sub: &str,
+    target: u64,
+    limit: Option<i64>,
+) -> Value {
+    let mut args = vec![option("user", 6, json!(target.to_string()))];
+    if let Some(limit) = limit {
+        args.push(option("limit", 4, json!(limit)));
+    }
+    let mut v = slash_command(
+        id,
+        "quota-admin",
+        CHANNEL,
+        Some(GUILD),
+        user(who, "someone"),
+        perms,
+        vec![subcommand(sub, args)],
+        "en-US",
+    );
+    let name = format!("user{target}");
+    v["data"]["resolved"] = json!({
+        "users": { target.to_string(): user(target, &name) },
+        "members": { target.to_string(): member(user(target, &name), "0") },
+    });
+    v
+}
+
+#[tokio::test]
+async fn a_server_admin_cannot_grant_themselves_edits_and_an_operator_can() {
+    let mut bot = Bot::start("per_user = 1\ndiscord:admin_ids = [99]").await;
+    bot.dc.dispatch(
+        "INTERACTION_CREATE",
+        quota_admin(7600, 8, MANAGE_GUILD, "set", 8, Some(1_000_000)),
+    );
+    bot.dc.dispatch(
+        "INTERACTION_CREATE",
+        quota_admin(7601, 8, MANAGE_GUILD, "reset", 8, None),
+    );
+    let answers = bot.callbacks(2).await;
+    let text = |c: &dc::Call| c.json["data"]["content"].as_str().unwrap().to_owned();
+    let said: Vec<String> = answers.iter().map(text).collect();
+    assert!(
+        said.iter()
+            .any(|t| t.contains("the bot-wide limit still applies"))
+            && said
+                .iter()
+                .any(|t| t.contains("Only the bot's operator can reset")),
+        "{said:?}"
+    );
+    for (i, id) in [6900u64, 6901].into_iter().enumerate() {
+        let request = message(
+            id,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            "/edit x",
+            vec![bot.image(6000 + id, 500, 500)],
+            None,
+        );
+        bot.dc.dispatch("MESSAGE_CREATE", request);
+        if i == 0 {
+            bot.results(1).await;
+        }
+    }
+    bot.post_containing("of your 1 edits").await;
+    // An operator (discord.admin_ids) raises the limit bot-wide, without Manage Server.
+    bot.dc.dispatch(
+        "INTERACTION_CREATE",
+        quota_admin(7602, 99, NO_PERMS, "set", 8, Some(2)),
+    );
+    let raised = bot.callbacks(3).await.remove(2);
+    assert!(
+        text(&raised).contains("User 8 may now make 2 edits per window"),
+        "{}",
+        text(&raised)
+    );
+    let request = message(
+        6902,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit y",
+        vec![bot.image(6902, 500, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", request);
+    bot.results(2).await;
+    bot.stop().await;
+    assert_eq!((bot.used(8), bot.ds.calls()), (2, 2));
+}
+
+#[tokio::test]
+async fn buttons_and_modals_act_only_where_they_were_pressed() {
+    const SECRET: u64 = 600;
+    let mut bot = Bot::start("").await;
+    bot.dc.set_channel(SECRET, Some(GUILD));
+    let private = message(
+        6950,
+        SECRET,
+        Some(GUILD),
+        user(7, "alice"),
+        "my photo",
+        vec![bot.image(6950, 500, 500)],
+        None,
+    );
+    bot.dc.put_message(private);
+    // Alice's own result, in her channel.
+    let request = message(
+        6951,
+        CHANNEL,
+        Some(GUILD),
+        user(7, "alice"),
+        "/edit private prompt",
+        vec![bot.image(6951, 500, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", request);
+    let result = bot.results(1).await.remove(0);
+    let custom_id = result.json["components"][0]["components"][0]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !custom_id.contains("6951"),
+        "no job id in the button: {custom_id}"
+    );
+    let downloads = bot.dc.downloads().len();
+    // Bob presses a copy of her button on a message of another channel.
+    let elsewhere = message(
+        6952,
+        SECRET,
+        Some(GUILD),
+        user(8, "bob"),
+        "look",
+        vec![],
+        None,
+    );
+    let press = button_press(
+        7700,
+        SECRET,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        &custom_id,
+        elsewhere,
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", press);
+    let refused = bot.callbacks(1).await.remove(0);
+    assert!(
+        refused.json["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+            && refused.json["data"]["flags"] == 64,
+        "{}",
+        refused.json
+    );
+    // Bob submits a modal naming the secret channel's message from the public channel.
+    let forged = modal_submit(
+        7701,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        &format!("edit:{SECRET}:6950"),
+        &[("prompt", "steal it"), ("negative", "")],
+        "en-US",
+    );
+    let token = forged["token"].as_str().unwrap().to_owned();
+    bot.dc.dispatch("INTERACTION_CREATE", forged);
+    let told = bot
+        .dc
+        .wait_for(
+            "PATCH",
+            &format!("/webhooks/*/{token}/messages/@original"),
+            1,
+            20,
+        )
+        .await
+        .remove(0);
+    assert!(
+        told.json["content"].as_str().unwrap().contains("No image"),
+        "{}",
+        told.json
+    );
+    bot.stop().await;
+    assert!(
+        bot.dc
+            .calls()
+            .iter()
+            .all(|c| !c.path.contains(&format!("/channels/{SECRET}/"))),
+        "nothing read from or posted into the other channel"
+    );
+    assert_eq!(bot.dc.downloads().len(), downloads, "nothing fetched");
+    assert_eq!((bot.ds.calls(), bot.used(8)), (1, 0));
+}
+
+#[tokio::test]
+async fn mentions_in_a_prompt_ping_nobody() {
+    let mut bot = Bot::start("").await;
+    let request = message(
+        6970,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit @everyone <@&4242> @here make it night",
+        vec![bot.image(6970, 500, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", request);
+    let result = bot.results(1).await.remove(0);
+    assert!(
+        result.json["content"]
+            .as_str()
+            .unwrap()
+            .contains("@everyone")
+    );
+    let refusal = message(
+        6971,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        "/edit @everyone --bogus 1",
+        vec![bot.image(6971, 500, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", refusal);
+    bot.post_containing("--bogus").await;
+    let slash = slash_edit(
+        7800,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![option("prompt", 3, json!("@everyone <@&4242> paint it"))],
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", slash);
+    bot.results(2).await;
+    bot.stop().await;
+    let sent: Vec<dc::Call> = bot
+        .dc
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c.method.as_str(), "POST" | "PATCH") && c.json["content"].is_string())
+        .collect();
+    assert!(sent.len() >= 4, "{sent:?}");
+    for c in &sent {
+        let allowed = &c.json["allowed_mentions"];
+        assert!(
+            allowed["parse"].as_array().is_some_and(|p| p.is_empty()),
+            "{} {} pings by parse: {allowed}",
+            c.method,
+            c.path
+        );
+        assert!(
+            allowed["roles"].as_array().is_none_or(|r| r.is_empty()),
+            "{allowed}"
+        );
+        let users: Vec<&str> = allowed["users"]
+            .as_array()
+            .map(|u| u.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert!(
+            users.iter().all(|u| *u == "8"),
+            "only the requester: {allowed}"
+        );
+    }
+}

@@ -5,14 +5,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
 use qwen_edit_bot::core::command::{EditCommand, ParseContext, parse};
 use qwen_edit_bot::core::edit::{BackendError, BoxFuture};
 use qwen_edit_bot::core::error::{FailureReason, Rejection};
 use qwen_edit_bot::core::image::{FitLimits, ImageRejection};
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, InputSource, JobEvent, JobSpec, Outcome};
+use qwen_edit_bot::core::policy::Standing;
 use qwen_edit_bot::core::queue::FairQueue;
-use qwen_edit_bot::core::quota::{JobStatus, Limits, Platform, QuotaRejection, Quotas};
+use qwen_edit_bot::core::quota::{
+    AgainSource, Granted, JobRecord, JobStatus, Ledger, Limits, Platform, QuotaRejection, Quotas,
+    ReportBy, ReportRow, Reservation, ResultAt, StoreError, Unfinished, UserRef, UserSettings,
+};
 use tokio::sync::mpsc;
 
 use super::quota::{at, limits, user};
@@ -681,4 +686,264 @@ async fn the_same_job_id_is_accepted_once() {
     assert_eq!(again, Rejection::Quota(QuotaRejection::Duplicate));
     assert_eq!(r.engine.queue_len(), 1);
     assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 1);
+}
+
+#[tokio::test]
+async fn the_backends_answer_is_bounded_and_charged_for_what_is_delivered() {
+    let mut r = rig(RigOptions::default()).await;
+    r.engine.spawn_workers();
+    let mut run = async |id: &str, text: &str, reply: Reply| {
+        r.fake.script([reply]);
+        r.engine
+            .submit(spec(id, "1", &["photo"], text))
+            .await
+            .unwrap();
+        next(&mut r.outcomes).await
+    };
+    // Asked for 6, given 1: one delivered, one charged.
+    let fewer = run("fewer", "/edit a --n 6", Reply::Ok(1)).await;
+    let fewer_delivery = fewer.result.clone().unwrap();
+    assert_eq!(fewer_delivery.images.len(), 1);
+    // Asked for 1, given 6 (or 400): only what was asked for is fetched and delivered.
+    let fetched = r.fake.fetched().len();
+    let more = run("more", "/edit b", Reply::Ok(6)).await;
+    assert_eq!(more.result.clone().unwrap().images.len(), 1);
+    let flood = run("flood", "/edit c --n 2", Reply::Ok(400)).await;
+    assert_eq!(flood.result.clone().unwrap().images.len(), 2);
+    assert_eq!(
+        r.fake.fetched().len(),
+        fetched + 3,
+        "1 + 2 downloads, not 406"
+    );
+    // A redirect within the result host is followed; one to another host is not.
+    let same = run("same", "/edit d", Reply::Redirect { other_host: false }).await;
+    assert!(same.result.is_ok(), "{:?}", same.result.err());
+    let other = run("other", "/edit e", Reply::Redirect { other_host: true }).await;
+    let failure = other.result.unwrap_err();
+    assert!(
+        matches!(
+            failure.reason,
+            FailureReason::Backend(BackendError::Download(_))
+        ),
+        "{failure:?}"
+    );
+    assert!(failure.refunded);
+    assert!(
+        r.fake.fetched().iter().all(|f| !f.starts_with("localhost")),
+        "{:?}",
+        r.fake.fetched()
+    );
+    // Results larger than their share of the per-job budget are refused, not read.
+    let mut huge = b"\x89PNG\r\n\x1a\n".to_vec();
+    huge.resize(30 << 20, 0);
+    r.fake.set_result_bytes(huge);
+    let big = run("big", "/edit f --n 6", Reply::Ok(6)).await;
+    assert!(
+        matches!(&big.result, Err(f) if f.reason.to_string().contains("larger than")),
+        "{:?}",
+        big.result.err()
+    );
+    r.engine.delivered(&fewer.job, &fewer_delivery, None).await;
+    let job = r.quotas.ledger().job("fewer").unwrap().unwrap();
+    assert_eq!((job.status, job.cost), (JobStatus::Delivered, 1));
+}
+
+#[test]
+fn result_urls_must_be_https_unless_the_api_itself_is_plain_http() {
+    use qwen_edit_bot::backend::dashscope::result_url_allowed;
+    let real = "https://dashscope.aliyuncs.com/api/v1";
+    assert!(result_url_allowed(
+        real,
+        "https://dashscope-result.oss.aliyuncs.com/a.png?x=1"
+    ));
+    assert!(!result_url_allowed(
+        real,
+        "http://dashscope-result.oss.aliyuncs.com/a.png"
+    ));
+    assert!(!result_url_allowed(real, "file:///etc/passwd"));
+    assert!(!result_url_allowed(real, "not a url"));
+    assert!(result_url_allowed(
+        "http://127.0.0.1:9/api/v1",
+        "http://127.0.0.1:9/r/0.png"
+    ));
+}
+
+/// A SQLite ledger whose next writes of the backend's answer and of the delivery fail.
+struct Flaky {
+    inner: qwen_edit_bot::store::sqlite::SqliteLedger,
+    saves_to_fail: std::sync::atomic::AtomicUsize,
+    delivers_to_fail: std::sync::atomic::AtomicUsize,
+}
+
+fn fails(left: &std::sync::atomic::AtomicUsize) -> Result<(), StoreError> {
+    use std::sync::atomic::Ordering::SeqCst;
+    match left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) {
+        Ok(_) => Err(StoreError("disk I/O error".into())),
+        Err(_) => Ok(()),
+    }
+}
+
+impl Ledger for Flaky {
+    fn reserve(
+        &self,
+        r: &Reservation,
+        l: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Result<Granted, QuotaRejection>, StoreError> {
+        self.inner.reserve(r, l, now)
+    }
+    fn mark_running(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.mark_running(id, now)
+    }
+    fn save_result(
+        &self,
+        id: &str,
+        req: Option<&str>,
+        urls: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        fails(&self.saves_to_fail)?;
+        self.inner.save_result(id, req, urls, now)
+    }
+    fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        self.inner.unfinished()
+    }
+    fn mark_told(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.mark_told(id)
+    }
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.inner.check_writable()
+    }
+    fn deliver(
+        &self,
+        id: &str,
+        images: u32,
+        req: Option<&str>,
+        at: Option<&ResultAt>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        fails(&self.delivers_to_fail)?;
+        self.inner.deliver(id, images, req, at, now)
+    }
+    fn finish(
+        &self,
+        id: &str,
+        status: JobStatus,
+        req: Option<&str>,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.finish(id, status, req, error, now)
+    }
+    fn settings(&self, u: &UserRef, g: Option<&str>) -> Result<UserSettings, StoreError> {
+        self.inner.settings(u, g)
+    }
+    fn standing(
+        &self,
+        u: &UserRef,
+        g: Option<&str>,
+        l: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Standing, StoreError> {
+        self.inner.standing(u, g, l, now)
+    }
+    fn set_limit(&self, u: &UserRef, s: Option<&str>, l: Option<u32>) -> Result<(), StoreError> {
+        self.inner.set_limit(u, s, l)
+    }
+    fn set_blocked(&self, u: &UserRef, s: Option<&str>, b: bool) -> Result<(), StoreError> {
+        self.inner.set_blocked(u, s, b)
+    }
+    fn reset_usage(&self, u: &UserRef) -> Result<(), StoreError> {
+        self.inner.reset_usage(u)
+    }
+    fn used(&self, u: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError> {
+        self.inner.used(u, since)
+    }
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.inner.job(id)
+    }
+    fn job_spec(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.inner.job_spec(id)
+    }
+    fn by_token(&self, t: &str) -> Result<Option<AgainSource>, StoreError> {
+        self.inner.by_token(t)
+    }
+    fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.inner.prune_specs(before)
+    }
+    fn report(
+        &self,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+        by: ReportBy,
+        within: Option<(Platform, &str)>,
+    ) -> Result<Vec<ReportRow>, StoreError> {
+        self.inner.report(since, until, by, within)
+    }
+}
+
+#[tokio::test]
+async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_job_never_runs_twice()
+ {
+    let fake = FakeDashScope::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    {
+        let (_, _, _) = engine_on(&db, &fake); // creates the database
+    }
+    let flaky = Arc::new(Flaky {
+        inner: qwen_edit_bot::store::sqlite::SqliteLedger::open(&db).unwrap(),
+        saves_to_fail: 2.into(),
+        delivers_to_fail: 1.into(),
+    });
+    let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
+        2026, 11, 26, 12, 0,
+    )));
+    let mut quotas = Quotas::new(flaky.clone(), clock, limits(20));
+    quotas.set_write_backoff(vec![Duration::from_millis(1); 8]);
+    let quotas = Arc::new(quotas);
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let backend = Arc::new(DashScope::new(super::dashscope::options(&fake, &delays)).unwrap());
+    let source = Arc::new(MemorySource::default());
+    source
+        .files
+        .lock()
+        .unwrap()
+        .insert("photo".into(), Bytes::from(images::jpeg(800, 600)));
+    let (tx, mut rx) = mpsc::channel(64);
+    let cfg = EngineConfig {
+        max_queue: 10,
+        max_in_flight_per_user: 5,
+        workers: 1,
+        fit: FitLimits::default(),
+        store_prompts: false,
+        default_negative: String::new(),
+        fetch_timeout: Duration::from_secs(5),
+        download_timeout: Duration::from_secs(30),
+    };
+    let mut engine = Engine::new(quotas.clone(), backend, cfg);
+    engine.register(Platform::Telegram, source, tx);
+    let engine = Arc::new(engine);
+    engine.spawn_workers();
+    engine
+        .submit(spec("flaky", "1", &["photo"], "/edit a"))
+        .await
+        .unwrap();
+    let out = next(&mut rx).await;
+    assert_eq!(
+        quotas.ledger().job("flaky").unwrap().unwrap().status,
+        JobStatus::Ready,
+        "the answer was stored despite two failed writes"
+    );
+    engine
+        .delivered(&out.job, out.result.as_ref().unwrap(), None)
+        .await;
+    assert_eq!(
+        quotas.ledger().job("flaky").unwrap().unwrap().status,
+        JobStatus::Delivered
+    );
+    // A restart finds nothing to run again.
+    let (again, _, _) = engine_on(&db, &fake);
+    assert_eq!(again.resume().await, 0);
+    assert_eq!(fake.calls(), 1);
 }

@@ -350,7 +350,14 @@ async fn a_chat_admins_settings_only_restrict_in_that_chat_and_bot_wide_ones_app
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(no, QuotaRejection::User { used: 1, limit: 1, .. }),
+        matches!(
+            no,
+            QuotaRejection::User {
+                used: 1,
+                limit: 1,
+                ..
+            }
+        ),
         "{no:?}"
     );
     assert_eq!(q.show_in(&u, Some("-100")).await.unwrap().limit, 1);
@@ -368,7 +375,14 @@ async fn a_chat_admins_settings_only_restrict_in_that_chat_and_bot_wide_ones_app
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(no, QuotaRejection::User { used: 1, limit: 1, .. }),
+        matches!(
+            no,
+            QuotaRejection::User {
+                used: 1,
+                limit: 1,
+                ..
+            }
+        ),
         "the chat's own limit counts its own usage: {no:?}"
     );
     let shown = q.show_in(&u, Some("-100")).await.unwrap();
@@ -397,7 +411,9 @@ async fn of_5000_concurrent_reserves_in_three_chats_exactly_the_bot_wide_limit_w
     let q = s.quotas(limits(10));
     let u = user("7");
     // Chat admins in play: one "grants" a million, one restricts to 4.
-    q.set_limit_in(&u, Some("-1"), Some(1_000_000)).await.unwrap();
+    q.set_limit_in(&u, Some("-1"), Some(1_000_000))
+        .await
+        .unwrap();
     q.set_limit_in(&u, Some("-2"), Some(4)).await.unwrap();
     let tasks: Vec<_> = (0..5000)
         .map(|i| {
@@ -434,7 +450,11 @@ async fn a_reset_made_while_the_clock_was_ahead_does_not_disable_the_quota() {
     s.clock.set(at(2026, 11, 27, 12, 0));
     q.reset(&user("1")).await.unwrap();
     s.clock.set(at(2026, 11, 26, 12, 5));
-    assert_eq!(q.show(&user("1")).await.unwrap().used, 0, "the reset counts");
+    assert_eq!(
+        q.show(&user("1")).await.unwrap().used,
+        0,
+        "the reset counts"
+    );
     q.reserve(reservation("b", "1", None, 2))
         .await
         .unwrap()
@@ -445,7 +465,14 @@ async fn a_reset_made_while_the_clock_was_ahead_does_not_disable_the_quota() {
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(no, QuotaRejection::User { used: 2, limit: 2, .. }),
+        matches!(
+            no,
+            QuotaRejection::User {
+                used: 2,
+                limit: 2,
+                ..
+            }
+        ),
         "usage after the reset counts: {no:?}"
     );
 }
@@ -460,7 +487,11 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
         per_chat: 0,
         global_per_day: 10,
     });
-    let urls = |n: usize| (0..n).map(|i| format!("https://r/{i}.png")).collect::<Vec<_>>();
+    let urls = |n: usize| {
+        (0..n)
+            .map(|i| format!("https://r/{i}.png"))
+            .collect::<Vec<_>>()
+    };
     // Made and refused by the user's chat: charged what the backend made.
     q.reserve(reservation("a", "1", None, 4))
         .await
@@ -525,7 +556,12 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
     );
     let later = q
         .ledger()
-        .report(at(2026, 11, 26, 0, 0), Some(at(2026, 11, 26, 9, 0)), ReportBy::User, None)
+        .report(
+            at(2026, 11, 26, 0, 0),
+            Some(at(2026, 11, 26, 9, 0)),
+            ReportBy::User,
+            None,
+        )
         .unwrap();
     assert!(later.is_empty(), "--until cuts: {later:?}");
 }

@@ -1042,3 +1042,215 @@ async fn an_album_being_collected_at_shutdown_is_handled_after_the_restart() {
     bot.stop().await;
     assert_eq!(bot.tg.pending_updates(), 0);
 }
+
+/// A photo with `caption` from `user_id` in group `chat_id`.
+fn group_photo(bot: &Bot, message_id: i32, chat_id: i64, user_id: i64, caption: &str) -> Value {
+    let file = format!("g-{message_id}");
+    bot.tg.add_file(&file, images::jpeg(800, 600));
+    photo_message(
+        message_id,
+        group_chat(chat_id),
+        user(user_id, "en"),
+        &file,
+        Some(caption),
+    )
+}
+
+#[tokio::test]
+async fn a_group_admin_cannot_grant_themselves_edits_but_can_restrict_others() {
+    let mut bot = Bot::start("per_user = 2\n").await;
+    let chat = group_chat(-500);
+    bot.tg.set_member_status(-500, 50, "creator");
+    let say = |id: i32, from: i64, text: &str| {
+        message_update(text_message(id, chat.clone(), user(from, "en"), text, None))
+    };
+    bot.tg.push_update(say(1, 50, "/quota set 50 1000000"));
+    bot.text_containing("at most 1000000 edits per window here (the bot-wide limit still applies)")
+        .await;
+    bot.tg.push_update(say(2, 50, "/quota reset 50"));
+    bot.text_containing("Only the bot's operator can reset usage")
+        .await;
+    for i in 0..3 {
+        bot.tg.push_update(message_update(group_photo(
+            &bot,
+            10 + i,
+            -500,
+            50,
+            "/edit x",
+        )));
+        if i < 2 {
+            bot.tg.wait_for("sendphoto", i as usize + 1, 20).await;
+        }
+    }
+    bot.text_containing("of your 2 edits").await;
+    // Restricting works: another member's limit here goes to 0.
+    bot.tg.push_update(say(20, 50, "/quota set 51 0"));
+    bot.text_containing("User 51 may now make at most 0 edits")
+        .await;
+    bot.tg
+        .push_update(message_update(group_photo(&bot, 21, -500, 51, "/edit y")));
+    bot.text_containing("Editing is turned off here").await;
+    bot.stop().await;
+    assert_eq!(bot.ds.calls(), 2, "the self-grant gave nothing");
+    assert_eq!((bot.used(50), bot.used(51)), (2, 0));
+    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    let bot_wide = bot
+        .ledger()
+        .settings(&UserRef::new(Platform::Telegram, "50"), None)
+        .unwrap();
+    assert_eq!(
+        (bot_wide.limit_override, bot_wide.reset_after),
+        (None, None),
+        "nothing bot-wide changed"
+    );
+}
+
+#[tokio::test]
+async fn results_the_users_chat_refuses_are_charged_and_count_for_the_day() {
+    let mut bot = Bot::start("per_user = 100\nglobal_per_day = 25\n").await;
+    // A private chat that blocked the bot while the job ran: charged 1.
+    bot.tg.fail_next(
+        "sendphoto",
+        Fault::Forbidden("Forbidden: bot was blocked by the user"),
+        1,
+    );
+    bot.tg
+        .push_update(message_update(bot.photo(30, 61, "/edit x", 800, 600)));
+    bot.text_containing("did not let me post").await;
+    // A group where the bot may not send photos: every --n 6 is made, refused, charged.
+    bot.tg.fail_next(
+        "sendmediagroup",
+        Fault::BadRequest("Bad Request: not enough rights to send photos to the chat"),
+        10,
+    );
+    for i in 0..10 {
+        bot.tg.push_update(message_update(group_photo(
+            &bot,
+            40 + i,
+            -600,
+            60,
+            "/edit x --n 6",
+        )));
+        let answered = 2 + i as usize;
+        for _ in 0..500 {
+            if bot.tg.calls_to("sendmessage").len() >= answered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let texts = bot.texts();
+    let refused = texts
+        .iter()
+        .filter(|t| t.contains("did not let me post"))
+        .count();
+    let daily = texts.iter().filter(|t| t.contains("daily limit")).count();
+    assert_eq!((refused, daily), (5, 6), "{texts:?}");
+    assert!(
+        texts
+            .iter()
+            .filter(|t| t.contains("did not let me post"))
+            .all(|t| t.contains("count against your quota")),
+        "{texts:?}"
+    );
+    bot.stop().await;
+    assert_eq!(
+        bot.ds.calls(),
+        5,
+        "1 + 4 × 6 = 25 images, then the day is over"
+    );
+    assert_eq!((bot.used(61), bot.used(60)), (1, 24));
+    use qwen_edit_bot::core::quota::{Ledger, ReportBy};
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let rows = bot
+        .ledger()
+        .report(since, None, ReportBy::User, None)
+        .unwrap();
+    let group_user = rows.iter().find(|r| r.key == "telegram:60").unwrap();
+    assert_eq!(
+        (
+            group_user.images,
+            group_user.generated,
+            group_user.undelivered
+        ),
+        (0, 24, 24)
+    );
+}
+
+#[tokio::test]
+async fn again_is_refused_anywhere_but_under_the_result_it_belongs_to() {
+    let mut bot = Bot::start("").await;
+    bot.tg
+        .push_update(message_update(bot.photo(70, 42, "/edit secret", 800, 600)));
+    let first = bot.tg.wait_for("sendphoto", 1, 20).await;
+    let data = first[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = data.strip_prefix("again:").unwrap();
+    assert!(
+        token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "an unguessable token, not the job id: {data}"
+    );
+    let downloads = bot.tg.downloads().len();
+    // Another user copies the token into a button of their own chat, or guesses a job id.
+    let elsewhere = text_message(5, group_chat(-700), user(tg::BOT_ID, "en"), "mine", None);
+    bot.tg.push_update(callback_update(
+        "cb-forged",
+        user(77, "en"),
+        elsewhere.clone(),
+        &data,
+    ));
+    bot.tg.push_update(callback_update(
+        "cb-guessed",
+        user(77, "en"),
+        elsewhere,
+        "again:tg-42-70",
+    ));
+    let answers = bot.tg.wait_for("answercallbackquery", 2, 20).await;
+    for a in &answers {
+        assert!(
+            a.params["text"].as_str().unwrap().contains("expired"),
+            "{:?}",
+            a.params
+        );
+    }
+    bot.stop().await;
+    assert_eq!(bot.ds.calls(), 1, "no backend call for a forged button");
+    assert_eq!(bot.tg.downloads().len(), downloads, "nothing fetched");
+    assert_eq!(bot.used(77), 0);
+    assert!(
+        bot.tg.calls_to("sendmessage").is_empty() && bot.tg.calls_to("sendphoto").len() == 1,
+        "nothing posted into the other chat"
+    );
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_database_refuses_to_start() {
+    let mut bot = Bot::start("").await;
+    bot.tg
+        .push_update(message_update(bot.photo(90, 42, "/edit x", 800, 600)));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    let path = bot.dir.join("config.toml");
+    let env = |k: &str| match k {
+        "DASHSCOPE_API_KEY" => Some(API_KEY.to_string()),
+        "TELEGRAM_BOT_TOKEN" => Some(TOKEN.to_string()),
+        _ => None,
+    };
+    let settings = Settings::load_with_env(&path, env).unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        qwen_edit_bot::app::serve(settings, std::future::pending()),
+    )
+    .await
+    .expect("refused at once")
+    .unwrap_err()
+    .to_string();
+    assert!(
+        second.contains("another qwen-edit-bot is already running"),
+        "{second}"
+    );
+    bot.stop().await;
+    assert_eq!(bot.ds.calls(), 1);
+    assert_eq!(bot.tg.calls_to("sendphoto").len(), 1);
+}

@@ -215,7 +215,11 @@ async fn answer(s: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
         }
         Reply::MissingResult => success(&[format!("http://{host}/results/missing.png")]),
         Reply::Redirect { other_host } => {
-            let name = if other_host { "redirect-other" } else { "redirect-same" };
+            let name = if other_host {
+                "redirect-other"
+            } else {
+                "redirect-same"
+            };
             success(&[format!("http://{host}/results/{name}.png")])
         }
         Reply::Error {
@@ -292,10 +296,10 @@ fn check_contract(body: &Value, model: &str) -> (Vec<(String, u32, u32)>, Vec<St
     if texts.len() != 1 {
         bad.push(format!("exactly one text expected, got {}", texts.len()));
     }
-    if let Some(text) = texts.first().and_then(|t| t["text"].as_str()) {
-        if text.chars().count() > 800 || text.trim().is_empty() {
-            bad.push(format!("text has {} characters", text.chars().count()));
-        }
+    if let Some(text) = texts.first().and_then(|t| t["text"].as_str())
+        && (text.chars().count() > 800 || text.trim().is_empty())
+    {
+        bad.push(format!("text has {} characters", text.chars().count()));
     }
     for part in content.iter().filter_map(|p| p.get("image")) {
         let uri = part.as_str().unwrap_or("");
@@ -364,7 +368,10 @@ async fn result(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    s.fetched.lock().unwrap().push(format!("{host}/results/{name}"));
+    s.fetched
+        .lock()
+        .unwrap()
+        .push(format!("{host}/results/{name}"));
     let port = host.rsplit(':').next().unwrap_or("");
     let to = match name.as_str() {
         "redirect-same.png" => Some(format!("http://{host}/results/0.png")),

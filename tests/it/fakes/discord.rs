@@ -1758,10 +1758,10 @@ fn user_mentions(content: &str) -> Vec<Value> {
         let Some((inner, _)) = piece.split_once('>') else {
             continue;
         };
-        if let Ok(id) = inner.trim_start_matches('!').parse::<u64>() {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+        if let Ok(id) = inner.trim_start_matches('!').parse::<u64>()
+            && !ids.contains(&id)
+        {
+            ids.push(id);
         }
     }
     ids.into_iter()

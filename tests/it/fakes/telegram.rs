@@ -715,10 +715,10 @@ fn parse_multipart(body: &[u8], boundary: &str) -> (Value, Vec<(String, Vec<u8>)
 
 fn text_value(data: &[u8]) -> Value {
     let text = String::from_utf8_lossy(data).into_owned();
-    if text.starts_with('{') || text.starts_with('[') {
-        if let Ok(v) = serde_json::from_str(&text) {
-            return v;
-        }
+    if (text.starts_with('{') || text.starts_with('['))
+        && let Ok(v) = serde_json::from_str(&text)
+    {
+        return v;
     }
     Value::String(text)
 }
