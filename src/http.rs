@@ -1,4 +1,8 @@
-//! The operations endpoint on `http.listen`: `GET /healthz` and `GET /metrics`.
+//! The operations endpoint on `http.listen`: `GET /livez` (liveness: the process can make
+//! progress), `GET /readyz` and its older name `/healthz` (readiness: platforms, backend, store),
+//! and `GET /metrics`. Point a liveness probe (Docker `HEALTHCHECK`, Kubernetes `livenessProbe`)
+//! at `/livez`: a backend or platform outage makes the bot unready, never dead, so it is not
+//! restarted in a loop while the outage lasts.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +34,8 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("http.listen = {listen}: {e}"))?;
     tracing::info!(listen = %listen, "serving /healthz and /metrics");
     let app = axum::Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(healthz))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .with_state(Arc::new(Ops { engine, metrics }));
@@ -43,13 +49,38 @@ pub async fn serve(
     }))
 }
 
-async fn healthz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+/// How long the store's write check may take before the process counts as stuck.
+const STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A real write to the store, bounded in time; `{"ok": …}`.
+async fn store_check(ops: &Ops) -> Value {
     let ledger = ops.engine.quotas().ledger().clone();
-    let store = match tokio::task::spawn_blocking(move || ledger.check_writable()).await {
-        Ok(Ok(())) => json!({ "ok": true }),
+    let check = tokio::task::spawn_blocking(move || ledger.check_writable());
+    match tokio::time::timeout(STORE_CHECK, check).await {
+        Ok(Ok(Ok(()))) => json!({ "ok": true }),
+        Ok(Ok(Err(e))) => json!({ "ok": false, "error": e.to_string() }),
         Ok(Err(e)) => json!({ "ok": false, "error": e.to_string() }),
-        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        Err(_) => json!({ "ok": false, "error": "the store did not answer in time" }),
+    }
+}
+
+/// Liveness: this answer itself shows the runtime is responsive; the store must take a write.
+/// Nothing outside the process (backend, platforms) is asked.
+async fn livez(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    let store = store_check(&ops).await;
+    let alive = store["ok"] == Value::Bool(true);
+    let status = match alive {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
     };
+    let body =
+        json!({ "status": if alive { "ok" } else { "down" }, "components": { "store": store } });
+    (status, Json(body))
+}
+
+/// Readiness: every part the bot needs to serve, each named when down.
+async fn healthz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    let store = store_check(&ops).await;
     let backend = match ops.metrics.health.backend() {
         None => json!({ "ok": true, "detail": "no call yet" }),
         Some(Ok(())) => json!({ "ok": true }),

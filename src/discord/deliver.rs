@@ -81,7 +81,9 @@ impl Discord {
             }
         });
         let mut f = self.feedback.entry(job_id.to_owned()).or_default();
-        f.typing = Some(typing.abort_handle());
+        if let Some(old) = f.typing.replace(typing.abort_handle()) {
+            old.abort();
+        }
         f.last_position = None;
     }
 

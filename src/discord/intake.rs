@@ -432,13 +432,20 @@ impl Discord {
     async fn submit(&self, spec: JobSpec, route: Route, deferred: Option<Deferred>) {
         let job_id = spec.id.clone();
         // Before submitting: a worker may start (and even finish) the job at once.
-        let feedback = Feedback {
-            route: Some(route.clone()),
-            ..Feedback::default()
+        // An event seen again (a gateway replay) while its job runs must not touch that job's
+        // feedback (typing, status message).
+        let fresh = match self.feedback.entry(job_id.clone()) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Feedback {
+                    route: Some(route.clone()),
+                    ..Feedback::default()
+                });
+                true
+            }
         };
-        self.feedback.insert(job_id.clone(), feedback);
         let result = self.engine.submit(spec).await;
-        if result.is_err() {
+        if result.is_err() && fresh {
             self.feedback.remove(&job_id);
         }
         match result {

@@ -93,7 +93,9 @@ impl Telegram {
             }
         });
         let status = self.feedback.get_mut(job_id).map(|mut f| {
-            f.typing = Some(typing.abort_handle());
+            if let Some(old) = f.typing.replace(typing.abort_handle()) {
+                old.abort();
+            }
             f.last_position = None;
             f.status
         });

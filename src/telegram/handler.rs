@@ -118,10 +118,17 @@ impl Telegram {
     pub(super) async fn submit(&self, spec: JobSpec, route: &Route) {
         let job_id = spec.id.clone();
         tracing::info!(job_id = %job_id, user = %spec.user, inputs = spec.inputs.len(), "edit request");
-        // Before submitting: a worker may start (and even finish) the job at once.
-        self.feedback.insert(job_id.clone(), Feedback::default());
+        // Before submitting: a worker may start (and even finish) the job at once. An update
+        // seen again while its job runs must not touch that job's feedback (typing, reaction).
+        let fresh = match self.feedback.entry(job_id.clone()) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Feedback::default());
+                true
+            }
+        };
         let result = self.engine.submit(spec).await;
-        if result.is_err() {
+        if result.is_err() && fresh {
             self.feedback.remove(&job_id);
         }
         match result {

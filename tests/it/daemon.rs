@@ -475,3 +475,41 @@ async fn the_logs_of_a_run_with_failures_never_hold_a_secret_or_a_file_url() {
         assert!(!logs.contains(secret), "{secret} appeared in the logs");
     }
 }
+
+#[tokio::test]
+async fn a_backend_outage_makes_the_daemon_unready_but_never_dead() {
+    let d = Deployment::new("").await;
+    let path = d.dir.path().join("config.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        config.replace("timeout_secs = 5\n", "timeout_secs = 5\nmax_attempts = 1\n"),
+    )
+    .unwrap();
+    let daemon = d.spawn("info");
+    d.wait_healthy().await;
+    assert_eq!(d.get("/livez").await.unwrap().0, 200);
+    d.ds.script([Reply::Error {
+        status: 503,
+        code: "ServiceUnavailable",
+        retry_after: None,
+    }]);
+    d.tg.push_update(d.photo(1, 42, "/edit a"));
+    d.tg.wait_for("sendmessage", 1, 20).await;
+    let (live, _) = d.get("/livez").await.unwrap();
+    let (ready, body) = d.get("/readyz").await.unwrap();
+    assert_eq!((live, ready), (200, 503), "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["down"], serde_json::json!(["backend"]));
+    assert_eq!(
+        d.get("/healthz").await.unwrap().0,
+        503,
+        "healthz is readiness"
+    );
+    // The backend is back: the next call succeeds and the daemon is ready again.
+    d.tg.push_update(d.photo(2, 42, "/edit b"));
+    d.tg.wait_for("sendphoto", 1, 20).await;
+    assert_eq!(d.get("/readyz").await.unwrap().0, 200);
+    assert_eq!(d.get("/livez").await.unwrap().0, 200);
+    daemon.stop().await;
+}

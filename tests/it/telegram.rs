@@ -1254,3 +1254,39 @@ async fn a_second_daemon_on_the_same_database_refuses_to_start() {
     assert_eq!(bot.ds.calls(), 1);
     assert_eq!(bot.tg.calls_to("sendphoto").len(), 1);
 }
+
+#[tokio::test]
+async fn an_update_seen_again_while_its_job_runs_leaves_its_feedback_alone() {
+    let mut bot = Bot::start("").await;
+    bot.ds.hold();
+    let update = bot.photo(95, 42, "/edit x", 800, 600);
+    bot.tg.push_update(message_update(update.clone()));
+    bot.tg.wait_for("sendchataction", 1, 20).await;
+    // The same message again (a re-sent update) while the job runs.
+    bot.tg.push_update(message_update(update));
+    for _ in 0..500 {
+        if bot.tg.last_offset() >= 2 && bot.tg.pending_updates() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bot.ds.release();
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    let reactions = bot.tg.wait_for("setmessagereaction", 2, 10).await;
+    assert!(
+        reactions[1].params.to_string().contains("👌"),
+        "the running job's 👀 still turns into 👌: {:?}",
+        reactions[1].params
+    );
+    bot.stop().await;
+    // After the stop nothing of the job goes on: no chat action after the result.
+    let result_at = bot.tg.calls_to("sendphoto")[0].at;
+    let late = bot
+        .tg
+        .calls_to("sendchataction")
+        .iter()
+        .filter(|c| c.at > result_at)
+        .count();
+    assert_eq!(late, 0, "the typing loop stopped at delivery");
+    assert_eq!((bot.ds.calls(), bot.used(42)), (1, 1));
+}
