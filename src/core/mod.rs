@@ -13,3 +13,4 @@ pub mod pipeline;
 pub mod policy;
 pub mod queue;
 pub mod quota;
+pub mod throttle;

@@ -107,9 +107,8 @@ async fn text_request(dc: &Discord, msg: &Message, text: &str) {
         Ok(Some(c)) => c,
         Ok(None) => return,
         Err(e) => {
-            return dc
-                .say(&route, &messages::rejection(lang, &Rejection::Command(e)))
-                .await;
+            let text = messages::rejection(lang, &Rejection::Command(e));
+            return dc.refuse_text(&route, &text).await;
         }
     };
     let mut inputs = locators(msg);
@@ -465,9 +464,24 @@ impl Discord {
                     messages::rejection_with(route.lang, &rejection, &messages::discord_time);
                 match deferred {
                     Some(d) => d.refuse(self, &text).await,
-                    None => self.say(&route, &text).await,
+                    None => self.refuse_text(&route, &text).await,
                 }
             }
+        }
+    }
+
+    /// Answers a refused text request, unless the user (or the server's channel) was answered
+    /// one just now (`core::throttle`). Interactions are always answered: they are ephemeral.
+    async fn refuse_text(&self, route: &Route, text: &str) {
+        let chat = route.channel_id.to_string();
+        let user = route.user_id.to_string();
+        if self
+            .refusals
+            .allow(&chat, route.guild_id.is_some(), &user, text)
+        {
+            self.say(route, text).await;
+        } else {
+            tracing::debug!("request refused; not answered (answered just now)");
         }
     }
 

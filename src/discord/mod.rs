@@ -66,6 +66,8 @@ pub struct Discord {
     guild_ids: Vec<u64>,
     /// Operators: `/quota-admin` acts bot-wide for them.
     admin_ids: Vec<u64>,
+    /// Which refusals of text requests are answered (repeats are not).
+    refusals: crate::core::throttle::RefusalThrottle,
     feedback: DashMap<String, Feedback>,
     /// Upload limits learnt per guild (from its boost tier).
     upload_limits: DashMap<u64, u64>,
@@ -171,6 +173,7 @@ pub async fn run(
         bot_id: std::sync::OnceLock::new(),
         guild_ids: settings.config.discord.guild_ids.clone(),
         admin_ids: settings.config.discord.admin_ids.clone(),
+        refusals: Default::default(),
         feedback: DashMap::new(),
         upload_limits: DashMap::new(),
         guild_langs: DashMap::new(),

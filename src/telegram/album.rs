@@ -62,7 +62,7 @@ impl Telegram {
         }
     }
 
-    async fn finish_album(&self, mut album: Album) {
+    async fn finish_album(self: &Arc<Self>, mut album: Album) {
         let Some((msg, from)) = album.caption.take() else {
             return;
         };

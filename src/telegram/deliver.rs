@@ -29,6 +29,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// Queue position edits happen at most this often.
 const POSITION_EVERY: Duration = Duration::from_secs(3);
+/// Longest wait for a job's 👀 before its result is posted anyway.
+const ACK_WAIT: Duration = Duration::from_secs(15);
 /// A delivery that takes longer (retries included) is given up and refunded.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -123,6 +125,11 @@ impl Telegram {
     /// Posts the result or the failure; returns whether the result was delivered.
     async fn finish(&self, outcome: Outcome) -> bool {
         let job_id = outcome.job.id.clone();
+        // The 👀 is sent in the background; the final reaction must come after it.
+        let acked = self.feedback.get(&job_id).and_then(|f| f.acked.clone());
+        if let Some(mut acked) = acked {
+            let _ = tokio::time::timeout(ACK_WAIT, acked.wait_for(|done| *done)).await;
+        }
         let feedback = self
             .feedback
             .remove(&job_id)

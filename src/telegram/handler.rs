@@ -1,5 +1,8 @@
-//! Update handlers. Each returns as soon as the job is queued (or refused): teloxide handles one
-//! chat's updates in order, so a handler that waited for the model would freeze the chat.
+//! Update handlers. Each returns as soon as the job is in the store (or refused): a chat's updates
+//! are handled in order, and the next poll waits for the batch, so nothing here waits for
+//! Telegram either. Reactions, status messages and refusals are sent by tasks of their own (a
+//! slow or failing Bot API call, which teloxide follows with a 10 s pause on a 5xx, delays only
+//! itself), and repeated refusals are collapsed (`core::throttle`).
 
 use std::sync::Arc;
 
@@ -50,12 +53,28 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
         if let Some((word, args)) = command_word(text, &tg.username)
             && super::admin::is_command(&word)
         {
-            return super::admin::handle(&tg, &msg, &word, args).await;
+            // Off the intake path: admin checks ask Telegram (getChatMember).
+            let (tg, msg, args) = (Arc::clone(&tg), msg.clone(), args.to_owned());
+            tokio::spawn(
+                async move {
+                    if let Err(e) = super::admin::handle(&tg, &msg, &word, &args).await {
+                        tracing::warn!(error = %safe_error(&e), "admin command failed");
+                    }
+                }
+                .in_current_span(),
+            );
+            return Ok(());
         }
         let Some(c) = candidate(&msg) else {
             if msg.chat.is_private() && super::trigger::image_of(&msg).is_some() {
                 let hint = messages::caption_hint(lang_of(msg.from.as_ref()));
-                send_reply(&tg.bot, msg.chat.id, msg.id, &hint).await;
+                let from = msg.from.as_ref().map_or(0, |u| u.id.0);
+                if tg
+                    .refusals
+                    .allow(&msg.chat.id.0.to_string(), false, &from.to_string(), &hint)
+                {
+                    tg.say_later(msg.chat.id, msg.id, hint);
+                }
             }
             return Ok(());
         };
@@ -72,7 +91,7 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
 impl Telegram {
     /// Parses a candidate and, if it is an edit for us, submits it and gives feedback.
     pub(super) async fn request(
-        &self,
+        self: &Arc<Self>,
         chat: &teloxide::types::Chat,
         from: &User,
         c: Candidate,
@@ -86,13 +105,11 @@ impl Telegram {
             Ok(Some(command)) => command,
             Ok(None) => return,
             Err(e) => {
-                return self
-                    .refuse(chat.id, c.reply_to, lang, &Rejection::Command(e))
-                    .await;
+                return self.refuse(chat.id, c.reply_to, from.id.0, lang, &Rejection::Command(e));
             }
         };
         if let Err(rejection) = check_images(&c.images) {
-            return self.refuse(chat.id, c.reply_to, lang, &rejection).await;
+            return self.refuse(chat.id, c.reply_to, from.id.0, lang, &rejection);
         }
         let route = Route {
             chat_id: chat.id.0,
@@ -115,18 +132,23 @@ impl Telegram {
     }
 
     /// Submits a job and shows that it was taken (or why not).
-    pub(super) async fn submit(&self, spec: JobSpec, route: &Route) {
+    pub(super) async fn submit(self: &Arc<Self>, spec: JobSpec, route: &Route) {
         let job_id = spec.id.clone();
         tracing::info!(job_id = %job_id, user = %spec.user, inputs = spec.inputs.len(), "edit request");
         // Before submitting: a worker may start (and even finish) the job at once. An update
         // seen again while its job runs must not touch that job's feedback (typing, reaction).
+        let (acked, acked_rx) = tokio::sync::watch::channel(false);
         let fresh = match self.feedback.entry(job_id.clone()) {
             dashmap::Entry::Occupied(_) => false,
             dashmap::Entry::Vacant(v) => {
-                v.insert(Feedback::default());
+                v.insert(Feedback {
+                    acked: Some(acked_rx),
+                    ..Feedback::default()
+                });
                 true
             }
         };
+        let user: u64 = spec.user.id.parse().unwrap_or(0);
         let result = self.engine.submit(spec).await;
         if result.is_err() && fresh {
             self.feedback.remove(&job_id);
@@ -134,14 +156,17 @@ impl Telegram {
         match result {
             Ok(accepted) => {
                 let waiting = accepted.waits.then_some(accepted.position);
-                self.acknowledge(&job_id, route, waiting).await;
+                let (tg, route) = (Arc::clone(self), route.clone());
+                tokio::spawn(async move {
+                    tg.acknowledge(&job_id, &route, waiting).await;
+                    let _ = acked.send(true);
+                });
             }
             Err(Rejection::Quota(QuotaRejection::Duplicate)) => {
                 tracing::info!(job_id = %job_id, "update seen again; the job exists already");
             }
             Err(rejection) => {
-                self.refuse(route.chat(), route.message(), route.lang, &rejection)
-                    .await
+                self.refuse(route.chat(), route.message(), user, route.lang, &rejection)
             }
         }
     }
@@ -180,9 +205,35 @@ impl Telegram {
         }
     }
 
-    pub(super) async fn refuse(&self, chat: ChatId, to: MessageId, lang: Lang, r: &Rejection) {
+    /// Answers a refusal in the background, unless the user (or the chat) was answered one
+    /// just now.
+    pub(super) fn refuse(
+        self: &Arc<Self>,
+        chat: ChatId,
+        to: MessageId,
+        user: u64,
+        lang: Lang,
+        r: &Rejection,
+    ) {
+        let text = messages::rejection(lang, r);
+        let group = chat.0 < 0;
+        if !self
+            .refusals
+            .allow(&chat.0.to_string(), group, &user.to_string(), &text)
+        {
+            tracing::debug!(reason = %r, "request refused; not answered (answered just now)");
+            return;
+        }
         tracing::info!(reason = %r, "request refused");
-        send_reply(&self.bot, chat, to, &messages::rejection(lang, r)).await;
+        self.say_later(chat, to, text);
+    }
+
+    /// Sends a reply from a task of its own, off the intake path.
+    pub(super) fn say_later(self: &Arc<Self>, chat: ChatId, to: MessageId, text: String) {
+        let bot = self.bot.clone();
+        tokio::spawn(async move {
+            send_reply(&bot, chat, to, &text).await;
+        });
     }
 }
 

@@ -50,6 +50,8 @@ struct Feedback {
     last_position: Option<usize>,
     typing: Option<tokio::task::AbortHandle>,
     route: Option<Route>,
+    /// Turns true once the 👀 (or status message) was sent: the final reaction waits for it.
+    acked: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Everything a handler needs. One per process.
@@ -64,6 +66,8 @@ pub struct Telegram {
     /// not confirmed to Telegram until the album's job is in the store.
     album_floor: DashMap<String, u32>,
     feedback: DashMap<String, Feedback>,
+    /// Which refusals are answered (repeats are not).
+    refusals: crate::core::throttle::RefusalThrottle,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -145,6 +149,7 @@ pub async fn run(
         albums: DashMap::new(),
         album_floor: DashMap::new(),
         feedback: DashMap::new(),
+        refusals: Default::default(),
         metrics,
     });
     tg.metrics.health.set_telegram(true);
