@@ -166,9 +166,19 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    // Whichever front-end ends (or fails to start) first stops the other one too.
-    let ended = |r| {
-        let _ = stop_tx.send(true);
+    // A front-end that fails (a refused token) stops only itself; the daemon stops when none is
+    // left running, or at the signal.
+    let running = std::sync::atomic::AtomicUsize::new(
+        usize::from(telegram.is_some()) + usize::from(discord.is_some()),
+    );
+    let ended = |r: anyhow::Result<crate::core::jobs::Deliveries>| {
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "a platform stopped; the others go on");
+        }
+        let left = running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) - 1;
+        if r.is_ok() || left == 0 {
+            let _ = stop_tx.send(true);
+        }
         Some(r)
     };
     let (e, m) = (&engine, &metrics);
@@ -195,13 +205,18 @@ pub async fn serve(
         }
     );
     let mut deliveries = Vec::new();
-    let mut failure = None;
+    let mut failures = Vec::new();
     for result in [tg, dc].into_iter().flatten() {
         match result {
             Ok(d) => deliveries.push(d),
-            Err(e) => failure = Some(e),
+            Err(e) => failures.push(e),
         }
     }
+    // Exit non-zero only when every enabled platform failed (what a restart cannot fix).
+    let failure = match deliveries.is_empty() {
+        true => failures.into_iter().next(),
+        false => None,
+    };
     drain(
         &engine,
         workers,

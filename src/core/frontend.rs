@@ -15,6 +15,17 @@ pub struct Deliveries {
     pub stop: tokio::sync::oneshot::Sender<()>,
 }
 
+impl Deliveries {
+    /// For a front-end stopped before it started: nothing to deliver.
+    pub fn none() -> Self {
+        let (stop, _) = tokio::sync::oneshot::channel();
+        Self {
+            task: tokio::spawn(async {}),
+            stop,
+        }
+    }
+}
+
 /// What a front-end does with its job events.
 pub trait FrontEnd: Send + Sync + 'static {
     /// A worker took the job (typing indicators…); quick, runs in order.

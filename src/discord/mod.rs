@@ -178,14 +178,6 @@ pub async fn run(
         upload_limits: DashMap::new(),
         guild_langs: DashMap::new(),
     });
-    let client_http = self::http(&token, &settings.config.discord.api_url);
-    let mut client = ClientBuilder::new_with_http(client_http, intents)
-        .event_handler(Handler { dc: dc.clone() })
-        .await?;
-    let gateway = &settings.config.discord.gateway_url;
-    if !gateway.is_empty() {
-        *client.ws_url.lock().await = gateway.clone();
-    }
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(crate::core::jobs::pump(
         dc.clone(),
@@ -194,20 +186,91 @@ pub async fn run(
         stopped,
     ));
     let ticker = tokio::spawn(deliver::position_ticker(dc.clone()));
-    let shards = client.shard_manager.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        shards.shutdown_all().await;
+        let _ = stop_tx.send(true);
     });
-    let result = match settings.config.discord.shards[..] {
-        // serenity's range end is the last shard, inclusive.
-        [first, last, total] => client.start_shard_range(first..last, total).await,
-        _ => client.start_autosharded().await,
-    };
+    let result = connect(&dc, &token, intents, settings, stop_rx).await;
     ticker.abort();
     dc.metrics.health.set_discord(false);
     result?;
     Ok(Deliveries { task, stop })
+}
+
+/// First wait before connecting again; doubles up to [`CONNECT_BACKOFF_MAX`].
+const CONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+const CONNECT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs the gateway client until `stop`. A client that cannot start (Discord unreachable) is
+/// built and started again with backoff, logged with the host and the cause; a refused token
+/// (401) is final.
+async fn connect(
+    dc: &Arc<Discord>,
+    token: &str,
+    intents: GatewayIntents,
+    settings: &Settings,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let cfg = &settings.config.discord;
+    let host = reqwest::Url::parse(&cfg.api_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut wait = CONNECT_BACKOFF;
+    loop {
+        let client = ClientBuilder::new_with_http(self::http(token, &cfg.api_url), intents)
+            .event_handler(Handler { dc: dc.clone() })
+            .await;
+        let result = match client {
+            Ok(mut client) => {
+                if !cfg.gateway_url.is_empty() {
+                    *client.ws_url.lock().await = cfg.gateway_url.clone();
+                }
+                let shards = client.shard_manager.clone();
+                let mut stopped = stop.clone();
+                let stopper = tokio::spawn(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                    shards.shutdown_all().await;
+                });
+                let result = match cfg.shards[..] {
+                    // serenity's range end is the last shard, inclusive.
+                    [first, last, total] => client.start_shard_range(first..last, total).await,
+                    _ => client.start_autosharded().await,
+                };
+                stopper.abort();
+                result
+            }
+            Err(e) => Err(e),
+        };
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let err = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if unauthorized(&err) {
+            anyhow::bail!("Discord ({host}) refused the bot token (401): check DISCORD_TOKEN");
+        }
+        tracing::warn!(host = %host, error = %err, wait_ms = wait.as_millis() as u64,
+            "cannot reach Discord; trying again");
+        let mut stopped = stop.clone();
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(CONNECT_BACKOFF_MAX);
+    }
+}
+
+fn unauthorized(e: &serenity::Error) -> bool {
+    use serenity::all::HttpError;
+    match e {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => r.status_code.as_u16() == 401,
+        serenity::Error::Gateway(serenity::gateway::GatewayError::InvalidAuthentication) => true,
+        _ => false,
+    }
 }
 
 impl Discord {

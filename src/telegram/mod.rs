@@ -95,6 +95,45 @@ pub(crate) fn safe_error(e: &teloxide::RequestError) -> String {
     }
 }
 
+/// First wait before asking Telegram again at start-up; doubles up to [`CONNECT_BACKOFF_MAX`].
+const CONNECT_BACKOFF: Duration = Duration::from_millis(500);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Asks `getMe` until Telegram answers (a network outage at start is waited out, logged with the
+/// host and the cause, never the token). A refused token is final. `None` when stopped first.
+async fn connect(
+    bot: &Bot,
+    api_url: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<teloxide::types::Me>> {
+    let host = reqwest::Url::parse(api_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut wait = CONNECT_BACKOFF;
+    loop {
+        let err = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return Ok(None),
+            me = bot.get_me() => match me {
+                Ok(me) => return Ok(Some(me)),
+                Err(e) => e,
+            },
+        };
+        if let teloxide::RequestError::Api(teloxide::ApiError::InvalidToken) = err {
+            anyhow::bail!(
+                "Telegram ({host}) refused the bot token (401 Unauthorized): check TELEGRAM_BOT_TOKEN"
+            );
+        }
+        tracing::warn!(host = %host, error = %safe_error(&err), wait_ms = wait.as_millis() as u64,
+            "cannot reach Telegram yet; trying again");
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(CONNECT_BACKOFF_MAX);
+    }
+}
+
 /// Prepares the front-end: the bot, its identity, the input source and the event channel.
 pub struct Prepared {
     pub bot: Bot,
@@ -133,10 +172,17 @@ pub async fn run(
 ) -> anyhow::Result<Deliveries> {
     let cfg = &settings.config.telegram;
     let Prepared { bot, events_rx, .. } = prepared;
-    let me = bot
-        .get_me()
-        .await
-        .map_err(|e| anyhow::anyhow!("Telegram getMe failed: {}", safe_error(&e)))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let Some(me) = connect(&bot, &cfg.api_url, &mut stop_rx).await? else {
+        return Ok(Deliveries::none());
+    };
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
     let username = me.username.clone().unwrap_or_default();
     tracing::info!(bot = %username, "connected to Telegram");
     register_commands(&bot).await;

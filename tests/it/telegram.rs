@@ -1379,3 +1379,139 @@ async fn a_server_error_on_a_call_for_one_chat_does_not_delay_another() {
     bot.stop().await;
     assert_eq!((bot.used(82), bot.used(83)), (1, 1));
 }
+
+/// A port with nothing listening on it yet.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// From `after` on, forwards connections on 127.0.0.1:`port` to `to` (Telegram becomes
+/// reachable).
+fn forward_later(port: u16, to: std::net::SocketAddr, after: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+}
+
+/// Runs `serve` on `config` with the test secrets (and `token` as the Telegram token).
+fn serve_config(
+    dir: &std::path::Path,
+    config: String,
+    token: &'static str,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let settings = Settings::load_with_env(&path, |k| match k {
+        "DASHSCOPE_API_KEY" => Some(API_KEY.to_string()),
+        "TELEGRAM_BOT_TOKEN" => Some(token.to_string()),
+        "DISCORD_TOKEN" => Some("discord-token".to_string()),
+        _ => None,
+    })
+    .unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(qwen_edit_bot::app::serve(settings, async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test]
+async fn telegram_unreachable_at_start_is_waited_for_and_then_served_without_a_restart() {
+    let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let tmp = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let fake_addr: std::net::SocketAddr = reqwest::Url::parse(&tg.url)
+        .unwrap()
+        .socket_addrs(|| None)
+        .unwrap()[0];
+    let config = config(&tg, &ds, tmp.path(), "").replace(
+        &format!("api_url = {:?}", tg.url),
+        &format!("api_url = \"http://127.0.0.1:{port}\""),
+    );
+    let (stop, task) = serve_config(tmp.path(), config, TOKEN);
+    // The network comes back two seconds after the start.
+    forward_later(port, fake_addr, Duration::from_secs(2));
+    tg.add_file("late", images::jpeg(800, 600));
+    tg.push_update(message_update(photo_message(
+        1,
+        private_chat(42),
+        user(42, "en"),
+        "late",
+        Some("/edit x"),
+    )));
+    tg.wait_for("sendphoto", 1, 30).await;
+    assert!(!task.is_finished(), "still running");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ds.calls(), 1);
+}
+
+#[tokio::test]
+async fn telegram_serves_while_discord_cannot_be_reached() {
+    let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let tmp = tempfile::tempdir().unwrap();
+    let discord = format!(
+        "[discord]\nenabled = true\napi_url = \"http://127.0.0.1:{}\"\n",
+        closed_port()
+    );
+    let config = config(&tg, &ds, tmp.path(), "") + &discord;
+    let (stop, task) = serve_config(tmp.path(), config, TOKEN);
+    for i in 0..2 {
+        let file = format!("p{i}");
+        tg.add_file(&file, images::jpeg(800, 600));
+        tg.push_update(message_update(photo_message(
+            10 + i,
+            private_chat(42),
+            user(42, "en"),
+            &file,
+            Some("/edit x"),
+        )));
+        tg.wait_for("sendphoto", i as usize + 1, 30).await;
+    }
+    assert!(!task.is_finished(), "Discord's outage stops nothing");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_bot_token_is_final_and_says_so() {
+    let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let tmp = tempfile::tempdir().unwrap();
+    let (_stop, task) = serve_config(tmp.path(), config(&tg, &ds, tmp.path(), ""), "1:wrong");
+    let err = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("exits at once")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused the bot token") && err.contains("TELEGRAM_BOT_TOKEN"),
+        "{err}"
+    );
+    assert!(!err.contains("1:wrong"), "the token is never shown: {err}");
+}
