@@ -139,9 +139,15 @@ pub async fn serve(
     let ops = match c.http.listen.as_str() {
         "" => None,
         listen => Some(
-            crate::http::serve(listen, engine.clone(), metrics.clone(), async {
-                let _ = ops_stopped.await;
-            })
+            crate::http::serve(
+                listen,
+                engine.clone(),
+                metrics.clone(),
+                crate::listen::Limits::from_config(&c.http),
+                async {
+                    let _ = ops_stopped.await;
+                },
+            )
             .await?,
         ),
     };

@@ -164,12 +164,19 @@ impl Default for QuotaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Both listeners (ops and webhook): a connection that has not sent its request headers
+    /// within this is closed, and a whole request (body included) must arrive within 5 × it.
+    pub header_timeout_ms: u64,
+    /// Both listeners: connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            header_timeout_ms: 5000,
+            max_connections: 256,
         }
     }
 }

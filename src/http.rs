@@ -27,6 +27,7 @@ pub async fn serve(
     listen: &str,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    limits: crate::listen::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -38,15 +39,12 @@ pub async fn serve(
         .route("/readyz", get(healthz))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
+        // Nothing here takes a body.
+        .layer(axum::extract::DefaultBodyLimit::max(1024))
         .with_state(Arc::new(Ops { engine, metrics }));
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "http endpoint failed");
-        }
-    }))
+    Ok(tokio::spawn(crate::listen::serve(
+        listener, app, limits, shutdown,
+    )))
 }
 
 /// How long the store's write check may take before the process counts as stuck.

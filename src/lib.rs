@@ -7,6 +7,7 @@ pub mod config; // config.toml + env secrets
 pub mod core; // platform-free logic: parsing, images, quotas, jobs
 pub mod discord; // the Discord front-end (serenity)
 pub mod http; // the operations endpoint: /healthz, /metrics
+pub mod listen; // serving HTTP safely: timeouts, a connection cap
 pub mod logging; // tracing setup (RUST_LOG, LOG_FORMAT=json)
 pub mod messages; // every user-facing sentence, in English and Chinese
 pub mod metrics; // Prometheus metrics and component health

@@ -227,6 +227,7 @@ async fn dispatch(
                 .telegram_webhook_secret
                 .as_ref()
                 .map(|s| crate::config::expose(s).to_owned()),
+            limits: crate::listen::Limits::from_config(&settings.config.http),
         };
         updates::webhook(tg, hook, shutdown).await
     } else {

@@ -161,7 +161,11 @@ pub struct Webhook {
     pub listen: SocketAddr,
     pub url: reqwest::Url,
     pub secret: Option<String>,
+    pub limits: crate::listen::Limits,
 }
+
+/// Largest update body read (Telegram's updates are a few kB).
+const MAX_UPDATE_BYTES: usize = 1024 * 1024;
 
 struct HookState {
     tg: Arc<Telegram>,
@@ -198,13 +202,17 @@ pub async fn webhook(
         .route(&path, axum::routing::post(on_post))
         .with_state(state);
     tracing::info!(listen = %hook.listen, path = %path, "Telegram webhook listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    crate::listen::serve(listener, app, hook.limits, shutdown).await;
     Ok(())
 }
 
-async fn on_post(State(s): State<Arc<HookState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+/// The secret is checked from the header before a byte of the body is read; the body is then
+/// read up to [`MAX_UPDATE_BYTES`] (the listener's request timeout bounds how slowly).
+async fn on_post(
+    State(s): State<Arc<HookState>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> StatusCode {
     if let Some(secret) = &s.secret {
         let given = headers
             .get("X-Telegram-Bot-Api-Secret-Token")
@@ -213,6 +221,10 @@ async fn on_post(State(s): State<Arc<HookState>>, headers: HeaderMap, body: Byte
             return StatusCode::UNAUTHORIZED;
         }
     }
+    let body: Bytes = match axum::body::to_bytes(body, MAX_UPDATE_BYTES).await {
+        Ok(body) => body,
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE,
+    };
     let Ok(update) = serde_json::from_slice::<Update>(&body) else {
         // Telegram would retry a non-200 forever; an unparsable update is dropped.
         tracing::warn!("webhook body is not an update; ignored");
@@ -226,7 +238,24 @@ async fn on_post(State(s): State<Arc<HookState>>, headers: HeaderMap, body: Byte
     StatusCode::OK
 }
 
-/// Compares without an early exit, so timing does not reveal the secret.
+/// Compares in time that depends on neither the contents nor the secret's length (both are
+/// hashed to 32 bytes first, then compared without an early exit).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (digest(a), digest(b));
+    a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A keyed-per-process 256-bit digest (four SipHash-1-3 lanes) for the comparison above.
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::OnceLock<[std::collections::hash_map::RandomState; 4]> =
+        std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    let mut out = [0u8; 32];
+    for (lane, key) in keys.iter().enumerate() {
+        let mut h = key.build_hasher();
+        h.write(bytes);
+        out[lane * 8..lane * 8 + 8].copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }

@@ -1515,3 +1515,131 @@ async fn a_refused_bot_token_is_final_and_says_so() {
     );
     assert!(!err.contains("1:wrong"), "the token is never shown: {err}");
 }
+
+/// Reads from `stream` until the server closes it or `secs` pass; what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, secs: u64) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(secs), stream.read_to_end(&mut got)).await;
+    read.ok()
+        .map(|_| String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test]
+async fn the_listeners_shed_idle_slow_and_unauthenticated_clients() {
+    use tokio::io::AsyncWriteExt;
+    let (hook_port, ops_port) = (closed_port(), closed_port());
+    let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let tmp = tempfile::tempdir().unwrap();
+    let webhook = format!(
+        "poll_timeout_secs = 1\nmode = \"webhook\"\nwebhook_url = \"https://bot.example/tg/hook\"\n\
+         webhook_listen = \"127.0.0.1:{hook_port}\"\n"
+    );
+    let http = format!(
+        "[http]\nlisten = \"127.0.0.1:{ops_port}\"\nheader_timeout_ms = 300\nmax_connections = 4\n"
+    );
+    let text = config(&tg, &ds, tmp.path(), &http).replace("poll_timeout_secs = 1\n", &webhook);
+    let path = tmp.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let settings = Settings::load_with_env(&path, |k| match k {
+        "DASHSCOPE_API_KEY" => Some(API_KEY.to_string()),
+        "TELEGRAM_BOT_TOKEN" => Some(TOKEN.to_string()),
+        "TELEGRAM_WEBHOOK_SECRET" => Some("hook-secret".to_string()),
+        _ => None,
+    })
+    .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(qwen_edit_bot::app::serve(settings, async {
+        let _ = stopped.await;
+    }));
+    tg.wait_for("setwebhook", 1, 10).await;
+    let connect = |port: u16| tokio::net::TcpStream::connect(("127.0.0.1", port));
+    // Idle connections (no request) are closed after the header timeout, on both listeners.
+    for port in [hook_port, ops_port] {
+        let mut idle = connect(port).await.unwrap();
+        let started = std::time::Instant::now();
+        read_until_closed(&mut idle, 5)
+            .await
+            .expect("closed by the server");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+            "closed after {waited:?}"
+        );
+    }
+    // Without the secret, a request announcing 100 MB is refused before its body is sent.
+    let mut unauthenticated = connect(hook_port).await.unwrap();
+    unauthenticated
+        .write_all(
+            b"POST /tg/hook HTTP/1.1\r\nHost: bot\r\nContent-Type: application/json\r\n\
+              Content-Length: 100000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut unauthenticated, 5)
+        .await
+        .unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+    // With the secret, a body that trickles in is cut at the request timeout (5 × 300 ms).
+    let mut slow = connect(hook_port).await.unwrap();
+    slow.write_all(
+        b"POST /tg/hook HTTP/1.1\r\nHost: bot\r\nContent-Type: application/json\r\n\
+          X-Telegram-Bot-Api-Secret-Token: hook-secret\r\nContent-Length: 5000\r\n\r\n{\"upd",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_closed(&mut slow, 10).await.expect("cut");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+    // A body over the update limit is refused.
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{hook_port}/tg/hook");
+    let big = client
+        .post(&url)
+        .header("X-Telegram-Bot-Api-Secret-Token", "hook-secret")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status().as_u16(), 413);
+    // All 4 connection slots held by idle clients: a real update still gets through once the
+    // header timeout has freed them.
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        hogs.push(connect(hook_port).await.unwrap());
+    }
+    tg.add_file("hooked", images::jpeg(800, 600));
+    let update = json!({ "update_id": 7, "message": photo_message(
+        140, private_chat(42), user(42, "en"), "hooked", Some("/edit x")) });
+    let started = std::time::Instant::now();
+    let ok = client
+        .post(&url)
+        .header("X-Telegram-Bot-Api-Secret-Token", "hook-secret")
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    tg.wait_for("sendphoto", 1, 20).await;
+    drop(hogs);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ds.calls(), 1);
+}
