@@ -215,6 +215,15 @@ pub trait Ledger: Send + Sync + 'static {
     fn by_token(&self, token: &str) -> Result<Option<AgainSource>, StoreError>;
     /// Forgets job descriptions of jobs created before `before`; returns how many.
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Keeps one part of a chat album (`part`, opaque JSON) under `group` until the album is
+    /// handled; the same `part_id` twice is kept once.
+    fn save_album_part(&self, group: &str, part_id: &str, part: &str) -> Result<(), StoreError>;
+    /// The parts kept under `group`, in arrival order.
+    fn album_parts(&self, group: &str) -> Result<Vec<String>, StoreError>;
+    /// Every group with parts kept (albums a previous run did not handle).
+    fn album_groups(&self) -> Result<Vec<String>, StoreError>;
+    /// Forgets a handled album's parts.
+    fn drop_album(&self, group: &str) -> Result<(), StoreError>;
     /// Usage since `since` (and before `until`), grouped `by`; only the jobs of one platform's
     /// group (chat or server) when `within` is given.
     fn report(

@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('queued','running','ready');
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at INTEGER NOT NULL);
+-- parts of chat albums being collected (a message each, as JSON), until their job is stored
+CREATE TABLE IF NOT EXISTS album_parts (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_key TEXT NOT NULL,
+    part_id   TEXT NOT NULL,
+    part      TEXT NOT NULL,
+    UNIQUE (group_key, part_id)
+);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (platform, user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (platform, group_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_time ON jobs (created_at);
@@ -624,6 +632,41 @@ impl Ledger for SqliteLedger {
             )
             .optional()
             .map_err(db)
+    }
+
+    fn save_album_part(&self, group: &str, part_id: &str, part: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO album_parts (group_key, part_id, part) VALUES (?1, ?2, ?3)",
+                params![group, part_id, part],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn album_parts(&self, group: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT part FROM album_parts WHERE group_key = ?1 ORDER BY seq")
+            .map_err(db)?;
+        let rows = stmt.query_map([group], |r| r.get(0)).map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn album_groups(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT group_key FROM album_parts GROUP BY group_key ORDER BY MIN(seq)")
+            .map_err(db)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn drop_album(&self, group: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM album_parts WHERE group_key = ?1", [group])
+            .map_err(db)?;
+        Ok(())
     }
 
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {

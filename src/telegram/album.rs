@@ -1,85 +1,115 @@
 //! Albums arrive as separate updates sharing a `media_group_id`, with the caption on one of
-//! them. They are collected for `telegram.album_wait_ms`, then handled as one request with up
-//! to three images. The handler only records the message; a timer task does the rest. Until
-//! the album's job is in the store, its updates are not confirmed to Telegram (see
-//! `updates::poll`), so a crash while collecting loses nothing.
+//! them. Each part is written to the store as it arrives — from then on its update is handled
+//! and confirmed to Telegram like any other, so intake never waits for an album — and
+//! `telegram.album_wait_ms` after the first part, the album's parts are read back and handled
+//! as one request with up to three images. Parts of an album cut off by a crash or a restart are
+//! in the store and handled after the next start.
 
 use std::sync::Arc;
 
-use teloxide::types::{Chat, Message, User};
+use teloxide::types::Message;
 
 use super::Telegram;
 use super::handler::lang_of;
 use super::trigger::{Candidate, ImageRef, image_of};
 use crate::core::jobs::MAX_INPUTS;
 
-/// The parts of one album seen so far.
-pub struct Album {
-    chat: Chat,
-    /// (message id, image) in arrival order.
-    items: Vec<(i32, ImageRef)>,
-    /// The message with the caption, and its sender.
-    caption: Option<(Message, User)>,
-}
-
 impl Telegram {
-    /// Records one album message; the first one starts the collection timer.
-    pub(super) fn collect_album(self: &Arc<Self>, msg: Message) {
-        let Some(group) = msg.media_group_id().map(|g| g.0.clone()) else {
+    /// Stores one album part; the album's first part starts the collection timer.
+    pub(super) async fn collect_album(self: &Arc<Self>, msg: Message) {
+        let Some(group) = msg
+            .media_group_id()
+            .map(|g| format!("{}:{}", msg.chat.id.0, g.0))
+        else {
             return;
         };
-        let Some(image) = image_of(&msg) else { return };
-        let mut first = false;
-        let mut album = self.albums.entry(group.clone()).or_insert_with(|| {
-            first = true;
-            Album {
-                chat: msg.chat.clone(),
-                items: Vec::new(),
-                caption: None,
-            }
-        });
-        album.items.push((msg.id.0, image));
-        if msg.caption().is_some()
-            && let Some(from) = msg.from.clone()
-        {
-            album.caption = Some((msg, from));
+        let part = match serde_json::to_string(&msg) {
+            Ok(part) => part,
+            Err(e) => return tracing::error!(error = %e, "cannot keep an album part"),
+        };
+        let (ledger, g, id) = (
+            self.engine.quotas().ledger().clone(),
+            group.clone(),
+            msg.id.0.to_string(),
+        );
+        let stored = tokio::task::spawn_blocking(move || ledger.save_album_part(&g, &id, &part))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot store an album part");
         }
-        drop(album);
-        if first {
-            let tg = Arc::clone(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(tg.album_wait).await;
-                if tg.engine.is_closed() {
-                    // Shutting down: the album's updates stay unconfirmed and come back after
-                    // the restart.
-                    return;
+        self.arm_album(group);
+    }
+
+    /// Starts the timer of `group` unless it runs already.
+    fn arm_album(self: &Arc<Self>, group: String) {
+        if !self.album_timers.insert(group.clone()) {
+            return;
+        }
+        let tg = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(tg.album_wait).await;
+            if tg.engine.is_closed() {
+                // Shutting down: the parts stay in the store for the next start.
+                return;
+            }
+            tg.album_timers.remove(&group);
+            tg.finish_album(&group).await;
+        });
+    }
+
+    /// Albums whose parts a previous run stored but did not handle: collected again.
+    pub(super) async fn resume_albums(self: &Arc<Self>) {
+        let ledger = self.engine.quotas().ledger().clone();
+        match tokio::task::spawn_blocking(move || ledger.album_groups()).await {
+            Ok(Ok(groups)) => {
+                for group in groups {
+                    tracing::info!(album = %group, "resuming an album from before the restart");
+                    self.arm_album(group);
                 }
-                if let Some((_, album)) = tg.albums.remove(&group) {
-                    tg.finish_album(album).await;
-                }
-                tg.album_floor.remove(&group);
-            });
+            }
+            other => tracing::error!(?other, "cannot list stored album parts"),
         }
     }
 
-    async fn finish_album(self: &Arc<Self>, mut album: Album) {
-        let Some((msg, from)) = album.caption.take() else {
+    async fn finish_album(self: &Arc<Self>, group: &str) {
+        let ledger = self.engine.quotas().ledger().clone();
+        let g = group.to_owned();
+        let parts = match tokio::task::spawn_blocking(move || ledger.album_parts(&g)).await {
+            Ok(Ok(parts)) => parts,
+            other => return tracing::error!(?other, "cannot read an album's parts"),
+        };
+        let mut parts: Vec<Message> = parts
+            .iter()
+            .filter_map(|p| serde_json::from_str(p).ok())
+            .collect();
+        parts.sort_by_key(|m| m.id.0);
+        // The job is in the store (or refused) before the parts are forgotten; a crash in
+        // between handles the album again, and its job id makes that a no-op.
+        self.request_album(&parts).await;
+        let ledger = self.engine.quotas().ledger().clone();
+        let g = group.to_owned();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.drop_album(&g)).await {
+            tracing::error!(error = %e, "cannot forget an album's parts");
+        }
+    }
+
+    async fn request_album(self: &Arc<Self>, parts: &[Message]) {
+        let Some(msg) = parts.iter().find(|m| m.caption().is_some()) else {
             return;
         };
-        album.items.sort_by_key(|(id, _)| *id);
-        let images: Vec<ImageRef> = album
-            .items
-            .into_iter()
-            .map(|(_, img)| img)
-            .take(MAX_INPUTS)
-            .collect();
+        let Some(from) = msg.from.clone() else {
+            return;
+        };
+        let images: Vec<ImageRef> = parts.iter().filter_map(image_of).take(MAX_INPUTS).collect();
         let candidate = Candidate {
             text: msg.caption().unwrap_or_default().to_owned(),
             images,
-            command_optional: album.chat.is_private(),
+            command_optional: msg.chat.is_private(),
             reply_to: msg.id,
         };
         let lang = lang_of(Some(&from));
-        self.request(&album.chat, &from, candidate, lang).await;
+        self.request(&msg.chat, &from, candidate, lang).await;
     }
 }

@@ -46,7 +46,7 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
             return Ok(());
         }
         if msg.media_group_id().is_some() && super::trigger::image_of(&msg).is_some() {
-            tg.collect_album(msg);
+            tg.collect_album(msg).await;
             return Ok(());
         }
         let text = msg.text().or(msg.caption()).unwrap_or("");

@@ -61,10 +61,8 @@ pub struct Telegram {
     engine: Arc<Engine>,
     admin_ids: Vec<i64>,
     album_wait: Duration,
-    albums: DashMap<String, album::Album>,
-    /// Per album being collected or submitted: its lowest update id. Updates from there on are
-    /// not confirmed to Telegram until the album's job is in the store.
-    album_floor: DashMap<String, u32>,
+    /// Albums (`chat:media_group_id`) whose collection timer runs; their parts are in the store.
+    album_timers: dashmap::DashSet<String>,
     feedback: DashMap<String, Feedback>,
     /// Which refusals are answered (repeats are not).
     refusals: crate::core::throttle::RefusalThrottle,
@@ -192,13 +190,13 @@ pub async fn run(
         engine,
         admin_ids: cfg.admin_ids.clone(),
         album_wait: Duration::from_millis(cfg.album_wait_ms),
-        albums: DashMap::new(),
-        album_floor: DashMap::new(),
+        album_timers: dashmap::DashSet::new(),
         feedback: DashMap::new(),
         refusals: Default::default(),
         metrics,
     });
     tg.metrics.health.set_telegram(true);
+    tg.resume_albums().await;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::core::jobs::pump(
         tg.clone(),

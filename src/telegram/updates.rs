@@ -3,10 +3,11 @@
 //! restart drops nothing: unconfirmed updates are delivered again.
 //!
 //! Polling takes a batch, handles it (one chat's updates in order, chats in parallel), and only
-//! then asks for the next batch, which confirms the previous one. The webhook answers 200 only
-//! after handling; Telegram retries anything else.
+//! then asks for the next batch, which confirms the previous one. Handling is quick: a store
+//! write (the job, or an album part), everything slow runs in tasks of its own. The webhook
+//! answers 200 only after handling; Telegram retries anything else.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,10 +31,8 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
         tracing::warn!(error = %safe_error(&e), "deleteWebhook failed");
     }
     tokio::pin!(shutdown);
-    // `offset` is what we confirm; `next` is past everything handled. They differ while an
-    // album is being collected: its updates are fetched again (and skipped via `seen`).
-    let (mut offset, mut next): (i32, i32) = (0, 0);
-    let mut seen: HashSet<u32> = HashSet::new();
+    // Past everything handled: the next poll confirms it.
+    let mut offset: i32 = 0;
     let mut failures: u32 = 0;
     loop {
         let request = tg
@@ -54,23 +53,9 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
                     let past = i32::try_from(last.id.0)
                         .unwrap_or(i32::MAX)
                         .saturating_add(1);
-                    next = next.max(past);
+                    offset = offset.max(past);
                 }
-                let fresh: Vec<Update> = updates
-                    .into_iter()
-                    .filter(|u| seen.insert(u.id.0))
-                    .collect();
-                let idle = fresh.is_empty();
-                handle_batch(&tg, fresh).await;
-                offset = confirmable(&tg, next);
-                seen.retain(|id| i64::from(*id) >= i64::from(offset));
-                if idle && offset < next {
-                    // Only held-back album updates came back: do not spin on them.
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
+                handle_batch(&tg, updates).await;
             }
             Err(e) => {
                 failures += 1;
@@ -87,9 +72,7 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             }
         }
     }
-    // Confirm the last handled batch, so a restart does not see it again; albums submitted
-    // since the last poll are included, those still being collected are not.
-    let offset = confirmable(&tg, next);
+    // Confirm the last handled batch, so a restart does not see it again.
     if offset > 0 {
         let _ = tg
             .bot
@@ -101,13 +84,8 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
     }
 }
 
-/// The offset that confirms everything before `next` except albums still being collected.
-fn confirmable(tg: &Telegram, next: i32) -> i32 {
-    let floor = tg.album_floor.iter().map(|f| *f.value()).min();
-    floor.map_or(next, |f| next.min(i32::try_from(f).unwrap_or(i32::MAX)))
-}
-
-/// Handles a batch: each chat's updates in order, different chats at once.
+/// Handles a batch: each chat's updates in order, different chats at once. Handlers only write
+/// to the store (a job, an album part) and hand everything slow to tasks of their own.
 async fn handle_batch(tg: &Arc<Telegram>, updates: Vec<Update>) {
     let mut by_chat: HashMap<i64, Vec<Update>> = HashMap::new();
     for update in updates {
@@ -127,18 +105,6 @@ async fn handle_batch(tg: &Arc<Telegram>, updates: Vec<Update>) {
 }
 
 async fn handle(tg: &Arc<Telegram>, update: Update) {
-    if let UpdateKind::Message(msg) = &update.kind {
-        // The same condition as the album path of `on_message`: only collected albums hold.
-        if let Some(group) = msg
-            .media_group_id()
-            .filter(|_| super::trigger::image_of(msg).is_some())
-        {
-            tg.album_floor
-                .entry(group.0.clone())
-                .and_modify(|f| *f = (*f).min(update.id.0))
-                .or_insert(update.id.0);
-        }
-    }
     let result = match update.kind {
         UpdateKind::Message(msg) => handler::on_message(msg, Arc::clone(tg)).await,
         UpdateKind::CallbackQuery(q) => handler::on_callback(q, Arc::clone(tg)).await,

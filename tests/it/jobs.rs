@@ -871,6 +871,18 @@ impl Ledger for Flaky {
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         self.inner.prune_specs(before)
     }
+    fn save_album_part(&self, g: &str, id: &str, part: &str) -> Result<(), StoreError> {
+        self.inner.save_album_part(g, id, part)
+    }
+    fn album_parts(&self, g: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.album_parts(g)
+    }
+    fn album_groups(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.album_groups()
+    }
+    fn drop_album(&self, g: &str) -> Result<(), StoreError> {
+        self.inner.drop_album(g)
+    }
     fn report(
         &self,
         since: DateTime<Utc>,

@@ -1026,11 +1026,18 @@ async fn an_album_being_collected_at_shutdown_is_handled_after_the_restart() {
     }
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 0, "nothing was submitted yet");
+    // The parts are kept in the store, so their updates could be confirmed at once.
+    use qwen_edit_bot::core::quota::Ledger;
     assert_eq!(
-        bot.tg.pending_updates(),
-        2,
-        "the album's updates were not confirmed"
+        bot.ledger().album_groups().unwrap(),
+        ["42:album-restart"],
+        "the album's parts are in the store"
     );
+    assert_eq!(
+        bot.ledger().album_parts("42:album-restart").unwrap().len(),
+        2
+    );
+    assert_eq!(bot.tg.pending_updates(), 0, "and its updates confirmed");
     bot.launch("telegram:album_wait_ms = 300\n");
     bot.tg.wait_for("sendphoto", 1, 20).await;
     let seen = bot.ds.seen();
@@ -1041,6 +1048,10 @@ async fn an_album_being_collected_at_shutdown_is_handled_after_the_restart() {
     );
     bot.stop().await;
     assert_eq!(bot.tg.pending_updates(), 0);
+    assert!(
+        bot.ledger().album_groups().unwrap().is_empty(),
+        "forgotten once handled"
+    );
 }
 
 /// A photo with `caption` from `user_id` in group `chat_id`.
@@ -1642,4 +1653,67 @@ async fn the_listeners_shed_idle_slow_and_unauthenticated_clients() {
         .unwrap()
         .unwrap();
     assert_eq!(ds.calls(), 1);
+}
+
+/// Pushes `updates` and returns how long until Telegram saw all of them confirmed.
+async fn time_to_confirm(bot: &Bot, updates: Vec<Value>) -> Duration {
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    for u in updates {
+        last = bot.tg.push_update(u);
+    }
+    while bot.tg.last_offset() <= last {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn albums_being_collected_do_not_slow_the_intake_of_other_updates() {
+    let mut bot = Bot::start("telegram:album_wait_ms = 2000\n").await;
+    let chatter = |base: i32, n: i32| -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                message_update(text_message(
+                    base + i,
+                    group_chat(-900 - i64::from(i % 7)),
+                    user(100 + i64::from(i % 7), "en"),
+                    "hello everyone",
+                    None,
+                ))
+            })
+            .collect()
+    };
+    let plain = time_to_confirm(&bot, chatter(10_000, 2000)).await;
+    // The same again with 20 album photos (10 albums of 2) among them.
+    let mut mixed = chatter(20_000, 1980);
+    for a in 0..10 {
+        for p in 0..2 {
+            let id = 30_000 + a * 2 + p;
+            let file = format!("alb{id}");
+            bot.tg.add_file(&file, images::jpeg(600, 400));
+            let caption = (p == 0).then_some("/edit brighter");
+            let who = user(150 + i64::from(a), "en");
+            let m = photo_message(id, group_chat(-950 - i64::from(a)), who, &file, caption);
+            let at = (a * 198 + p) as usize;
+            mixed.insert(at, message_update(with_media_group(m, &format!("ab{a}"))));
+        }
+    }
+    let with_albums = time_to_confirm(&bot, mixed).await;
+    assert!(
+        with_albums < plain * 2 + Duration::from_millis(300),
+        "2000 updates: {plain:?} plain, {with_albums:?} with albums being collected"
+    );
+    assert!(
+        with_albums < Duration::from_secs(2),
+        "confirmed before the albums were done"
+    );
+    // And every album became one job.
+    bot.tg.wait_for("sendphoto", 10, 30).await;
+    bot.stop().await;
+    assert_eq!(bot.ds.calls(), 10);
 }
