@@ -490,6 +490,14 @@ pub mod admin {
         )
     }
 
+    /// What a `/quota set` did: bot-wide (an operator's) or in this chat only (a chat admin's).
+    pub fn limit_set_in(lang: Lang, chat: Option<&str>, user: &str, limit: u32) -> String {
+        match chat {
+            None => limit_set(lang, user, limit),
+            Some(_) => limit_set_in_chat(lang, user, limit),
+        }
+    }
+
     /// A chat admin's limit: it only restricts, in this chat.
     pub fn limit_set_in_chat(lang: Lang, user: &str, limit: u32) -> String {
         pick(

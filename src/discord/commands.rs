@@ -170,16 +170,10 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
     });
     let quotas = dc.engine.quotas();
     let result = match (*name, target, limit) {
-        ("set", Some(user), Some(limit)) => {
-            let said = match scope {
-                None => messages::admin::limit_set(lang, &user.id, limit),
-                Some(_) => messages::admin::limit_set_in_chat(lang, &user.id, limit),
-            };
-            quotas
-                .set_limit_in(&user, scope, Some(limit))
-                .await
-                .map(|_| said)
-        }
+        ("set", Some(user), Some(limit)) => quotas
+            .set_limit_in(&user, scope, Some(limit))
+            .await
+            .map(|_| messages::admin::limit_set_in(lang, scope, &user.id, limit)),
         // Forgiving usage spends the operator's money: only operators may.
         ("reset", Some(_), _) if scope.is_some() => Ok(messages::admin::reset_operators_only(lang)),
         ("reset", Some(user), _) => quotas

@@ -117,14 +117,10 @@ async fn admin_command(
             let (Some(user), Ok(limit)) = (target(msg, id), n.parse::<u32>()) else {
                 return messages::admin::usage(lang);
             };
-            let said = match scope {
-                None => messages::admin::limit_set(lang, &user.id, limit),
-                Some(_) => messages::admin::limit_set_in_chat(lang, &user.id, limit),
-            };
             quotas
                 .set_limit_in(&user, scope, Some(limit))
                 .await
-                .map(|_| said)
+                .map(|_| messages::admin::limit_set_in(lang, scope, &user.id, limit))
         }
         // Forgiving usage spends the operator's money: only operators may.
         ("quota", Some("reset")) if scope.is_some() => {
