@@ -2,12 +2,13 @@
 //! Telegram only after its handler returned (the job is in the store by then), so a crash or a
 //! restart drops nothing: unconfirmed updates are delivered again.
 //!
-//! Polling takes a batch, handles it (one chat's updates in order, chats in parallel), and only
-//! then asks for the next batch, which confirms the previous one. Handling is quick: a store
-//! write (the job, or an album part), everything slow runs in tasks of its own. The webhook
-//! answers 200 only after handling; Telegram retries anything else.
+//! Polling hands each update to its chat's worker (one chat's updates in order, chats in
+//! parallel) and polls again at once; a poll confirms everything below the oldest update still
+//! being handled. Handling is quick: a store write (the job, or an album part), everything slow
+//! runs in tasks of its own. The webhook answers 200 only after handling; Telegram retries
+//! anything else.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,25 +17,37 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use dashmap::DashMap;
 use teloxide::RequestError;
 use teloxide::prelude::*;
 use teloxide::types::{AllowedUpdate, UpdateKind};
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, mpsc};
 
 use super::{Telegram, handler, safe_error};
 
 const ALLOWED: [AllowedUpdate; 2] = [AllowedUpdate::Message, AllowedUpdate::CallbackQuery];
 
-/// Long polling until `shutdown` resolves.
+/// Long polling until `shutdown` resolves. Each update goes to its chat's worker (a chat's
+/// updates in order, chats at once) and the next poll is made at once: it confirms everything
+/// below the oldest update still being handled, and updates fetched again meanwhile are skipped.
 pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Output = ()>) {
     if let Err(e) = tg.bot.delete_webhook().await {
         tracing::warn!(error = %safe_error(&e), "deleteWebhook failed");
     }
     tokio::pin!(shutdown);
-    // Past everything handled: the next poll confirms it.
-    let mut offset: i32 = 0;
+    let intake = Arc::new(Intake {
+        tg: Arc::clone(&tg),
+        pending: std::sync::Mutex::new(BTreeSet::new()),
+        handled: Notify::new(),
+        chats: DashMap::new(),
+    });
+    // Past everything fetched; what is confirmed is below the oldest update still pending.
+    let mut next: i32 = 0;
+    let mut seen: HashSet<u32> = HashSet::new();
     let mut failures: u32 = 0;
     loop {
+        let offset = intake.confirmable(next);
+        seen.retain(|id| i64::from(*id) >= i64::from(offset));
         let request = tg
             .bot
             .get_updates()
@@ -49,13 +62,26 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             Ok(updates) => {
                 failures = 0;
                 tg.metrics.health.set_telegram(true);
-                if let Some(last) = updates.last() {
-                    let past = i32::try_from(last.id.0)
+                let mut fresh = false;
+                for update in updates {
+                    let past = i32::try_from(update.id.0)
                         .unwrap_or(i32::MAX)
                         .saturating_add(1);
-                    offset = offset.max(past);
+                    next = next.max(past);
+                    if seen.insert(update.id.0) {
+                        fresh = true;
+                        intake.dispatch(update);
+                    }
                 }
-                handle_batch(&tg, updates).await;
+                if !fresh && intake.confirmable(next) < next {
+                    // Only updates still being handled came back: wait for one to finish.
+                    let handled = intake.handled.notified();
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = handled => {}
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -72,7 +98,19 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             }
         }
     }
-    // Confirm the last handled batch, so a restart does not see it again.
+    // Let the updates being handled finish (their jobs reach the store), then confirm them so a
+    // restart does not see them again.
+    let drained = async {
+        while intake.confirmable(next) < next {
+            let handled = intake.handled.notified();
+            tokio::select! {
+                _ = handled => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), drained).await;
+    let offset = intake.confirmable(next);
     if offset > 0 {
         let _ = tg
             .bot
@@ -84,24 +122,73 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
     }
 }
 
-/// Handles a batch: each chat's updates in order, different chats at once. Handlers only write
-/// to the store (a job, an album part) and hand everything slow to tasks of their own.
-async fn handle_batch(tg: &Arc<Telegram>, updates: Vec<Update>) {
-    let mut by_chat: HashMap<i64, Vec<Update>> = HashMap::new();
-    for update in updates {
+/// How long a chat's worker waits for more updates before it ends.
+const CHAT_IDLE: Duration = Duration::from_secs(30);
+
+/// The updates being handled, and a worker per chat that handles them in order.
+struct Intake {
+    tg: Arc<Telegram>,
+    /// Ids of updates handed to a worker and not yet handled.
+    pending: std::sync::Mutex<BTreeSet<u32>>,
+    /// Signalled whenever an update has been handled.
+    handled: Notify,
+    chats: DashMap<i64, mpsc::UnboundedSender<Update>>,
+}
+
+impl Intake {
+    /// What the next poll may confirm: below the oldest update still pending, or all before
+    /// `next`.
+    fn confirmable(&self, next: i32) -> i32 {
+        let oldest = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .copied();
+        oldest.map_or(next, |id| next.min(i32::try_from(id).unwrap_or(i32::MAX)))
+    }
+
+    /// Hands `update` to its chat's worker, starting one if the chat has none.
+    fn dispatch(self: &Arc<Self>, update: Update) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(update.id.0);
         let chat = update.chat().map_or(0, |c| c.id.0);
-        by_chat.entry(chat).or_default().push(update);
-    }
-    let mut tasks = JoinSet::new();
-    for (_, updates) in by_chat {
-        let tg = Arc::clone(tg);
-        tasks.spawn(async move {
-            for update in updates {
-                handle(&tg, update).await;
+        // Under the entry's lock: a worker that is ending removes itself under the same lock,
+        // so an update is never sent to a worker that is gone.
+        match self.chats.entry(chat) {
+            dashmap::Entry::Occupied(worker) => {
+                let _ = worker.get().send(update);
             }
-        });
+            dashmap::Entry::Vacant(slot) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let _ = tx.send(update);
+                slot.insert(tx);
+                tokio::spawn(Arc::clone(self).work(chat, rx));
+            }
+        }
     }
-    while tasks.join_next().await.is_some() {}
+
+    async fn work(self: Arc<Self>, chat: i64, mut rx: mpsc::UnboundedReceiver<Update>) {
+        loop {
+            match tokio::time::timeout(CHAT_IDLE, rx.recv()).await {
+                Ok(Some(update)) => {
+                    let id = update.id.0;
+                    handle(&self.tg, update).await;
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    self.handled.notify_waiters();
+                }
+                Ok(None) => return,
+                // Idle: end, unless an update arrived meanwhile.
+                Err(_) if self.chats.remove_if(&chat, |_, _| rx.is_empty()).is_some() => return,
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 async fn handle(tg: &Arc<Telegram>, update: Update) {

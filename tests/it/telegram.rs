@@ -1717,3 +1717,38 @@ async fn albums_being_collected_do_not_slow_the_intake_of_other_updates() {
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 10);
 }
+
+#[tokio::test]
+async fn an_update_stuck_on_a_telegram_call_holds_only_its_own_chat() {
+    let mut bot = Bot::start("").await;
+    // A button press whose answer hangs: its chat's worker waits on it.
+    bot.tg.hold("answercallbackquery");
+    let pressed_on = text_message(5, group_chat(-1000), user(tg::BOT_ID, "en"), "old", None);
+    bot.tg.push_update(callback_update(
+        "cb-stuck",
+        user(90, "en"),
+        pressed_on,
+        "again:0123456789abcdef0123456789abcdef",
+    ));
+    bot.tg.wait_for("answercallbackquery", 1, 20).await;
+    // Another chat's request is handled meanwhile: polling does not wait for the stuck one.
+    let pushed = std::time::Instant::now();
+    bot.tg
+        .push_update(message_update(bot.photo(40, 84, "/edit x", 800, 600)));
+    let reacted = reaction_in(&bot, 84, 20).await;
+    assert!(
+        reacted.duration_since(pushed) < Duration::from_secs(1),
+        "waited {:?}",
+        reacted.duration_since(pushed)
+    );
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    // The stuck update is not confirmed before it was handled.
+    assert!(
+        bot.tg.pending_updates() >= 1,
+        "confirmed while still being handled"
+    );
+    bot.tg.release("answercallbackquery");
+    bot.stop().await;
+    assert_eq!(bot.tg.pending_updates(), 0, "all confirmed once handled");
+    assert_eq!(bot.ds.calls(), 1);
+}
