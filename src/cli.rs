@@ -221,11 +221,12 @@ pub async fn usage(
         ReportBy::Chat => "chat",
         ReportBy::Day => "day",
     };
-    // The operator pays for what the model made: cost is generated images × price.
+    // The operator pays for what the model made: cost is generated images × price, of which
+    // `lost` is the part that never reached a chat.
     writeln!(
         out,
-        "{head:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>10}",
-        "jobs", "delivered", "undelivered", "failed", "generated", "cost"
+        "{head:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10}",
+        "jobs", "delivered", "undelivered", "failed", "generated", "cost", "lost"
     )?;
     let mut total = ReportRow {
         key: "total".into(),
@@ -250,14 +251,15 @@ pub async fn usage(
 fn write_row(out: &mut Vec<u8>, r: &ReportRow, price: f64) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>10.2}",
+        "{:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>10.2} {:>10.2}",
         r.key,
         r.jobs,
         r.images,
         r.undelivered,
         r.failed,
         r.generated,
-        r.generated as f64 * price
+        r.generated as f64 * price,
+        r.undelivered as f64 * price
     )
 }
 

@@ -251,8 +251,8 @@ async fn usage_reports_delivered_images_from_the_ledger() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         cells,
-        ["cli:local", "1", "3", "0", "1", "3", "0.15"],
-        "jobs, delivered, undelivered, failed, generated, cost"
+        ["cli:local", "1", "3", "0", "1", "3", "0.15", "0.00"],
+        "jobs, delivered, undelivered, failed, generated, cost, lost"
     );
     let out = d.run(&["usage", "--since", "yesterday"]).await;
     assert!(text(&out.stderr).contains("YYYY-MM-DD"));
