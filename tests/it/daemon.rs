@@ -513,3 +513,78 @@ async fn a_backend_outage_makes_the_daemon_unready_but_never_dead() {
     assert_eq!(d.get("/livez").await.unwrap().0, 200);
     daemon.stop().await;
 }
+
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_hundred_slow_bodies_without_the_secret_cost_the_webhook_almost_no_memory() {
+    use tokio::io::AsyncWriteExt;
+    let d = Deployment::new("").await;
+    let hook_port = free_port();
+    let path = d.dir.path().join("config.toml");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "poll_timeout_secs = 1\n",
+        &format!(
+            "poll_timeout_secs = 1\nmode = \"webhook\"\nwebhook_url = \"https://bot.example/hook\"\n\
+             webhook_listen = \"127.0.0.1:{hook_port}\"\n"
+        ),
+    );
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .env("TELEGRAM_BOT_TOKEN", TOKEN)
+        .env("TELEGRAM_WEBHOOK_SECRET", "hook-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    d.tg.wait_for("setwebhook", 1, 20).await;
+    let before = rss_kib(pid);
+    // 200 clients announce 10 MB bodies without the secret and trickle them.
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", hook_port))
+            .await
+            .unwrap();
+        c.write_all(
+            b"POST /hook HTTP/1.1\r\nHost: bot\r\nContent-Length: 10000000\r\n\r\n{\"update_id\":",
+        )
+        .await
+        .unwrap();
+        clients.push(c);
+    }
+    let mut refused = 0;
+    for c in &mut clients {
+        let _ = c.write_all(&[b' '; 4096]).await;
+        let mut head = [0u8; 12];
+        use tokio::io::AsyncReadExt;
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut head)).await
+        {
+            refused += usize::from(&head == b"HTTP/1.1 401");
+        }
+    }
+    let after = rss_kib(pid);
+    eprintln!("webhook daemon RSS with 200 slow unauthenticated bodies: {before} -> {after} KiB");
+    assert_eq!(refused, 200, "every one refused before its body was read");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS {before} KiB -> {after} KiB with 200 slow bodies"
+    );
+    drop(clients);
+    let _ = child.kill().await;
+}
