@@ -119,7 +119,6 @@ pub struct ResultAt {
 /// What a 🔁 token leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgainSource {
-    pub job_id: String,
     /// Where the job's result (and so its button) was posted; `None` before delivery.
     pub result_at: Option<ResultAt>,
     /// The job description.
@@ -209,8 +208,6 @@ pub trait Ledger: Send + Sync + 'static {
     /// [`UserSettings::counting_from`] for where a window's count starts).
     fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
     fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
-    /// The job description saved with the reserve, if not pruned.
-    fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError>;
     /// The job whose 🔁 token is `token`, if its description is still kept.
     fn by_token(&self, token: &str) -> Result<Option<AgainSource>, StoreError>;
     /// Forgets job descriptions of jobs created before `before`; returns how many.

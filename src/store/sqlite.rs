@@ -297,12 +297,16 @@ fn standing_of(
     let (bot_wide, in_chat) = settings_of(conn, user, group)?;
     let start = ms(limits.window.start(now));
     let after = bot_wide.reset_after.unwrap_or(0);
-    let (used_in_chat, chat_used) = match group {
-        Some(g) => (
-            used_by_user(conn, user, Some(g), start, after)?,
-            used_by_group(conn, user, g, start)?,
-        ),
-        None => (0, 0),
+    // Only what a limit in force needs: the user's usage in this chat only under a chat limit,
+    // the chat's usage only under `per_chat`.
+    let chat_limited = in_chat.is_some_and(|s| s.limit_override.is_some());
+    let used_in_chat = match group {
+        Some(g) if chat_limited => used_by_user(conn, user, Some(g), start, after)?,
+        _ => 0,
+    };
+    let chat_used = match group {
+        Some(g) if limits.per_chat > 0 => used_by_group(conn, user, g, start)?,
+        _ => 0,
     };
     Ok(Standing {
         bot_wide,
@@ -601,32 +605,19 @@ impl Ledger for SqliteLedger {
             .map_err(db)
     }
 
-    fn job_spec(&self, job_id: &str) -> Result<Option<String>, StoreError> {
-        self.conn()
-            .query_row(
-                "SELECT spec FROM jobs WHERE id = ?1",
-                params![job_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(Option::flatten)
-            .map_err(db)
-    }
-
     fn by_token(&self, token: &str) -> Result<Option<AgainSource>, StoreError> {
         self.conn()
             .query_row(
-                "SELECT id, result_chat, result_message, spec FROM jobs
+                "SELECT result_chat, result_message, spec FROM jobs
                  WHERE token = ?1 AND spec IS NOT NULL",
                 params![token],
                 |r| {
-                    let (chat, message): (Option<String>, Option<String>) = (r.get(1)?, r.get(2)?);
+                    let (chat, message): (Option<String>, Option<String>) = (r.get(0)?, r.get(1)?);
                     Ok(AgainSource {
-                        job_id: r.get(0)?,
                         result_at: chat
                             .zip(message)
                             .map(|(chat, message)| ResultAt { chat, message }),
-                        spec: r.get(3)?,
+                        spec: r.get(2)?,
                     })
                 },
             )

@@ -862,9 +862,6 @@ impl Ledger for Flaky {
     fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         self.inner.job(id)
     }
-    fn job_spec(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.inner.job_spec(id)
-    }
     fn by_token(&self, t: &str) -> Result<Option<AgainSource>, StoreError> {
         self.inner.by_token(t)
     }
