@@ -520,6 +520,16 @@ impl Quotas {
     }
 }
 
+impl Quotas {
+    /// Runs `f` on the store off the async threads (the store is synchronous).
+    pub async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Ledger) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        blocking(&self.ledger, f).await
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     ledger: &Arc<dyn Ledger>,
     f: impl FnOnce(&dyn Ledger) -> Result<T, StoreError> + Send + 'static,

@@ -27,15 +27,12 @@ impl Telegram {
             Ok(part) => part,
             Err(e) => return tracing::error!(error = %e, "cannot keep an album part"),
         };
-        let (ledger, g, id) = (
-            self.engine.quotas().ledger().clone(),
-            group.clone(),
-            msg.id.0.to_string(),
-        );
-        let stored = tokio::task::spawn_blocking(move || ledger.save_album_part(&g, &id, &part))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let (g, id) = (group.clone(), msg.id.0.to_string());
+        let stored = self
+            .engine
+            .quotas()
+            .on_store(move |l| l.save_album_part(&g, &id, &part))
+            .await;
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot store an album part");
         }
@@ -61,24 +58,23 @@ impl Telegram {
 
     /// Albums whose parts a previous run stored but did not handle: collected again.
     pub(super) async fn resume_albums(self: &Arc<Self>) {
-        let ledger = self.engine.quotas().ledger().clone();
-        match tokio::task::spawn_blocking(move || ledger.album_groups()).await {
-            Ok(Ok(groups)) => {
+        match self.engine.quotas().on_store(|l| l.album_groups()).await {
+            Ok(groups) => {
                 for group in groups {
                     tracing::info!(album = %group, "resuming an album from before the restart");
                     self.arm_album(group);
                 }
             }
-            other => tracing::error!(?other, "cannot list stored album parts"),
+            Err(e) => tracing::error!(error = %e, "cannot list stored album parts"),
         }
     }
 
     async fn finish_album(self: &Arc<Self>, group: &str) {
-        let ledger = self.engine.quotas().ledger().clone();
+        let quotas = self.engine.quotas();
         let g = group.to_owned();
-        let parts = match tokio::task::spawn_blocking(move || ledger.album_parts(&g)).await {
-            Ok(Ok(parts)) => parts,
-            other => return tracing::error!(?other, "cannot read an album's parts"),
+        let parts = match quotas.on_store(move |l| l.album_parts(&g)).await {
+            Ok(parts) => parts,
+            Err(e) => return tracing::error!(error = %e, "cannot read an album's parts"),
         };
         let mut parts: Vec<Message> = parts
             .iter()
@@ -88,9 +84,8 @@ impl Telegram {
         // The job is in the store (or refused) before the parts are forgotten; a crash in
         // between handles the album again, and its job id makes that a no-op.
         self.request_album(&parts).await;
-        let ledger = self.engine.quotas().ledger().clone();
         let g = group.to_owned();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.drop_album(&g)).await {
+        if let Err(e) = quotas.on_store(move |l| l.drop_album(&g)).await {
             tracing::error!(error = %e, "cannot forget an album's parts");
         }
     }
