@@ -451,3 +451,11 @@ fn secret(
 pub fn expose(secret: &SecretString) -> &str {
     secret.expose_secret()
 }
+
+/// The host of a configured URL, for log lines (never the path, which may hold a token).
+pub fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
+}

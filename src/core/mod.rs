@@ -13,4 +13,5 @@ pub mod pipeline;
 pub mod policy;
 pub mod queue;
 pub mod quota;
+pub mod reconnect;
 pub mod throttle;

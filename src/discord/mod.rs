@@ -198,10 +198,6 @@ pub async fn run(
     Ok(Deliveries { task, stop })
 }
 
-/// First wait before connecting again; doubles up to [`CONNECT_BACKOFF_MAX`].
-const CONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
-const CONNECT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Runs the gateway client until `stop`. A client that cannot start (Discord unreachable) is
 /// built and started again with backoff, logged with the host and the cause; a refused token
 /// (401) is final.
@@ -213,11 +209,8 @@ async fn connect(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let cfg = &settings.config.discord;
-    let host = reqwest::Url::parse(&cfg.api_url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default();
-    let mut wait = CONNECT_BACKOFF;
+    let host = crate::config::host_of(&cfg.api_url);
+    let mut backoff = crate::core::reconnect::Reconnect::default();
     loop {
         let client = ClientBuilder::new_with_http(self::http(token, &cfg.api_url), intents)
             .event_handler(Handler { dc: dc.clone() })
@@ -253,14 +246,11 @@ async fn connect(
         if unauthorized(&err) {
             anyhow::bail!("Discord ({host}) refused the bot token (401): check DISCORD_TOKEN");
         }
-        tracing::warn!(host = %host, error = %err, wait_ms = wait.as_millis() as u64,
+        tracing::warn!(host = %host, error = %err, wait_ms = backoff.wait().as_millis() as u64,
             "cannot reach Discord; trying again");
-        let mut stopped = stop.clone();
-        tokio::select! {
-            _ = stopped.wait_for(|stop| *stop) => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+        if !backoff.pause(&stop).await {
+            return Ok(());
         }
-        wait = (wait * 2).min(CONNECT_BACKOFF_MAX);
     }
 }
 

@@ -93,10 +93,6 @@ pub(crate) fn safe_error(e: &teloxide::RequestError) -> String {
     }
 }
 
-/// First wait before asking Telegram again at start-up; doubles up to [`CONNECT_BACKOFF_MAX`].
-const CONNECT_BACKOFF: Duration = Duration::from_millis(500);
-const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
-
 /// Asks `getMe` until Telegram answers (a network outage at start is waited out, logged with the
 /// host and the cause, never the token). A refused token is final. `None` when stopped first.
 async fn connect(
@@ -104,11 +100,8 @@ async fn connect(
     api_url: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<teloxide::types::Me>> {
-    let host = reqwest::Url::parse(api_url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default();
-    let mut wait = CONNECT_BACKOFF;
+    let host = crate::config::host_of(api_url);
+    let mut backoff = crate::core::reconnect::Reconnect::default();
     loop {
         let err = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return Ok(None),
@@ -122,13 +115,11 @@ async fn connect(
                 "Telegram ({host}) refused the bot token (401 Unauthorized): check TELEGRAM_BOT_TOKEN"
             );
         }
-        tracing::warn!(host = %host, error = %safe_error(&err), wait_ms = wait.as_millis() as u64,
-            "cannot reach Telegram yet; trying again");
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return Ok(None),
-            _ = tokio::time::sleep(wait) => {}
+        tracing::warn!(host = %host, error = %safe_error(&err),
+            wait_ms = backoff.wait().as_millis() as u64, "cannot reach Telegram yet; trying again");
+        if !backoff.pause(stop).await {
+            return Ok(None);
         }
-        wait = (wait * 2).min(CONNECT_BACKOFF_MAX);
     }
 }
 
