@@ -1299,8 +1299,10 @@ async fn an_update_seen_again_while_its_job_runs_leaves_its_feedback_alone() {
         "the running job's 👀 still turns into 👌: {:?}",
         reactions[1].params
     );
+    // One typing period (4 s) and a margin after the result: a loop whose handle the duplicate
+    // had dropped would have sent its next chat action by now.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     bot.stop().await;
-    // After the stop nothing of the job goes on: no chat action after the result.
     let result_at = bot.tg.calls_to("sendphoto")[0].at;
     let late = bot
         .tg
