@@ -7,10 +7,11 @@ use anyhow::{Context as _, bail};
 
 use crate::backend::{DashScope, DashScopeOptions};
 use crate::config::Settings;
+use crate::core::access::{Access, DiscordPlaces, TelegramPlaces};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::image::FitLimits;
 use crate::core::jobs::{Engine, EngineConfig};
-use crate::core::quota::{Limits, Platform, Quotas};
+use crate::core::quota::{Limits, Platform, Quotas, StoreError};
 use crate::metrics::Metrics;
 
 /// Quota limits from `[quota]`.
@@ -59,7 +60,63 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
         default_negative: c.backend.default_negative_prompt.clone(),
         fetch_timeout: Duration::from_secs(60),
         download_timeout: Duration::from_secs(c.backend.timeout_secs.max(1)),
+        default_size: c.default_size().ok().flatten(),
     }
+}
+
+/// The allowlists from `[telegram]` and `[discord]` (the store's entries are added by
+/// [`watch_store`] or [`load_places`]).
+pub fn access(settings: &Settings) -> Access {
+    let (t, d) = (&settings.config.telegram, &settings.config.discord);
+    Access::new(
+        TelegramPlaces {
+            allowed_chats: t.allowed_chats.clone(),
+            private_chats: t.private_chats,
+            leave_unlisted: t.leave_unlisted,
+            operators: t.admin_ids.clone(),
+        },
+        DiscordPlaces {
+            allowed_guilds: d.allowed_guilds.clone(),
+            allowed_channels: d.allowed_channels.clone(),
+            allowed_roles: d.allowed_roles.clone(),
+            direct_messages: d.direct_messages,
+            leave_unlisted: d.leave_unlisted,
+            operators: d.admin_ids.clone(),
+        },
+    )
+}
+
+/// Reads the places allowed from the CLI into `access`.
+pub async fn load_places(quotas: &Quotas, access: &Access) -> Result<(), StoreError> {
+    let places = quotas.on_store(|l| l.allowed_places()).await?;
+    access.set_stored(&places);
+    Ok(())
+}
+
+/// How often the daemon looks whether the CLI changed the store.
+const STORE_WATCH: Duration = Duration::from_millis(250);
+
+/// Picks up what the CLI writes while the daemon runs (allowed places, blocks, limits): when
+/// the store's data version moves, the places are reloaded and cached settings dropped, so a
+/// change is in force within [`STORE_WATCH`] and one store read.
+fn watch_store(quotas: Arc<Quotas>, access: Arc<Access>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = quotas.on_store(|l| l.data_version()).await.ok();
+        let mut every = tokio::time::interval(STORE_WATCH);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = quotas.on_store(|l| l.data_version()).await.ok();
+            if now.is_none() || now == seen {
+                continue;
+            }
+            seen = now;
+            quotas.forget_all();
+            if let Err(e) = load_places(&quotas, &access).await {
+                tracing::warn!(error = %e, "cannot reload the allowed places");
+            }
+        }
+    })
 }
 
 /// How long job descriptions (with prompts, for 🔁) are kept.
@@ -114,8 +171,13 @@ pub async fn serve(
     if c.discord.enabled {
         metrics.health.set_discord(false);
     }
+    let places = Arc::new(access(&settings));
+    load_places(&quotas, &places)
+        .await
+        .context("cannot read the allowed places")?;
     let mut engine = Engine::new(quotas, backend, engine_config(&settings));
     engine.set_observer(metrics.clone());
+    engine.set_access(places);
     let telegram = match c.telegram.enabled {
         true => Some(crate::telegram::prepare(&settings)?),
         false => None,
@@ -152,6 +214,7 @@ pub async fn serve(
         ),
     };
     let workers = engine.spawn_workers();
+    let watcher = watch_store(engine.quotas().clone(), engine.access().clone());
     let pruner = {
         let quotas = engine.quotas().clone();
         tokio::spawn(async move {
@@ -231,6 +294,7 @@ pub async fn serve(
     )
     .await;
     pruner.abort();
+    watcher.abort();
     let _ = ops_stop.send(());
     if let Some(ops) = ops {
         let _ = ops.await;

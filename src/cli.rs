@@ -27,6 +27,8 @@ pub struct EditArgs {
     pub negative: Option<String>,
     pub seed: Option<String>,
     pub n: Option<String>,
+    /// Output size `WxH`; default: `backend.default_size`, else the model's.
+    pub size: Option<String>,
     pub out: PathBuf,
 }
 
@@ -41,17 +43,29 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
         args.seed.as_deref(),
         args.n.as_deref(),
     )
+    .and_then(|c| c.with_size(args.size.as_deref()))
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     if command.truncated {
         eprintln!("note: the prompt was cut to 800 characters");
     }
     let backend = crate::app::backend(settings)?;
-    let max_n = backend.caps().max_n;
-    if command.count() > max_n {
+    let mut command = command;
+    command.size = command
+        .size
+        .or(settings.config.default_size().ok().flatten());
+    let caps = backend.caps();
+    if command.count() > caps.max_n {
         bail!(
-            "{} makes at most {max_n} image(s) per edit",
-            backend.model()
+            "{} makes at most {} image(s) per edit",
+            backend.model(),
+            caps.max_n
         );
+    }
+    if let Some(size) = command.size {
+        caps.check_size(size).map_err(|e| {
+            let refused = crate::core::error::Rejection::from(e);
+            anyhow::anyhow!("{}: {refused} (--size {size})", backend.model())
+        })?;
     }
     let limits = FitLimits::default();
     let mut inputs = Vec::with_capacity(args.images.len());
@@ -182,6 +196,118 @@ pub async fn quota(settings: &Settings, user: &str, action: QuotaAction) -> anyh
         out.push_str(", blocked");
     }
     Ok(out)
+}
+
+/// What `allow` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowAction {
+    /// Allow the place (`telegram:<chat>` or `discord:<server>`).
+    Add(String),
+    /// No longer allow a place added before.
+    Remove(String),
+    List,
+}
+
+/// Runs an `allow` subcommand and returns what to print. A running daemon picks the change up
+/// within a second.
+pub async fn allow(settings: &Settings, action: AllowAction) -> anyhow::Result<String> {
+    let quotas = crate::app::quotas(settings)?;
+    let mut out = String::new();
+    if let AllowAction::Add(place) | AllowAction::Remove(place) = &action {
+        let (platform, id) = parse_place(place)?;
+        let add = matches!(action, AllowAction::Add(_));
+        let before = quotas.on_store(|l| l.allowed_places()).await?;
+        let listed_before =
+            listed(settings, platform) || before.iter().any(|(p, _)| *p == platform);
+        let id_owned = id.clone();
+        let changed = quotas
+            .on_store(move |l| l.set_allowed(platform, &id_owned, add))
+            .await?;
+        out.push_str(&match (add, changed) {
+            (true, true) => format!("{place} is allowed now"),
+            (true, false) => format!("{place} was allowed already"),
+            (false, true) => format!("{place} is no longer allowed by the store"),
+            (false, false) => format!("{place} was not in the store's list"),
+        });
+        if add && changed && !listed_before {
+            out.push_str(&format!(
+                "\nnote: {} answered everywhere until now; from now on only in the places listed",
+                platform.as_str()
+            ));
+        }
+        if !add && allowed_by_config(settings, platform, &id) {
+            out.push_str("\nnote: the config file still lists it; remove it there too");
+        }
+        out.push('\n');
+    }
+    let access = crate::app::access(settings);
+    crate::app::load_places(&quotas, &access).await?;
+    for line in access.describe() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `telegram:<chat id>` or `discord:<server id>`.
+fn parse_place(place: &str) -> anyhow::Result<(Platform, String)> {
+    let (platform, id) = place.split_once(':').unwrap_or((place, ""));
+    let ok = match platform {
+        "telegram" => id.parse::<i64>().is_ok(),
+        "discord" => id.parse::<u64>().is_ok(),
+        _ => false,
+    };
+    if !ok {
+        bail!(
+            "{place:?}: give telegram:<chat id> (e.g. telegram:-1001234567890) or discord:<server id>"
+        );
+    }
+    Ok((
+        platform.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        id.to_owned(),
+    ))
+}
+
+/// Whether the config lists any place of `platform`.
+fn listed(settings: &Settings, platform: Platform) -> bool {
+    let c = &settings.config;
+    match platform {
+        Platform::Telegram => !c.telegram.allowed_chats.is_empty(),
+        Platform::Discord => !c.discord.allowed_guilds.is_empty(),
+        Platform::Cli => true,
+    }
+}
+
+fn allowed_by_config(settings: &Settings, platform: Platform, id: &str) -> bool {
+    let c = &settings.config;
+    match platform {
+        Platform::Telegram => id
+            .parse()
+            .is_ok_and(|id| c.telegram.allowed_chats.contains(&id)),
+        Platform::Discord => id
+            .parse()
+            .is_ok_and(|id| c.discord.allowed_guilds.contains(&id)),
+        Platform::Cli => false,
+    }
+}
+
+/// Where the bot answers, for `check-config`: the config's lists merged with the store's (when
+/// the database exists; it is not created here).
+pub fn places_report(settings: &Settings) -> String {
+    let access = crate::app::access(settings);
+    let database = Path::new(&settings.config.quota.database);
+    let mut out =
+        String::from("\n# where the bot answers (config lists merged with `allow add`)\n");
+    if database.exists() {
+        match crate::store::sqlite::SqliteLedger::open(database).and_then(|l| l.allowed_places()) {
+            Ok(places) => access.set_stored(&places),
+            Err(e) => out.push_str(&format!("# cannot read the stored places: {e}\n")),
+        }
+    }
+    for line in access.describe() {
+        out.push_str(&format!("# {line}\n"));
+    }
+    out
 }
 
 /// Parses `--by`.

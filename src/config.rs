@@ -50,6 +50,8 @@ pub struct BackendConfig {
     pub default_negative_prompt: String,
     /// Attempts per backend call for retryable errors (429, 408, 5xx, timeouts), first included.
     pub max_attempts: u32,
+    /// Output size (`WxH`) of requests that name none; empty: the model's default.
+    pub default_size: String,
 }
 
 impl Default for BackendConfig {
@@ -65,6 +67,7 @@ impl Default for BackendConfig {
             prompt_extend: true,
             default_negative_prompt: String::new(),
             max_attempts: 4,
+            default_size: String::new(),
         }
     }
 }
@@ -82,6 +85,13 @@ pub struct TelegramConfig {
     pub album_wait_ms: u64,
     /// Long-polling timeout; must stay under teloxide's 17 s HTTP timeout.
     pub poll_timeout_secs: u32,
+    /// Groups and channels (chat ids) the bot answers in, with those added by `allow add`;
+    /// both empty: every group.
+    pub allowed_chats: Vec<i64>,
+    /// Whether anyone may use the bot in a private chat (listed private chats always may).
+    pub private_chats: bool,
+    /// Leave a group that is not allowed when added to it (after saying why once).
+    pub leave_unlisted: bool,
 }
 
 impl Default for TelegramConfig {
@@ -95,6 +105,9 @@ impl Default for TelegramConfig {
             admin_ids: Vec::new(),
             album_wait_ms: 1200,
             poll_timeout_secs: 10,
+            allowed_chats: Vec::new(),
+            private_chats: true,
+            leave_unlisted: false,
         }
     }
 }
@@ -113,6 +126,16 @@ pub struct DiscordConfig {
     /// `[first, last, total]`: run only shards first..=last of total (several processes);
     /// empty: let Discord say how many shards, and run them all.
     pub shards: Vec<u32>,
+    /// Servers the bot answers in, with those added by `allow add`; both empty: every server.
+    pub allowed_guilds: Vec<u64>,
+    /// Channels (or threads) the bot answers in; empty: every channel of an allowed server.
+    pub allowed_channels: Vec<u64>,
+    /// Roles of which a member needs one; empty: every member.
+    pub allowed_roles: Vec<u64>,
+    /// Whether the bot answers in direct messages.
+    pub direct_messages: bool,
+    /// Leave a server that is not allowed when it is joined (or seen at start).
+    pub leave_unlisted: bool,
 }
 
 impl Default for DiscordConfig {
@@ -124,6 +147,11 @@ impl Default for DiscordConfig {
             guild_ids: Vec::new(),
             admin_ids: Vec::new(),
             shards: Vec::new(),
+            allowed_guilds: Vec::new(),
+            allowed_channels: Vec::new(),
+            allowed_roles: Vec::new(),
+            direct_messages: true,
+            leave_unlisted: false,
         }
     }
 }
@@ -326,6 +354,9 @@ impl Config {
         if b.default_negative_prompt.chars().count() > crate::core::command::MAX_NEGATIVE_CHARS {
             out.push("backend.default_negative_prompt is longer than 500 characters".into());
         }
+        if let Err(problem) = self.default_size() {
+            out.push(problem);
+        }
         let t = &self.telegram;
         if t.mode != "polling" && t.mode != "webhook" {
             out.push(format!(
@@ -404,6 +435,34 @@ impl Config {
             ));
         }
         out
+    }
+}
+
+impl Config {
+    /// `backend.default_size`, checked against the model's rules.
+    pub fn default_size(&self) -> Result<Option<crate::core::command::Size>, String> {
+        use crate::core::edit::{ModelCaps, SizeRejection};
+        let b = &self.backend;
+        if b.default_size.trim().is_empty() {
+            return Ok(None);
+        }
+        let size = crate::core::command::Size::parse(&b.default_size).map_err(|_| {
+            format!(
+                "backend.default_size = {:?}: write WIDTHxHEIGHT, e.g. \"1024x1536\"",
+                b.default_size
+            )
+        })?;
+        match ModelCaps::of(&b.model).check_size(size) {
+            Ok(()) => Ok(Some(size)),
+            Err(SizeRejection::NotSupported) => Err(format!(
+                "backend.default_size: the model {} takes no output size (use qwen-image-edit-plus or -max, or leave it empty)",
+                b.model
+            )),
+            Err(SizeRejection::OutOfRange { min, max }) => Err(format!(
+                "backend.default_size = {:?}: each side must be from {min} to {max}",
+                b.default_size
+            )),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use qwen_edit_bot::cli::{self, EditArgs, QuotaAction};
+use qwen_edit_bot::cli::{self, AllowAction, EditArgs, QuotaAction};
 use qwen_edit_bot::config::Settings;
 
 /// Qwen-Image-Edit for Discord and Telegram, with quotas.
@@ -40,6 +40,9 @@ enum Command {
         /// Number of images, 1 to 6 (plus/max models).
         #[arg(short = 'n', long = "n")]
         n: Option<String>,
+        /// Output size WxH, each side 512 to 2048 (plus/max models), e.g. 1024x1536.
+        #[arg(long)]
+        size: Option<String>,
         /// Output path; with several results, -1, -2, … are added to the name.
         #[arg(long, default_value = "edited.png")]
         out: PathBuf,
@@ -55,6 +58,14 @@ enum Command {
     Quota {
         #[command(subcommand)]
         action: QuotaCommand,
+        #[arg(long, default_value = "config.toml", global = true)]
+        config: PathBuf,
+    },
+    /// Where the bot answers: allow a Telegram group or Discord server (PLACE is
+    /// telegram:<chat id> or discord:<server id>), on top of the config's lists.
+    Allow {
+        #[command(subcommand)]
+        action: AllowCommand,
         #[arg(long, default_value = "config.toml", global = true)]
         config: PathBuf,
     },
@@ -83,6 +94,16 @@ enum QuotaCommand {
     Block { user: String },
     /// Lift a block.
     Unblock { user: String },
+}
+
+#[derive(Subcommand)]
+enum AllowCommand {
+    /// Allow a place; the running bot answers there within a second.
+    Add { place: String },
+    /// No longer allow a place added with `allow add`.
+    Remove { place: String },
+    /// Print where the bot answers (config and store merged).
+    List,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +138,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             negative,
             seed,
             n,
+            size,
             out,
             config,
         } => {
@@ -127,6 +149,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 negative,
                 seed,
                 n,
+                size,
                 out,
             };
             for path in cli::edit(&settings, args).await? {
@@ -143,6 +166,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 QuotaCommand::Unblock { user } => (user, QuotaAction::Unblock),
             };
             println!("{}", cli::quota(&settings, &user, action).await?);
+        }
+        Command::Allow { action, config } => {
+            let settings = load(&config)?;
+            let action = match action {
+                AllowCommand::Add { place } => AllowAction::Add(place),
+                AllowCommand::Remove { place } => AllowAction::Remove(place),
+                AllowCommand::List => AllowAction::List,
+            };
+            print!("{}", cli::allow(&settings, action).await?);
         }
         Command::Usage { since, by, config } => {
             let settings = load(&config)?;
@@ -169,6 +201,7 @@ fn check_config(path: &Path) -> ExitCode {
     let problems = settings.problems();
     if problems.is_empty() {
         print!("{}", settings.redacted());
+        print!("{}", cli::places_report(&settings));
         return ExitCode::SUCCESS;
     }
     for p in &problems {

@@ -62,6 +62,16 @@ pub fn rejection_with(lang: Lang, r: &Rejection, at: &dyn Fn(DateTime<Utc>) -> S
             format!("This model makes at most {max} image(s) per edit; lower --n."),
             format!("当前模型每次最多生成 {max} 张图片，请减小 --n。"),
         ),
+        Rejection::SizeNotSupported => (
+            "This model makes images at the input's size only; leave out --size.".into(),
+            "当前模型只按输入图片的尺寸生成，请去掉 --size。".into(),
+        ),
+        Rejection::SizeOutOfRange { min, max } => (
+            format!(
+                "Each side of --size must be from {min} to {max} pixels, e.g. --size 1024x1536."
+            ),
+            format!("--size 的每条边必须在 {min} 到 {max} 像素之间，例如 --size 1024x1536。"),
+        ),
         Rejection::Image(e) => image(e),
         Rejection::Quota(q) => quota(q, at),
         Rejection::TooManyInFlight { max } => (
@@ -95,8 +105,8 @@ fn command(e: &CommandError) -> (String, String) {
             "请写明要修改的内容，例如 /edit 把天空变成夜晚".into(),
         ),
         CommandError::UnknownFlag(f) => (
-            format!("Unknown option {f}. Options: --no TEXT, --seed N, --n N."),
-            format!("未知选项 {f}。可用选项：--no 文本、--seed 数字、--n 数量。"),
+            format!("Unknown option {f}. Options: --no TEXT, --seed N, --n N, --size WxH."),
+            format!("未知选项 {f}。可用选项：--no 文本、--seed 数字、--n 数量、--size 宽x高。"),
         ),
         CommandError::MissingValue(f) => (
             format!("Option {f} needs a value."),
@@ -109,6 +119,10 @@ fn command(e: &CommandError) -> (String, String) {
         CommandError::BadCount(v) => (
             format!("--n must be a whole number from 1 to 6, not {v:?}."),
             format!("--n 必须是 1 到 6 之间的整数，而不是 {v:?}。"),
+        ),
+        CommandError::BadSize(v) => (
+            format!("--size must be WIDTHxHEIGHT, e.g. --size 1024x1536, not {v:?}."),
+            format!("--size 的格式是 宽x高，例如 --size 1024x1536，而不是 {v:?}。"),
         ),
         CommandError::NegativeTooLong => (
             format!("The --no text is longer than {MAX_NEGATIVE_CHARS} characters."),
@@ -319,6 +333,25 @@ pub fn truncated(lang: Lang) -> String {
     )
 }
 
+/// A request where the operator has not enabled the bot (said at most once an hour there).
+pub fn not_enabled(lang: Lang, closed: crate::core::access::Closed) -> String {
+    use crate::core::access::Closed;
+    let (en, zh) = match closed {
+        Closed::Place | Closed::Channel => {
+            ("This bot is not enabled here.", "本机器人未在此处启用。")
+        }
+        Closed::Role => (
+            "This bot is enabled here only for members with certain roles.",
+            "本机器人在此处仅对特定身份组的成员开放。",
+        ),
+        Closed::Private => (
+            "This bot does not take requests in private chats.",
+            "本机器人不接受私聊请求。",
+        ),
+    };
+    pick(lang, en.into(), zh.into())
+}
+
 /// `/help` and `/start`.
 pub fn help(lang: Lang) -> String {
     match lang {
@@ -327,7 +360,8 @@ pub fn help(lang: Lang) -> String {
             • or reply /edit add a red hat to any photo\n\
             • or send an album (up to 3 photos) with /edit … in the caption\n\
             • in a private chat, any captioned photo is an edit\n\n\
-            Options: --no TEXT (what to avoid), --seed N, --n N (how many results)\n\
+            Options: --no TEXT (what to avoid), --seed N, --n N (how many results), \
+            --size WxH (output size)\n\
             Example: /edit turn it into a watercolor --no text --n 2\n\n\
             /quota shows your edits left. Admins: /quota set N, /quota reset, /block, /unblock \
             (reply to the user or give their id), /usage."
@@ -337,7 +371,8 @@ pub fn help(lang: Lang) -> String {
             • 或回复任意图片：/edit 给他戴一顶红帽子\n\
             • 或发送相册（最多 3 张），在说明里写 /edit …\n\
             • 私聊时，带说明的图片都会被当作编辑请求\n\n\
-            选项：--no 文本（不想要的内容）、--seed 数字、--n 数量（生成几张）\n\
+            选项：--no 文本（不想要的内容）、--seed 数字、--n 数量（生成几张）、\
+            --size 宽x高（输出尺寸）\n\
             例如：/edit 变成水彩画 --no 文字 --n 2\n\n\
             /quota 查看剩余次数。管理员：/quota set N、/quota reset、/block、/unblock\
             （回复该用户或写出其 ID）、/usage。"
@@ -616,7 +651,8 @@ pub fn discord_help(lang: Lang) -> String {
          • reply to a message with an image: `/edit make it night`\n\
          • or mention me: `@bot edit make it night`\n\
          • Apps → **Edit image** on any message with an image\n\n\
-         Options: `--no TEXT`, `--seed N`, `--n N` (in text), or the slash command's fields.\n\
+         Options: `--no TEXT`, `--seed N`, `--n N`, `--size WxH` (in text), or the slash \
+         command's fields.\n\
          `/quota` shows your edits left; admins (Manage Server) use `/quota-admin`."
             .into(),
         "我可以用通义千问图像编辑模型修改图片。\n\n\
@@ -624,7 +660,7 @@ pub fn discord_help(lang: Lang) -> String {
          • 回复带图片的消息：`/edit 把天空变成夜晚`\n\
          • 或提及我：`@bot edit 把天空变成夜晚`\n\
          • 在任意带图消息上选择 应用 → **Edit image**\n\n\
-         选项：`--no 文本`、`--seed 数字`、`--n 数量`，或斜杠命令的字段。\n\
+         选项：`--no 文本`、`--seed 数字`、`--n 数量`、`--size 宽x高`，或斜杠命令的字段。\n\
          `/quota` 查看剩余次数；管理员（管理服务器权限）使用 `/quota-admin`。"
             .into(),
     )

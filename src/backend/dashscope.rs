@@ -221,6 +221,10 @@ impl DashScope {
                 seed: req.seed,
                 watermark: self.opts.watermark,
                 prompt_extend: caps.prompt_extend.then_some(self.opts.prompt_extend),
+                size: req
+                    .size
+                    .filter(|_| caps.size_sides.is_some())
+                    .map(|s| s.wire()),
             },
         };
         serde_json::to_vec(&wire).map_err(|e| BackendError::Malformed(e.to_string()))
@@ -397,6 +401,9 @@ struct WireParams<'a> {
     watermark: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_extend: Option<bool>,
+    /// `"W*H"` (an asterisk, not an x).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -23,6 +23,41 @@ pub struct EditCommand {
     pub seed: Option<u32>,
     /// Images asked for; `None` means the default (1).
     pub n: Option<u8>,
+    /// Output size; `None` means the model's default (about the input's size). Whether the
+    /// model takes a size, and which, is the engine's to check (`ModelCaps::check_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+}
+
+/// An output size in pixels, written `WxH` (also `W*H` or `W×H`) by users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Size {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Size {
+    /// Reads `1024x1536`, `1024*1536` or `1024×1536`.
+    pub fn parse(value: &str) -> Result<Self, CommandError> {
+        let bad = || CommandError::BadSize(shown(value));
+        let (w, h) = value.split_once(['x', 'X', '*', '×']).ok_or_else(bad)?;
+        let side = |s: &str| s.trim().parse::<u32>().ok().filter(|v| *v > 0);
+        match (side(w), side(h)) {
+            (Some(width), Some(height)) => Ok(Size { width, height }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// As DashScope takes it: `"W*H"`.
+    pub fn wire(&self) -> String {
+        format!("{}*{}", self.width, self.height)
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
 }
 
 impl EditCommand {
@@ -50,6 +85,14 @@ impl EditCommand {
             n,
         )
     }
+
+    /// The same command with the output size `size` (`WxH`), when given.
+    pub fn with_size(mut self, size: Option<&str>) -> Result<Self, CommandError> {
+        if let Some(size) = size.map(str::trim).filter(|s| !s.is_empty()) {
+            self.size = Some(Size::parse(size)?);
+        }
+        Ok(self)
+    }
 }
 
 /// How a caption is read.
@@ -74,6 +117,8 @@ pub enum CommandError {
     BadSeed(String),
     #[error("--n must be a whole number from 1 to {MAX_N}, not {0:?}")]
     BadCount(String),
+    #[error("--size must be WIDTHxHEIGHT, e.g. 1024x1536, not {0:?}")]
+    BadSize(String),
     #[error("the negative prompt is longer than {MAX_NEGATIVE_CHARS} characters")]
     NegativeTooLong,
 }
@@ -143,6 +188,7 @@ enum Flag {
     No,
     Seed,
     N,
+    Size,
 }
 
 fn flag_named(name: &str) -> Option<Flag> {
@@ -150,6 +196,7 @@ fn flag_named(name: &str) -> Option<Flag> {
         "no" | "neg" | "negative" => Some(Flag::No),
         "seed" => Some(Flag::Seed),
         "n" | "count" => Some(Flag::N),
+        "size" => Some(Flag::Size),
         _ => None,
     }
 }
@@ -159,6 +206,7 @@ fn parse_body(body: &str) -> Result<EditCommand, CommandError> {
     let mut negative: Option<String> = None;
     let mut seed = None;
     let mut n = None;
+    let mut size = None;
     let mut rest = body;
     loop {
         let trimmed = rest.trim_start();
@@ -194,9 +242,16 @@ fn parse_body(body: &str) -> Result<EditCommand, CommandError> {
                 n = Some(parse_count(value)?);
                 rest = after;
             }
+            Flag::Size => {
+                let (value, after) = one_value(inline, rest, "--size")?;
+                size = Some(Size::parse(value)?);
+                rest = after;
+            }
         }
     }
-    finish(prompt, negative, seed, n)
+    let mut command = finish(prompt, negative, seed, n)?;
+    command.size = size;
+    Ok(command)
 }
 
 fn word_flag(word: &str) -> String {
@@ -294,5 +349,6 @@ fn finish(
         negative,
         seed,
         n,
+        size: None,
     })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::command::Size;
 use super::image::Fitted;
 
 /// A boxed future, for object-safe async traits.
@@ -20,6 +21,8 @@ pub struct EditRequest {
     pub negative: Option<String>,
     pub seed: Option<u32>,
     pub n: u8,
+    /// Output size (checked against [`ModelCaps::check_size`]); `None`: the model's default.
+    pub size: Option<Size>,
 }
 
 /// The API's answer: where the results are (valid 24 h).
@@ -34,6 +37,17 @@ pub struct EditResponse {
 pub struct ModelCaps {
     pub max_n: u8,
     pub prompt_extend: bool,
+    /// Smallest and largest side an output `size` may have; `None`: the model takes no size.
+    pub size_sides: Option<(u32, u32)>,
+}
+
+/// Why an output size cannot be asked of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeRejection {
+    /// The model makes its images at the input's size only.
+    NotSupported,
+    /// Each side must be from `min` to `max` pixels.
+    OutOfRange { min: u32, max: u32 },
 }
 
 impl ModelCaps {
@@ -47,12 +61,25 @@ impl ModelCaps {
             ModelCaps {
                 max_n: 1,
                 prompt_extend: false,
+                size_sides: None,
             }
         } else {
             ModelCaps {
                 max_n: 6,
                 prompt_extend: true,
+                size_sides: Some((512, 2048)),
             }
+        }
+    }
+
+    /// Whether the model can make images of `size`.
+    pub fn check_size(&self, size: Size) -> Result<(), SizeRejection> {
+        let (min, max) = self.size_sides.ok_or(SizeRejection::NotSupported)?;
+        let fits = |side: u32| (min..=max).contains(&side);
+        if fits(size.width) && fits(size.height) {
+            Ok(())
+        } else {
+            Err(SizeRejection::OutOfRange { min, max })
         }
     }
 }

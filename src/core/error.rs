@@ -5,7 +5,7 @@
 //! errors, backend messages) is logged, never shown: the user gets a plain sentence.
 
 use super::command::CommandError;
-use super::edit::BackendError;
+use super::edit::{BackendError, SizeRejection};
 use super::image::ImageRejection;
 use super::quota::QuotaRejection;
 
@@ -20,6 +20,10 @@ pub enum Rejection {
     TooManyImages(usize),
     #[error("this model makes at most {max} image(s) per edit")]
     CountNotSupported { max: u8 },
+    #[error("this model takes no output size")]
+    SizeNotSupported,
+    #[error("each side of the output size must be from {min} to {max} pixels")]
+    SizeOutOfRange { min: u32, max: u32 },
     #[error("{0}")]
     Image(#[from] ImageRejection),
     #[error("{0}")]
@@ -33,6 +37,15 @@ pub enum Rejection {
     /// The store failed; details are in the log.
     #[error("internal error")]
     Internal,
+}
+
+impl From<SizeRejection> for Rejection {
+    fn from(r: SizeRejection) -> Self {
+        match r {
+            SizeRejection::NotSupported => Rejection::SizeNotSupported,
+            SizeRejection::OutOfRange { min, max } => Rejection::SizeOutOfRange { min, max },
+        }
+    }
 }
 
 /// Why an accepted job delivered nothing.

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use super::command::EditCommand;
-use super::edit::{BackendError, BoxFuture, EditBackend};
+use super::access::Access;
+use super::command::{EditCommand, Size};
+use super::edit::{BackendError, BoxFuture, EditBackend, ModelCaps};
 use super::error::{Failure, FailureReason, Rejection};
 pub use super::frontend::{Deliveries, FrontEnd, pump};
 use super::image::FitLimits;
@@ -113,6 +114,8 @@ pub struct EngineConfig {
     pub fetch_timeout: Duration,
     /// All of one job's result downloads must end within this.
     pub download_timeout: Duration,
+    /// Output size of requests that name none (`backend.default_size`).
+    pub default_size: Option<Size>,
 }
 
 struct Queued {
@@ -142,6 +145,8 @@ pub struct Engine {
     /// Workers running a job right now.
     busy: AtomicUsize,
     observer: Option<Arc<dyn Observer>>,
+    /// Where requests are served (operator allowlists).
+    access: Arc<Access>,
 }
 
 impl Engine {
@@ -155,6 +160,7 @@ impl Engine {
             cfg,
             busy: AtomicUsize::new(0),
             observer: None,
+            access: Arc::new(Access::open()),
         }
     }
 
@@ -201,7 +207,8 @@ impl Engine {
     /// Validates, holds a queue place, reserves quota (persisted) and queues the job.
     /// Returns quickly: nothing here waits for the model.
     pub async fn submit(&self, mut spec: JobSpec) -> Result<Accepted, Rejection> {
-        validate(&spec, self.backend.caps().max_n)?;
+        spec.command.size = spec.command.size.or(self.cfg.default_size);
+        validate(&spec, self.backend.caps())?;
         spec.token = Some(uuid::Uuid::new_v4().simple().to_string());
         let hold = self.queue.hold(&spec.user)?;
         let reservation = Reservation {
@@ -303,6 +310,16 @@ impl Engine {
     /// many were handed back.
     pub fn close(&self) -> usize {
         self.queue.close()
+    }
+
+    /// Serves requests only where `access` allows.
+    pub fn set_access(&mut self, access: Arc<Access>) {
+        self.access = access;
+    }
+
+    /// Where requests are served.
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
     }
 
     /// Reports to `observer` (metrics, health).
@@ -575,14 +592,17 @@ fn quota_reason(q: &QuotaRejection) -> &'static str {
     }
 }
 
-fn validate(spec: &JobSpec, max_n: u8) -> Result<(), Rejection> {
+fn validate(spec: &JobSpec, caps: ModelCaps) -> Result<(), Rejection> {
     match spec.inputs.len() {
         0 => return Err(Rejection::NoImage),
         n if n > MAX_INPUTS => return Err(Rejection::TooManyImages(n)),
         _ => {}
     }
-    if spec.command.count() > max_n {
-        return Err(Rejection::CountNotSupported { max: max_n });
+    if spec.command.count() > caps.max_n {
+        return Err(Rejection::CountNotSupported { max: caps.max_n });
+    }
+    if let Some(size) = spec.command.size {
+        caps.check_size(size)?;
     }
     Ok(())
 }

@@ -221,6 +221,19 @@ pub trait Ledger: Send + Sync + 'static {
     fn album_groups(&self) -> Result<Vec<String>, StoreError>;
     /// Forgets a handled album's parts.
     fn drop_album(&self, group: &str) -> Result<(), StoreError>;
+    /// Allows (or with `allowed` false, no longer allows) the chat or server `place` of
+    /// `platform`, on top of the config's lists; returns whether that changed anything.
+    fn set_allowed(
+        &self,
+        platform: Platform,
+        place: &str,
+        allowed: bool,
+    ) -> Result<bool, StoreError>;
+    /// The places allowed with [`Ledger::set_allowed`].
+    fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError>;
+    /// A number that changes whenever another process (the CLI) has written to the store, so a
+    /// daemon knows to drop what it has cached.
+    fn data_version(&self) -> Result<u64, StoreError>;
     /// Usage since `since` (and before `until`), grouped `by`; only the jobs of one platform's
     /// group (chat or server) when `within` is given.
     fn report(

@@ -1,6 +1,7 @@
 //! The platform-free core: parsing, image fitting, quotas, jobs. It imports no chat-platform
 //! or HTTP-client types (`.ci/run` checks this); front-ends and the backend plug in via traits.
 
+pub mod access;
 pub mod clock;
 pub mod command;
 pub mod edit;

@@ -70,6 +70,7 @@ pub async fn call(
         negative,
         seed: command.seed,
         n: command.count(),
+        size: command.size,
     };
     let started = Instant::now();
     let result = backend.edit(&req).await;

@@ -462,6 +462,11 @@ impl Quotas {
         Ok(())
     }
 
+    /// Drops every cached setting: the store was changed by another process (the CLI).
+    pub fn forget_all(&self) {
+        self.settings.clear();
+    }
+
     fn forget(&self, user: &UserRef) {
         self.settings.retain(|(u, _), _| u != user);
     }

@@ -47,6 +47,14 @@ fn definitions() -> Vec<CreateCommand> {
             CreateCommandOption::new(CommandOptionType::Integer, "count", "How many results")
                 .min_int_value(1)
                 .max_int_value(6),
+        )
+        .add_option(
+            CreateCommandOption::new(
+                CommandOptionType::String,
+                "size",
+                "Output size WxH, e.g. 1024x1536",
+            )
+            .max_length(20),
         );
     let user =
         |d: &str| CreateCommandOption::new(CommandOptionType::User, "user", d).required(true);

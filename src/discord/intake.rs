@@ -103,6 +103,9 @@ async fn text_request(dc: &Discord, msg: &Message, text: &str) {
         interaction_token: None,
         upload_limit: None,
     };
+    if !dc.admit_text(msg, &route).await {
+        return;
+    }
     let command = match parse(text, ParseContext::default()) {
         Ok(Some(c)) => c,
         Ok(None) => return,
@@ -129,6 +132,9 @@ async fn text_request(dc: &Discord, msg: &Message, text: &str) {
 }
 
 pub async fn on_interaction(dc: &Discord, interaction: Interaction) {
+    if !dc.admit_interaction(&interaction).await {
+        return;
+    }
     match interaction {
         Interaction::Command(cmd) => match (cmd.data.kind, cmd.data.name.as_str()) {
             (CommandType::Message, _) => open_modal(dc, &cmd).await,
@@ -160,23 +166,25 @@ pub async fn ephemeral(dc: &Discord, cmd: &CommandInteraction, text: &str) {
     }
 }
 
-/// `/edit prompt:… [image] [image2] [image3] [negative] [seed] [count]`.
+/// `/edit prompt:… [image] [image2] [image3] [negative] [seed] [count] [size]`.
 async fn slash_edit(dc: &Discord, cmd: &CommandInteraction) {
     let lang = lang_of(&cmd.locale, cmd.guild_locale.as_deref());
-    let (mut prompt, mut negative, mut seed, mut count, mut urls) =
-        ("", None, None, None, Vec::new());
+    let (mut prompt, mut negative, mut seed, mut count, mut size, mut urls) =
+        ("", None, None, None, None, Vec::new());
     for option in cmd.data.options() {
         match (option.name, option.value) {
             ("prompt", ResolvedValue::String(s)) => prompt = s,
             ("negative", ResolvedValue::String(s)) => negative = Some(s),
             ("seed", ResolvedValue::Integer(n)) => seed = Some(n.to_string()),
             ("count", ResolvedValue::Integer(n)) => count = Some(n.to_string()),
+            ("size", ResolvedValue::String(s)) => size = Some(s),
             (_, ResolvedValue::Attachment(a)) => urls.push(format!("url:{}", a.url)),
             _ => {}
         }
     }
-    let command = match EditCommand::from_parts(prompt, negative, seed.as_deref(), count.as_deref())
-    {
+    let command = EditCommand::from_parts(prompt, negative, seed.as_deref(), count.as_deref())
+        .and_then(|c| c.with_size(size));
+    let command = match command {
         Ok(c) => c,
         Err(e) => {
             return ephemeral(dc, cmd, &messages::rejection(lang, &Rejection::Command(e))).await;

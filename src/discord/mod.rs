@@ -6,6 +6,7 @@
 mod commands;
 mod deliver;
 mod intake;
+mod places;
 mod source;
 
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use serenity::all::{
-    ChannelId, ClientBuilder, Context, EventHandler, GatewayIntents, GuildId, Http, HttpBuilder,
-    Interaction, Message, MessageId, Ready, UserId,
+    ChannelId, ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildId, Http,
+    HttpBuilder, Interaction, Message, MessageId, Ready, UserId,
 };
 use serenity::async_trait;
 use tokio::sync::{mpsc, oneshot};
@@ -136,6 +137,10 @@ impl EventHandler for Handler {
         if first {
             commands::register(dc).await;
         }
+    }
+
+    async fn guild_create(&self, _ctx: Context, guild: Guild, _is_new: Option<bool>) {
+        self.dc.leave_if_unlisted(guild.id).await;
     }
 
     async fn message(&self, _ctx: Context, msg: Message) {

@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS album_parts (
     part      TEXT NOT NULL,
     UNIQUE (group_key, part_id)
 );
+-- chats and servers the operator allowed from the CLI (`allow add`), on top of the config's
+CREATE TABLE IF NOT EXISTS allowed_places (
+    platform TEXT NOT NULL,
+    place    TEXT NOT NULL,
+    PRIMARY KEY (platform, place)
+);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (platform, user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (platform, group_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_time ON jobs (created_at);
@@ -658,6 +664,47 @@ impl Ledger for SqliteLedger {
             .execute("DELETE FROM album_parts WHERE group_key = ?1", [group])
             .map_err(db)?;
         Ok(())
+    }
+
+    fn set_allowed(
+        &self,
+        platform: Platform,
+        place: &str,
+        allowed: bool,
+    ) -> Result<bool, StoreError> {
+        let sql = if allowed {
+            "INSERT OR IGNORE INTO allowed_places (platform, place) VALUES (?1, ?2)"
+        } else {
+            "DELETE FROM allowed_places WHERE platform = ?1 AND place = ?2"
+        };
+        let changed = self
+            .conn()
+            .execute(sql, params![platform.as_str(), place])
+            .map_err(db)?;
+        Ok(changed > 0)
+    }
+
+    fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT platform, place FROM allowed_places ORDER BY platform, place")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(p, place)| Some((p.parse().ok()?, place)))
+            .collect())
+    }
+
+    fn data_version(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(db)
     }
 
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {

@@ -42,7 +42,7 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
         message = msg.id.0
     );
     async move {
-        if msg.from.as_ref().is_some_and(|u| u.is_bot) {
+        if msg.from.as_ref().is_some_and(|u| u.is_bot) || !tg.admitted(&msg) {
             return Ok(());
         }
         if msg.media_group_id().is_some() && super::trigger::image_of(&msg).is_some() {
@@ -282,6 +282,14 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
         tg.bot.answer_callback_query(q.id.clone()).await?;
         return Ok(());
     };
+    if let Some(text) = tg.closed_for(&result_msg.chat, q.from.id.0, lang) {
+        tg.bot
+            .answer_callback_query(q.id.clone())
+            .text(text)
+            .show_alert(true)
+            .await?;
+        return Ok(());
+    }
     let route = Route {
         chat_id: result_msg.chat.id.0,
         message_id: result_msg.id.0,

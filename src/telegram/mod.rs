@@ -5,6 +5,7 @@ mod admin;
 mod album;
 mod deliver;
 mod handler;
+mod places;
 mod source;
 pub mod trigger;
 mod updates;

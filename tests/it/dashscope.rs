@@ -42,6 +42,7 @@ fn request(n: u8) -> EditRequest {
         negative: Some("people".into()),
         seed: Some(42),
         n,
+        size: None,
     }
 }
 

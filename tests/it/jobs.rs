@@ -95,6 +95,7 @@ async fn rig(o: RigOptions) -> Rig {
         default_negative: "blurry".into(),
         fetch_timeout: Duration::from_secs(5),
         download_timeout: Duration::from_secs(30),
+        default_size: None,
     };
     let source = Arc::new(MemorySource::default());
     {
@@ -512,6 +513,7 @@ fn engine_on(
         default_negative: String::new(),
         fetch_timeout: Duration::from_secs(5),
         download_timeout: Duration::from_secs(30),
+        default_size: None,
     };
     let source = Arc::new(MemorySource::default());
     source
@@ -880,6 +882,15 @@ impl Ledger for Flaky {
     fn drop_album(&self, g: &str) -> Result<(), StoreError> {
         self.inner.drop_album(g)
     }
+    fn set_allowed(&self, p: Platform, place: &str, allowed: bool) -> Result<bool, StoreError> {
+        self.inner.set_allowed(p, place, allowed)
+    }
+    fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError> {
+        self.inner.allowed_places()
+    }
+    fn data_version(&self) -> Result<u64, StoreError> {
+        self.inner.data_version()
+    }
     fn report(
         &self,
         since: DateTime<Utc>,
@@ -929,6 +940,7 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
         default_negative: String::new(),
         fetch_timeout: Duration::from_secs(5),
         download_timeout: Duration::from_secs(30),
+        default_size: None,
     };
     let mut engine = Engine::new(quotas.clone(), backend, cfg);
     engine.register(Platform::Telegram, source, tx);
