@@ -184,7 +184,11 @@ impl Access {
 
     /// Whether a refusal at `spot` is answered now: once per place per hour (and counted).
     pub fn answer_refusal(&self, spot: Spot<'_>) -> bool {
-        let now = Instant::now();
+        self.answer_refusal_at(spot, Instant::now())
+    }
+
+    /// [`Access::answer_refusal`] at `now` (tests pass their own time).
+    pub fn answer_refusal_at(&self, spot: Spot<'_>, now: Instant) -> bool {
         if self.answered.len() > MAX_ENTRIES {
             self.answered
                 .retain(|_, at| now.duration_since(*at) < PLACE_REFUSAL_WINDOW);

@@ -269,3 +269,71 @@ async fn run_says_what_is_missing_instead_of_idling() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn allow_adds_removes_and_lists_places_and_check_config_shows_the_merged_lists() {
+    let d = Dir::new("[telegram]\nallowed_chats = [-700]\n[discord]\ndirect_messages = false\n");
+    let out = d.run(&["allow", "add", "telegram:-800"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("telegram:-800 is allowed now"), "{shown}");
+    assert!(
+        shown.contains("telegram groups: only -800, -700"),
+        "{shown}"
+    );
+    let out = d.run(&["allow", "add", "discord:77"]).await;
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("note: discord answered everywhere until now"),
+        "{shown}"
+    );
+    assert!(shown.contains("discord servers: only 77"), "{shown}");
+    let out = d.run(&["check-config"]).await;
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("# telegram groups: only -800, -700"),
+        "{shown}"
+    );
+    assert!(shown.contains("# discord servers: only 77"), "{shown}");
+    assert!(shown.contains("# discord direct messages: off"), "{shown}");
+    let out = d.run(&["allow", "remove", "telegram:-800"]).await;
+    let shown = text(&out.stdout);
+    assert!(shown.contains("telegram groups: only -700"), "{shown}");
+    let out = d.run(&["allow", "remove", "telegram:-700"]).await;
+    let shown = text(&out.stdout);
+    assert!(shown.contains("the config file still lists it"), "{shown}");
+    let out = d.run(&["allow", "list"]).await;
+    assert!(text(&out.stdout).contains("discord servers: only 77"));
+    for bad in ["telegram:abc", "slack:1", "discord:-5", "77"] {
+        let out = d.run(&["allow", "add", bad]).await;
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            text(&out.stderr).contains("give telegram:<chat id>"),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_config_refuses_a_default_size_the_model_cannot_take() {
+    for (config, needle) in [
+        ("[backend]\ndefault_size = \"big\"\n", "write WIDTHxHEIGHT"),
+        (
+            "[backend]\ndefault_size = \"4000x4000\"\n",
+            "from 512 to 2048",
+        ),
+        (
+            "[backend]\nmodel = \"qwen-image-edit\"\ndefault_size = \"1024x1024\"\n",
+            "takes no output size",
+        ),
+    ] {
+        let out = Dir::new(config).run(&["check-config"]).await;
+        assert!(!out.status.success(), "{config}");
+        assert!(text(&out.stderr).contains(needle), "{}", text(&out.stderr));
+    }
+    let out = Dir::new("[backend]\ndefault_size = \"1024*1536\"\n")
+        .run(&["check-config"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -220,3 +220,71 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn size_is_read_as_wxh_w_star_h_or_with_a_times_sign() {
+    use qwen_edit_bot::core::command::Size;
+    for text in [
+        "/edit wide --size 1024x1536",
+        "/edit wide --size=1024*1536",
+        "/edit wide —size 1024×1536",
+    ] {
+        let c = ok(text);
+        assert_eq!(c.prompt, "wide", "{text}");
+        assert_eq!(
+            c.size,
+            Some(Size {
+                width: 1024,
+                height: 1536
+            }),
+            "{text}"
+        );
+        assert_eq!(c.size.unwrap().wire(), "1024*1536");
+    }
+    assert_eq!(ok("/edit x").size, None);
+    for bad in ["big", "1024", "0x512", "x512", "-5x5", "1024x"] {
+        assert_eq!(
+            parse(&format!("/edit x --size {bad}"), BOT),
+            Err(CommandError::BadSize(bad.into())),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        parse("/edit x --size", BOT),
+        Err(CommandError::MissingValue("--size"))
+    );
+    let c = EditCommand::from_parts("x", None, None, None)
+        .unwrap()
+        .with_size(Some("640x480"))
+        .unwrap();
+    assert_eq!(
+        c.size,
+        Some(Size {
+            width: 640,
+            height: 480
+        })
+    );
+}
+
+#[test]
+fn the_model_decides_which_sizes_it_takes() {
+    use qwen_edit_bot::core::command::Size;
+    use qwen_edit_bot::core::edit::{ModelCaps, SizeRejection};
+    let size = |width, height| Size { width, height };
+    let plus = ModelCaps::of("qwen-image-edit-plus");
+    assert_eq!(plus.check_size(size(512, 2048)), Ok(()));
+    for (w, h) in [(511, 1024), (1024, 2049), (4000, 4000)] {
+        assert_eq!(
+            plus.check_size(size(w, h)),
+            Err(SizeRejection::OutOfRange {
+                min: 512,
+                max: 2048
+            })
+        );
+    }
+    let base = ModelCaps::of("qwen-image-edit");
+    assert_eq!(
+        base.check_size(size(1024, 1024)),
+        Err(SizeRejection::NotSupported)
+    );
+}

@@ -1324,3 +1324,222 @@ async fn mentions_in_a_prompt_ping_nobody() {
         );
     }
 }
+
+/// A guild text request `/edit …` with an image from `author` in `channel`, with `roles`.
+fn request_in(bot: &Bot, id: u64, channel: u64, author: u64, roles: &[u64]) -> Value {
+    let mut m = message(
+        id,
+        channel,
+        Some(GUILD),
+        user(author, "someone"),
+        "/edit make it night",
+        vec![bot.image(id + 100_000, 500, 500)],
+        None,
+    );
+    let roles: Vec<String> = roles.iter().map(u64::to_string).collect();
+    m["member"]["roles"] = json!(roles);
+    m
+}
+
+/// Posts to `channel` whose content contains `needle`.
+fn posts_saying(bot: &Bot, channel: u64, needle: &str) -> usize {
+    bot.dc
+        .calls_to("POST", &format!("/channels/{channel}/messages"))
+        .iter()
+        .filter(|c| {
+            c.json["content"]
+                .as_str()
+                .is_some_and(|t| t.contains(needle))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn in_an_unlisted_server_text_requests_get_one_answer_and_commands_an_ephemeral_one() {
+    let mut bot = Bot::start("discord:allowed_guilds = [78]\ndiscord:admin_ids = [900]\n").await;
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request_in(&bot, 8000, CHANNEL, 8, &[]));
+    bot.post_containing("This bot is not enabled here.").await;
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request_in(&bot, 8001, CHANNEL, 9, &[]));
+    let slash = slash_edit(
+        8100,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![option("prompt", 3, json!("make it night"))],
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", slash);
+    let quota = slash_command(
+        8101,
+        "quota",
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", quota);
+    let help = slash_command(
+        8102,
+        "help",
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", help);
+    let answers = bot.callbacks(3).await;
+    for a in &answers {
+        assert_eq!(
+            (a.json["type"].as_u64(), a.json["data"]["flags"].as_u64()),
+            (Some(4), Some(64))
+        );
+        assert_eq!(a.json["data"]["content"], "This bot is not enabled here.");
+    }
+    // The operator is served there.
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request_in(&bot, 8002, CHANNEL, 900, &[]));
+    bot.results(1).await;
+    bot.stop().await;
+    assert_eq!(posts_saying(&bot, CHANNEL, "not enabled"), 1);
+    assert_eq!(bot.ds.calls(), 1);
+    assert_eq!((bot.used(8), bot.used(9), bot.used(900)), (0, 0, 1));
+    // No job: no ⏳ on the refused requests.
+    assert!(bot.dc.reactions().iter().all(|r| r.message_id == 8002));
+}
+
+#[tokio::test]
+async fn unlisted_channels_members_without_a_role_and_closed_dms_take_no_job() {
+    let mut bot = Bot::start(
+        "discord:allowed_channels = [500]\ndiscord:allowed_roles = [42]\ndiscord:direct_messages = false\n",
+    )
+    .await;
+    // Another channel of the server.
+    bot.dc.set_channel(501, Some(GUILD));
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request_in(&bot, 8200, 501, 8, &[42]));
+    for _ in 0..500 {
+        if posts_saying(&bot, 501, "not enabled here") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(posts_saying(&bot, 501, "This bot is not enabled here."), 1);
+    // The right channel, without the role.
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request_in(&bot, 8201, CHANNEL, 9, &[7]));
+    bot.post_containing("only for members with certain roles")
+        .await;
+    // A DM.
+    bot.dc.set_channel(600, None);
+    let dm = message(
+        8202,
+        600,
+        None,
+        user(10, "carol"),
+        "/edit make it night",
+        vec![bot.image(8302, 500, 500)],
+        None,
+    );
+    bot.dc.dispatch("MESSAGE_CREATE", dm);
+    let slash_dm = slash_edit(
+        8203,
+        600,
+        None,
+        user(10, "carol"),
+        NO_PERMS,
+        vec![option("prompt", 3, json!("x"))],
+        vec![],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", slash_dm);
+    let answer = bot.callbacks(1).await.remove(0);
+    assert_eq!(answer.json["data"]["flags"], 64);
+    assert!(
+        answer.json["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("private chats")
+    );
+    for _ in 0..500 {
+        if posts_saying(&bot, 600, "private chats") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // With the role, in the listed channel: served.
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request_in(&bot, 8204, CHANNEL, 11, &[42]));
+    bot.results(1).await;
+    bot.stop().await;
+    assert_eq!(
+        posts_saying(&bot, 600, "does not take requests in private chats"),
+        1
+    );
+    assert_eq!(bot.ds.calls(), 1);
+    assert_eq!(
+        (bot.used(8), bot.used(9), bot.used(10), bot.used(11)),
+        (0, 0, 0, 1)
+    );
+}
+
+#[tokio::test]
+async fn the_slash_size_option_reaches_the_backend() {
+    let mut bot = Bot::start("").await;
+    let with_size = slash_edit(
+        8400,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![
+            option("prompt", 3, json!("make it night")),
+            option("size", 3, json!("1536*1024")),
+            option("image", 11, json!("8401")),
+        ],
+        vec![bot.image(8401, 500, 500)],
+        "en-US",
+    );
+    bot.dc.dispatch("INTERACTION_CREATE", with_size);
+    bot.results(1).await;
+    bot.stop().await;
+    assert_eq!(bot.ds.seen()[0].body["parameters"]["size"], "1536*1024");
+    let edit = bot
+        .dc
+        .commands()
+        .into_iter()
+        .find(|c| c["name"] == "edit")
+        .unwrap();
+    assert!(edit["options"].to_string().contains("\"size\""));
+}
+
+#[tokio::test]
+async fn with_leave_unlisted_the_bot_leaves_servers_that_are_not_allowed() {
+    let mut bot =
+        Bot::start("discord:allowed_guilds = [77]\ndiscord:leave_unlisted = true\n").await;
+    bot.dc.dispatch("GUILD_CREATE", dc::guild_create(79));
+    bot.dc.dispatch("GUILD_CREATE", dc::guild_create(GUILD));
+    bot.dc
+        .wait_for("DELETE", "/users/@me/guilds/*", 1, 20)
+        .await;
+    // The listed server is served.
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request_in(&bot, 8500, CHANNEL, 8, &[]));
+    bot.results(1).await;
+    bot.stop().await;
+    let left: Vec<String> = bot
+        .dc
+        .calls_to("DELETE", "/users/@me/guilds/*")
+        .iter()
+        .map(|c| c.path.clone())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with("/guilds/79"), "{left:?}");
+}

@@ -1,5 +1,6 @@
 //! The one integration-test binary. Every test starts its own fakes on 127.0.0.1.
 
+mod access;
 mod cli;
 mod command;
 mod config;

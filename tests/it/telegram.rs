@@ -1754,3 +1754,236 @@ async fn an_update_stuck_on_a_telegram_call_holds_only_its_own_chat() {
     assert_eq!(bot.tg.pending_updates(), 0, "all confirmed once handled");
     assert_eq!(bot.ds.calls(), 1);
 }
+
+/// sendMessage calls to `chat_id` whose text contains `needle`.
+fn said_in(bot: &Bot, chat_id: i64, needle: &str) -> usize {
+    bot.tg
+        .calls_to("sendmessage")
+        .iter()
+        .filter(|c| c.chat_id() == Some(chat_id))
+        .filter(|c| {
+            c.params["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(needle))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn outside_the_allowed_chats_nothing_is_spent_and_a_request_is_answered_once() {
+    let mut bot =
+        Bot::start("telegram:allowed_chats = [-700]\ntelegram:private_chats = false\n").await;
+    bot.tg.push_update(message_update(group_photo(
+        &bot,
+        1,
+        -800,
+        10,
+        "/edit make it night",
+    )));
+    bot.text_containing("This bot is not enabled here.").await;
+    // A second request there within the hour, a plain message, /help: no answer.
+    bot.tg.push_update(message_update(group_photo(
+        &bot,
+        2,
+        -800,
+        11,
+        "/edit again",
+    )));
+    let plain = text_message(3, group_chat(-800), user(11, "en"), "nice photo", None);
+    bot.tg.push_update(message_update(plain));
+    let help = text_message(4, group_chat(-800), user(11, "en"), "/help", None);
+    bot.tg.push_update(message_update(help));
+    // Private chats are off: a request there is refused, a plain text is not answered.
+    bot.tg
+        .push_update(message_update(bot.photo(5, 12, "/edit x", 800, 600)));
+    bot.text_containing("does not take requests in private chats")
+        .await;
+    let hello = text_message(6, private_chat(13), user(13, "en"), "hello", None);
+    bot.tg.push_update(message_update(hello));
+    // The operator is served anywhere, and so is everyone in the listed group.
+    bot.tg.push_update(message_update(group_photo(
+        &bot, 7, -800, ADMIN, "/edit op",
+    )));
+    bot.tg
+        .push_update(message_update(group_photo(&bot, 8, -700, 14, "/edit ok")));
+    let results = bot.tg.wait_for("sendphoto", 2, 30).await;
+    bot.stop().await;
+    let mut to: Vec<i64> = results.iter().filter_map(|c| c.chat_id()).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![-800, -700]);
+    assert_eq!(said_in(&bot, -800, "not enabled"), 1, "{:?}", bot.texts());
+    assert_eq!(
+        bot.tg
+            .calls_to("sendmessage")
+            .iter()
+            .filter(|c| c.chat_id() == Some(-800))
+            .count(),
+        1
+    );
+    assert_eq!(
+        bot.tg
+            .calls_to("sendmessage")
+            .iter()
+            .filter(|c| c.chat_id() == Some(13))
+            .count(),
+        0
+    );
+    assert_eq!(bot.ds.calls(), 2);
+    for u in [10, 11, 12, 13] {
+        assert_eq!(bot.used(u), 0, "user {u} spent nothing");
+    }
+    assert_eq!((bot.used(ADMIN), bot.used(14)), (1, 1));
+    // No job was taken: no 👀 on any refused message.
+    let reacted: Vec<i64> = bot
+        .tg
+        .calls_to("setmessagereaction")
+        .iter()
+        .filter_map(|c| c.int("message_id"))
+        .collect();
+    assert!(reacted.iter().all(|m| [7, 8].contains(m)), "{reacted:?}");
+}
+
+#[tokio::test]
+async fn with_leave_unlisted_the_bot_says_why_once_and_leaves_a_group_it_was_added_to() {
+    let mut bot =
+        Bot::start("telegram:allowed_chats = [-700]\ntelegram:leave_unlisted = true\n").await;
+    let added = tg::members_joined(1, group_chat(-801), user(60, "en"), vec![tg::bot_user()]);
+    bot.tg.push_update(message_update(added));
+    bot.tg.wait_for("leavechat", 1, 20).await;
+    // Added to a listed group: it stays.
+    let listed = tg::members_joined(2, group_chat(-700), user(60, "en"), vec![tg::bot_user()]);
+    bot.tg.push_update(message_update(listed));
+    bot.tg
+        .push_update(message_update(group_photo(&bot, 3, -700, 61, "/edit ok")));
+    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.stop().await;
+    let calls = bot.tg.calls();
+    let said = calls
+        .iter()
+        .position(|c| c.method == "sendmessage" && c.chat_id() == Some(-801))
+        .expect("it said why");
+    let left = calls.iter().position(|c| c.method == "leavechat").unwrap();
+    assert!(said < left, "said why before leaving");
+    assert_eq!(said_in(&bot, -801, "This bot is not enabled here."), 1);
+    let leaves: Vec<Option<i64>> = bot
+        .tg
+        .calls_to("leavechat")
+        .iter()
+        .map(|c| c.chat_id())
+        .collect();
+    assert_eq!(leaves, vec![Some(-801)]);
+}
+
+#[tokio::test]
+async fn allow_add_from_the_cli_is_in_force_in_the_running_daemon_within_a_second() {
+    let mut bot = Bot::start("telegram:allowed_chats = [-700]\n").await;
+    bot.tg
+        .push_update(message_update(group_photo(&bot, 1, -802, 20, "/edit one")));
+    bot.text_containing("This bot is not enabled here.").await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_qwen-edit-bot"))
+        .args(["allow", "add", "telegram:-802", "--config"])
+        .arg(bot.dir.join("config.toml"))
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("telegram:-802 is allowed now"), "{stdout}");
+    assert!(
+        stdout.contains("telegram groups: only -802, -700")
+            || stdout.contains("telegram groups: only -700, -802"),
+        "{stdout}"
+    );
+    let added = std::time::Instant::now();
+    // The claim under test is "within 1 s" of the CLI's write.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bot.tg
+        .push_update(message_update(group_photo(&bot, 2, -802, 20, "/edit two")));
+    let reacted = reaction_in(&bot, -802, 10).await;
+    assert!(reacted.duration_since(added) < Duration::from_millis(1500));
+    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.stop().await;
+    assert_eq!((bot.ds.calls(), bot.used(20)), (1, 1));
+}
+
+#[tokio::test]
+async fn the_output_size_reaches_the_backend_with_an_asterisk_and_bad_sizes_are_refused() {
+    let mut bot = Bot::start("").await;
+    bot.tg.push_update(message_update(bot.photo(
+        1,
+        30,
+        "/edit wide --size 1024x1536",
+        800,
+        600,
+    )));
+    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.tg.push_update(message_update(bot.photo(
+        2,
+        31,
+        "/edit huge --size 4000x4000",
+        800,
+        600,
+    )));
+    bot.text_containing("Each side of --size must be from 512 to 2048 pixels")
+        .await;
+    bot.tg.push_update(message_update(bot.photo(
+        3,
+        32,
+        "/edit odd --size big",
+        800,
+        600,
+    )));
+    bot.text_containing("--size must be WIDTHxHEIGHT").await;
+    bot.stop().await;
+    let seen = bot.ds.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body["parameters"]["size"], "1024*1536");
+    assert_eq!((bot.used(31), bot.used(32)), (0, 0));
+}
+
+#[tokio::test]
+async fn the_base_model_takes_no_size_and_default_size_is_sent_when_none_is_given() {
+    let mut bot = Bot::start("backend:model = \"qwen-image-edit\"\n").await;
+    bot.tg.push_update(message_update(bot.photo(
+        1,
+        33,
+        "/edit x --size 1024x1024",
+        800,
+        600,
+    )));
+    bot.text_containing("makes images at the input's size only")
+        .await;
+    bot.stop().await;
+    assert_eq!((bot.ds.calls(), bot.used(33)), (0, 0));
+
+    let mut bot = Bot::start("backend:default_size = \"768*1024\"\n").await;
+    bot.tg
+        .push_update(message_update(bot.photo(1, 34, "/edit x", 800, 600)));
+    bot.tg.push_update(message_update(bot.photo(
+        2,
+        35,
+        "/edit y --size 2048x512",
+        800,
+        600,
+    )));
+    bot.tg.wait_for("sendphoto", 2, 30).await;
+    bot.stop().await;
+    let mut sizes: Vec<String> = bot
+        .ds
+        .seen()
+        .iter()
+        .map(|s| {
+            s.body["parameters"]["size"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, vec!["2048*512", "768*1024"]);
+}

@@ -787,6 +787,7 @@ impl Inner {
                 Err(_) => discord_error(404, "Unknown User", 10013),
             },
             ("POST", ["users", "@me", "channels"]) => self.open_dm(json),
+            ("DELETE", ["users", "@me", "guilds", _]) => no_content(),
             ("GET", ["oauth2", "applications", "@me"]) => ok(application_info()),
 
             (_, ["applications", app, rest @ ..]) => {
@@ -1433,6 +1434,21 @@ fn application_info() -> Value {
         "flags": 0,
         "bot": bot_user(),
     })
+}
+
+/// A GUILD_CREATE payload: the bot joined (or, at start, has) server `id`.
+pub fn guild_create(id: u64) -> Value {
+    let mut g = guild_json(id, 0);
+    let extra = json!({
+        "joined_at": now(), "large": false, "member_count": 2, "members": [], "channels": [],
+        "threads": [], "presences": [], "voice_states": [], "stage_instances": [],
+        "guild_scheduled_events": [], "unavailable": false,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        g[k] = v.clone();
+    }
+    checked::<serenity::all::Guild>("GUILD_CREATE payload", &g);
+    g
 }
 
 fn guild_json(id: u64, tier: u8) -> Value {

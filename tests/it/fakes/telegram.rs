@@ -627,7 +627,7 @@ fn me() -> Value {
     me
 }
 
-fn bot_user() -> Value {
+pub fn bot_user() -> Value {
     json!({ "id": BOT_ID, "is_bot": true, "first_name": "Qwen", "username": BOT_USERNAME })
 }
 
@@ -799,6 +799,13 @@ pub fn text_message(
     if let Some(reply) = reply_to {
         message["reply_to_message"] = reply;
     }
+    checked_message(message)
+}
+
+/// The service message Telegram sends when `members` were added to a group by `from`.
+pub fn members_joined(message_id: i32, chat: Value, from: Value, members: Vec<Value>) -> Value {
+    let mut message = base_message(message_id, chat, from);
+    message["new_chat_members"] = json!(members);
     checked_message(message)
 }
 

@@ -1,0 +1,131 @@
+//! Where the bot answers (`core::access`): the rules on their own, the hourly refusal on
+//! paused time, and the store's list with its change signal.
+
+use std::time::Duration;
+
+use qwen_edit_bot::core::access::{Access, Closed, DiscordPlaces, Spot, TelegramPlaces};
+use qwen_edit_bot::core::quota::{Ledger, Platform};
+use qwen_edit_bot::store::sqlite::SqliteLedger;
+
+fn tg(chat: i64, private: bool, user: i64) -> Spot<'static> {
+    Spot::Telegram {
+        chat,
+        private,
+        user,
+    }
+}
+
+fn rules() -> Access {
+    Access::new(
+        TelegramPlaces {
+            allowed_chats: vec![-100],
+            private_chats: false,
+            leave_unlisted: false,
+            operators: vec![1],
+        },
+        DiscordPlaces {
+            allowed_guilds: vec![77],
+            allowed_channels: vec![500],
+            allowed_roles: vec![9],
+            direct_messages: false,
+            leave_unlisted: true,
+            operators: vec![2],
+        },
+    )
+}
+
+#[test]
+fn telegram_groups_must_be_listed_and_private_chats_can_be_turned_off() {
+    let a = rules();
+    assert_eq!(a.check(tg(-100, false, 5)), Ok(()));
+    assert_eq!(a.check(tg(-200, false, 5)), Err(Closed::Place));
+    assert_eq!(a.check(tg(5, true, 5)), Err(Closed::Private));
+    // The operator anywhere; a listed private chat even with private chats off.
+    assert_eq!(a.check(tg(-200, false, 1)), Ok(()));
+    assert_eq!(a.check(tg(1, true, 1)), Ok(()));
+    a.set_stored(&[(Platform::Telegram, "5".into())]);
+    assert_eq!(a.check(tg(5, true, 5)), Ok(()));
+    // Nothing listed anywhere: every group.
+    let open = Access::open();
+    assert_eq!(open.check(tg(-300, false, 5)), Ok(()));
+    assert_eq!(open.check(tg(5, true, 5)), Ok(()));
+    // A list that only the store has restricts too.
+    open.set_stored(&[(Platform::Telegram, "-300".into())]);
+    assert_eq!(open.check(tg(-301, false, 5)), Err(Closed::Place));
+    assert_eq!(open.check(tg(-300, false, 5)), Ok(()));
+}
+
+#[test]
+fn discord_needs_a_listed_server_channel_and_role_and_dms_can_be_turned_off() {
+    let a = rules();
+    let dc = |guild: Option<u64>, channel: u64, roles: &'static [u64], user: u64| Spot::Discord {
+        guild,
+        channel,
+        roles,
+        user,
+    };
+    assert_eq!(a.check(dc(Some(77), 500, &[9], 5)), Ok(()));
+    assert_eq!(a.check(dc(Some(78), 500, &[9], 5)), Err(Closed::Place));
+    assert_eq!(a.check(dc(Some(77), 501, &[9], 5)), Err(Closed::Channel));
+    assert_eq!(a.check(dc(Some(77), 500, &[8], 5)), Err(Closed::Role));
+    assert_eq!(a.check(dc(None, 600, &[], 5)), Err(Closed::Private));
+    assert_eq!(a.check(dc(None, 600, &[], 2)), Ok(()));
+    assert_eq!(a.check(dc(Some(78), 501, &[], 2)), Ok(()));
+    assert!(!a.server_listed(78));
+    a.set_stored(&[(Platform::Discord, "78".into())]);
+    assert!(a.server_listed(78));
+    assert!(a.leaves_unlisted(Platform::Discord));
+    assert!(!a.leaves_unlisted(Platform::Telegram));
+}
+
+#[test]
+fn a_place_gets_one_refusal_an_hour() {
+    let a = rules();
+    let t0 = tokio::time::Instant::now();
+    let at = |secs: u64| t0 + Duration::from_secs(secs);
+    assert!(a.answer_refusal_at(tg(-200, false, 5), at(0)));
+    assert!(
+        !a.answer_refusal_at(tg(-200, false, 6), at(1)),
+        "another user, same chat"
+    );
+    assert!(
+        a.answer_refusal_at(tg(-201, false, 5), at(1)),
+        "another chat"
+    );
+    assert!(!a.answer_refusal_at(tg(-200, false, 5), at(3599)));
+    assert!(a.answer_refusal_at(tg(-200, false, 5), at(3600)));
+    assert!(!a.answer_refusal_at(tg(-200, false, 5), at(3601)));
+}
+
+#[test]
+fn the_store_keeps_allowed_places_and_signals_other_connections_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite3");
+    let daemon = SqliteLedger::open(&path).unwrap();
+    let cli = SqliteLedger::open(&path).unwrap();
+    let before = daemon.data_version().unwrap();
+    assert!(cli.set_allowed(Platform::Telegram, "-100", true).unwrap());
+    assert!(!cli.set_allowed(Platform::Telegram, "-100", true).unwrap());
+    assert!(cli.set_allowed(Platform::Discord, "77", true).unwrap());
+    assert_ne!(
+        daemon.data_version().unwrap(),
+        before,
+        "the CLI's write is seen"
+    );
+    let seen = daemon.data_version().unwrap();
+    // The daemon's own writes do not look like someone else's.
+    daemon.set_allowed(Platform::Discord, "78", true).unwrap();
+    assert_eq!(daemon.data_version().unwrap(), seen);
+    // In the store's order: by platform name, then place.
+    assert_eq!(
+        daemon.allowed_places().unwrap(),
+        vec![
+            (Platform::Discord, "77".to_string()),
+            (Platform::Discord, "78".to_string()),
+            (Platform::Telegram, "-100".to_string()),
+        ]
+    );
+    assert!(cli.set_allowed(Platform::Discord, "77", false).unwrap());
+    assert!(!cli.set_allowed(Platform::Discord, "77", false).unwrap());
+    assert_eq!(daemon.allowed_places().unwrap().len(), 2);
+}
