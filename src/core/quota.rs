@@ -241,8 +241,8 @@ pub struct Quotas {
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
     limits: Limits,
-    /// Hot copy of per-user settings with when it was read; trusted for [`SETTINGS_TTL`] (the
-    /// CLI or another process may change the store meanwhile).
+    /// Hot copy of per-user settings with when it was read; trusted for [`SETTINGS_TTL`], and
+    /// dropped at once when the daemon sees another process write (`app::watch_store`).
     settings: DashMap<(UserRef, Option<String>), (UserSettings, std::time::Instant)>,
     /// Waits between attempts of a write that must not be lost (see [`Quotas::persist`]).
     write_backoff: Vec<std::time::Duration>,
