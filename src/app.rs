@@ -39,6 +39,16 @@ pub fn quotas_with_clock(
     Ok(Arc::new(Quotas::new(ledger, clock, limits(settings))))
 }
 
+/// Like [`quotas`], for the admin commands: the database must exist (nothing is created).
+pub fn existing_quotas(settings: &Settings) -> anyhow::Result<Arc<Quotas>> {
+    let ledger = crate::store::open_existing(&settings.config.quota.database)?;
+    Ok(Arc::new(Quotas::new(
+        ledger,
+        Arc::new(SystemClock),
+        limits(settings),
+    )))
+}
+
 /// The DashScope client from `[backend]` and `DASHSCOPE_API_KEY`.
 pub fn backend(settings: &Settings) -> anyhow::Result<Arc<DashScope>> {
     let Some(key) = settings.secrets.dashscope_api_key.clone() else {
@@ -153,12 +163,6 @@ pub async fn serve(
         bail!("{first}{}", more(problems.len()));
     }
     let c = &settings.config;
-    if !c.telegram.enabled && !c.discord.enabled {
-        bail!(
-            "no platform is enabled: set telegram.enabled or discord.enabled in {}",
-            settings.path.display()
-        );
-    }
     let quotas = quotas(&settings)?;
     // One daemon per store: a second one (a rolling deploy) would run the same jobs again.
     let _lock = crate::store::lock(&settings.config.quota.database)?;

@@ -2,7 +2,7 @@
 
 pub mod app; // wiring: settings → store, backend, engine; the `run` daemon
 pub mod backend; // edit API clients (DashScope)
-pub mod cli; // the admin subcommands: edit, quota, usage
+pub mod cli; // the admin subcommands: edit, quota, usage, allow, health
 pub mod config; // config.toml + env secrets
 pub mod core; // platform-free logic: parsing, images, quotas, jobs
 pub mod discord; // the Discord front-end (serenity)
@@ -11,5 +11,6 @@ pub mod listen; // serving HTTP safely: timeouts, a connection cap
 pub mod logging; // tracing setup (RUST_LOG, LOG_FORMAT=json)
 pub mod messages; // every user-facing sentence, in English and Chinese
 pub mod metrics; // Prometheus metrics and component health
+pub mod process_metrics; // process_* metrics and qeb_build_info
 pub mod store; // durable stores (SQLite)
 pub mod telegram; // the Telegram front-end (teloxide)

@@ -1,5 +1,5 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), one JSON object per
-//! line when `LOG_FORMAT=json`. HTTP, websocket and chat client crates are capped at `info`, so
+//! line when `LOG_FORMAT=json`, coloured only on a terminal without `NO_COLOR`. HTTP, websocket and chat client crates are capped at `info`, so
 //! no request URL (Telegram's contain the bot token) or gateway payload (Discord's IDENTIFY holds
 //! the token) is ever logged.
 
@@ -20,6 +20,13 @@ pub const QUIET: [&str; 11] = [
     "async_tungstenite",
 ];
 
+/// Colour only on a terminal, and never with `NO_COLOR` set (journald, `docker logs`, files
+/// and pipes get plain text).
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init() {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -33,6 +40,7 @@ pub fn init() {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     let result = if json {
         builder.json().with_current_span(true).try_init()

@@ -1,27 +1,44 @@
-//! Command line (SPEC §2) → the library. Nothing else lives here.
+//! Command line (docs/PRODUCT.md §2) → the library. Nothing else lives here.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use qwen_edit_bot::cli::{self, AllowAction, EditArgs, QuotaAction};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use qwen_edit_bot::cli::{self, AllowAction, EditArgs, Format, QuotaAction, UsageArgs};
 use qwen_edit_bot::config::Settings;
+
+/// The version line: the crate version, the git commit and the build date.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("QEB_GIT_COMMIT"),
+    ", built ",
+    env!("QEB_BUILD_DATE"),
+    ")"
+);
 
 /// Qwen-Image-Edit for Discord and Telegram, with quotas.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--config PATH`, shared by every subcommand that reads the configuration.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file (a relative quota.database is taken from its folder).
+    #[arg(long, default_value = "config.toml", global = true)]
+    config: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the bot: every enabled platform, the job workers and the HTTP endpoint.
     Run {
-        /// Configuration file.
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// One edit through the configured backend, no chat platform; writes the PNG(s).
     Edit {
@@ -35,10 +52,10 @@ enum Command {
         #[arg(long)]
         negative: Option<String>,
         /// Seed, 0 to 2147483647.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         seed: Option<String>,
         /// Number of images, 1 to 6 (plus/max models).
-        #[arg(short = 'n', long = "n")]
+        #[arg(short = 'n', long = "n", allow_hyphen_values = true)]
         n: Option<String>,
         /// Output size WxH, each side 512 to 2048 (plus/max models), e.g. 1024x1536.
         #[arg(long)]
@@ -46,62 +63,108 @@ enum Command {
         /// Output path; with several results, -1, -2, … are added to the name.
         #[arg(long, default_value = "edited.png")]
         out: PathBuf,
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Validate the config and environment; print the effective config with secrets redacted.
+    /// Validate the config and environment exactly as `run` does; print the effective config
+    /// with secrets redacted, and where the bot answers.
     CheckConfig {
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Show or change a user's quota. USER is platform:id, e.g. telegram:12345.
     Quota {
         #[command(subcommand)]
         action: QuotaCommand,
-        #[arg(long, default_value = "config.toml", global = true)]
-        config: PathBuf,
+        /// `table` (one line) or `json`.
+        #[arg(long, default_value = "table", value_parser = cli::format, global = true)]
+        format: Format,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Where the bot answers: allow a Telegram group or Discord server (PLACE is
     /// telegram:<chat id> or discord:<server id>), on top of the config's lists.
     Allow {
         #[command(subcommand)]
         action: AllowCommand,
-        #[arg(long, default_value = "config.toml", global = true)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Usage and cost report from the job ledger.
     Usage {
         /// First day to include, YYYY-MM-DD (default: the first of this month, UTC).
         #[arg(long)]
         since: Option<String>,
+        /// Last day to include, YYYY-MM-DD (default: up to now).
+        #[arg(long)]
+        until: Option<String>,
         /// Group rows by user, chat or day.
         #[arg(long, default_value = "day", value_parser = cli::report_by)]
         by: qwen_edit_bot::core::quota::ReportBy,
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        /// `table`, `json` or `csv` (a header row, no total).
+        #[arg(long, default_value = "table", value_parser = cli::format)]
+        format: Format,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Probe a running daemon's GET /livez (exit 0 when it answers 200): Docker's HEALTHCHECK.
+    Health {
+        /// The URL to probe (default: /livez on http.listen of the config).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
 #[derive(Subcommand)]
 enum QuotaCommand {
     /// Used, limit and reset time in the current window.
-    Show { user: String },
+    Show {
+        /// platform:id, e.g. telegram:12345.
+        user: String,
+    },
     /// Give the user their own limit per window ("default" removes it).
-    Set { user: String, limit: String },
+    Set {
+        /// platform:id, e.g. telegram:12345.
+        user: String,
+        /// Edits per window, or "default".
+        limit: String,
+    },
     /// Forget the user's usage so far in this window.
-    Reset { user: String },
+    Reset {
+        /// platform:id, e.g. telegram:12345.
+        user: String,
+    },
     /// Refuse every request of the user.
-    Block { user: String },
+    Block {
+        /// platform:id, e.g. telegram:12345.
+        user: String,
+    },
     /// Lift a block.
-    Unblock { user: String },
+    Unblock {
+        /// platform:id, e.g. telegram:12345.
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum AllowCommand {
     /// Allow a place; the running bot answers there within a second.
-    Add { place: String },
+    Add {
+        /// telegram:<chat id> or discord:<server id>.
+        place: String,
+    },
     /// No longer allow a place added with `allow add`.
-    Remove { place: String },
+    Remove {
+        /// telegram:<chat id> or discord:<server id>.
+        place: String,
+    },
     /// Print where the bot answers (config and store merged).
     List,
 }
@@ -130,8 +193,8 @@ fn load(path: &Path) -> anyhow::Result<Settings> {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => qwen_edit_bot::app::run(load(&config)?).await?,
-        Command::CheckConfig { config } => return Ok(check_config(&config)),
+        Command::Run { config } => qwen_edit_bot::app::run(load(&config.config)?).await?,
+        Command::CheckConfig { config } => return Ok(check_config(&config.config)),
         Command::Edit {
             images,
             prompt,
@@ -142,7 +205,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             out,
             config,
         } => {
-            let settings = load(&config)?;
+            let settings = load(&config.config)?;
             let args = EditArgs {
                 images,
                 prompt,
@@ -156,19 +219,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", path.display());
             }
         }
-        Command::Quota { action, config } => {
-            let settings = load(&config)?;
-            let (user, action) = match action {
-                QuotaCommand::Show { user } => (user, QuotaAction::Show),
-                QuotaCommand::Set { user, limit } => (user, QuotaAction::Set(parse_limit(&limit)?)),
-                QuotaCommand::Reset { user } => (user, QuotaAction::Reset),
-                QuotaCommand::Block { user } => (user, QuotaAction::Block),
-                QuotaCommand::Unblock { user } => (user, QuotaAction::Unblock),
-            };
-            println!("{}", cli::quota(&settings, &user, action).await?);
+        Command::Quota {
+            action,
+            format,
+            config,
+        } => {
+            let settings = load(&config.config)?;
+            let (user, action) = quota_action(action)?;
+            println!("{}", cli::quota(&settings, &user, action, format).await?);
         }
         Command::Allow { action, config } => {
-            let settings = load(&config)?;
+            let settings = load(&config.config)?;
             let action = match action {
                 AllowCommand::Add { place } => AllowAction::Add(place),
                 AllowCommand::Remove { place } => AllowAction::Remove(place),
@@ -176,12 +237,39 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             print!("{}", cli::allow(&settings, action).await?);
         }
-        Command::Usage { since, by, config } => {
-            let settings = load(&config)?;
-            print!("{}", cli::usage(&settings, since.as_deref(), by).await?);
+        Command::Usage {
+            since,
+            until,
+            by,
+            format,
+            config,
+        } => {
+            let settings = load(&config.config)?;
+            let args = UsageArgs {
+                since,
+                until,
+                by,
+                format,
+            };
+            print!("{}", cli::usage(&settings, args).await?);
+        }
+        Command::Health { url, config } => return cli::health(&config.config, url).await,
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "qwen-edit-bot", &mut std::io::stdout());
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn quota_action(action: QuotaCommand) -> anyhow::Result<(String, QuotaAction)> {
+    Ok(match action {
+        QuotaCommand::Show { user } => (user, QuotaAction::Show),
+        QuotaCommand::Set { user, limit } => (user, QuotaAction::Set(parse_limit(&limit)?)),
+        QuotaCommand::Reset { user } => (user, QuotaAction::Reset),
+        QuotaCommand::Block { user } => (user, QuotaAction::Block),
+        QuotaCommand::Unblock { user } => (user, QuotaAction::Unblock),
+    })
 }
 
 fn parse_limit(s: &str) -> anyhow::Result<Option<u32>> {

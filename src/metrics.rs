@@ -79,6 +79,7 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 impl Metrics {
     pub fn new() -> Self {
+        crate::process_metrics::start_time();
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -148,7 +149,9 @@ impl Metrics {
         if TextEncoder::new().encode(&families, &mut out).is_err() {
             return String::new();
         }
-        String::from_utf8(out).unwrap_or_default()
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        text.push_str(&crate::process_metrics::render());
+        text
     }
 }
 

@@ -86,10 +86,11 @@ pub struct Unfinished {
 }
 
 /// Grouping of the usage report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReportBy {
     User,
     Chat,
+    #[default]
     Day,
 }
 

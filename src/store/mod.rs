@@ -10,12 +10,19 @@ use crate::core::quota::{Ledger, StoreError};
 
 /// Opens the store named by `quota.database`.
 pub fn open(database: &str) -> Result<Arc<dyn Ledger>, StoreError> {
-    if database.starts_with("redis://") {
-        return Err(StoreError(
-            "the Redis store is not built into this version".into(),
-        ));
+    if database.contains("://") {
+        return Err(StoreError(format!(
+            "{database}: only a SQLite file path is supported in this version"
+        )));
     }
     Ok(Arc::new(sqlite::SqliteLedger::open(Path::new(database))?))
+}
+
+/// Opens the store named by `quota.database` only if it exists (admin commands).
+pub fn open_existing(database: &str) -> Result<Arc<dyn Ledger>, StoreError> {
+    Ok(Arc::new(sqlite::SqliteLedger::open_existing(Path::new(
+        database,
+    ))?))
 }
 
 /// Held while a daemon runs on a store; dropping it (or the process ending, however it ends)

@@ -174,6 +174,36 @@ impl SqliteLedger {
         })
     }
 
+    /// Opens a database that must exist already and be one of ours (the admin commands: a
+    /// mistyped path must not quietly create an empty database and report zeros).
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError(format!(
+                "there is no database at {} (quota.database); the daemon creates it when it \
+                 first runs: check the path and the --config file",
+                path.display()
+            )));
+        }
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let ours = Connection::open_with_flags(path, flags)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .is_ok_and(|n| n == 1);
+        if !ours {
+            return Err(StoreError(format!(
+                "{} is not a qwen-edit-bot database (quota.database)",
+                path.display()
+            )));
+        }
+        Self::open(path)
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }

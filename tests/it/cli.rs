@@ -7,6 +7,7 @@ use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
 use crate::fakes::images;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qwen-edit-bot");
+const TELEGRAM_TOKEN: &str = "123:cli-test-token";
 
 struct Dir {
     dir: tempfile::TempDir,
@@ -24,6 +25,12 @@ impl Dir {
         Self { dir }
     }
 
+    /// Creates the database as the daemon's first run does (admin commands need it).
+    fn with_store(self) -> Self {
+        qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.path("data/q.sqlite3")).unwrap();
+        self
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -36,6 +43,7 @@ impl Dir {
             .current_dir(self.dir.path())
             .env_clear()
             .env("DASHSCOPE_API_KEY", API_KEY)
+            .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
             .env("RUST_LOG", "debug");
         cmd.output().await.unwrap()
     }
@@ -146,13 +154,13 @@ async fn edit_explains_a_refusal_and_exits_non_zero() {
 
 #[tokio::test]
 async fn check_config_prints_the_effective_config_without_secrets() {
-    let d = Dir::new("[telegram]\nenabled = false\n");
+    let d = Dir::new("[telegram]\nenabled = true\n");
     let out = d.run(&["check-config"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(shown.contains("model = \"qwen-image-edit-plus\""));
     assert!(shown.contains("DASHSCOPE_API_KEY = set (redacted)"));
-    assert!(!shown.contains(API_KEY));
+    assert!(!shown.contains(API_KEY) && !shown.contains(TELEGRAM_TOKEN));
     let bad = Dir::new("[backend]\ntimeout = 3\n");
     let out = bad.run(&["check-config"]).await;
     assert!(!out.status.success());
@@ -179,7 +187,7 @@ async fn check_config_prints_the_effective_config_without_secrets() {
 
 #[tokio::test]
 async fn quota_commands_change_the_store_and_survive_between_runs() {
-    let d = Dir::new("");
+    let d = Dir::new("").with_store();
     let out = d.run(&["quota", "set", "telegram:42", "9"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -205,10 +213,7 @@ async fn quota_commands_change_the_store_and_survive_between_runs() {
     let out = d.run(&["quota", "show", "42"]).await;
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("platform:id"));
-    assert!(
-        Path::new(&d.path("data/q.sqlite3")).exists(),
-        "store created with its folder"
-    );
+    assert!(Path::new(&d.path("data/q.sqlite3")).exists());
 }
 
 #[tokio::test]
@@ -272,7 +277,10 @@ async fn run_says_what_is_missing_instead_of_idling() {
 
 #[tokio::test]
 async fn allow_adds_removes_and_lists_places_and_check_config_shows_the_merged_lists() {
-    let d = Dir::new("[telegram]\nallowed_chats = [-700]\n[discord]\ndirect_messages = false\n");
+    let d = Dir::new(
+        "[telegram]\nenabled = true\nallowed_chats = [-700]\n[discord]\ndirect_messages = false\n",
+    )
+    .with_store();
     let out = d.run(&["allow", "add", "telegram:-800"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
@@ -332,7 +340,7 @@ async fn check_config_refuses_a_default_size_the_model_cannot_take() {
         assert!(!out.status.success(), "{config}");
         assert!(text(&out.stderr).contains(needle), "{}", text(&out.stderr));
     }
-    let out = Dir::new("[backend]\ndefault_size = \"1024*1536\"\n")
+    let out = Dir::new("[backend]\ndefault_size = \"1024*1536\"\n[telegram]\nenabled = true\n")
         .run(&["check-config"])
         .await;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -588,3 +588,147 @@ async fn two_hundred_slow_bodies_without_the_secret_cost_the_webhook_almost_no_m
     drop(clients);
     let _ = child.kill().await;
 }
+
+/// Runs an admin command of the real binary from `cwd`, with no environment but the key.
+async fn admin(cwd: &Path, config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .current_dir(cwd)
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test]
+async fn admin_commands_from_anywhere_reach_the_running_daemon_and_its_database() {
+    let d = Deployment::new("").await;
+    // The same deployment with the database given relative to the config's folder.
+    let base = std::fs::read_to_string(d.dir.path().join("config.toml")).unwrap();
+    let absolute = format!("database = {:?}", d.db().to_str().unwrap());
+    assert!(base.contains(&absolute));
+    let config = d.dir.path().join("relative.toml");
+    std::fs::write(
+        &config,
+        base.replace(&absolute, "database = \"data/q.sqlite3\""),
+    )
+    .unwrap();
+    let daemon = d.spawn_with("info", config.clone());
+    d.wait_healthy().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let health = admin(elsewhere.path(), &config, &["health"]).await;
+    assert!(health.status.success(), "{}", out(&health));
+    d.tg.push_update(d.photo(1, 42, "/edit a"));
+    d.tg.wait_for("sendphoto", 1, 20).await;
+
+    // Reports from another directory read the daemon's database, for scripts too.
+    let json = admin(
+        elsewhere.path(),
+        &config,
+        &["usage", "--by", "user", "--format", "json"],
+    )
+    .await;
+    assert!(json.status.success(), "{}", out(&json));
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "telegram:42")
+        .expect("the user's row");
+    assert_eq!(
+        (row["jobs"].as_u64(), row["delivered"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(row["cost"].as_f64(), Some(0.05));
+    assert_eq!(report["total"]["generated"].as_u64(), Some(1));
+    let csv = admin(
+        elsewhere.path(),
+        &config,
+        &["usage", "--by", "user", "--format", "csv"],
+    )
+    .await;
+    let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("user,jobs,delivered,undelivered,failed,generated,cost,lost")
+    );
+    assert_eq!(lines.next(), Some("telegram:42,1,1,0,0,1,0.05,0.00"));
+    assert!(
+        !elsewhere.path().join("data").exists(),
+        "nothing created there"
+    );
+
+    // A block from the CLI is refused at once; the unblock is in force within a second.
+    let block = admin(
+        elsewhere.path(),
+        &config,
+        &["quota", "block", "telegram:42"],
+    )
+    .await;
+    assert!(block.status.success(), "{}", out(&block));
+    d.tg.push_update(d.photo(2, 42, "/edit b"));
+    d.tg.wait_for("sendmessage", 1, 20).await;
+    let refused = d.tg.calls_to("sendmessage");
+    assert!(
+        refused[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed to use this bot"),
+        "{:?}",
+        refused[0].params
+    );
+    let unblock = admin(
+        elsewhere.path(),
+        &config,
+        &["quota", "unblock", "telegram:42"],
+    )
+    .await;
+    let unblocked = Instant::now();
+    assert!(unblock.status.success(), "{}", out(&unblock));
+    let shown = admin(
+        elsewhere.path(),
+        &config,
+        &["quota", "show", "telegram:42", "--format", "json"],
+    )
+    .await;
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (shown["used"].as_u64(), shown["blocked"].as_bool()),
+        (Some(1), Some(false))
+    );
+    // The claim under test is "within 1 s" of the CLI's write.
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(unblocked.elapsed())).await;
+    d.tg.push_update(d.photo(3, 42, "/edit c"));
+    d.tg.wait_for("sendphoto", 2, 20).await;
+
+    let (_, metrics) = d.get("/metrics").await.unwrap();
+    for name in [
+        "qeb_build_info{",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} missing from\n{metrics}"
+        );
+    }
+    daemon.stop().await;
+    let health = admin(elsewhere.path(), &config, &["health"]).await;
+    assert!(!health.status.success(), "no daemon, unhealthy");
+    assert!(out(&health).contains("unhealthy"), "{}", out(&health));
+}

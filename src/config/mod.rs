@@ -4,8 +4,13 @@
 //! `NAME` or from the file named by `NAME_FILE` (the Docker secrets convention), and is kept in a
 //! [`SecretString`] so it cannot end up in a `Debug` print or a log line.
 
+mod check;
+mod load;
+
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+pub use load::OVERRIDE_PREFIX;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -230,11 +235,8 @@ pub struct Settings {
 /// Why the configuration cannot be used. Each variant renders as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{0}")]
@@ -242,56 +244,6 @@ pub enum ConfigError {
 }
 
 impl Settings {
-    /// Reads the file at `path` and the secrets from the process environment.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, |k| std::env::var(k).ok())
-    }
-
-    /// Like [`Settings::load`] with an injected environment (tests).
-    pub fn load_with_env(
-        path: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.display().to_string(),
-            message,
-        })?;
-        let secrets = Secrets::from_env(&env)?;
-        Ok(Self {
-            config,
-            secrets,
-            path: path.to_owned(),
-        })
-    }
-
-    /// Every problem that stops `run`, one line each. Empty means the settings are usable.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = self.config.problems();
-        let s = &self.secrets;
-        if s.dashscope_api_key.is_none() {
-            out.push("DASHSCOPE_API_KEY is not set (nor DASHSCOPE_API_KEY_FILE)".into());
-        }
-        if self.config.telegram.enabled && s.telegram_bot_token.is_none() {
-            out.push("telegram is enabled but TELEGRAM_BOT_TOKEN is not set (nor TELEGRAM_BOT_TOKEN_FILE)".into());
-        }
-        let t = &self.config.telegram;
-        if t.enabled && t.mode == "webhook" && s.telegram_webhook_secret.is_none() {
-            out.push(
-                "telegram.mode = \"webhook\" needs TELEGRAM_WEBHOOK_SECRET (else anyone could post updates)".into(),
-            );
-        }
-        if self.config.discord.enabled && s.discord_token.is_none() {
-            out.push(
-                "discord is enabled but DISCORD_TOKEN is not set (nor DISCORD_TOKEN_FILE)".into(),
-            );
-        }
-        out
-    }
-
     /// The effective configuration as TOML, followed by the secrets as `set`/`not set`.
     pub fn redacted(&self) -> String {
         let mut out = toml::to_string_pretty(&self.config).unwrap_or_default();
@@ -312,165 +264,6 @@ impl Settings {
         }
         out
     }
-}
-
-impl Config {
-    /// Parses TOML text; the error names the offending key and line.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
-    }
-
-    /// Value problems that the TOML schema cannot express, one line each.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let b = &self.backend;
-        if b.kind != "dashscope" {
-            out.push(format!(
-                "backend.kind = {:?}: only \"dashscope\" is supported",
-                b.kind
-            ));
-        }
-        if reqwest_like_url(&b.base_url).is_none() {
-            out.push(format!(
-                "backend.base_url = {:?} is not an http(s) URL",
-                b.base_url
-            ));
-        }
-        if b.model.trim().is_empty() {
-            out.push("backend.model is empty".into());
-        }
-        if b.timeout_secs == 0 {
-            out.push("backend.timeout_secs must be at least 1".into());
-        }
-        if b.max_concurrent == 0 {
-            out.push("backend.max_concurrent must be at least 1".into());
-        }
-        if !(b.max_requests_per_second.is_finite() && b.max_requests_per_second > 0.0) {
-            out.push("backend.max_requests_per_second must be a positive number".into());
-        }
-        if b.max_attempts == 0 || b.max_attempts > 10 {
-            out.push("backend.max_attempts must be between 1 and 10".into());
-        }
-        if b.default_negative_prompt.chars().count() > crate::core::command::MAX_NEGATIVE_CHARS {
-            out.push("backend.default_negative_prompt is longer than 500 characters".into());
-        }
-        if let Err(problem) = self.default_size() {
-            out.push(problem);
-        }
-        let t = &self.telegram;
-        if t.mode != "polling" && t.mode != "webhook" {
-            out.push(format!(
-                "telegram.mode = {:?}: use \"polling\" or \"webhook\"",
-                t.mode
-            ));
-        }
-        if t.enabled && reqwest_like_url(&t.api_url).is_none() {
-            out.push(format!(
-                "telegram.api_url = {:?} is not an http(s) URL",
-                t.api_url
-            ));
-        }
-        if !(1..=15).contains(&t.poll_timeout_secs) {
-            out.push("telegram.poll_timeout_secs must be between 1 and 15".into());
-        }
-        if t.album_wait_ms > 10_000 {
-            out.push("telegram.album_wait_ms must be at most 10000".into());
-        }
-        if t.enabled
-            && t.mode == "webhook"
-            && t.webhook_listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            out.push(format!(
-                "telegram.webhook_listen = {:?} is not host:port",
-                t.webhook_listen
-            ));
-        }
-        if t.enabled && t.mode == "webhook" && !t.webhook_url.starts_with("https://") {
-            out.push("telegram.mode = \"webhook\" needs telegram.webhook_url (https://…)".into());
-        }
-        if self.discord.enabled && reqwest_like_url(&self.discord.api_url).is_none() {
-            out.push(format!(
-                "discord.api_url = {:?} is not an http(s) URL",
-                self.discord.api_url
-            ));
-        }
-        let gateway = &self.discord.gateway_url;
-        let ws = gateway
-            .strip_prefix("wss://")
-            .or_else(|| gateway.strip_prefix("ws://"));
-        if self.discord.enabled && !gateway.is_empty() && ws.is_none_or(str::is_empty) {
-            out.push(format!(
-                "discord.gateway_url = {gateway:?} is not a ws(s) URL (leave it empty to ask the REST API)"
-            ));
-        }
-        if let [first, last, total] = self.discord.shards[..] {
-            if !(first <= last && last < total) {
-                out.push(
-                    "discord.shards = [first, last, total] needs first <= last < total".into(),
-                );
-            }
-        } else if !self.discord.shards.is_empty() {
-            out.push("discord.shards must be [first, last, total] or empty".into());
-        }
-        let q = &self.quota;
-        if q.database.trim().is_empty() {
-            out.push("quota.database is empty".into());
-        } else if q.database.starts_with("redis://") {
-            out.push(
-                "quota.database: the Redis store is not built into this version; use a SQLite path"
-                    .into(),
-            );
-        }
-        if q.max_in_flight_per_user == 0 {
-            out.push("quota.max_in_flight_per_user must be at least 1".into());
-        }
-        if q.max_queue == 0 {
-            out.push("quota.max_queue must be at least 1".into());
-        }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            out.push(format!(
-                "http.listen = {:?} is not host:port",
-                self.http.listen
-            ));
-        }
-        out
-    }
-}
-
-impl Config {
-    /// `backend.default_size`, checked against the model's rules.
-    pub fn default_size(&self) -> Result<Option<crate::core::command::Size>, String> {
-        use crate::core::edit::{ModelCaps, SizeRejection};
-        let b = &self.backend;
-        if b.default_size.trim().is_empty() {
-            return Ok(None);
-        }
-        let size = crate::core::command::Size::parse(&b.default_size).map_err(|_| {
-            format!(
-                "backend.default_size = {:?}: write WIDTHxHEIGHT, e.g. \"1024x1536\"",
-                b.default_size
-            )
-        })?;
-        match ModelCaps::of(&b.model).check_size(size) {
-            Ok(()) => Ok(Some(size)),
-            Err(SizeRejection::NotSupported) => Err(format!(
-                "backend.default_size: the model {} takes no output size (use qwen-image-edit-plus or -max, or leave it empty)",
-                b.model
-            )),
-            Err(SizeRejection::OutOfRange { min, max }) => Err(format!(
-                "backend.default_size = {:?}: each side must be from {min} to {max}",
-                b.default_size
-            )),
-        }
-    }
-}
-
-fn reqwest_like_url(s: &str) -> Option<()> {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))?;
-    (!rest.is_empty()).then_some(())
 }
 
 impl Secrets {

@@ -1,0 +1,167 @@
+//! Admin subcommands that work without a chat: `edit` here, `quota …` and `usage` in
+//! `report`, `allow …` in `allow`.
+
+mod allow;
+mod health;
+mod report;
+
+pub use allow::{AllowAction, allow, places_report};
+pub use health::health;
+pub use report::{Format, QuotaAction, UsageArgs, format, quota, report_by, usage};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use chrono::Utc;
+
+use crate::config::Settings;
+use crate::core::command::EditCommand;
+use crate::core::edit::EditBackend;
+use crate::core::image::FitLimits;
+use crate::core::jobs::MAX_INPUTS;
+use crate::core::pipeline::execute;
+use crate::core::quota::{JobStatus, Ledger, Limits, Platform, Reservation, UserRef, Window};
+use crate::messages::{self, Lang};
+
+/// Arguments of `edit`.
+#[derive(Debug, Clone)]
+pub struct EditArgs {
+    pub images: Vec<PathBuf>,
+    pub prompt: String,
+    pub negative: Option<String>,
+    pub seed: Option<String>,
+    pub n: Option<String>,
+    /// Output size `WxH`; default: `backend.default_size`, else the model's.
+    pub size: Option<String>,
+    pub out: PathBuf,
+}
+
+/// One edit through the configured backend; writes the results and prints their paths.
+pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<PathBuf>> {
+    if args.images.is_empty() || args.images.len() > MAX_INPUTS {
+        bail!("give 1 to {MAX_INPUTS} images (got {})", args.images.len());
+    }
+    let command = EditCommand::from_parts(
+        &args.prompt,
+        args.negative.as_deref(),
+        args.seed.as_deref(),
+        args.n.as_deref(),
+    )
+    .and_then(|c| c.with_size(args.size.as_deref()))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if command.truncated {
+        eprintln!("note: the prompt was cut to 800 characters");
+    }
+    let backend = crate::app::backend(settings)?;
+    let mut command = command;
+    command.size = command
+        .size
+        .or(settings.config.default_size().ok().flatten());
+    let caps = backend.caps();
+    if command.count() > caps.max_n {
+        bail!(
+            "{} makes at most {} image(s) per edit",
+            backend.model(),
+            caps.max_n
+        );
+    }
+    if let Some(size) = command.size {
+        caps.check_size(size).map_err(|e| {
+            let refused = crate::core::error::Rejection::from(e);
+            anyhow::anyhow!("{}: {refused} (--size {size})", backend.model())
+        })?;
+    }
+    let limits = FitLimits::default();
+    let mut inputs = Vec::with_capacity(args.images.len());
+    for path in &args.images {
+        inputs.push(read_input(path, limits.max_input_bytes)?);
+    }
+    let negative = command.negative.clone().or_else(|| {
+        Some(settings.config.backend.default_negative_prompt.clone()).filter(|s| !s.is_empty())
+    });
+    let ledger = crate::app::quotas(settings)?.ledger().clone();
+    let job_id = record_start(&ledger, backend.model(), u32::from(command.count())).await?;
+    let result = execute(backend.as_ref(), &limits, inputs, &command, negative).await;
+    let outcome = match &result {
+        Ok(d) => Ok((d.images.len() as u32, d.request_id.clone())),
+        Err(reason) => Err(reason.code()),
+    };
+    tokio::task::spawn_blocking(move || match outcome {
+        Ok((images, request_id)) => {
+            ledger.deliver(&job_id, images, request_id.as_deref(), None, Utc::now())
+        }
+        Err(code) => ledger.finish(&job_id, JobStatus::Failed, None, Some(&code), Utc::now()),
+    })
+    .await??;
+    let delivery = result.map_err(|reason| {
+        let text = messages::failure_reason(Lang::En, &reason);
+        anyhow::anyhow!("{text} ({reason})")
+    })?;
+    let paths = output_paths(&args.out, delivery.images.len());
+    for (path, bytes) in paths.iter().zip(&delivery.images) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(id) = &delivery.request_id {
+        eprintln!("request id: {id}");
+    }
+    Ok(paths)
+}
+
+/// Records a CLI edit in the ledger (it costs money like any other), outside every quota.
+async fn record_start(ledger: &Arc<dyn Ledger>, model: &str, cost: u32) -> anyhow::Result<String> {
+    let job_id = uuid::Uuid::new_v4().simple().to_string();
+    let r = Reservation {
+        job_id: job_id.clone(),
+        user: UserRef::new(Platform::Cli, "local"),
+        chat: "local".into(),
+        group: None,
+        model: model.to_owned(),
+        cost,
+        prompt: None,
+        spec: None,
+        token: None,
+    };
+    let unlimited = Limits {
+        per_user: u32::MAX,
+        window: Window::Day,
+        per_chat: 0,
+        global_per_day: 0,
+    };
+    let ledger = Arc::clone(ledger);
+    tokio::task::spawn_blocking(move || ledger.reserve(&r, &unlimited, Utc::now()))
+        .await??
+        .map_err(|no| anyhow::anyhow!("{no}"))?;
+    Ok(job_id)
+}
+
+fn read_input(path: &Path, max: usize) -> anyhow::Result<Bytes> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > max as u64 {
+        bail!("{}: larger than {} MB", path.display(), max >> 20);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Bytes::from(bytes))
+}
+
+/// `out.png` for one result; `out-1.png`, `out-2.png`, … for several.
+pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![out.to_owned()];
+    }
+    let stem = out
+        .file_stem()
+        .map_or("edited".into(), |s| s.to_string_lossy().into_owned());
+    let ext = out
+        .extension()
+        .map_or("png".into(), |s| s.to_string_lossy().into_owned());
+    (1..=n)
+        .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
+}
