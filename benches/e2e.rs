@@ -1,7 +1,7 @@
 //! End-to-end benchmark: `cargo bench --bench e2e`.
 //!
 //! Runs the real binary (release build) against the test fakes (Telegram Bot API, DashScope) on
-//! 127.0.0.1 and prints the measurements of PERFORMANCE.md that this bot can be held to:
+//! 127.0.0.1 and prints the measurements of docs/PERFORMANCE.md that this bot can be held to:
 //! - Telegram: 2048×1536 photo with `/edit …` → `sendPhoto`, median of 30 (backend latency 0);
 //! - resident memory idle (one platform) and peak after 66 edits (`/proc/PID/status`);
 //! - 30 users in one group at once, backend 0.5 s per job, 30 backend slots;

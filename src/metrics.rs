@@ -1,4 +1,4 @@
-//! Prometheus metrics and component health (SPEC §7). One registry per process (not the global
+//! Prometheus metrics and component health (docs/PRODUCT.md §7). One registry per process (not the global
 //! one), so several bots in one test process do not mix their numbers.
 
 use std::sync::Mutex;

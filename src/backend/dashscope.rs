@@ -1,4 +1,4 @@
-//! DashScope Qwen-Image-Edit client (API.md §1): one synchronous POST per edit, then a plain GET
+//! DashScope Qwen-Image-Edit client (docs/DASHSCOPE.md §1): one synchronous POST per edit, then a plain GET
 //! per result URL (without the API key: the URLs are pre-signed).
 //!
 //! Process-wide limits live here: at most `max_concurrent` attempts in flight and at most

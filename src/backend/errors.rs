@@ -1,4 +1,4 @@
-//! DashScope's status and `code` (API.md §1.7) → [`BackendError`].
+//! DashScope's status and `code` (docs/DASHSCOPE.md §1.7) → [`BackendError`].
 
 use std::time::Duration;
 

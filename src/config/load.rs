@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize as _;
+
 use super::{Config, ConfigError, Secrets, Settings};
 
 /// Prefix of environment overrides: `QEB_<SECTION>__<KEY>` (`QEB_HTTP__LISTEN`), or
@@ -50,6 +52,7 @@ impl Settings {
         let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(render(&e, &text)))?;
         for (name, value) in overrides {
             apply_override(&mut table, name, value).map_err(parse)?;
+            check_override(name, value).map_err(parse)?;
         }
         let mut config: Config = table
             .try_into()
@@ -125,6 +128,16 @@ fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), 
     };
     target.insert(key, value);
     Ok(())
+}
+
+/// Whether the override alone gives a valid config (so a bad value is reported with the
+/// variable's name rather than as a bare type error).
+fn check_override(name: &str, raw: &str) -> Result<(), String> {
+    let mut defaults = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
+    apply_override(&mut defaults, name, raw)?;
+    Config::deserialize(defaults)
+        .map(|_| ())
+        .map_err(|e| format!("{name} = {raw:?}: {}", e.message().trim()))
 }
 
 /// Words that mark a key whose value must not be echoed in an error.

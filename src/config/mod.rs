@@ -1,4 +1,4 @@
-//! `config.toml` (SPEC §3) plus secrets from the environment.
+//! `config.toml` (docs/PRODUCT.md §3) plus secrets from the environment.
 //!
 //! Unknown keys are rejected with their name. Secrets never come from the file: each is read from
 //! `NAME` or from the file named by `NAME_FILE` (the Docker secrets convention), and is kept in a

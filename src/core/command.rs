@@ -1,4 +1,4 @@
-//! Caption text → [`EditCommand`] (SPEC §4.3). Pure: no I/O, never panics.
+//! Caption text → [`EditCommand`] (docs/PRODUCT.md §4.3). Pure: no I/O, never panics.
 //!
 //! `Ok(None)` means "not for us" (no command where one is required, another bot's command);
 //! `Err` is a usage error whose text the user sees.

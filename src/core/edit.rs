@@ -32,7 +32,7 @@ pub struct EditResponse {
     pub urls: Vec<String>,
 }
 
-/// What a model accepts (API.md §1.3).
+/// What a model accepts (docs/DASHSCOPE.md §1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelCaps {
     pub max_n: u8,

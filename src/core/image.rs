@@ -1,4 +1,4 @@
-//! Input images → what the API accepts (SPEC §6). Pure over bytes; no I/O.
+//! Input images → what the API accepts (docs/PRODUCT.md §6). Pure over bytes; no I/O.
 //!
 //! An image already inside the rules goes out byte-for-byte after a header-only probe. Anything
 //! else is decoded under explicit limits (a decompression bomb is refused before it is

@@ -28,7 +28,7 @@ use super::quota::{
     Granted, JobStatus, Platform, QuotaRejection, Quotas, Reservation, ResultAt, UserRef,
 };
 
-/// Most input images per edit (API.md §1.4).
+/// Most input images per edit (docs/DASHSCOPE.md §1.4).
 pub const MAX_INPUTS: usize = 3;
 
 /// Times a job is started before restarts that cut it off make it fail (refunded).

@@ -1,4 +1,4 @@
-//! Quotas (SPEC §5): reserve on accept, commit on delivery, refund on failure.
+//! Quotas (docs/PRODUCT.md §5): reserve on accept, commit on delivery, refund on failure.
 //!
 //! The [`Ledger`] trait (in `ledger.rs`) is the durable store (SQLite today, Redis later); it makes each reserve
 //! atomic and persists it before returning. [`Quotas`] is what callers use: it adds the clock,
@@ -148,7 +148,7 @@ impl FromStr for UserRef {
     }
 }
 
-/// Configured limits (SPEC §3 `[quota]`); 0 on `per_chat`/`global_per_day` means no limit.
+/// Configured limits (docs/PRODUCT.md §3.5 `[quota]`); 0 on `per_chat`/`global_per_day` means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub per_user: u32,

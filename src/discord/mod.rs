@@ -1,4 +1,4 @@
-//! The Discord front-end (SPEC §4.2) on serenity: text triggers, the `/edit` slash command, the
+//! The Discord front-end (docs/PRODUCT.md §4.2) on serenity: text triggers, the `/edit` slash command, the
 //! "Edit image" message command with its modal, 🔁 buttons, `/quota`, `/quota-admin`, `/help`.
 //! Handlers defer or react at once and never wait for the model; results are posted as channel
 //! messages (never only through the 15-minute interaction token).

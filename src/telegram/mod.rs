@@ -1,4 +1,4 @@
-//! The Telegram front-end (SPEC §4.1) on teloxide: turns updates into jobs and job events into
+//! The Telegram front-end (docs/PRODUCT.md §4.1) on teloxide: turns updates into jobs and job events into
 //! chat messages. Handlers never wait for the model: they validate, reserve, enqueue, return.
 
 mod admin;
@@ -70,7 +70,7 @@ pub struct Telegram {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Builds the bot for `api_url` (trailing slashes trimmed, see PLATFORMS.md).
+/// Builds the bot for `api_url` (trailing slashes trimmed, see docs/PLATFORMS.md).
 pub fn bot(token: &str, api_url: &str) -> anyhow::Result<Bot> {
     let url = reqwest::Url::parse(api_url.trim_end_matches('/'))?;
     Ok(Bot::new(token).set_api_url(url))

@@ -1,4 +1,4 @@
-//! Which messages are edit requests, and which images they point at (SPEC §4.1). Pure.
+//! Which messages are edit requests, and which images they point at (docs/PRODUCT.md §4.1). Pure.
 
 use teloxide::types::{Message, MessageId};
 

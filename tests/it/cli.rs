@@ -345,3 +345,212 @@ async fn check_config_refuses_a_default_size_the_model_cannot_take() {
         .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Every config `run` refuses, `check-config` refuses too, with the same first problem.
+#[tokio::test]
+async fn check_config_refuses_exactly_what_run_refuses() {
+    let broken = [
+        ("", "no platform is enabled"),
+        ("[telegram]\nenabled = false\n", "no platform is enabled"),
+        (
+            "[telegram]\nenabled = true\n[quota]\nprice_per_image = -1.0\n",
+            "price_per_image",
+        ),
+        (
+            "[telegram]\nenabled = true\n[backend]\nmodel = \"gpt-image-1\"\n",
+            "backend.model",
+        ),
+        (
+            "[telegram]\nenabled = true\n[backend]\nbase_url = \"https://\"\n",
+            "backend.base_url",
+        ),
+        (
+            "[telegram]\nenabled = true\n[backend]\nbase_url = \"https://exa mple.com\"\n",
+            "backend.base_url",
+        ),
+        (
+            "[telegram]\nenabled = true\napi_url = \"http//api.telegram.org\"\n",
+            "telegram.api_url",
+        ),
+        (
+            "[telegram]\nenabled = true\n[quota]\ndatabase = \"redis://localhost\"\n",
+            "quota.database",
+        ),
+    ];
+    for (config, needle) in broken {
+        // Written whole, without Dir's [quota] table (some cases bring their own).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut outputs = Vec::new();
+        for command in ["check-config", "run"] {
+            let out = tokio::process::Command::new(BIN)
+                .args([command, "--config"])
+                .arg(&path)
+                .current_dir(dir.path())
+                .env_clear()
+                .env("DASHSCOPE_API_KEY", API_KEY)
+                .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+                .output();
+            let out = tokio::time::timeout(std::time::Duration::from_secs(20), out)
+                .await
+                .expect("refused at once")
+                .unwrap();
+            assert!(!out.status.success(), "{command} accepted {config:?}");
+            let err = text(&out.stderr);
+            assert!(err.contains(needle), "{command} on {config:?}: {err}");
+            outputs.push(err);
+        }
+        assert!(
+            !dir.path().join("data").exists(),
+            "a refused config creates nothing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_commands_on_a_missing_database_name_it_and_create_nothing() {
+    let d = Dir::new("");
+    for args in [
+        vec!["usage"],
+        vec!["quota", "show", "telegram:1"],
+        vec!["quota", "block", "telegram:1"],
+        vec!["allow", "list"],
+    ] {
+        let out = d.run(&args).await;
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("there is no database at") && err.contains("data/q.sqlite3"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.matches("error:").count(), 1, "said once: {err}");
+    }
+    assert!(!d.path("data").exists(), "nothing created");
+    // A file that is not ours is not taken for a database either.
+    std::fs::create_dir_all(d.path("data")).unwrap();
+    std::fs::write(d.path("data/q.sqlite3"), "not a database").unwrap();
+    let out = d.run(&["usage"]).await;
+    assert!(text(&out.stderr).contains("is not a qwen-edit-bot database"));
+    assert_eq!(
+        std::fs::read(d.path("data/q.sqlite3")).unwrap(),
+        b"not a database"
+    );
+}
+
+#[tokio::test]
+async fn environment_overrides_set_any_key_and_a_wrong_name_is_an_error() {
+    let d = Dir::new("[telegram]\nenabled = true\n");
+    let check = |vars: Vec<(&'static str, &'static str)>| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["check-config", "--config"])
+            .arg(d.path("config.toml"))
+            .env_clear()
+            .env("DASHSCOPE_API_KEY", API_KEY)
+            .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output()
+    };
+    let out = check(vec![
+        ("QEB_HTTP__LISTEN", "0.0.0.0:9464"),
+        ("QEB_QUOTA__PER_USER", "7"),
+        ("QEB_TELEGRAM__ADMIN_IDS", "[1, 2]"),
+        ("QEB_SHUTDOWN_GRACE_SECS", "65"),
+        ("QEB_GIT_COMMIT", "abc123"),
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for line in [
+        "listen = \"0.0.0.0:9464\"",
+        "per_user = 7",
+        "admin_ids = [\n    1,\n    2,\n]",
+        "shutdown_grace_secs = 65",
+    ] {
+        assert!(shown.contains(line), "{line} in {shown}");
+    }
+    let out = check(vec![("QEB_HTTP__LISTN", "0.0.0.0:1")]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("QEB_HTTP__LISTN: no such setting"));
+    let out = check(vec![("QEB_QUOTA__PER_USER", "many")]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("QEB_QUOTA__PER_USER = \"many\": invalid type"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_toml_error_shows_the_line_with_a_caret_but_never_a_pasted_secret() {
+    let d =
+        Dir::new("[telegram]\nenabled = true\nbot_token = \"123:pasted-secret\"\nmode = polling\n");
+    let out = d.run(&["check-config"]).await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("mode = polling") && err.contains('^'), "{err}");
+    assert!(!err.contains("pasted-secret"), "{err}");
+    let d = Dir::new("[telegram]\nbot_token = \"123:pasted-secret\" x\n");
+    let err = text(&d.run(&["check-config"]).await.stderr);
+    assert!(err.contains("bot_token") && err.contains('^'), "{err}");
+    assert!(!err.contains("pasted-secret"), "{err}");
+}
+
+#[tokio::test]
+async fn a_negative_seed_is_a_clear_error_and_help_and_version_say_enough() {
+    let d = Dir::new("");
+    std::fs::write(d.path("a.png"), images::png(600, 600)).unwrap();
+    let out = d
+        .run(&[
+            "edit",
+            d.path("a.png").to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--seed",
+            "-1",
+        ])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--seed must be a whole number from 0 to 2147483647"),
+        "{}",
+        text(&out.stderr)
+    );
+    let version = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = text(&version.stdout);
+    assert!(
+        version.contains("(commit ") && version.contains(", built 20"),
+        "{version}"
+    );
+    for sub in [
+        vec!["quota", "set"],
+        vec!["allow", "add"],
+        vec!["usage"],
+        vec!["health"],
+    ] {
+        let help = std::process::Command::new(BIN)
+            .args(&sub)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = text(&help.stdout);
+        // Every argument and option line carries a description.
+        for line in help.lines().filter(|l| l.starts_with("  ")) {
+            assert!(
+                line.trim().contains("  "),
+                "{sub:?}: undocumented {line:?}\n{help}"
+            );
+        }
+    }
+    let bash = std::process::Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(text(&bash.stdout).contains("qwen-edit-bot"));
+}

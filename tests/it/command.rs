@@ -1,4 +1,4 @@
-//! The caption parser (SPEC §4.3).
+//! The caption parser (docs/PRODUCT.md §4.3).
 
 use proptest::prelude::*;
 use qwen_edit_bot::core::command::{CommandError, EditCommand, ParseContext, parse};

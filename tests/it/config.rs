@@ -1,4 +1,4 @@
-//! Configuration (SPEC §3): the example file, unknown keys, secrets from env and files.
+//! Configuration (docs/PRODUCT.md §3): the example file, unknown keys, secrets from env and files.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Input fitting (SPEC §6): pass-through, resize, re-encode, refusals.
+//! Input fitting (docs/PRODUCT.md §6): pass-through, resize, re-encode, refusals.
 
 use bytes::Bytes;
 use image::ImageFormat;

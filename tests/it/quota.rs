@@ -1,4 +1,4 @@
-//! Quotas and the SQLite ledger (SPEC §5).
+//! Quotas and the SQLite ledger (docs/PRODUCT.md §5).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -268,7 +268,7 @@ fn error(status: u16, code: &str, retry_after: Option<&str>) -> Response {
     resp
 }
 
-/// Checks a request body against API.md §1.4; returns the images seen and what is wrong.
+/// Checks a request body against docs/DASHSCOPE.md §1.4; returns the images seen and what is wrong.
 fn check_contract(body: &Value, model: &str) -> (Vec<(String, u32, u32)>, Vec<String>) {
     let mut bad = Vec::new();
     let mut images = Vec::new();
