@@ -51,3 +51,24 @@ pub fn init() {
         eprintln!("logging already initialised: {e}");
     }
 }
+
+/// Panics are logged through `tracing` (one structured line, the file name without the build
+/// machine's path) instead of the raw text on stderr. A decoder panic on a crafted image is
+/// caught where it happens (`core::pipeline::fit_guarded`) and answered as a damaged image.
+pub fn route_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| {
+            let file = std::path::Path::new(l.file())
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+            format!("{file}:{}", l.line())
+        });
+        tracing::error!(panic = %what, at = at.unwrap_or_default(), "panic");
+    }));
+}

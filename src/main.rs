@@ -172,6 +172,7 @@ enum AllowCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     qwen_edit_bot::logging::init();
+    qwen_edit_bot::logging::route_panics();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),

@@ -146,9 +146,13 @@ fn image(e: &ImageRejection) -> (String, String) {
             format!("The image is larger than {limit_mb} MB."),
             format!("图片超过 {limit_mb} MB。"),
         ),
-        ImageRejection::TooManyPixels { .. } => (
-            "The image has too many pixels to process.".into(),
-            "图片像素过多，无法处理。".into(),
+        ImageRejection::TooManyPixels { width, height } => (
+            format!("The image is too large to process ({width}×{height} pixels)."),
+            format!("图片过大（{width}×{height} 像素），无法处理。"),
+        ),
+        ImageRejection::UnsupportedFeature(feature) => (
+            format!("This image uses something I cannot read ({feature}); send it as JPEG or PNG."),
+            format!("该图片使用了无法读取的特性（{feature}），请改用 JPEG 或 PNG 发送。"),
         ),
         ImageRejection::Corrupt => (
             "The image is damaged or incomplete.".into(),

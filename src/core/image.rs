@@ -69,6 +69,18 @@ impl Format {
         }
     }
 
+    /// The format's usual name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Jpeg => "JPEG",
+            Format::Png => "PNG",
+            Format::Gif => "GIF",
+            Format::Bmp => "BMP",
+            Format::Tiff => "TIFF",
+            Format::WebP => "WEBP",
+        }
+    }
+
     fn codec(self) -> image::ImageFormat {
         match self {
             Format::Jpeg => image::ImageFormat::Jpeg,
@@ -96,6 +108,9 @@ pub enum ImageRejection {
     TooManyPixels { width: u32, height: u32 },
     #[error("the image is damaged or truncated")]
     Corrupt,
+    /// A readable format, but a feature of it we cannot decode (named).
+    #[error("this image uses something we cannot read: {0}")]
+    UnsupportedFeature(String),
     #[error("a {width}×{height} image is too narrow to fit 384–3072 px per side")]
     BadAspect { width: u32, height: u32 },
 }
@@ -158,17 +173,19 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageRejection> {
     if starts(b"BM") && bytes.len() > 14 {
         return Ok(Format::Bmp);
     }
-    if starts(b"II*\0") || starts(b"MM\0*") {
+    // Classic TIFF (42) and BigTIFF (43), either byte order.
+    if starts(b"II*\0") || starts(b"MM\0*") || starts(b"II+\0") || starts(b"MM\0+") {
         return Ok(Format::Tiff);
     }
     if starts(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
         return Ok(Format::WebP);
     }
     match bytes.get(4..12) {
-        Some(b"ftypheic" | b"ftypheix" | b"ftypmif1" | b"ftyphevc") => {
-            Err(ImageRejection::Unsupported("HEIC"))
-        }
-        Some(b"ftypavif") => Err(ImageRejection::Unsupported("AVIF")),
+        Some(
+            b"ftypheic" | b"ftypheix" | b"ftypheim" | b"ftypheis" | b"ftyphevc" | b"ftyphevm"
+            | b"ftyphevs" | b"ftypmif1" | b"ftypmsf1",
+        ) => Err(ImageRejection::Unsupported("HEIC")),
+        Some(b"ftypavif" | b"ftypavis") => Err(ImageRejection::Unsupported("AVIF")),
         _ => Err(ImageRejection::NotAnImage),
     }
 }
@@ -180,7 +197,7 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     let (width, height) = reader
         .into_dimensions()
         .map_err(|_| ImageRejection::Corrupt)?;
-    if width == 0 || height == 0 || !looks_complete(format, bytes) {
+    if width == 0 || height == 0 || !super::verify::whole(format, bytes) {
         return Err(ImageRejection::Corrupt);
     }
     Ok(Probe {
@@ -188,52 +205,6 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
         width,
         height,
     })
-}
-
-/// Cheap check for a cut-off file: JPEG needs its end-of-image marker after the start of the
-/// scan data (the entropy-coded data never contains `FF D9`; an EXIF thumbnail's own marker sits
-/// in a segment before the scan and does not count), PNG its `IEND` chunk, WEBP the bytes its
-/// RIFF header promises. Data appended after the end (motion photos) is fine.
-fn looks_complete(format: Format, bytes: &[u8]) -> bool {
-    match format {
-        Format::Jpeg => {
-            let scan = jpeg_scan_start(bytes).unwrap_or(0);
-            // From the end: the marker is normally in the last two bytes.
-            bytes[scan..].windows(2).rev().any(|w| w == [0xFF, 0xD9])
-        }
-        Format::Png => bytes.windows(4).rev().any(|w| w == b"IEND"),
-        Format::WebP => bytes
-            .get(4..8)
-            .map(|n| u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize)
-            .is_some_and(|riff| bytes.len() >= riff.saturating_add(8)),
-        Format::Gif | Format::Bmp | Format::Tiff => true,
-    }
-}
-
-/// Where a JPEG's first scan starts: the segments after SOI are skipped by their lengths up to
-/// SOS. `None` when the segment chain cannot be followed.
-fn jpeg_scan_start(bytes: &[u8]) -> Option<usize> {
-    let mut at = 2;
-    loop {
-        if *bytes.get(at)? != 0xFF {
-            return None;
-        }
-        let marker = *bytes.get(at + 1)?;
-        match marker {
-            0xFF => at += 1, // fill byte
-            0xD8 | 0x01 | 0xD0..=0xD7 => at += 2,
-            _ => {
-                let len = usize::from(u16::from_be_bytes([
-                    *bytes.get(at + 2)?,
-                    *bytes.get(at + 3)?,
-                ]));
-                if marker == 0xDA {
-                    return Some(at + 2 + len);
-                }
-                at += 2 + len;
-            }
-        }
-    }
 }
 
 /// Fits one input image to the API's rules. CPU-bound when the image must be re-encoded.
@@ -249,7 +220,8 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
         && in_range(p.height)
         && bytes.len() <= limits.passthrough_max_bytes
         && data_uri_len(p.format, bytes.len()) <= limits.max_data_uri
-        && p.format != Format::Gif; // animated GIFs: we pick the first frame ourselves
+        && p.format != Format::Gif // animated GIFs: we pick the first frame ourselves
+        && as_is_ok(&bytes, p);
     if sendable {
         return Ok(Fitted {
             bytes,
@@ -271,8 +243,31 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
     }
     let oriented = decode_upright(&bytes, p, limits)?;
     let (tw, th) = target_size(oriented.width(), oriented.height(), limits)?;
-    let image = normalize(oriented);
+    let image = normalize(oriented, p.format);
     encode_within(image, tw, th, limits)
+}
+
+/// Whether the file can go out as it is, by its headers: upright (a rotated or mirrored photo
+/// is turned here, as not every service reads EXIF — WebP's is commonly ignored), not a BMP
+/// with an alpha channel (often unused, all zero: decoded to tell), not a BigTIFF.
+fn as_is_ok(bytes: &[u8], p: Probe) -> bool {
+    if p.format == Format::Tiff
+        && bytes
+            .get(2..4)
+            .is_some_and(|m| m == [43, 0] || m == [0, 43])
+    {
+        return false;
+    }
+    let Ok(mut decoder) =
+        ImageReader::with_format(Cursor::new(bytes), p.format.codec()).into_decoder()
+    else {
+        return false;
+    };
+    let alpha = decoder.color_type().has_alpha();
+    !(p.format == Format::Bmp && alpha)
+        && decoder
+            .orientation()
+            .is_ok_and(|o| o == image::metadata::Orientation::NoTransforms)
 }
 
 fn decode_upright(
@@ -280,7 +275,7 @@ fn decode_upright(
     p: Probe,
     limits: &FitLimits,
 ) -> Result<DynamicImage, ImageRejection> {
-    let map = |e| map_decode_error(e, p);
+    let map = |e| map_decode_error(e, p, limits);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), p.format.codec());
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(limits.max_decode_side);
@@ -303,13 +298,26 @@ fn decode_upright(
     Ok(img)
 }
 
-fn map_decode_error(e: image::ImageError, p: Probe) -> ImageRejection {
+fn map_decode_error(e: image::ImageError, p: Probe, limits: &FitLimits) -> ImageRejection {
+    use image::error::UnsupportedErrorKind as Kind;
     match e {
+        // A picture within the pixel limits that still asks for too much memory has a header
+        // that lies: it is damaged, not large.
+        image::ImageError::Limits(_)
+            if u64::from(p.width) * u64::from(p.height) * 8 <= limits.max_decode_alloc =>
+        {
+            ImageRejection::Corrupt
+        }
         image::ImageError::Limits(_) => ImageRejection::TooManyPixels {
             width: p.width,
             height: p.height,
         },
-        image::ImageError::Unsupported(_) => ImageRejection::Unsupported("this kind of"),
+        image::ImageError::Unsupported(u) => ImageRejection::UnsupportedFeature(match u.kind() {
+            Kind::Color(c) => format!("{} {c:?} pixels", p.format.name()),
+            Kind::Format(f) => format!("{f}"),
+            Kind::GenericFeature(f) => format!("{} {f}", p.format.name()),
+            _ => format!("a {} variant", p.format.name()),
+        }),
         _ => ImageRejection::Corrupt,
     }
 }
@@ -337,11 +345,13 @@ pub fn target_size(w: u32, h: u32, limits: &FitLimits) -> Result<(u32, u32), Ima
     Ok((tw, th))
 }
 
-/// 8-bit RGB, or RGBA when some pixel is not fully opaque.
-fn normalize(img: DynamicImage) -> DynamicImage {
+/// 8-bit RGB, or RGBA when some pixel is not fully opaque. A BMP whose alpha is zero
+/// everywhere has no alpha (its writer left the bits unused), so it is opaque.
+fn normalize(img: DynamicImage, format: Format) -> DynamicImage {
     if img.color().has_alpha() {
         let rgba = img.into_rgba8();
-        if rgba.pixels().any(|p| p.0[3] != u8::MAX) {
+        let unused = format == Format::Bmp && rgba.pixels().all(|p| p.0[3] == 0);
+        if !unused && rgba.pixels().any(|p| p.0[3] != u8::MAX) {
             return DynamicImage::ImageRgba8(rgba);
         }
         return DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(rgba).into_rgb8());

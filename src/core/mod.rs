@@ -16,3 +16,4 @@ pub mod queue;
 pub mod quota;
 pub mod reconnect;
 pub mod throttle;
+pub mod verify;

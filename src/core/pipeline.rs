@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::command::EditCommand;
 use super::edit::{BackendError, EditBackend, EditRequest, EditResponse};
 use super::error::FailureReason;
-use super::image::{FitLimits, Fitted, fit};
+use super::image::{FitLimits, Fitted, ImageRejection, fit};
 use super::jobs::Delivery;
 
 /// Watches what happens (metrics, health); every method defaults to doing nothing, and `()`
@@ -106,8 +106,24 @@ pub async fn download_all(
 
 /// Runs [`fit`] on the blocking pool, so a large decode never stalls other chats.
 pub async fn fit_off_thread(bytes: Bytes, limits: FitLimits) -> Result<Fitted, FailureReason> {
-    tokio::task::spawn_blocking(move || fit(bytes, &limits))
+    tokio::task::spawn_blocking(move || fit_guarded(bytes, &limits))
         .await
         .map_err(|_| FailureReason::Internal)?
         .map_err(FailureReason::Image)
+}
+
+/// [`fit`], with a decoder panic (a crafted file can trip one) answered as a damaged image and
+/// logged, instead of taking the worker down.
+pub fn fit_guarded(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fit(bytes, limits))).unwrap_or_else(
+        |panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "an image decoder panicked; the image is refused as damaged");
+            Err(ImageRejection::Corrupt)
+        },
+    )
 }

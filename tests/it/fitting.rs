@@ -192,3 +192,159 @@ fn formats_are_sniffed_from_bytes_and_dimensions_read_from_the_header() {
     assert!(fitted.passthrough);
     assert!(fitted.data_uri().starts_with("data:image/tiff;base64,"));
 }
+
+/// A PNG chunk: length, type, data, CRC.
+fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut c = u32::try_from(data.len()).unwrap().to_be_bytes().to_vec();
+    c.extend_from_slice(kind);
+    c.extend_from_slice(data);
+    let mut crc_input = kind.to_vec();
+    crc_input.extend_from_slice(data);
+    c.extend_from_slice(&crc32fast::hash(&crc_input).to_be_bytes());
+    c
+}
+
+#[test]
+fn plausible_but_broken_files_are_refused_as_damaged_and_never_passed_through() {
+    // 57 bytes claiming 1024×1449: a header and no pixels.
+    let mut ihdr = 1024u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&1449u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut tiny = b"\x89PNG\r\n\x1a\n".to_vec();
+    tiny.extend_from_slice(&chunk(b"IHDR", &ihdr));
+    tiny.resize(57, 0);
+    assert_eq!(fit_default(tiny).unwrap_err(), ImageRejection::Corrupt);
+    // A real in-range PNG with one byte of its pixel data changed (its CRC no longer matches),
+    // and one whose IEND is missing.
+    let png = images::png(800, 600);
+    let idat = png.windows(4).position(|w| w == b"IDAT").unwrap();
+    let mut flipped = png.clone();
+    flipped[idat + 40] ^= 0x55;
+    assert_eq!(fit_default(flipped).unwrap_err(), ImageRejection::Corrupt);
+    let mut no_end = png.clone();
+    no_end.truncate(png.len() - 12);
+    assert_eq!(fit_default(no_end).unwrap_err(), ImageRejection::Corrupt);
+    // A JPEG whose segment length runs past the end.
+    let jpeg = images::jpeg(800, 600);
+    let mut overrun = jpeg[..2].to_vec();
+    overrun.extend_from_slice(&[0xFF, 0xE1, 0xFF, 0xF0]);
+    overrun.extend_from_slice(&jpeg[2..]);
+    assert_eq!(fit_default(overrun).unwrap_err(), ImageRejection::Corrupt);
+    // A WebP whose RIFF size promises more than the file has.
+    let mut webp = images::encode(&images::rgb(500, 400), ImageFormat::WebP);
+    let riff = u32::from_le_bytes(webp[4..8].try_into().unwrap()) + 100;
+    webp[4..8].copy_from_slice(&riff.to_le_bytes());
+    assert_eq!(fit_default(webp).unwrap_err(), ImageRejection::Corrupt);
+    // A BMP and a TIFF cut short (their pixel data is not all there).
+    let mut bmp = images::encode(&images::rgb(500, 400), ImageFormat::Bmp);
+    bmp.truncate(bmp.len() / 2);
+    assert_eq!(fit_default(bmp).unwrap_err(), ImageRejection::Corrupt);
+    let tiff = images::encode(&images::rgb(500, 400), ImageFormat::Tiff);
+    let mut short = tiff.clone();
+    let ifd = u32::from_le_bytes(tiff[4..8].try_into().unwrap()) as usize;
+    // Strips are written before the directory: cutting below it breaks the directory, moving
+    // it out of the file breaks the strips' offsets.
+    short.truncate(ifd + 4);
+    assert_eq!(fit_default(short).unwrap_err(), ImageRejection::Corrupt);
+}
+
+#[test]
+fn the_structure_walk_of_a_2_mb_jpeg_takes_under_a_millisecond() {
+    let big = images::encode(&images::rgb(3000, 3000), ImageFormat::Jpeg);
+    assert!(qwen_edit_bot::core::verify::whole(Format::Jpeg, &big));
+    let runs = 20;
+    let started = std::time::Instant::now();
+    for _ in 0..runs {
+        assert!(qwen_edit_bot::core::verify::whole(Format::Jpeg, &big));
+    }
+    let each = started.elapsed() / runs;
+    // Debug builds are slower than the bench's release build; still well under 10 ms.
+    assert!(
+        each < std::time::Duration::from_millis(10),
+        "{each:?} for {} bytes",
+        big.len()
+    );
+}
+
+#[test]
+fn rotated_photos_are_turned_upright_even_when_they_could_pass_through() {
+    let fitted = fit_default(images::jpeg_with_orientation(800, 600, 6)).unwrap();
+    assert!(!fitted.passthrough, "decoded to apply the orientation");
+    assert_eq!((fitted.width, fitted.height), (600, 800));
+    let (_, w, h) = images::dims(&fitted.bytes);
+    assert_eq!((w, h), (600, 800));
+    // Upright ones still go out as they are.
+    assert!(
+        fit_default(images::jpeg_with_orientation(800, 600, 1))
+            .unwrap()
+            .passthrough
+    );
+}
+
+#[test]
+fn bigtiff_is_recognised_and_re_encoded() {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let pixels: Vec<u8> = images::rgb(640, 480).into_rgb8().into_raw();
+    tiff::encoder::TiffEncoder::new_big(&mut out)
+        .unwrap()
+        .write_image::<tiff::encoder::colortype::RGB8>(640, 480, &pixels)
+        .unwrap();
+    let big = out.into_inner();
+    assert_eq!(&big[..4], b"II+\0");
+    assert_eq!(sniff(&big), Ok(Format::Tiff));
+    let fitted = fit_default(big).unwrap();
+    assert_eq!(
+        (fitted.format, fitted.width, fitted.height),
+        (Format::Jpeg, 640, 480)
+    );
+}
+
+#[test]
+fn a_bmp_whose_alpha_is_all_zero_is_opaque() {
+    let mut rgba = images::rgb(500, 400).into_rgba8();
+    rgba.pixels_mut().for_each(|p| p.0[3] = 0);
+    let bmp = images::encode(&image::DynamicImage::ImageRgba8(rgba), ImageFormat::Bmp);
+    let fitted = fit_default(bmp).unwrap();
+    assert_eq!(
+        fitted.format,
+        Format::Jpeg,
+        "no alpha: sent as an opaque JPEG"
+    );
+    let decoded = image::load_from_memory(&fitted.bytes).unwrap().into_rgb8();
+    assert!(
+        decoded.pixels().any(|p| p.0 != [0, 0, 0]),
+        "the picture, not black"
+    );
+    // A PNG that really is transparent keeps its alpha.
+    assert_eq!(
+        fit_default(images::png_alpha(500, 400)).unwrap().format,
+        Format::Png
+    );
+}
+
+#[test]
+fn heif_and_avif_brands_are_named_and_messages_say_what_is_wrong() {
+    use qwen_edit_bot::core::error::Rejection;
+    use qwen_edit_bot::messages::{Lang, rejection};
+    for (brand, kind) in [
+        (b"ftypavis", "AVIF"),
+        (b"ftypheim", "HEIC"),
+        (b"ftypmsf1", "HEIC"),
+    ] {
+        let mut file = vec![0, 0, 0, 24];
+        file.extend_from_slice(brand);
+        file.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            fit_default(file).unwrap_err(),
+            ImageRejection::Unsupported(kind)
+        );
+    }
+    let big = Rejection::Image(ImageRejection::TooManyPixels {
+        width: 30000,
+        height: 20,
+    });
+    assert!(rejection(Lang::En, &big).contains("30000×20"));
+    let feature = Rejection::Image(ImageRejection::UnsupportedFeature("TIFF CIELab".into()));
+    assert!(rejection(Lang::En, &feature).contains("TIFF CIELab"));
+    assert!(rejection(Lang::Zh, &feature).contains("TIFF CIELab"));
+}
