@@ -1,8 +1,12 @@
 //! Fitting benchmark: `cargo bench --bench fit`.
 //!
 //! Prints median and p90 wall time of
-//! - pass-through of an in-range 3 MP JPEG, data URI (base64) included (target: well under 5 ms);
-//! - fitting a 12 MP JPEG (4000×3000) into 384–3072 px, data URI included (target: ≤ 250 ms).
+//! - pass-through of an in-range 3 MP JPEG, data URI (base64) included, and the structure walk
+//!   alone of a 2 MB JPEG (target: ≤ 1 ms);
+//! - fitting a 12 MP JPEG (4000×3000) to the useful 2048 px, data URI included (target: ≤ 80 ms),
+//!   with the process's peak resident memory during it (≤ 60 MiB) and after (≤ 25 MiB);
+//! - four 20000×2500 16-bit PNGs at once (each 400 MB decoded): refused within the shared budget;
+//! - a 3000×2000 6 MB photo over a 20 Mbit/s link: sent as it is vs fitted to 2048 px first.
 //!
 //! Inputs are photo-like (gradients plus noise) so that JPEG decode and encode do real work.
 
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use image::{DynamicImage, ImageBuffer, Rgb};
-use qwen_edit_bot::core::image::{FitLimits, fit};
+use qwen_edit_bot::core::image::{FitLimits, Format, fit};
 
 fn photo(w: u32, h: u32) -> Vec<u8> {
     let mut seed = 0x1234_5678u32;
@@ -55,6 +59,7 @@ fn measure(name: &str, runs: usize, input: &Bytes, expect_passthrough: bool) {
 }
 
 fn main() {
+    qwen_edit_bot::memory::tune_allocator();
     if std::env::var("STAGES").is_ok() {
         stages();
         return;
@@ -69,19 +74,189 @@ fn main() {
         &three_mp,
         true,
     );
+    walk(runs(200), &three_mp);
     let twelve_mp = Bytes::from(photo(4000, 3000));
+    reset_peak();
     measure(
-        "fit 4000x3000 JPEG (12 MP) -> 3072x2304",
+        "fit 4000x3000 JPEG (12 MP) -> 2000x1500",
         runs(15),
         &twelve_mp,
         false,
     );
+    println!(
+        "  resident memory: peak during the fits {:.1} MiB, after {:.1} MiB",
+        status_mib("VmHWM:"),
+        status_mib("VmRSS:")
+    );
+    drop(twelve_mp);
     let small = Bytes::from(photo(200, 150));
     measure("fit 200x150 JPEG -> 512x384", runs(50), &small, false);
+    bombs();
+    link(&Bytes::from(photo(3000, 2000)), quick);
+}
+
+/// The structure walk alone (`core::verify`), as the pass-through does it.
+fn walk(runs: usize, jpeg: &Bytes) {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            assert!(qwen_edit_bot::core::verify::whole(Format::Jpeg, jpeg));
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    println!(
+        "structure walk of a {:.2} MB JPEG                median {:>8.3} ms",
+        jpeg.len() as f64 / 1e6,
+        times[runs / 2].as_secs_f64() * 1000.0
+    );
+}
+
+/// Four decompression bombs (20000×2500 RGBA 16-bit) fitted at once with one shared budget.
+fn bombs() {
+    reset_peak();
+    let before = status_mib("VmRSS:");
+    let limits = FitLimits::default();
+    let bomb = Bytes::from(png16_bomb(20_000, 2_500));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (bomb, limits) = (bomb.clone(), limits.clone());
+            s.spawn(move || assert!(fit(bomb, &limits).is_err()));
+        }
+    });
+    println!(
+        "4 x 20000x2500 16-bit PNG at once: refused in {:.1} ms, peak {:.1} MiB (from {:.1}; budget {} MiB)",
+        t.elapsed().as_secs_f64() * 1000.0,
+        status_mib("VmHWM:"),
+        before,
+        limits.budget.total() >> 20
+    );
+}
+
+/// A 16-bit RGBA PNG header claiming `w`×`h` with almost no data.
+fn png16_bomb(w: u32, h: u32) -> Vec<u8> {
+    let chunk = |out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    };
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[16, 6, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// Bytes per second of the modelled link (20 Mbit/s).
+const LINK_RATE: f64 = 20e6 / 8.0;
+
+/// Time until a service behind a 20 Mbit/s link has the whole request body: the photo as it
+/// is (its data URI), or fitted to the useful size first. A reader thread takes the bytes at
+/// the link's rate from a loopback socket.
+fn link(photo: &Bytes, quick: bool) {
+    let limits = FitLimits::default();
+    let as_is = {
+        let mut l = limits.clone();
+        l.useful_side = l.max_side;
+        l
+    };
+    for (name, limits) in [
+        ("sent as it is", &as_is),
+        ("fitted to 2048 px first", &limits),
+    ] {
+        let t = Instant::now();
+        let fitted = fit(photo.clone(), limits).expect("fits");
+        let uri = fitted.data_uri();
+        let bytes = if quick {
+            &uri.as_bytes()[..uri.len().min(200_000)]
+        } else {
+            uri.as_bytes()
+        };
+        send_over_link(bytes);
+        println!(
+            "3000x2000 {:.1} MB photo over 20 Mbit/s, {name:<24} {:>6.2} s  ({:.2} MB on the wire, {}x{})",
+            photo.len() as f64 / 1e6,
+            t.elapsed().as_secs_f64(),
+            uri.len() as f64 / 1e6,
+            fitted.width,
+            fitted.height
+        );
+    }
+}
+
+fn send_over_link(body: &[u8]) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let total = body.len();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let (start, mut got, mut buf) = (Instant::now(), 0usize, vec![0u8; 16 * 1024]);
+        while got < total {
+            // Never ahead of the link: wait until the bytes so far would have arrived.
+            let due = Duration::from_secs_f64(got as f64 / LINK_RATE);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            got += n;
+        }
+    });
+    let mut out = std::net::TcpStream::connect(addr).unwrap();
+    out.write_all(body).unwrap();
+    reader.join().unwrap();
+}
+
+/// A field of /proc/self/status in MiB (0 where there is none).
+fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(field))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Starts a new peak (VmHWM) from the current resident size.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn stages() {
     let input = photo(4000, 3000);
+    for scale in [1u16, 2, 4] {
+        let t = Instant::now();
+        let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(&input));
+        let got = d.scale(4000 / scale, 3000 / scale).unwrap();
+        let px = d.decode().unwrap();
+        println!(
+            "jpeg-decoder 1/{scale} -> {got:?} {} bytes in {:?}",
+            px.len(),
+            t.elapsed()
+        );
+        if scale == 2 {
+            let t = Instant::now();
+            let mut out = Vec::new();
+            jpeg_encoder::Encoder::new(&mut out, 90)
+                .encode(&px, got.0, got.1, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            println!("encode 1/2 q90 {:?} -> {} bytes", t.elapsed(), out.len());
+            let t = Instant::now();
+            let mut out = Vec::new();
+            jpeg_encoder::Encoder::new(&mut out, 85)
+                .encode(&px, got.0, got.1, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            println!("encode 1/2 q85 {:?} -> {} bytes", t.elapsed(), out.len());
+        }
+    }
     let t = Instant::now();
     let img = image::load_from_memory(&input).unwrap();
     println!("decode {:?}", t.elapsed());

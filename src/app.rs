@@ -58,6 +58,14 @@ pub fn backend(settings: &Settings) -> anyhow::Result<Arc<DashScope>> {
     Ok(Arc::new(DashScope::new(opts)?))
 }
 
+/// The input rules: DashScope's, with `backend.max_input_side` as the useful side.
+pub fn fit_limits(settings: &Settings) -> FitLimits {
+    FitLimits {
+        useful_side: settings.config.backend.max_input_side,
+        ..FitLimits::default()
+    }
+}
+
 /// Engine settings from the config.
 pub fn engine_config(settings: &Settings) -> EngineConfig {
     let c = &settings.config;
@@ -65,7 +73,7 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
         max_queue: c.quota.max_queue,
         max_in_flight_per_user: c.quota.max_in_flight_per_user,
         workers: c.backend.max_concurrent,
-        fit: FitLimits::default(),
+        fit: fit_limits(settings),
         store_prompts: c.quota.store_prompts,
         default_negative: c.backend.default_negative_prompt.clone(),
         fetch_timeout: Duration::from_secs(60),

@@ -9,6 +9,7 @@ pub mod discord; // the Discord front-end (serenity)
 pub mod http; // the operations endpoint: /healthz, /metrics
 pub mod listen; // serving HTTP safely: timeouts, a connection cap
 pub mod logging; // tracing setup (RUST_LOG, LOG_FORMAT=json)
+pub mod memory; // allocator settings (large buffers go back to the OS)
 pub mod messages; // every user-facing sentence, in English and Chinese
 pub mod metrics; // Prometheus metrics and component health
 pub mod process_metrics; // process_* metrics and qeb_build_info

@@ -170,6 +170,7 @@ enum AllowCommand {
 }
 
 fn main() -> ExitCode {
+    qwen_edit_bot::memory::tune_allocator();
     let cli = Cli::parse();
     qwen_edit_bot::logging::init();
     qwen_edit_bot::logging::route_panics();

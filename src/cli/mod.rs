@@ -19,7 +19,6 @@ use chrono::Utc;
 use crate::config::Settings;
 use crate::core::command::EditCommand;
 use crate::core::edit::EditBackend;
-use crate::core::image::FitLimits;
 use crate::core::jobs::MAX_INPUTS;
 use crate::core::pipeline::execute;
 use crate::core::quota::{JobStatus, Ledger, Limits, Platform, Reservation, UserRef, Window};
@@ -73,7 +72,7 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
             anyhow::anyhow!("{}: {refused} (--size {size})", backend.model())
         })?;
     }
-    let limits = FitLimits::default();
+    let limits = crate::app::fit_limits(settings);
     let mut inputs = Vec::with_capacity(args.images.len());
     for path in &args.images {
         inputs.push(read_input(path, limits.max_input_bytes)?);

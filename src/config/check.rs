@@ -89,6 +89,10 @@ impl Config {
                 b.default_negative_prompt.chars().count() > MAX_NEGATIVE_CHARS,
                 "backend.default_negative_prompt is longer than 500 characters",
             ),
+            (
+                !(384..=3072).contains(&b.max_input_side),
+                "backend.max_input_side must be between 384 and 3072",
+            ),
         ];
         out.extend(
             checks

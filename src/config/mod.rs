@@ -57,6 +57,9 @@ pub struct BackendConfig {
     pub max_attempts: u32,
     /// Output size (`WxH`) of requests that name none; empty: the model's default.
     pub default_size: String,
+    /// Inputs are reduced to at most this many pixels a side (the service makes nothing larger
+    /// from them); 384 to 3072.
+    pub max_input_side: u32,
 }
 
 impl Default for BackendConfig {
@@ -73,6 +76,7 @@ impl Default for BackendConfig {
             default_negative_prompt: String::new(),
             max_attempts: 4,
             default_size: String::new(),
+            max_input_side: 2048,
         }
     }
 }

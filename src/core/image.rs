@@ -7,17 +7,25 @@
 
 use std::borrow::Cow;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
+use super::budget::{DecodeBudget, Reserved};
+
 /// The API's input rules and our decoding bounds.
 #[derive(Debug, Clone)]
 pub struct FitLimits {
     pub min_side: u32,
     pub max_side: u32,
+    /// The largest side worth sending: the service makes nothing larger from it (DashScope's
+    /// outputs are at most 2048 px a side), so bigger pictures are reduced to it, and only
+    /// pictures within it go out unchanged. A longer side is used only where a narrow picture
+    /// needs it to keep its short side at `min_side`.
+    pub useful_side: u32,
     /// Largest file sent unchanged (its base64 must stay under `max_data_uri`).
     pub passthrough_max_bytes: usize,
     /// Largest data URI the API takes.
@@ -29,6 +37,18 @@ pub struct FitLimits {
     pub max_decode_side: u32,
     /// Decoder allocation bound.
     pub max_decode_alloc: u64,
+    /// Decoding memory shared by every fit using these limits (clones share it).
+    pub budget: Arc<DecodeBudget>,
+}
+
+/// The default [`DecodeBudget`]: what all fits at once may hold.
+pub const DECODE_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
+
+impl FitLimits {
+    /// [`FitLimits::useful_side`] within the service's own bounds.
+    pub fn useful(&self) -> u32 {
+        self.useful_side.clamp(self.min_side, self.max_side)
+    }
 }
 
 impl Default for FitLimits {
@@ -36,12 +56,14 @@ impl Default for FitLimits {
         Self {
             min_side: 384,
             max_side: 3072,
+            useful_side: 2048,
             passthrough_max_bytes: 7 * 1024 * 1024,
             max_data_uri: 10 * 1024 * 1024,
             max_input_bytes: 50 * 1024 * 1024,
             max_decode_pixels: 50_000_000,
             max_decode_side: 20_000,
             max_decode_alloc: 512 * 1024 * 1024,
+            budget: Arc::new(DecodeBudget::new(DECODE_BUDGET_BYTES)),
         }
     }
 }
@@ -215,7 +237,7 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
         });
     }
     let p = probe(&bytes)?;
-    let in_range = |s: u32| (limits.min_side..=limits.max_side).contains(&s);
+    let in_range = |s: u32| (limits.min_side..=limits.useful()).contains(&s);
     let sendable = in_range(p.width)
         && in_range(p.height)
         && bytes.len() <= limits.passthrough_max_bytes
@@ -241,10 +263,47 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
             height: p.height,
         });
     }
-    let oriented = decode_upright(&bytes, p, limits)?;
+    // Held until the result is encoded: the decoded picture and its copies count.
+    let (tw, th) = target_size(p.width, p.height, limits)?;
+    let (oriented, _reserved) = match reduced(&bytes, p, tw.max(th), limits) {
+        Some(done) => done,
+        None => decode_upright(&bytes, p, limits)?,
+    };
     let (tw, th) = target_size(oriented.width(), oriented.height(), limits)?;
     let image = normalize(oriented, p.format);
     encode_within(image, tw, th, limits)
+}
+
+/// A large JPEG decoded straight at 1/2, 1/4 or 1/8 of its size (`core::jpeg`), upright;
+/// `None` when that does not apply or does not work.
+fn reduced<'l>(
+    bytes: &[u8],
+    p: Probe,
+    target_long: u32,
+    limits: &'l FitLimits,
+) -> Option<(DynamicImage, Reserved<'l>)> {
+    if p.format != Format::Jpeg {
+        return None;
+    }
+    let f = super::jpeg::factor(p.width, p.height, target_long, limits.min_side)?;
+    let small = Probe {
+        width: p.width.div_ceil(f),
+        height: p.height.div_ceil(f),
+        ..p
+    };
+    let decoded = u64::from(small.width) * u64::from(small.height) * 3;
+    let reserved = limits.budget.reserve(decode_cost(small, decoded, limits))?;
+    let (mut img, orientation) = super::jpeg::decode_reduced(bytes, f)?;
+    img.apply_orientation(orientation);
+    Some((img, reserved))
+}
+
+/// What decoding `p` holds at most: the decoder's buffer, one converted or rotated 8-bit RGBA
+/// copy, and the resized picture with its encoding (at most the largest side squared).
+fn decode_cost(p: Probe, decoded: u64, limits: &FitLimits) -> u64 {
+    let pixels = u64::from(p.width) * u64::from(p.height);
+    let out = u64::from(limits.max_side).pow(2) * 4;
+    decoded + pixels * 4 + out.min(pixels * 4 + (1 << 20))
 }
 
 /// Whether the file can go out as it is, by its headers: upright (a rotated or mirrored photo
@@ -270,11 +329,11 @@ fn as_is_ok(bytes: &[u8], p: Probe) -> bool {
             .is_ok_and(|o| o == image::metadata::Orientation::NoTransforms)
 }
 
-fn decode_upright(
+fn decode_upright<'l>(
     bytes: &[u8],
     p: Probe,
-    limits: &FitLimits,
-) -> Result<DynamicImage, ImageRejection> {
+    limits: &'l FitLimits,
+) -> Result<(DynamicImage, Reserved<'l>), ImageRejection> {
     let map = |e| map_decode_error(e, p, limits);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), p.format.codec());
     let mut decode_limits = image::Limits::default();
@@ -284,18 +343,24 @@ fn decode_upright(
     reader.limits(decode_limits);
     let mut decoder = reader.into_decoder().map_err(map)?;
     // `into_decoder` checks dimensions but not the output buffer; bound it here.
+    let too_many = ImageRejection::TooManyPixels {
+        width: p.width,
+        height: p.height,
+    };
     if decoder.total_bytes() > limits.max_decode_alloc {
-        return Err(ImageRejection::TooManyPixels {
-            width: p.width,
-            height: p.height,
-        });
+        return Err(too_many);
     }
+    // Waits while other fits hold the shared budget; more than all of it is refused.
+    let reserved = limits
+        .budget
+        .reserve(decode_cost(p, decoder.total_bytes(), limits))
+        .ok_or(too_many)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(map)?;
     img.apply_orientation(orientation);
-    Ok(img)
+    Ok((img, reserved))
 }
 
 fn map_decode_error(e: image::ImageError, p: Probe, limits: &FitLimits) -> ImageRejection {
@@ -324,11 +389,11 @@ fn map_decode_error(e: image::ImageError, p: Probe, limits: &FitLimits) -> Image
 
 /// The size inside [min_side, max_side] per side with the same aspect ratio, or why none exists.
 pub fn target_size(w: u32, h: u32, limits: &FitLimits) -> Result<(u32, u32), ImageRejection> {
-    let (min, max) = (f64::from(limits.min_side), f64::from(limits.max_side));
+    let (min, useful) = (f64::from(limits.min_side), f64::from(limits.useful()));
     let (fw, fh) = (f64::from(w), f64::from(h));
     let mut scale = 1.0_f64;
-    if fw.max(fh) > max {
-        scale = max / fw.max(fh);
+    if fw.max(fh) > useful {
+        scale = useful / fw.max(fh);
     }
     if fw.min(fh) * scale < min {
         scale = min / fw.min(fh);
@@ -481,7 +546,8 @@ pub fn fit_upload(
         });
     }
     let p = probe(&bytes)?;
-    let img = DynamicImage::ImageRgb8(decode_upright(&bytes, p, limits)?.into_rgb8());
+    let (decoded, _reserved) = decode_upright(&bytes, p, limits)?;
+    let img = DynamicImage::ImageRgb8(decoded.into_rgb8());
     let (mut w, mut h) = (img.width(), img.height());
     for _ in 0..8 {
         let resized = resize(&img, w, h)?;

@@ -2,6 +2,7 @@
 //! or HTTP-client types (`.ci/run` checks this); front-ends and the backend plug in via traits.
 
 pub mod access;
+pub mod budget;
 pub mod clock;
 pub mod command;
 pub mod edit;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod frontend;
 pub mod image;
 pub mod jobs;
+pub mod jpeg;
 pub mod ledger;
 pub mod pipeline;
 pub mod policy;

@@ -94,7 +94,7 @@ async fn edit_fits_the_image_calls_the_backend_and_writes_every_result() {
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].violations.is_empty(), "{:?}", seen[0].violations);
-    assert_eq!(seen[0].images, vec![("image/jpeg".into(), 3072, 2304)]);
+    assert_eq!(seen[0].images, vec![("image/jpeg".into(), 2048, 1536)]);
     assert_eq!(seen[0].body["parameters"]["seed"], 7);
     let logs = text(&out.stderr);
     assert!(!logs.contains(API_KEY), "the key leaked into the logs");

@@ -36,7 +36,9 @@ fn a_small_image_is_scaled_up_keeping_its_aspect_ratio() {
 fn a_large_image_is_scaled_down_into_range() {
     let fitted = fit_default(images::jpeg(5000, 3750)).unwrap();
     let (format, w, h) = images::dims(&fitted.bytes);
-    assert_eq!((format, w, h), (ImageFormat::Jpeg, 3072, 2304));
+    // To the useful side (2048), not the API's largest (3072): the service makes nothing
+    // bigger from it.
+    assert_eq!((format, w, h), (ImageFormat::Jpeg, 2048, 1536));
     assert!(fitted.data_uri().len() <= 10 * 1024 * 1024);
 }
 
@@ -122,7 +124,7 @@ fn a_cmyk_jpeg_is_converted_to_rgb() {
 fn a_16_bit_png_out_of_range_becomes_an_8_bit_jpeg() {
     let fitted = fit_default(images::png16(4000, 1000)).unwrap();
     let (format, w, h) = images::dims(&fitted.bytes);
-    assert_eq!((format, w, h), (ImageFormat::Jpeg, 3072, 768));
+    assert_eq!((format, w, h), (ImageFormat::Jpeg, 2048, 512));
 }
 
 #[test]
@@ -149,7 +151,8 @@ fn an_animated_gif_becomes_its_first_frame() {
 fn exif_orientation_is_applied_when_the_image_is_re_encoded() {
     let fitted = fit_default(images::jpeg_with_orientation(4000, 3000, 6)).unwrap();
     let (_, w, h) = images::dims(&fitted.bytes);
-    assert_eq!((w, h), (2304, 3072), "rotated to portrait");
+    // Decoded at half size (the DCT's 1/2 scale, already within 2048) and turned upright.
+    assert_eq!((w, h), (1500, 2000), "rotated to portrait");
 }
 
 #[test]
@@ -347,4 +350,89 @@ fn heif_and_avif_brands_are_named_and_messages_say_what_is_wrong() {
     let feature = Rejection::Image(ImageRejection::UnsupportedFeature("TIFF CIELab".into()));
     assert!(rejection(Lang::En, &feature).contains("TIFF CIELab"));
     assert!(rejection(Lang::Zh, &feature).contains("TIFF CIELab"));
+}
+
+#[test]
+fn four_16_bit_bombs_at_once_stay_within_the_shared_budget() {
+    // 20000×2500 RGBA 16-bit: 400 MB decoded, more than the whole budget.
+    let bomb = Bytes::from(images::png_bomb_of(20_000, 2_500, 16, 6));
+    let limits = FitLimits::default();
+    let budget = limits.budget.clone();
+    let started = std::time::Instant::now();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (bomb, limits) = (bomb.clone(), limits.clone());
+                s.spawn(move || fit(bomb, &limits))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        assert_eq!(
+            r.unwrap_err(),
+            ImageRejection::TooManyPixels {
+                width: 20_000,
+                height: 2_500
+            }
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused before decoding"
+    );
+    assert_eq!(budget.in_use(), 0);
+}
+
+#[test]
+fn a_fit_waits_while_others_hold_the_budget_and_gives_it_back() {
+    let limits = FitLimits::default();
+    let budget = limits.budget.clone();
+    let held = budget.reserve(budget.total() - 1024).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let input = Bytes::from(images::png(4000, 1000));
+    let worker = {
+        let limits = limits.clone();
+        std::thread::spawn(move || tx.send(fit(input, &limits)).unwrap())
+    };
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "no memory left: the fit waits"
+    );
+    drop(held);
+    let fitted = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("runs once the memory is free")
+        .unwrap();
+    worker.join().unwrap();
+    assert_eq!((fitted.width, fitted.height), (2048, 512));
+    assert_eq!(budget.in_use(), 0, "given back");
+}
+
+#[test]
+fn a_large_jpeg_is_decoded_at_a_reduced_scale_with_the_same_picture() {
+    let big = images::jpeg(4000, 3000);
+    let fitted = fit_default(big.clone()).unwrap();
+    assert_eq!(
+        (fitted.format, fitted.width, fitted.height),
+        (Format::Jpeg, 2000, 1500)
+    );
+    // The same picture as a full decode scaled down, up to encoding loss.
+    let reduced = image::load_from_memory(&fitted.bytes).unwrap().into_rgb8();
+    let full = image::load_from_memory(&big)
+        .unwrap()
+        .resize_exact(2000, 1500, image::imageops::FilterType::Triangle)
+        .into_rgb8();
+    let diff: u64 = reduced
+        .as_raw()
+        .iter()
+        .zip(full.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = diff as f64 / reduced.as_raw().len() as f64;
+    assert!(mean < 3.0, "mean difference {mean:.2} per channel");
+    // A CMYK JPEG (which that decoder does not take) still fits the usual way.
+    let cmyk = fit_default(images::cmyk_jpeg(4000, 3000)).unwrap();
+    assert_eq!((cmyk.width, cmyk.height), (2048, 1536));
 }

@@ -322,8 +322,8 @@ async fn an_image_document_is_sniffed_and_a_non_image_refunded() {
     bot.tg.wait_for("sendphoto", 1, 20).await;
     assert_eq!(
         bot.ds.seen()[0].images,
-        vec![("image/jpeg".into(), 3072, 2304)],
-        "fitted into range"
+        vec![("image/jpeg".into(), 2048, 1536)],
+        "fitted to the useful size"
     );
     let pdf = document_message(
         51,

@@ -102,6 +102,11 @@ pub fn animated_gif(w: u32, h: u32) -> Vec<u8> {
 /// A PNG header claiming `w`×`h` followed by a tiny compressed stream: decoding it would need
 /// gigabytes.
 pub fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    png_bomb_of(w, h, 8, 2)
+}
+
+/// Like [`png_bomb`] with another bit depth and colour type (16, 6: RGBA 16-bit).
+pub fn png_bomb_of(w: u32, h: u32, depth: u8, colour: u8) -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
         out.extend_from_slice(&(data.len() as u32).to_be_bytes());
         let start = out.len();
@@ -114,7 +119,7 @@ pub fn png_bomb(w: u32, h: u32) -> Vec<u8> {
     let mut ihdr = Vec::new();
     ihdr.extend_from_slice(&w.to_be_bytes());
     ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
     chunk(&mut out, b"IHDR", &ihdr);
     chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00]);
     chunk(&mut out, b"IEND", &[]);
