@@ -216,9 +216,12 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageRejection> {
 pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     let format = sniff(bytes)?;
     let reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|_| ImageRejection::Corrupt)?;
+    let (width, height) = reader.into_dimensions().map_err(|e| match e {
+        image::ImageError::Unsupported(u) => {
+            ImageRejection::UnsupportedFeature(feature(&u, format))
+        }
+        _ => ImageRejection::Corrupt,
+    })?;
     if width == 0 || height == 0 || !super::verify::whole(format, bytes) {
         return Err(ImageRejection::Corrupt);
     }
@@ -364,7 +367,6 @@ fn decode_upright<'l>(
 }
 
 fn map_decode_error(e: image::ImageError, p: Probe, limits: &FitLimits) -> ImageRejection {
-    use image::error::UnsupportedErrorKind as Kind;
     match e {
         // A picture within the pixel limits that still asks for too much memory has a header
         // that lies: it is damaged, not large.
@@ -377,13 +379,31 @@ fn map_decode_error(e: image::ImageError, p: Probe, limits: &FitLimits) -> Image
             width: p.width,
             height: p.height,
         },
-        image::ImageError::Unsupported(u) => ImageRejection::UnsupportedFeature(match u.kind() {
-            Kind::Color(c) => format!("{} {c:?} pixels", p.format.name()),
-            Kind::Format(f) => format!("{f}"),
-            Kind::GenericFeature(f) => format!("{} {f}", p.format.name()),
-            _ => format!("a {} variant", p.format.name()),
-        }),
+        image::ImageError::Unsupported(u) => {
+            ImageRejection::UnsupportedFeature(feature(&u, p.format))
+        }
         _ => ImageRejection::Corrupt,
+    }
+}
+
+/// What a decoder could not read, in a user's words where we know them (the decoder's own,
+/// exact, words otherwise).
+fn feature(u: &image::error::UnsupportedError, format: Format) -> String {
+    use image::error::UnsupportedErrorKind as Kind;
+    let name = format.name();
+    match u.kind() {
+        Kind::GenericFeature(f) if f.contains("RGBPalette") => format!("{name} palette colours"),
+        Kind::GenericFeature(f) if f.contains("CIELab") => format!("{name} CIELab colours"),
+        Kind::GenericFeature(f) if f.contains("Planar") || f.contains("planar") => {
+            format!("{name} planar layout")
+        }
+        Kind::GenericFeature(f) => format!("{name}: {}", f.chars().take(120).collect::<String>()),
+        Kind::Color(image::ExtendedColorType::Unknown(bits)) => {
+            format!("{name} {bits}-bit samples")
+        }
+        Kind::Color(c) => format!("{name} {c:?} pixels"),
+        Kind::Format(f) => f.to_string(),
+        _ => format!("a {name} variant"),
     }
 }
 

@@ -10,5 +10,6 @@ mod discord;
 mod fakes;
 mod fitting;
 mod jobs;
+mod pillow;
 mod quota;
 mod telegram;
