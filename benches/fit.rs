@@ -64,6 +64,12 @@ fn main() {
         stages();
         return;
     }
+    // FIT_FILE=photo.jpg: the same fit on a file of yours (to set beside another tool's time).
+    if let Ok(path) = std::env::var("FIT_FILE") {
+        let input = Bytes::from(std::fs::read(&path).expect("FIT_FILE is readable"));
+        measure(&format!("fit {path}"), 15, &input, false);
+        return;
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` does not: one quick pass then.
     let quick = !std::env::args().any(|a| a == "--bench");
     let runs = |n: usize| if quick { 1 } else { n };

@@ -114,18 +114,25 @@ pub async fn load_places(quotas: &Quotas, access: &Access) -> Result<(), StoreEr
 /// How often the daemon looks whether the CLI changed the store.
 const STORE_WATCH: Duration = Duration::from_millis(250);
 
-/// Picks up what the CLI writes while the daemon runs (allowed places, blocks, limits): when
-/// the store's data version moves, the places are reloaded and cached settings dropped, so a
-/// change is in force within [`STORE_WATCH`] and one store read.
-fn watch_store(quotas: Arc<Quotas>, access: Arc<Access>) -> tokio::task::JoinHandle<()> {
+/// Picks up what the CLI writes while the daemon runs (allowed places, blocks, limits): the
+/// admin commands stamp `<database>.changed` after a write (`store::mark_changed`); when its
+/// time moves, the places are reloaded and cached settings dropped, so a change is in force
+/// within [`STORE_WATCH`] and one store read. Looking is reading a tiny file: no store access,
+/// no extra thread (asking SQLite from the blocking pool four times a second cost the daemon
+/// about half a MiB of resident memory).
+fn watch_store(
+    quotas: Arc<Quotas>,
+    access: Arc<Access>,
+    database: String,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen = quotas.on_store(|l| l.data_version()).await.ok();
+        let mut seen = crate::store::stamp_of(&database);
         let mut every = tokio::time::interval(STORE_WATCH);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            let now = quotas.on_store(|l| l.data_version()).await.ok();
-            if now.is_none() || now == seen {
+            let now = crate::store::stamp_of(&database);
+            if now == seen {
                 continue;
             }
             seen = now;
@@ -226,7 +233,11 @@ pub async fn serve(
         ),
     };
     let workers = engine.spawn_workers();
-    let watcher = watch_store(engine.quotas().clone(), engine.access().clone());
+    let watcher = watch_store(
+        engine.quotas().clone(),
+        engine.access().clone(),
+        c.quota.database.clone(),
+    );
     let pruner = {
         let quotas = engine.quotas().clone();
         tokio::spawn(async move {

@@ -33,6 +33,9 @@ pub async fn allow(settings: &Settings, action: AllowAction) -> anyhow::Result<S
         let changed = quotas
             .on_store(move |l| l.set_allowed(platform, &id_owned, add))
             .await?;
+        if changed {
+            crate::store::mark_changed(&settings.config.quota.database);
+        }
         out.push_str(&match (add, changed) {
             (true, true) => format!("{place} is allowed now"),
             (true, false) => format!("{place} was allowed already"),

@@ -230,6 +230,9 @@ pub async fn quota(
         QuotaAction::Block => quotas.set_blocked(&user, true).await?,
         QuotaAction::Unblock => quotas.set_blocked(&user, false).await?,
     }
+    if !matches!(action, QuotaAction::Show) {
+        crate::store::mark_changed(&settings.config.quota.database);
+    }
     let q = quotas.show(&user).await?;
     let window = settings.config.quota.window.as_str();
     match format {

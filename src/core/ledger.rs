@@ -232,9 +232,6 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// The places allowed with [`Ledger::set_allowed`].
     fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError>;
-    /// A number that changes whenever another process (the CLI) has written to the store, so a
-    /// daemon knows to drop what it has cached.
-    fn data_version(&self) -> Result<u64, StoreError>;
     /// Usage since `since` (and before `until`), grouped `by`; only the jobs of one platform's
     /// group (chat or server) when `within` is given.
     fn report(

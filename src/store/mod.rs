@@ -3,7 +3,7 @@
 
 pub mod sqlite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::quota::{Ledger, StoreError};
@@ -25,6 +25,43 @@ pub fn open_existing(database: &str) -> Result<Arc<dyn Ledger>, StoreError> {
     ))?))
 }
 
+/// `<database>.<suffix>`: the lock and the change stamp live beside the database.
+fn beside(database: &str, suffix: &str) -> PathBuf {
+    let db = Path::new(database);
+    db.with_extension(match db.extension() {
+        Some(ext) => format!("{}.{suffix}", ext.to_string_lossy()),
+        None => suffix.into(),
+    })
+}
+
+/// What the admin commands stamp after they changed the store (`<database>.changed`), and
+/// the daemon reads four times a second, instead of asking the store.
+pub fn change_stamp(database: &str) -> PathBuf {
+    beside(database, "changed")
+}
+
+/// Stamps the store as changed by an admin command; a running daemon reloads within a second.
+pub fn mark_changed(database: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Always forward, even when the clock is not (two changes in one tick, a clock step).
+    let nanos = now.max(stamp_of(database).map_or(0, |s| s + 1));
+    if let Err(e) = std::fs::write(change_stamp(database), nanos.to_string()) {
+        tracing::warn!(error = %e, "cannot stamp the store as changed; a running daemon sees the change within 10 s");
+    }
+}
+
+/// The stamp (the time of the last change, in nanoseconds), if there is one. Its content, not
+/// the file's modification time, which the kernel keeps only to a few milliseconds.
+pub fn stamp_of(database: &str) -> Option<u128> {
+    std::fs::read_to_string(change_stamp(database))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Held while a daemon runs on a store; dropping it (or the process ending, however it ends)
 /// lets the next daemon in.
 #[derive(Debug)]
@@ -35,10 +72,7 @@ pub struct StoreLock {
 /// Takes the one-daemon-per-store lock: an exclusive lock on `<database>.lock`. Another daemon
 /// holding it is an error naming the file. Report commands (`usage`, `quota`) do not take it.
 pub fn lock(database: &str) -> anyhow::Result<StoreLock> {
-    let path = Path::new(database).with_extension(match Path::new(database).extension() {
-        Some(ext) => format!("{}.lock", ext.to_string_lossy()),
-        None => "lock".into(),
-    });
+    let path = beside(database, "lock");
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;

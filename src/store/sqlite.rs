@@ -730,13 +730,6 @@ impl Ledger for SqliteLedger {
             .collect())
     }
 
-    fn data_version(&self) -> Result<u64, StoreError> {
-        self.conn()
-            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
-            .map(|v| v as u64)
-            .map_err(db)
-    }
-
     fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         self.conn()
             .execute(

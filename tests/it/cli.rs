@@ -376,6 +376,10 @@ async fn check_config_refuses_exactly_what_run_refuses() {
             "[telegram]\nenabled = true\n[quota]\ndatabase = \"redis://localhost\"\n",
             "quota.database",
         ),
+        (
+            "[telegram]\nenabled = true\n[backend]\nmax_input_side = 5000\n",
+            "backend.max_input_side",
+        ),
     ];
     for (config, needle) in broken {
         // Written whole, without Dir's [quota] table (some cases bring their own).

@@ -888,9 +888,6 @@ impl Ledger for Flaky {
     fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError> {
         self.inner.allowed_places()
     }
-    fn data_version(&self) -> Result<u64, StoreError> {
-        self.inner.data_version()
-    }
     fn report(
         &self,
         since: DateTime<Utc>,

@@ -1987,3 +1987,17 @@ async fn the_base_model_takes_no_size_and_default_size_is_sent_when_none_is_give
     sizes.sort();
     assert_eq!(sizes, vec!["2048*512", "768*1024"]);
 }
+
+#[tokio::test]
+async fn max_input_side_decides_how_large_inputs_reach_the_backend() {
+    let mut bot = Bot::start("backend:max_input_side = 1024\n").await;
+    bot.tg
+        .push_update(message_update(bot.photo(1, 40, "/edit x", 4000, 3000)));
+    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.stop().await;
+    // A quarter of 4000×3000 straight from the JPEG's DCT: within 10 % of 1024, so kept.
+    assert_eq!(
+        bot.ds.seen()[0].images,
+        vec![("image/jpeg".into(), 1000, 750)]
+    );
+}
