@@ -10,8 +10,6 @@ mod load;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-pub use load::OVERRIDE_PREFIX;
-
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 

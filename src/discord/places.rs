@@ -4,7 +4,8 @@
 //! `leave_unlisted` the bot leaves servers that are not allowed.
 
 use serenity::all::{
-    CreateInteractionResponse, CreateInteractionResponseMessage, GuildId, Interaction, Message,
+    CreateInteractionResponse, CreateInteractionResponseMessage, GuildId, Interaction,
+    InteractionId, Message, RoleId,
 };
 use serenity::builder::Builder as _;
 
@@ -16,11 +17,10 @@ use crate::messages;
 impl Discord {
     /// Whether the text request `msg` may be served; when not, answers at most once an hour.
     pub(super) async fn admit_text(&self, msg: &Message, route: &Route) -> bool {
-        let roles: Vec<u64> = msg
+        let roles = msg
             .member
             .as_ref()
-            .map(|m| m.roles.iter().map(|r| r.get()).collect())
-            .unwrap_or_default();
+            .map_or_else(Vec::new, |m| role_ids(&m.roles));
         let spot = Spot::Discord {
             guild: msg.guild_id.map(|g| g.get()),
             channel: msg.channel_id.get(),
@@ -42,59 +42,27 @@ impl Discord {
 
     /// Whether `interaction` may be served; when not, it is answered with an ephemeral refusal.
     pub(super) async fn admit_interaction(&self, interaction: &Interaction) -> bool {
-        let roles_of = |m: Option<&serenity::all::Member>| -> Vec<u64> {
-            m.map(|m| m.roles.iter().map(|r| r.get()).collect())
-                .unwrap_or_default()
-        };
-        let (id, token, roles, user, channel, guild, locale, guild_locale) = match interaction {
-            Interaction::Command(i) => (
-                i.id,
-                &i.token,
-                roles_of(i.member.as_deref()),
-                &i.user,
-                i.channel_id,
-                i.guild_id,
-                &i.locale,
-                &i.guild_locale,
-            ),
-            Interaction::Component(i) => (
-                i.id,
-                &i.token,
-                roles_of(i.member.as_ref()),
-                &i.user,
-                i.channel_id,
-                i.guild_id,
-                &i.locale,
-                &i.guild_locale,
-            ),
-            Interaction::Modal(i) => (
-                i.id,
-                &i.token,
-                roles_of(i.member.as_ref()),
-                &i.user,
-                i.channel_id,
-                i.guild_id,
-                &i.locale,
-                &i.guild_locale,
-            ),
-            _ => return true,
+        let Some(o) = Origin::of(interaction) else {
+            return true;
         };
         let spot = Spot::Discord {
-            guild: guild.map(|g| g.get()),
-            channel: channel.get(),
-            roles: &roles,
-            user: user.id.get(),
+            guild: o.guild,
+            channel: o.channel,
+            roles: &o.roles,
+            user: o.user,
         };
         let Err(closed) = self.engine.access().check(spot) else {
             return true;
         };
         tracing::info!(?closed, "interaction where the bot is not enabled");
-        let lang = lang_of(locale, guild_locale.as_deref());
         let reply = CreateInteractionResponseMessage::new()
-            .content(messages::not_enabled(lang, closed))
+            .content(messages::not_enabled(
+                lang_of(o.locale, o.guild_locale),
+                closed,
+            ))
             .ephemeral(true);
         if let Err(e) = CreateInteractionResponse::Message(reply)
-            .execute(&self.http, (id, token))
+            .execute(&self.http, (o.id, o.token))
             .await
         {
             tracing::warn!(error = %e, "interaction reply failed");
@@ -117,5 +85,46 @@ impl Discord {
         if let Err(e) = self.http.leave_guild(guild).await {
             tracing::warn!(error = %e, "cannot leave the server");
         }
+    }
+}
+
+fn role_ids(roles: &[RoleId]) -> Vec<u64> {
+    roles.iter().map(|r| r.get()).collect()
+}
+
+/// Who sent an interaction, from where: the same fields of the three kinds a user can send.
+struct Origin<'a> {
+    id: InteractionId,
+    token: &'a str,
+    roles: Vec<u64>,
+    user: u64,
+    channel: u64,
+    guild: Option<u64>,
+    locale: &'a str,
+    guild_locale: Option<&'a str>,
+}
+
+impl<'a> Origin<'a> {
+    fn of(interaction: &'a Interaction) -> Option<Self> {
+        macro_rules! origin {
+            ($i:expr, $member:expr) => {
+                Origin {
+                    id: $i.id,
+                    token: &$i.token,
+                    roles: $member.map_or_else(Vec::new, |m| role_ids(&m.roles)),
+                    user: $i.user.id.get(),
+                    channel: $i.channel_id.get(),
+                    guild: $i.guild_id.map(|g| g.get()),
+                    locale: &$i.locale,
+                    guild_locale: $i.guild_locale.as_deref(),
+                }
+            };
+        }
+        Some(match interaction {
+            Interaction::Command(i) => origin!(i, i.member.as_deref()),
+            Interaction::Component(i) => origin!(i, i.member.as_ref()),
+            Interaction::Modal(i) => origin!(i, i.member.as_ref()),
+            _ => return None,
+        })
     }
 }

@@ -252,7 +252,7 @@ fn plausible_but_broken_files_are_refused_as_damaged_and_never_passed_through() 
 }
 
 #[test]
-fn the_structure_walk_of_a_2_mb_jpeg_takes_under_a_millisecond() {
+fn the_structure_walk_of_a_large_jpeg_is_quick_even_in_a_debug_build() {
     let big = images::encode(&images::rgb(3000, 3000), ImageFormat::Jpeg);
     assert!(qwen_edit_bot::core::verify::whole(Format::Jpeg, &big));
     let runs = 20;
