@@ -11,7 +11,7 @@ use crate::core::access::{Access, DiscordPlaces, TelegramPlaces};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::image::FitLimits;
 use crate::core::jobs::{Engine, EngineConfig};
-use crate::core::quota::{Limits, Platform, Quotas, StoreError};
+use crate::core::quota::{Limits, Quotas, StoreError};
 use crate::metrics::Metrics;
 
 /// Quota limits from `[quota]`.
@@ -202,14 +202,14 @@ pub async fn serve(
         false => None,
     };
     if let Some(t) = &telegram {
-        engine.register(Platform::Telegram, t.source.clone(), t.events_tx.clone());
+        engine.register(t.chat.clone());
     }
     let discord = match c.discord.enabled {
         true => Some(crate::discord::prepare(&settings)?),
         false => None,
     };
     if let Some(d) = &discord {
-        engine.register(Platform::Discord, d.source.clone(), d.events_tx.clone());
+        engine.register(d.chat.clone());
     }
     let engine = Arc::new(engine);
     let resumed = engine.resume().await;
@@ -263,7 +263,7 @@ pub async fn serve(
     let running = std::sync::atomic::AtomicUsize::new(
         usize::from(telegram.is_some()) + usize::from(discord.is_some()),
     );
-    let ended = |r: anyhow::Result<crate::core::jobs::Deliveries>| {
+    let ended = |r: anyhow::Result<()>| {
         if let Err(e) = &r {
             tracing::error!(error = %e, "a platform stopped; the others go on");
         }
@@ -296,26 +296,20 @@ pub async fn serve(
             ended(r.await)
         }
     );
-    let mut deliveries = Vec::new();
+    let mut served = false;
     let mut failures = Vec::new();
     for result in [tg, dc].into_iter().flatten() {
         match result {
-            Ok(d) => deliveries.push(d),
+            Ok(()) => served = true,
             Err(e) => failures.push(e),
         }
     }
     // Exit non-zero only when every enabled platform failed (what a restart cannot fix).
-    let failure = match deliveries.is_empty() {
-        true => failures.into_iter().next(),
-        false => None,
+    let failure = match served {
+        false => failures.into_iter().next(),
+        true => None,
     };
-    drain(
-        &engine,
-        workers,
-        deliveries,
-        Duration::from_secs(c.shutdown_grace_secs),
-    )
-    .await;
+    drain(&engine, workers, Duration::from_secs(c.shutdown_grace_secs)).await;
     pruner.abort();
     watcher.abort();
     let _ = ops_stop.send(());
@@ -334,12 +328,7 @@ pub async fn serve(
 /// Shutdown after intake stopped: waiting jobs go back to the store, running ones get `grace`
 /// to finish and be delivered; whatever is still running then stays in the store as running or
 /// answered, and resumes at the next start.
-async fn drain(
-    engine: &Engine,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-    deliveries: Vec<crate::core::jobs::Deliveries>,
-    grace: Duration,
-) {
+async fn drain(engine: &Engine, workers: Vec<tokio::task::JoinHandle<()>>, grace: Duration) {
     let handed_back = engine.close();
     tracing::info!(
         handed_back,
@@ -359,13 +348,8 @@ async fn drain(
         );
         aborts.iter().for_each(|a| a.abort());
     }
-    for d in deliveries {
-        let _ = d.stop.send(());
-        let abort = d.task.abort_handle();
-        if tokio::time::timeout_at(deadline, d.task).await.is_err() {
-            tracing::warn!("deliveries cut short at exit; they resume next start");
-            abort.abort();
-        }
+    if !engine.settle(deadline).await {
+        tracing::warn!("deliveries cut short at exit; they resume next start");
     }
 }
 

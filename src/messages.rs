@@ -8,23 +8,7 @@ use crate::core::error::{Failure, FailureReason, Rejection};
 use crate::core::image::ImageRejection;
 use crate::core::quota::QuotaRejection;
 
-/// The reader's language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum Lang {
-    #[default]
-    En,
-    Zh,
-}
-
-impl Lang {
-    /// Chinese for `zh*` language codes and locales, English otherwise.
-    pub fn from_code(code: Option<&str>) -> Self {
-        match code {
-            Some(c) if c.to_ascii_lowercase().starts_with("zh") => Lang::Zh,
-            _ => Lang::En,
-        }
-    }
-}
+pub use crate::core::model::Lang;
 
 fn pick(lang: Lang, en: String, zh: String) -> String {
     match lang {
@@ -624,7 +608,17 @@ pub fn discord_time(t: DateTime<Utc>) -> String {
 
 /// Status while waiting, with an expected start (Discord).
 pub fn queued_eta(lang: Lang, ahead: usize, eta: DateTime<Utc>) -> String {
-    let t = discord_time(eta);
+    queued_eta_with(lang, ahead, eta, discord_time)
+}
+
+/// Status while waiting, with an expected start written by `time`.
+pub fn queued_eta_with(
+    lang: Lang,
+    ahead: usize,
+    eta: DateTime<Utc>,
+    time: fn(DateTime<Utc>) -> String,
+) -> String {
+    let t = time(eta);
     pick(
         lang,
         format!("⏳ In the queue: {ahead} ahead of you, expected to start {t}."),

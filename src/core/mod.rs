@@ -1,19 +1,22 @@
-//! The platform-free core: parsing, image fitting, quotas, jobs. It imports no chat-platform
-//! or HTTP-client types (`.ci/run` checks this); front-ends and the backend plug in via traits.
+//! The platform-free core: parsing, image fitting, quotas, jobs and each job's conversation. It
+//! imports no chat-platform or HTTP-client types (`.ci/run` checks this); chats, the backend and
+//! the store plug in through the ports (`ports`, `edit::EditBackend`, `ledger::Ledger`).
 
 pub mod access;
 pub mod budget;
 pub mod clock;
 pub mod command;
+pub mod conversation;
 pub mod edit;
 pub mod error;
-pub mod frontend;
 pub mod image;
 pub mod jobs;
 pub mod jpeg;
 pub mod ledger;
+pub mod model;
 pub mod pipeline;
 pub mod policy;
+pub mod ports;
 pub mod queue;
 pub mod quota;
 pub mod reconnect;

@@ -5,8 +5,6 @@
 //! the configured limits and a hot cache of per-user settings (blocks, overrides) in a `DashMap`
 //! so that a blocked user is turned away without touching the disk.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Timelike, Utc};
@@ -14,6 +12,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
+pub use super::model::{Platform, UserRef};
 pub use super::ledger::{
     AgainSource, JobRecord, JobStatus, Ledger, ReportBy, ReportRow, ResultAt, StoreError,
     Unfinished,
@@ -75,76 +74,6 @@ impl Window {
                     .unwrap_or(start)
             }
         }
-    }
-}
-
-/// Which chat network a user or chat belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Platform {
-    Telegram,
-    Discord,
-    Cli,
-}
-
-impl Platform {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Telegram => "telegram",
-            Platform::Discord => "discord",
-            Platform::Cli => "cli",
-        }
-    }
-}
-
-impl FromStr for Platform {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "telegram" => Ok(Platform::Telegram),
-            "discord" => Ok(Platform::Discord),
-            "cli" => Ok(Platform::Cli),
-            other => Err(format!(
-                "unknown platform {other:?} (telegram, discord, cli)"
-            )),
-        }
-    }
-}
-
-/// A user on a platform, written `telegram:12345`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct UserRef {
-    pub platform: Platform,
-    pub id: String,
-}
-
-impl UserRef {
-    pub fn new(platform: Platform, id: impl Into<String>) -> Self {
-        Self {
-            platform,
-            id: id.into(),
-        }
-    }
-}
-
-impl fmt::Display for UserRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.platform.as_str(), self.id)
-    }
-}
-
-impl FromStr for UserRef {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (p, id) = s
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?}: write a user as platform:id, e.g. telegram:12345"))?;
-        let platform: Platform = p.parse()?;
-        let numeric = !id.is_empty() && id.chars().all(|c| c.is_ascii_digit());
-        if !numeric && platform != Platform::Cli {
-            return Err(format!("{s:?}: the user id must be a number"));
-        }
-        Ok(UserRef::new(platform, id))
     }
 }
 

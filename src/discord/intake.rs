@@ -4,22 +4,17 @@
 use serenity::all::{
     ChannelId, CommandInteraction, CommandType, ComponentInteraction, CreateInteractionResponse,
     CreateInteractionResponseMessage, GetMessages, Interaction, Message, MessageId,
-    ModalInteraction, ReactionType, ResolvedValue,
+    ModalInteraction, ResolvedValue,
 };
 
 use tracing::Instrument as _;
 
-use super::{Discord, Feedback, Route, group_of};
+use super::{Discord, group_of};
 use crate::core::command::{EditCommand, ParseContext, parse};
 use crate::core::error::Rejection;
 use crate::core::jobs::JobSpec;
-use crate::core::quota::{Platform, QuotaRejection, UserRef};
+use crate::core::model::{Platform, Reply};
 use crate::messages::{self, Lang};
-
-/// Reaction on a text request while it waits or runs, then on success / failure.
-pub const REACT_WORKING: &str = "⏳";
-pub const REACT_DONE: &str = "✅";
-pub const REACT_FAILED: &str = "❌";
 
 /// Images in the latest messages the slash command looks through when given none.
 const LATEST_LOOKBACK: u8 = 50;
@@ -94,13 +89,14 @@ async fn text_request(dc: &Discord, msg: &Message, text: &str) {
         Some(guild) => dc.guild_lang(guild.get()).await,
         None => Lang::En,
     };
-    let route = Route {
-        channel_id: msg.channel_id.get(),
-        guild_id: msg.guild_id.map(|g| g.get()),
-        reply_to: Some(msg.id.get()),
-        user_id: msg.author.id.get(),
+    let route = Reply {
+        platform: Platform::Discord,
+        chat: msg.channel_id.get() as i64,
+        group: group_of(msg.guild_id),
+        to: Some(msg.id.get() as i64),
+        user: msg.author.id.get().to_string(),
         lang,
-        interaction_token: None,
+        deferred: None,
         upload_limit: None,
     };
     if !dc.admit_text(msg, &route).await {
@@ -109,10 +105,7 @@ async fn text_request(dc: &Discord, msg: &Message, text: &str) {
     let command = match parse(text, ParseContext::default()) {
         Ok(Some(c)) => c,
         Ok(None) => return,
-        Err(e) => {
-            let text = messages::rejection(lang, &Rejection::Command(e));
-            return dc.refuse_text(&route, &text).await;
-        }
+        Err(e) => return dc.engine.refuse(&route, &Rejection::Command(e)),
     };
     let mut inputs = locators(msg);
     if inputs.is_empty()
@@ -120,15 +113,10 @@ async fn text_request(dc: &Discord, msg: &Message, text: &str) {
     {
         inputs = locators(referenced);
     }
-    let spec = dc.spec(
-        format!("dc-{}", msg.id.get()),
-        msg.author.id.get(),
-        msg.guild_id,
-        &route,
-        inputs,
-        command,
-    );
-    dc.submit(spec, route, None).await;
+    let id = format!("dc-{}", msg.id.get());
+    dc.engine
+        .request(JobSpec::new(id, route, inputs, command))
+        .await;
 }
 
 pub async fn on_interaction(dc: &Discord, interaction: Interaction) {
@@ -197,24 +185,19 @@ async fn slash_edit(dc: &Discord, cmd: &CommandInteraction) {
     if urls.is_empty() {
         urls = latest_image(dc, cmd.channel_id).await;
     }
-    let route = Route {
-        channel_id: cmd.channel_id.get(),
-        guild_id: cmd.guild_id.map(|g| g.get()),
-        reply_to: None,
-        user_id: cmd.user.id.get(),
+    let route = Reply {
+        platform: Platform::Discord,
+        chat: cmd.channel_id.get() as i64,
+        group: group_of(cmd.guild_id),
+        to: None,
+        user: cmd.user.id.get().to_string(),
         lang,
-        interaction_token: Some(cmd.token.clone()),
+        deferred: Some(cmd.token.clone()),
         upload_limit: Some(u64::from(cmd.attachment_size_limit)),
     };
-    let spec = dc.spec(
-        format!("dc-i-{}", cmd.id.get()),
-        cmd.user.id.get(),
-        cmd.guild_id,
-        &route,
-        urls,
-        command,
-    );
-    dc.submit(spec, route, Some(Deferred::Command(Box::new(cmd.clone()))))
+    let id = format!("dc-i-{}", cmd.id.get());
+    dc.engine
+        .request(JobSpec::new(id, route, urls, command))
         .await;
 }
 
@@ -319,24 +302,19 @@ async fn modal_submit(dc: &Discord, modal: &ModalInteraction) {
         Ok(target) => locators(&target),
         Err(_) => Vec::new(),
     };
-    let route = Route {
-        channel_id: channel,
-        guild_id: modal.guild_id.map(|g| g.get()),
-        reply_to: Some(message),
-        user_id: modal.user.id.get(),
+    let route = Reply {
+        platform: Platform::Discord,
+        chat: channel as i64,
+        group: group_of(modal.guild_id),
+        to: Some(message as i64),
+        user: modal.user.id.get().to_string(),
         lang,
-        interaction_token: Some(modal.token.clone()),
+        deferred: Some(modal.token.clone()),
         upload_limit: Some(u64::from(modal.attachment_size_limit)),
     };
-    let spec = dc.spec(
-        format!("dc-i-{}", modal.id.get()),
-        modal.user.id.get(),
-        modal.guild_id,
-        &route,
-        inputs,
-        command,
-    );
-    dc.submit(spec, route, Some(Deferred::Modal(Box::new(modal.clone()))))
+    let id = format!("dc-i-{}", modal.id.get());
+    dc.engine
+        .request(JobSpec::new(id, route, inputs, command))
         .await;
 }
 
@@ -352,22 +330,18 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
         chat: button.channel_id.get().to_string(),
         message: button.message.id.get().to_string(),
     };
-    let route = Route {
-        channel_id: button.channel_id.get(),
-        guild_id: button.guild_id.map(|g| g.get()),
-        reply_to: Some(button.message.id.get()),
-        user_id: button.user.id.get(),
+    let route = Reply {
+        platform: Platform::Discord,
+        chat: button.channel_id.get() as i64,
+        group: group_of(button.guild_id),
+        to: Some(button.message.id.get() as i64),
+        user: button.user.id.get().to_string(),
         lang,
-        interaction_token: Some(button.token.clone()),
+        deferred: Some(button.token.clone()),
         upload_limit: Some(u64::from(button.attachment_size_limit)),
     };
-    let user = UserRef::new(Platform::Discord, button.user.id.get().to_string());
-    let route_value = serde_json::to_value(&route).unwrap_or_default();
     let id = format!("dc-b-{}", button.id.get());
-    let Some(spec) = dc
-        .engine
-        .again(token, &pressed, id, user, route_value)
-        .await
+    let Some(spec) = dc.engine.again(token, &pressed, id, route).await
     else {
         let reply = CreateInteractionResponseMessage::new()
             .content(messages::again_expired(lang))
@@ -381,129 +355,6 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
     if button.create_response(&dc.http, defer).await.is_err() {
         return;
     }
-    dc.submit(
-        spec,
-        route,
-        Some(Deferred::Component(Box::new(button.clone()))),
-    )
-    .await;
+    dc.engine.request(spec).await;
 }
 
-/// An interaction that was deferred and is waiting for its job.
-pub enum Deferred {
-    Command(Box<CommandInteraction>),
-    Modal(Box<ModalInteraction>),
-    Component(Box<ComponentInteraction>),
-}
-
-impl Deferred {
-    /// Replaces the "thinking" state with the refusal. (A follow-up would not do: the first
-    /// one after a deferral *becomes* the deferred message, with its visibility.)
-    async fn refuse(&self, dc: &Discord, text: &str) {
-        let edit = super::edit_response().content(text);
-        let http = &dc.http;
-        let edited = match self {
-            Deferred::Command(c) => c.edit_response(http, edit).await,
-            Deferred::Modal(m) => m.edit_response(http, edit).await,
-            Deferred::Component(b) => b.edit_response(http, edit).await,
-        };
-        if let Err(e) = edited {
-            tracing::warn!(error = %e, "cannot answer the interaction");
-        }
-    }
-}
-
-impl Discord {
-    fn spec(
-        &self,
-        id: String,
-        user: u64,
-        guild: Option<serenity::all::GuildId>,
-        route: &Route,
-        inputs: Vec<String>,
-        command: EditCommand,
-    ) -> JobSpec {
-        JobSpec {
-            id,
-            user: UserRef::new(Platform::Discord, user.to_string()),
-            chat: route.channel_id.to_string(),
-            group: group_of(guild),
-            inputs,
-            command,
-            route: serde_json::to_value(route).unwrap_or_default(),
-            token: None,
-        }
-    }
-
-    /// Submits a job and shows that it was taken, or why not.
-    async fn submit(&self, spec: JobSpec, route: Route, deferred: Option<Deferred>) {
-        let job_id = spec.id.clone();
-        // Before submitting: a worker may start (and even finish) the job at once.
-        // An event seen again (a gateway replay) while its job runs must not touch that job's
-        // feedback (typing, status message).
-        let fresh = match self.feedback.entry(job_id.clone()) {
-            dashmap::Entry::Occupied(_) => false,
-            dashmap::Entry::Vacant(v) => {
-                v.insert(Feedback {
-                    route: Some(route.clone()),
-                    ..Feedback::default()
-                });
-                true
-            }
-        };
-        let result = self.engine.submit(spec).await;
-        if result.is_err() && fresh {
-            self.feedback.remove(&job_id);
-        }
-        match result {
-            Ok(accepted) => {
-                tracing::info!(job_id = %job_id, position = accepted.position, "edit request accepted");
-                if deferred.is_none() {
-                    self.react(&route, REACT_WORKING).await;
-                }
-                if accepted.waits {
-                    self.show_position(&job_id, &route, accepted.position).await;
-                }
-            }
-            Err(Rejection::Quota(QuotaRejection::Duplicate)) => {}
-            Err(rejection) => {
-                tracing::info!(reason = %rejection, "request refused");
-                let text =
-                    messages::rejection_with(route.lang, &rejection, &messages::discord_time);
-                match deferred {
-                    Some(d) => d.refuse(self, &text).await,
-                    None => self.refuse_text(&route, &text).await,
-                }
-            }
-        }
-    }
-
-    /// Answers a refused text request, unless the user (or the server's channel) was answered
-    /// one just now (`core::throttle`). Interactions are always answered: they are ephemeral.
-    async fn refuse_text(&self, route: &Route, text: &str) {
-        let chat = route.channel_id.to_string();
-        let user = route.user_id.to_string();
-        if self
-            .refusals
-            .allow(&chat, route.guild_id.is_some(), &user, text)
-        {
-            self.say(route, text).await;
-        } else {
-            tracing::debug!("request refused; not answered (answered just now)");
-        }
-    }
-
-    pub(super) async fn react(&self, route: &Route, emoji: &str) {
-        let Some(message) = route.reply_to else {
-            return;
-        };
-        let reaction = ReactionType::Unicode(emoji.to_owned());
-        if let Err(e) = self
-            .http
-            .create_reaction(route.channel(), MessageId::new(message), &reaction)
-            .await
-        {
-            tracing::debug!(error = %e, "reaction failed");
-        }
-    }
-}

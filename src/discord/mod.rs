@@ -1,10 +1,11 @@
 //! The Discord front-end (docs/PRODUCT.md §4.2) on serenity: text triggers, the `/edit` slash command, the
 //! "Edit image" message command with its modal, 🔁 buttons, `/quota`, `/quota-admin`, `/help`.
-//! Handlers defer or react at once and never wait for the model; results are posted as channel
-//! messages (never only through the 15-minute interaction token).
+//! Handlers defer or react at once, hand the request to the core and never wait for the model;
+//! [`chat::DiscordChat`] carries out the core's calls (results are channel messages, never only
+//! an edit through the 15-minute interaction token).
 
+pub mod chat;
 mod commands;
-mod deliver;
 mod intake;
 mod places;
 mod source;
@@ -12,51 +13,18 @@ mod source;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 use serenity::all::{
-    ChannelId, ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildId, Http,
-    HttpBuilder, Interaction, Message, MessageId, Ready, UserId,
+    ClientBuilder, Context, EventHandler, GatewayIntents, Guild, GuildId, Http, HttpBuilder,
+    Interaction, Message, Ready, UserId,
 };
 use serenity::async_trait;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Settings;
-use crate::core::jobs::{Deliveries, Engine, JobEvent};
-use crate::messages::Lang;
+use crate::core::jobs::Engine;
+use crate::core::model::Lang;
 use crate::metrics::Metrics;
 
-pub use source::DiscordSource;
-
-/// Where and how to answer a Discord job; stored inside the job spec.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Route {
-    pub channel_id: u64,
-    pub guild_id: Option<u64>,
-    /// The message to reply to (text triggers, and the target of the message command).
-    pub reply_to: Option<u64>,
-    /// The user to mention when there is no message to reply to.
-    pub user_id: u64,
-    pub lang: Lang,
-    /// The deferred interaction, to point at the result (valid 15 minutes).
-    pub interaction_token: Option<String>,
-    /// Largest upload the channel takes, when the interaction told us.
-    pub upload_limit: Option<u64>,
-}
-
-impl Route {
-    fn channel(&self) -> ChannelId {
-        ChannelId::new(self.channel_id)
-    }
-}
-
-/// Per-job feedback state.
-#[derive(Default)]
-struct Feedback {
-    status: Option<MessageId>,
-    last_position: Option<usize>,
-    typing: Option<tokio::task::AbortHandle>,
-    route: Option<Route>,
-}
+pub use chat::DiscordChat;
 
 /// Everything the handlers share. One per process.
 pub struct Discord {
@@ -67,11 +35,8 @@ pub struct Discord {
     guild_ids: Vec<u64>,
     /// Operators: `/quota-admin` acts bot-wide for them.
     admin_ids: Vec<u64>,
-    /// Which refusals of text requests are answered (repeats are not).
-    refusals: crate::core::throttle::RefusalThrottle,
-    feedback: DashMap<String, Feedback>,
-    /// Upload limits learnt per guild (from its boost tier).
-    upload_limits: DashMap<u64, u64>,
+    /// The chat the core answers through (refusals of closed places use it too).
+    chat: Arc<DiscordChat>,
     /// Preferred languages learnt per guild.
     guild_langs: DashMap<u64, Lang>,
 }
@@ -91,13 +56,11 @@ pub fn http(token: &str, api_url: &str) -> Http {
     builder.proxy(api_url).ratelimiter_disabled(true).build()
 }
 
-/// The front-end before it connects: what the engine needs from it.
+/// The adapter before it connects: the chat the engine answers through.
 pub struct Prepared {
     pub http: Arc<Http>,
     pub token: String,
-    pub source: Arc<DiscordSource>,
-    pub events_tx: mpsc::Sender<JobEvent>,
-    events_rx: mpsc::Receiver<JobEvent>,
+    pub chat: Arc<DiscordChat>,
 }
 
 pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
@@ -108,15 +71,8 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
         .ok_or_else(|| anyhow::anyhow!("DISCORD_TOKEN is not set"))?;
     let token = crate::config::expose(token).to_owned();
     let http = Arc::new(http(&token, &settings.config.discord.api_url));
-    let (events_tx, events_rx) = mpsc::channel(64);
-    let source = Arc::new(DiscordSource::new(http.clone()));
-    Ok(Prepared {
-        http,
-        token,
-        source,
-        events_tx,
-        events_rx,
-    })
+    let chat = Arc::new(DiscordChat::new(http.clone()));
+    Ok(Prepared { http, token, chat })
 }
 
 /// serenity's event handler: the shared state, built before the client.
@@ -152,20 +108,15 @@ impl EventHandler for Handler {
     }
 }
 
-/// Connects to the gateway and serves until `shutdown` resolves; returns the delivery task.
+/// Connects to the gateway and serves until `shutdown` resolves.
 pub async fn run(
     prepared: Prepared,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     settings: &Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Deliveries> {
-    let Prepared {
-        http,
-        token,
-        events_rx,
-        ..
-    } = prepared;
+) -> anyhow::Result<()> {
+    let Prepared { http, token, chat } = prepared;
     let intents = GatewayIntents::GUILDS
         | GatewayIntents::GUILD_MESSAGES
         | GatewayIntents::DIRECT_MESSAGES
@@ -178,29 +129,17 @@ pub async fn run(
         bot_id: std::sync::OnceLock::new(),
         guild_ids: settings.config.discord.guild_ids.clone(),
         admin_ids: settings.config.discord.admin_ids.clone(),
-        refusals: Default::default(),
-        feedback: DashMap::new(),
-        upload_limits: DashMap::new(),
+        chat,
         guild_langs: DashMap::new(),
     });
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(crate::core::jobs::pump(
-        dc.clone(),
-        dc.engine.clone(),
-        events_rx,
-        stopped,
-    ));
-    let ticker = tokio::spawn(deliver::position_ticker(dc.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     let result = connect(&dc, &token, intents, settings, stop_rx).await;
-    ticker.abort();
     dc.metrics.health.set_discord(false);
-    result?;
-    Ok(Deliveries { task, stop })
+    result
 }
 
 /// Runs the gateway client until `stop`. A client that cannot start (Discord unreachable) is

@@ -10,13 +10,15 @@ use serenity::all::{
 use serenity::builder::Builder as _;
 
 use super::intake::lang_of;
-use super::{Discord, Route};
+use super::Discord;
+use crate::core::model::Reply;
+use crate::core::ports::chat::Chat as _;
 use crate::core::access::Spot;
 use crate::messages;
 
 impl Discord {
     /// Whether the text request `msg` may be served; when not, answers at most once an hour.
-    pub(super) async fn admit_text(&self, msg: &Message, route: &Route) -> bool {
+    pub(super) async fn admit_text(&self, msg: &Message, route: &Reply) -> bool {
         let roles = msg
             .member
             .as_ref()
@@ -34,8 +36,8 @@ impl Discord {
         let answer = access.answer_refusal(spot);
         tracing::info!(?closed, answer, "request where the bot is not enabled");
         if answer {
-            self.say(route, &messages::not_enabled(route.lang, closed))
-                .await;
+            let text = messages::not_enabled(route.lang, closed);
+            let _ = self.chat.say(route, &text).await;
         }
         false
     }

@@ -9,8 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use serenity::all::{ChannelId, Http, MessageId};
 
-use crate::core::edit::BoxFuture;
-use crate::core::jobs::InputSource;
 
 /// Largest input we download.
 const MAX_INPUT: usize = 50 * 1024 * 1024;
@@ -58,12 +56,11 @@ impl DiscordSource {
     }
 }
 
-impl InputSource for DiscordSource {
-    fn fetch<'a>(&'a self, locator: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {
-        Box::pin(async move {
-            let url = self.url_of(locator).await?;
-            download(&self.client, &url, MAX_INPUT).await
-        })
+impl DiscordSource {
+    /// The bytes behind an input locator.
+    pub async fn fetch(&self, locator: &str) -> Result<Bytes, String> {
+        let url = self.url_of(locator).await?;
+        download(&self.client, &url, MAX_INPUT).await
     }
 }
 

@@ -1,59 +1,25 @@
-//! The Telegram front-end (docs/PRODUCT.md §4.1) on teloxide: turns updates into jobs and job events into
-//! chat messages. Handlers never wait for the model: they validate, reserve, enqueue, return.
+//! The Telegram adapter (docs/PRODUCT.md §4.1) on teloxide: updates become requests to the core
+//! (`handler`, `album`, `admin`), and [`chat::TelegramChat`] carries out the core's calls.
+//! Handlers never wait for the model: they validate, reserve, enqueue, return.
 
 mod admin;
 mod album;
-mod deliver;
+pub mod chat;
 mod handler;
 mod places;
-mod source;
 pub mod trigger;
 mod updates;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
-use teloxide::types::{BotCommand, MessageId};
-use tokio::sync::mpsc;
+use teloxide::types::BotCommand;
 
 use crate::config::{Settings, TelegramConfig};
-use crate::core::jobs::{Deliveries, Engine, JobEvent};
-use crate::messages::Lang;
+use crate::core::jobs::Engine;
 
-pub use source::TelegramSource;
-
-/// Where and how to answer a Telegram job; stored inside the job spec.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Route {
-    pub chat_id: i64,
-    pub message_id: i32,
-    pub lang: Lang,
-}
-
-impl Route {
-    fn chat(&self) -> ChatId {
-        ChatId(self.chat_id)
-    }
-
-    fn message(&self) -> MessageId {
-        MessageId(self.message_id)
-    }
-}
-
-/// Per-job feedback state: the status message and the chat-action loop.
-#[derive(Default)]
-struct Feedback {
-    status: Option<MessageId>,
-    reacted: bool,
-    last_position: Option<usize>,
-    typing: Option<tokio::task::AbortHandle>,
-    route: Option<Route>,
-    /// Turns true once the 👀 (or status message) was sent: the final reaction waits for it.
-    acked: Option<tokio::sync::watch::Receiver<bool>>,
-}
+pub use chat::TelegramChat;
 
 /// Everything a handler needs. One per process.
 pub struct Telegram {
@@ -64,9 +30,6 @@ pub struct Telegram {
     album_wait: Duration,
     /// Albums (`chat:media_group_id`) whose collection timer runs; their parts are in the store.
     album_timers: dashmap::DashSet<String>,
-    feedback: DashMap<String, Feedback>,
-    /// Which refusals are answered (repeats are not).
-    refusals: crate::core::throttle::RefusalThrottle,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -124,12 +87,10 @@ async fn connect(
     }
 }
 
-/// Prepares the front-end: the bot, its identity, the input source and the event channel.
+/// The adapter before it connects: the bot, and the chat the engine answers through.
 pub struct Prepared {
     pub bot: Bot,
-    pub source: Arc<TelegramSource>,
-    pub events_tx: mpsc::Sender<JobEvent>,
-    events_rx: mpsc::Receiver<JobEvent>,
+    pub chat: Arc<TelegramChat>,
 }
 
 pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
@@ -142,33 +103,30 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
         crate::config::expose(token),
         &settings.config.telegram.api_url,
     )?;
-    let (events_tx, events_rx) = mpsc::channel(64);
     Ok(Prepared {
-        source: Arc::new(TelegramSource { bot: bot.clone() }),
+        chat: Arc::new(TelegramChat { bot: bot.clone() }),
         bot,
-        events_tx,
-        events_rx,
     })
 }
 
-/// Runs the front-end until `shutdown` resolves; then stops taking updates and returns the
-/// delivery task, which still posts results of jobs that finish later.
+/// Takes updates until `shutdown` resolves. Results of jobs that finish later are still posted
+/// (by the engine, through the chat).
 pub async fn run(
     prepared: Prepared,
     engine: Arc<Engine>,
     metrics: Arc<crate::metrics::Metrics>,
     settings: &Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Deliveries> {
+) -> anyhow::Result<()> {
     let cfg = &settings.config.telegram;
-    let Prepared { bot, events_rx, .. } = prepared;
+    let Prepared { bot, .. } = prepared;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     let Some(me) = connect(&bot, &cfg.api_url, &mut stop_rx).await? else {
-        return Ok(Deliveries::none());
+        return Ok(());
     };
     let shutdown = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -183,23 +141,11 @@ pub async fn run(
         admin_ids: cfg.admin_ids.clone(),
         album_wait: Duration::from_millis(cfg.album_wait_ms),
         album_timers: dashmap::DashSet::new(),
-        feedback: DashMap::new(),
-        refusals: Default::default(),
         metrics,
     });
     tg.metrics.health.set_telegram(true);
     tg.resume_albums().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(crate::core::jobs::pump(
-        tg.clone(),
-        tg.engine.clone(),
-        events_rx,
-        stopped,
-    ));
-    let ticker = tokio::spawn(deliver::position_ticker(tg.clone()));
-    let result = dispatch(tg.clone(), cfg, settings, shutdown).await;
-    ticker.abort();
-    result.map(|()| Deliveries { task, stop })
+    dispatch(tg.clone(), cfg, settings, shutdown).await
 }
 
 async fn dispatch(

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
 use qwen_edit_bot::core::command::{EditCommand, ParseContext, parse};
-use qwen_edit_bot::core::edit::{BackendError, BoxFuture};
+use qwen_edit_bot::core::edit::BackendError;
 use qwen_edit_bot::core::error::{FailureReason, Rejection};
 use qwen_edit_bot::core::image::{FitLimits, ImageRejection};
-use qwen_edit_bot::core::jobs::{Engine, EngineConfig, InputSource, JobEvent, JobSpec, Outcome};
+use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobEvent, JobSpec, Outcome};
+use qwen_edit_bot::core::model::{Lang, Reply as Answer};
 use qwen_edit_bot::core::policy::Standing;
 use qwen_edit_bot::core::queue::FairQueue;
 use qwen_edit_bot::core::quota::{
@@ -20,22 +21,10 @@ use qwen_edit_bot::core::quota::{
 };
 use tokio::sync::mpsc;
 
+use super::chat_double::{Call, RecordingChat};
 use super::quota::{at, limits, user};
 use crate::fakes::dashscope::{FakeDashScope, Reply};
 use crate::fakes::images;
-
-/// Inputs by locator, counting fetches.
-#[derive(Default)]
-struct MemorySource {
-    files: Mutex<HashMap<String, Bytes>>,
-}
-
-impl InputSource for MemorySource {
-    fn fetch<'a>(&'a self, locator: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {
-        let found = self.files.lock().unwrap().get(locator).cloned();
-        Box::pin(async move { found.ok_or_else(|| format!("no file {locator}")) })
-    }
-}
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -43,6 +32,7 @@ struct Rig {
     engine: Arc<Engine>,
     quotas: Arc<Quotas>,
     outcomes: mpsc::Receiver<JobEvent>,
+    chat: Arc<RecordingChat>,
 }
 
 struct RigOptions {
@@ -97,22 +87,20 @@ async fn rig(o: RigOptions) -> Rig {
         download_timeout: Duration::from_secs(30),
         default_size: None,
     };
-    let source = Arc::new(MemorySource::default());
-    {
-        let mut files = source.files.lock().unwrap();
-        files.insert("photo".into(), Bytes::from(images::jpeg(800, 600)));
-        files.insert("small".into(), Bytes::from(images::jpeg(200, 150)));
-        files.insert("pdf".into(), Bytes::from_static(b"%PDF-1.4"));
-    }
-    let (tx, rx) = mpsc::channel(64);
+    let chat = Arc::new(RecordingChat::new(Platform::Telegram));
+    chat.put_file("photo", images::jpeg(800, 600));
+    chat.put_file("small", images::jpeg(200, 150));
+    chat.put_file("pdf", Bytes::from_static(b"%PDF-1.4"));
     let mut engine = Engine::new(quotas.clone(), backend, cfg);
-    engine.register(Platform::Telegram, source, tx);
+    engine.register(chat.clone());
+    let rx = engine.tap();
     Rig {
         _dir: dir,
         fake,
         engine: Arc::new(engine),
         quotas,
         outcomes: rx,
+        chat,
     }
 }
 
@@ -121,16 +109,49 @@ fn command(text: &str) -> EditCommand {
 }
 
 fn spec(id: &str, user_id: &str, inputs: &[&str], text: &str) -> JobSpec {
-    JobSpec {
-        id: id.into(),
-        user: user(user_id),
-        chat: user_id.into(),
+    let route = Answer {
+        platform: Platform::Telegram,
+        chat: 1,
         group: None,
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        command: command(text),
-        route: serde_json::json!({ "reply_to": 99 }),
-        token: None,
-    }
+        to: Some(99),
+        user: user_id.into(),
+        lang: Lang::En,
+        deferred: None,
+        upload_limit: None,
+    };
+    let spec = JobSpec::new(
+        id.into(),
+        route,
+        inputs.iter().map(|s| s.to_string()).collect(),
+        command(text),
+    );
+    assert_eq!(spec.user, user(user_id));
+    spec
+}
+
+/// Waits (5 s at most) until the store shows `status` for `job`: the conversation writes it
+/// right after its last chat call.
+async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
+    let wait = async {
+        while quotas.ledger().job(job).unwrap().map(|j| j.status) != Some(status) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{job} never became {status:?}"));
+}
+
+/// Waits until the store holds no unfinished job (nor failure left untold).
+async fn all_told(quotas: &Quotas) {
+    let wait = async {
+        while !quotas.ledger().unfinished().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("every job finished and told");
 }
 
 /// The next finished job (start events are skipped).
@@ -148,6 +169,7 @@ async fn next(rx: &mut mpsc::Receiver<JobEvent>) -> Outcome {
 #[tokio::test]
 async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
     let mut r = rig(RigOptions::default()).await;
+    r.chat.hold();
     r.engine.spawn_workers();
     let accepted = r
         .engine
@@ -175,7 +197,7 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
     let delivery = out.result.unwrap();
     assert_eq!(delivery.images.len(), 2);
     assert_eq!(images::dims(&delivery.images[0]).1, 64);
-    assert_eq!(out.job.route["reply_to"], 99);
+    assert_eq!(out.job.route.to, Some(99));
     // What the backend got: both images fitted, the default negative prompt.
     let seen = r.fake.seen();
     assert!(seen[0].violations.is_empty(), "{:?}", seen[0].violations);
@@ -194,7 +216,13 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
     );
     let open = r.quotas.ledger().unfinished().unwrap();
     assert_eq!((open.len(), open[0].urls.len()), (1, 2));
-    r.engine.delivered(&out.job, &delivery, None).await;
+    r.chat.release();
+    let posted = r.chat.posts(1).await.remove(0);
+    assert!(
+        matches!(&posted, Call::Post { to: Some(99), images, again: Some(_), .. } if *images == delivery.images),
+        "{posted:?}"
+    );
+    settled(&r.quotas, "j1", JobStatus::Delivered).await;
     let job = r.quotas.ledger().job("j1").unwrap().unwrap();
     assert_eq!(
         (job.status, job.request_id.as_deref()),
@@ -496,7 +524,12 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
 fn engine_on(
     db: &std::path::Path,
     fake: &FakeDashScope,
-) -> (Arc<Engine>, Arc<Quotas>, mpsc::Receiver<JobEvent>) {
+) -> (
+    Arc<Engine>,
+    Arc<Quotas>,
+    mpsc::Receiver<JobEvent>,
+    Arc<RecordingChat>,
+) {
     let delays = Arc::new(Mutex::new(Vec::new()));
     let backend = Arc::new(DashScope::new(super::dashscope::options(fake, &delays)).unwrap());
     let ledger = Arc::new(qwen_edit_bot::store::sqlite::SqliteLedger::open(db).unwrap());
@@ -515,16 +548,12 @@ fn engine_on(
         download_timeout: Duration::from_secs(30),
         default_size: None,
     };
-    let source = Arc::new(MemorySource::default());
-    source
-        .files
-        .lock()
-        .unwrap()
-        .insert("photo".into(), Bytes::from(images::jpeg(800, 600)));
-    let (tx, rx) = mpsc::channel(64);
+    let chat = Arc::new(RecordingChat::new(Platform::Telegram));
+    chat.put_file("photo", images::jpeg(800, 600));
     let mut engine = Engine::new(quotas.clone(), backend, cfg);
-    engine.register(Platform::Telegram, source, tx);
-    (Arc::new(engine), quotas, rx)
+    engine.register(chat.clone());
+    let rx = engine.tap();
+    (Arc::new(engine), quotas, rx, chat)
 }
 
 #[tokio::test]
@@ -533,7 +562,7 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     {
-        let (engine, quotas, _rx) = engine_on(&db, &fake);
+        let (engine, quotas, _rx, _chat) = engine_on(&db, &fake);
         engine
             .submit(spec("waiting", "1", &["photo"], "/edit a"))
             .await
@@ -557,7 +586,7 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
             .unwrap();
         assert_eq!(engine.close(), 2, "both handed back to the store");
     }
-    let (engine, quotas, mut rx) = engine_on(&db, &fake);
+    let (engine, quotas, mut rx, chat) = engine_on(&db, &fake);
     assert_eq!(engine.resume().await, 2);
     engine.spawn_workers();
     let mut done = HashMap::new();
@@ -572,12 +601,13 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
     );
     assert!(done["waiting"].result.is_ok());
     assert_eq!(fake.calls(), 1, "only the waiting job called the backend");
-    for out in done.values() {
-        engine
-            .delivered(&out.job, out.result.as_ref().unwrap(), None)
-            .await;
-    }
-    assert!(quotas.ledger().unfinished().unwrap().is_empty());
+    let posts = chat.posts(2).await;
+    let answered_post = posts.iter().find_map(|p| match p {
+        Call::Post { job, images, .. } if job == "answered" => Some(images.len()),
+        _ => None,
+    });
+    assert_eq!(answered_post, Some(2), "{posts:?}");
+    all_told(&quotas).await;
     assert_eq!(quotas.show(&user("2")).await.unwrap().used, 2);
 }
 
@@ -587,7 +617,7 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     {
-        let (engine, quotas, _rx) = engine_on(&db, &fake);
+        let (engine, quotas, _rx, _chat) = engine_on(&db, &fake);
         for (id, user_id) in [("once", "1"), ("twice", "2")] {
             engine
                 .submit(spec(id, user_id, &["photo"], "/edit a"))
@@ -600,7 +630,7 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
         }
         engine.close();
     }
-    let (engine, quotas, mut rx) = engine_on(&db, &fake);
+    let (engine, quotas, mut rx, chat) = engine_on(&db, &fake);
     assert_eq!(engine.resume().await, 2);
     engine.spawn_workers();
     let mut done = HashMap::new();
@@ -615,12 +645,14 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
         (&FailureReason::Interrupted, true)
     );
     assert_eq!(fake.calls(), 1, "the given-up job did not call the backend");
-    let once = &done["once"];
-    engine
-        .delivered(&once.job, once.result.as_ref().unwrap(), None)
-        .await;
-    engine.told(&done["twice"].job).await;
-    assert!(quotas.ledger().unfinished().unwrap().is_empty());
+    chat.posts(1).await;
+    let told = chat.said(1).await;
+    assert_eq!(
+        told,
+        [qwen_edit_bot::messages::failure(Lang::En, given_up)],
+        "the given-up job's user is told"
+    );
+    all_told(&quotas).await;
     assert_eq!(quotas.show(&user("2")).await.unwrap().used, 0);
     assert_eq!(
         quotas.ledger().job("twice").unwrap().unwrap().status,
@@ -639,7 +671,9 @@ async fn a_failure_whose_user_was_not_told_before_a_restart_is_told_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     {
-        let (engine, quotas, mut rx) = engine_on(&db, &fake);
+        let (engine, quotas, mut rx, chat) = engine_on(&db, &fake);
+        // The process dies before the user is told: the failure text never leaves.
+        chat.hold();
         engine
             .submit(spec("refused", "1", &["photo"], "/edit a"))
             .await
@@ -654,7 +688,7 @@ async fn a_failure_whose_user_was_not_told_before_a_restart_is_told_after_it() {
         }
         assert_eq!(quotas.ledger().unfinished().unwrap().len(), 1);
     }
-    let (engine, quotas, mut rx) = engine_on(&db, &fake);
+    let (engine, quotas, mut rx, chat) = engine_on(&db, &fake);
     assert_eq!(engine.resume().await, 1);
     engine.spawn_workers();
     let out = next(&mut rx).await;
@@ -664,11 +698,14 @@ async fn a_failure_whose_user_was_not_told_before_a_restart_is_told_after_it() {
         (&FailureReason::Earlier("DataInspectionFailed".into()), true)
     );
     assert_eq!(fake.calls(), 1, "no new backend call");
-    engine.told(&out.job).await;
-    assert!(quotas.ledger().unfinished().unwrap().is_empty());
+    assert_eq!(
+        chat.said(1).await,
+        [qwen_edit_bot::messages::failure(Lang::En, failure)]
+    );
+    all_told(&quotas).await;
     assert_eq!(quotas.show(&user("1")).await.unwrap().used, 0);
     drop(engine);
-    let (engine, _, _rx) = engine_on(&db, &fake);
+    let (engine, _, _rx, _chat) = engine_on(&db, &fake);
     assert_eq!(engine.resume().await, 0, "told once, not again");
 }
 
@@ -693,6 +730,7 @@ async fn the_same_job_id_is_accepted_once() {
 #[tokio::test]
 async fn the_backends_answer_is_bounded_and_charged_for_what_is_delivered() {
     let mut r = rig(RigOptions::default()).await;
+    r.chat.hold();
     r.engine.spawn_workers();
     let mut run = async |id: &str, text: &str, reply: Reply| {
         r.fake.script([reply]);
@@ -745,7 +783,8 @@ async fn the_backends_answer_is_bounded_and_charged_for_what_is_delivered() {
         "{:?}",
         big.result.err()
     );
-    r.engine.delivered(&fewer.job, &fewer_delivery, None).await;
+    r.chat.release();
+    settled(&r.quotas, "fewer", JobStatus::Delivered).await;
     let job = r.quotas.ledger().job("fewer").unwrap().unwrap();
     assert_eq!((job.status, job.cost), (JobStatus::Delivered, 1));
 }
@@ -906,7 +945,7 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db");
     {
-        let (_, _, _) = engine_on(&db, &fake); // creates the database
+        let _ = engine_on(&db, &fake); // creates the database
     }
     let flaky = Arc::new(Flaky {
         inner: qwen_edit_bot::store::sqlite::SqliteLedger::open(&db).unwrap(),
@@ -921,13 +960,9 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
     let quotas = Arc::new(quotas);
     let delays = Arc::new(Mutex::new(Vec::new()));
     let backend = Arc::new(DashScope::new(super::dashscope::options(&fake, &delays)).unwrap());
-    let source = Arc::new(MemorySource::default());
-    source
-        .files
-        .lock()
-        .unwrap()
-        .insert("photo".into(), Bytes::from(images::jpeg(800, 600)));
-    let (tx, mut rx) = mpsc::channel(64);
+    let chat = Arc::new(RecordingChat::new(Platform::Telegram));
+    chat.put_file("photo", images::jpeg(800, 600));
+    chat.hold();
     let cfg = EngineConfig {
         max_queue: 10,
         max_in_flight_per_user: 5,
@@ -940,28 +975,29 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
         default_size: None,
     };
     let mut engine = Engine::new(quotas.clone(), backend, cfg);
-    engine.register(Platform::Telegram, source, tx);
+    engine.register(chat.clone());
+    let mut rx = engine.tap();
     let engine = Arc::new(engine);
     engine.spawn_workers();
     engine
         .submit(spec("flaky", "1", &["photo"], "/edit a"))
         .await
         .unwrap();
-    let out = next(&mut rx).await;
+    next(&mut rx).await;
     assert_eq!(
         quotas.ledger().job("flaky").unwrap().unwrap().status,
         JobStatus::Ready,
         "the answer was stored despite two failed writes"
     );
-    engine
-        .delivered(&out.job, out.result.as_ref().unwrap(), None)
-        .await;
+    chat.release();
+    chat.posts(1).await;
+    settled(&quotas, "flaky", JobStatus::Delivered).await;
     assert_eq!(
         quotas.ledger().job("flaky").unwrap().unwrap().status,
         JobStatus::Delivered
     );
     // A restart finds nothing to run again.
-    let (again, _, _) = engine_on(&db, &fake);
+    let (again, ..) = engine_on(&db, &fake);
     assert_eq!(again.resume().await, 0);
     assert_eq!(fake.calls(), 1);
 }

@@ -1,9 +1,11 @@
 //! The one integration-test binary. Every test starts its own fakes on 127.0.0.1.
 
 mod access;
+mod chat_double;
 mod cli;
 mod command;
 mod config;
+mod conversation;
 mod daemon;
 mod dashscope;
 mod discord;

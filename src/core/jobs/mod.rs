@@ -1,31 +1,31 @@
-//! Jobs: accept (validate, hold a queue place, reserve quota), run (fetch inputs, fit, call the
-//! backend, download results) and hand the outcome back as a value.
-//!
-//! A front-end registers, per platform, an [`InputSource`] (how to fetch the bytes behind an
-//! input locator, e.g. a Telegram file id) and a channel that receives each [`JobEvent`]. The
-//! front-end then delivers and reports back with [`Engine::delivered`] (commit) or
-//! [`Engine::undeliverable`] (refund). The engine never talks to a platform itself.
+//! Jobs: accept (validate, hold a queue place, reserve quota), run (`run.rs`: fetch inputs, fit,
+//! call the backend, download results) and end them through their conversation
+//! (`core::conversation`), which commits, charges or refunds. Chats plug in as
+//! [`Chat`] adapters, one per platform; the engine is the only owner of a job's life.
+
+mod run;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::Instrument as _;
 
 use super::access::Access;
 use super::command::{EditCommand, Size};
-use super::edit::{BackendError, BoxFuture, EditBackend, ModelCaps};
+use super::edit::{EditBackend, ModelCaps};
 use super::error::{Failure, FailureReason, Rejection};
-pub use super::frontend::{Deliveries, FrontEnd, pump};
 use super::image::FitLimits;
-use super::pipeline::{Observer, call, download_all, fit_all};
+use super::conversation::Talks;
+use super::model::Reply;
+use super::pipeline::Observer;
+use super::ports::chat::Chat;
 use super::queue::FairQueue;
 use super::quota::{
-    Granted, JobStatus, Platform, QuotaRejection, Quotas, Reservation, ResultAt, UserRef,
+    Granted, Platform, QuotaRejection, Quotas, Reservation, ResultAt, UserRef,
 };
 
 /// Most input images per edit (docs/DASHSCOPE.md §1.4).
@@ -33,11 +33,6 @@ pub const MAX_INPUTS: usize = 3;
 
 /// Times a job is started before restarts that cut it off make it fail (refunded).
 const MAX_RUNS: u32 = 2;
-
-/// Fetches the bytes behind an input locator. Implemented by each front-end.
-pub trait InputSource: Send + Sync + 'static {
-    fn fetch<'a>(&'a self, locator: &'a str) -> BoxFuture<'a, Result<Bytes, String>>;
-}
 
 /// A job as it waits in the queue: where to get the inputs and whom to answer, no bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,15 +42,89 @@ pub struct JobSpec {
     pub chat: String,
     /// The guild or group for the per-chat limit; `None` in private chats.
     pub group: Option<String>,
-    /// Platform locators of 1–3 input images, in order.
+    /// References of 1–3 input images, in order, as the chat adapter made them.
     pub inputs: Vec<String>,
     pub command: EditCommand,
-    /// Whatever the front-end needs to answer (message ids, language…).
-    pub route: serde_json::Value,
+    /// Where and how to answer.
+    pub route: Reply,
     /// The unguessable id the result's 🔁 button carries; given by [`Engine::submit`] (`None`
     /// for jobs of releases before it: their results get no button).
     #[serde(default)]
     pub token: Option<String>,
+}
+
+impl JobSpec {
+    /// A new job answering `route`, by its requester (no 🔁 token yet: [`Engine::submit`] gives one).
+    pub fn new(id: String, route: Reply, inputs: Vec<String>, command: EditCommand) -> Self {
+        JobSpec {
+            id,
+            user: route.user_ref(),
+            chat: route.chat.to_string(),
+            group: route.group.clone(),
+            inputs,
+            command,
+            route,
+            token: None,
+        }
+    }
+
+    /// A job description as the store keeps it (JSON). Those of releases before typed routes,
+    /// whose route was the front-end's own JSON, are read too.
+    pub fn from_stored(json: &str) -> Option<JobSpec> {
+        if let Ok(spec) = serde_json::from_str::<JobSpec>(json) {
+            return Some(spec);
+        }
+        let old: LegacySpec = serde_json::from_str(json).ok()?;
+        let r = old.route;
+        let route = Reply {
+            platform: old.user.platform,
+            chat: r.chat_id.or(r.channel_id).or(old.chat.parse().ok())?,
+            group: old.group.clone(),
+            to: r.message_id.or(r.reply_to),
+            user: old.user.id.clone(),
+            lang: r.lang,
+            deferred: r.interaction_token,
+            upload_limit: r.upload_limit,
+        };
+        Some(JobSpec {
+            id: old.id,
+            user: old.user,
+            chat: old.chat,
+            group: old.group,
+            inputs: old.inputs,
+            command: old.command,
+            route,
+            token: old.token,
+        })
+    }
+}
+
+/// A stored job description of a release before typed routes.
+#[derive(Deserialize)]
+struct LegacySpec {
+    id: String,
+    user: UserRef,
+    chat: String,
+    group: Option<String>,
+    inputs: Vec<String>,
+    command: EditCommand,
+    route: LegacyRoute,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// The Telegram (`chat_id`, `message_id`) and Discord (`channel_id`, `reply_to`, …) routes of
+/// those releases.
+#[derive(Deserialize)]
+struct LegacyRoute {
+    chat_id: Option<i64>,
+    message_id: Option<i64>,
+    channel_id: Option<i64>,
+    reply_to: Option<i64>,
+    #[serde(default)]
+    lang: super::model::Lang,
+    interaction_token: Option<String>,
+    upload_limit: Option<u64>,
 }
 
 /// Why a chat did not take a result, as its adapter classifies the platform's answer.
@@ -85,16 +154,16 @@ pub struct Delivery {
     pub request_id: Option<String>,
 }
 
-/// What a front-end hears about its jobs.
+/// What happened to a job, as told to observers ([`Engine::tap`]); nothing waits on them.
 #[derive(Debug, Clone)]
 pub enum JobEvent {
-    /// A worker took the job (show "working", typing indicators…).
+    /// A worker took the job.
     Started(JobSpec),
-    /// The job ended; post the result or the failure.
+    /// The job ended; its conversation posts the result or the failure.
     Finished(Outcome),
 }
 
-/// How a job ended, for the front-end to post.
+/// How a job ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub job: JobSpec,
@@ -118,7 +187,7 @@ pub struct EngineConfig {
     pub default_size: Option<Size>,
 }
 
-struct Queued {
+pub(crate) struct Queued {
     spec: JobSpec,
     granted: Granted,
     /// The backend's stored answer, for a job resumed after it.
@@ -129,24 +198,33 @@ struct Queued {
     failed_before: Option<String>,
 }
 
-struct Answered {
+pub(crate) struct Answered {
     request_id: Option<String>,
     urls: Vec<String>,
 }
 
-/// The job engine shared by all front-ends.
+/// The job engine shared by all chats.
 pub struct Engine {
-    quotas: Arc<Quotas>,
-    backend: Arc<dyn EditBackend>,
-    queue: Arc<FairQueue<Queued>>,
-    sources: HashMap<Platform, Arc<dyn InputSource>>,
-    sinks: HashMap<Platform, mpsc::Sender<JobEvent>>,
-    cfg: EngineConfig,
+    pub(crate) quotas: Arc<Quotas>,
+    pub(crate) backend: Arc<dyn EditBackend>,
+    pub(crate) queue: Arc<FairQueue<Queued>>,
+    pub(crate) chats: HashMap<Platform, Arc<dyn Chat>>,
+    /// Observers of job events ([`Engine::tap`]).
+    taps: Vec<mpsc::Sender<JobEvent>>,
+    pub(crate) cfg: EngineConfig,
     /// Workers running a job right now.
     busy: AtomicUsize,
     observer: Option<Arc<dyn Observer>>,
     /// Where requests are served (operator allowlists).
     access: Arc<Access>,
+    /// The conversations of jobs in progress.
+    pub(crate) talks: Talks,
+    /// Which refusals are answered (repeats are not).
+    pub(crate) refusals: super::throttle::RefusalThrottle,
+    /// Every task the engine spawns (deliveries, acknowledgements, typing, the ticker).
+    pub(crate) tasks: tokio_util::task::TaskTracker,
+    /// Cancelled by [`Engine::close`]: the position ticker stops.
+    pub(crate) closing: tokio_util::sync::CancellationToken,
 }
 
 impl Engine {
@@ -155,24 +233,36 @@ impl Engine {
             queue: FairQueue::new(cfg.max_queue, cfg.max_in_flight_per_user),
             quotas,
             backend,
-            sources: HashMap::new(),
-            sinks: HashMap::new(),
+            chats: HashMap::new(),
+            taps: Vec::new(),
             cfg,
             busy: AtomicUsize::new(0),
             observer: None,
             access: Arc::new(Access::open()),
+            talks: Talks::default(),
+            refusals: Default::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 
-    /// Connects a front-end: its input source and the channel its job events go to.
-    pub fn register(
-        &mut self,
-        platform: Platform,
-        source: Arc<dyn InputSource>,
-        events: mpsc::Sender<JobEvent>,
-    ) {
-        self.sources.insert(platform, source);
-        self.sinks.insert(platform, events);
+    /// Connects a chat platform: its jobs are fetched from, and answered through, `chat`.
+    pub fn register(&mut self, chat: Arc<dyn Chat>) {
+        self.chats.insert(chat.platform(), chat);
+    }
+
+    /// Every job's start and end from now on, as values (tests, audits). Events are dropped
+    /// rather than wait for a slow observer.
+    pub fn tap(&mut self) -> mpsc::Receiver<JobEvent> {
+        let (tx, rx) = mpsc::channel(1024);
+        self.taps.push(tx);
+        rx
+    }
+
+    pub(crate) fn emit(&self, event: JobEvent) {
+        for tap in &self.taps {
+            let _ = tap.try_send(event.clone());
+        }
     }
 
     /// Jobs served before `job_id`, if it is still waiting.
@@ -264,14 +354,13 @@ impl Engine {
         token: &str,
         pressed: &ResultAt,
         new_id: String,
-        user: UserRef,
-        route: serde_json::Value,
+        route: Reply,
     ) -> Option<JobSpec> {
         let stored = self
             .quotas
             .again_source(token, &pressed.chat, &pressed.message)
             .await?;
-        let old: JobSpec = serde_json::from_str(&stored).ok()?;
+        let old = JobSpec::from_stored(&stored)?;
         let seed = rand::random_range(0..=super::command::MAX_SEED);
         let command = EditCommand {
             seed: Some(seed),
@@ -279,7 +368,7 @@ impl Engine {
         };
         Some(JobSpec {
             id: new_id,
-            user,
+            user: route.user_ref(),
             chat: old.chat,
             group: old.group,
             inputs: old.inputs,
@@ -291,6 +380,7 @@ impl Engine {
 
     /// Starts `cfg.workers` workers; they end when the queue is closed and drained.
     pub fn spawn_workers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.spawn_position_ticker();
         (0..self.workers())
             .map(|_| {
                 let me = Arc::clone(self);
@@ -309,7 +399,17 @@ impl Engine {
     /// store and resume at the next start); workers stop after their current job. Returns how
     /// many were handed back.
     pub fn close(&self) -> usize {
+        self.closing.cancel();
         self.queue.close()
+    }
+
+    /// Waits until every task the engine started (deliveries above all) has ended, or until
+    /// `deadline`; returns whether they all ended. Call after the workers stopped.
+    pub async fn settle(&self, deadline: tokio::time::Instant) -> bool {
+        self.tasks.close();
+        tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// Serves requests only where `access` allows.
@@ -327,13 +427,13 @@ impl Engine {
         self.observer = Some(observer);
     }
 
-    /// Where front-ends report deliveries and send failures.
+    /// Where deliveries and send failures are reported.
     pub fn observer(&self) -> &dyn Observer {
         self.observer.as_deref().unwrap_or(&())
     }
 
-    /// The front-end posted the result (its 🔁 button on message `at`): commit the images.
-    pub async fn delivered(&self, job: &JobSpec, delivery: &Delivery, at: Option<ResultAt>) {
+    /// The result was posted (its 🔁 button on message `at`): commit the images.
+    pub(crate) async fn delivered(&self, job: &JobSpec, delivery: &Delivery, at: Option<ResultAt>) {
         self.observer().job_finished(true);
         let images = delivery.images.len();
         self.observer()
@@ -348,18 +448,18 @@ impl Engine {
         }
     }
 
-    /// The front-end has told the user why `job` failed (or tried to): it is not told again
-    /// after a restart.
-    pub async fn told(&self, job: &JobSpec) {
+    /// The user was told why `job` failed (or the bot tried to): it is not told again after a
+    /// restart.
+    pub(crate) async fn told(&self, job: &JobSpec) {
         if let Err(e) = self.quotas.told(&job.id).await {
             tracing::error!(job_id = %job.id, error = %e, "cannot record that the user was told");
         }
     }
 
-    /// The front-end could not post the result. Refused by the user's chat, the images are
-    /// charged (the model was paid); failed on our or the platform's side, they are refunded.
-    /// Returns what to tell the user.
-    pub async fn undeliverable(&self, job: &JobSpec, why: SendFailure) -> Failure {
+    /// The result could not be posted. Refused by the user's chat, the images are charged (the
+    /// model was paid); failed on our or the platform's side, they are refunded. Returns what
+    /// to tell the user.
+    pub(crate) async fn undeliverable(&self, job: &JobSpec, why: SendFailure) -> Failure {
         self.observer().job_finished(false);
         let (reason, written) = match why {
             SendFailure::ChatRefused(detail) => {
@@ -381,203 +481,6 @@ impl Engine {
         Failure { reason, refunded }
     }
 
-    async fn run(&self, q: Queued) {
-        let span = tracing::info_span!("job", platform = q.spec.user.platform.as_str(), job_id = %q.spec.id, user = %q.spec.user,
-            chat = %q.spec.chat);
-        async {
-            if let Some(code) = q.failed_before {
-                // Failed (and refunded) before a restart; the user still has to hear of it.
-                tracing::info!(code = %code, "telling the user of a failure from before the restart");
-                self.queue.done(&q.spec.user);
-                let failure = Failure {
-                    reason: FailureReason::Earlier(code),
-                    refunded: true,
-                };
-                let outcome = Outcome {
-                    job: q.spec,
-                    granted: q.granted,
-                    result: Err(failure),
-                };
-                self.emit(JobEvent::Finished(outcome)).await;
-                return;
-            }
-            let started = Instant::now();
-            if let Err(e) = self.quotas.mark_running(&q.spec.id).await {
-                tracing::error!(error = %e, "cannot mark the job running");
-            }
-            self.emit(JobEvent::Started(q.spec.clone())).await;
-            let result = self.produce(&q).await;
-            let result = match result {
-                Ok(delivery) => Ok(delivery),
-                Err(reason) => {
-                    if let FailureReason::Backend(BackendError::Operator { .. }) = &reason {
-                        tracing::error!(code = %reason.code(), error = %reason, "job failed: the backend needs the operator");
-                    } else {
-                        tracing::warn!(code = %reason.code(), error = %reason, "job failed");
-                    }
-                    let refunded = self.quotas.refund(&q.spec.id, &reason.code()).await.is_ok();
-                    self.observer().job_finished(false);
-                    Err(Failure { reason, refunded })
-                }
-            };
-            tracing::info!(
-                ok = result.is_ok(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "job finished"
-            );
-            self.queue.done(&q.spec.user);
-            let outcome = Outcome {
-                job: q.spec,
-                granted: q.granted,
-                result,
-            };
-            self.emit(JobEvent::Finished(outcome)).await;
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn emit(&self, event: JobEvent) {
-        let platform = match &event {
-            JobEvent::Started(spec) => spec.user.platform,
-            JobEvent::Finished(o) => o.job.user.platform,
-        };
-        match self.sinks.get(&platform) {
-            Some(sink) => {
-                if sink.send(event).await.is_err() {
-                    tracing::error!("the front-end is gone; job event dropped");
-                }
-            }
-            None => tracing::error!(
-                platform = platform.as_str(),
-                "no front-end for this platform"
-            ),
-        }
-    }
-
-    async fn produce(&self, q: &Queued) -> Result<Delivery, FailureReason> {
-        let spec = &q.spec;
-        if q.given_up {
-            return Err(FailureReason::Interrupted);
-        }
-        if let Some(done) = &q.answered {
-            // The backend answered before a restart: deliver its results, no new call.
-            let images =
-                download_all(self.backend.as_ref(), &done.urls, self.cfg.download_timeout).await?;
-            return Ok(Delivery {
-                images,
-                request_id: done.request_id.clone(),
-            });
-        }
-        let source = self
-            .sources
-            .get(&spec.user.platform)
-            .ok_or(FailureReason::Internal)?;
-        let mut inputs = Vec::with_capacity(spec.inputs.len());
-        for locator in &spec.inputs {
-            let bytes = tokio::time::timeout(self.cfg.fetch_timeout, source.fetch(locator))
-                .await
-                .map_err(|_| FailureReason::Fetch("timed out".into()))?
-                .map_err(FailureReason::Fetch)?;
-            inputs.push(bytes);
-        }
-        let negative =
-            spec.command.negative.clone().or_else(|| {
-                Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
-            });
-        let images = fit_all(inputs, &self.cfg.fit).await?;
-        let mut resp = call(
-            self.backend.as_ref(),
-            self.observer(),
-            images,
-            &spec.command,
-            negative,
-        )
-        .await?;
-        // More than asked for is not delivered (nor charged); fewer is charged as delivered.
-        resp.urls.truncate(usize::from(spec.command.count()));
-        if let Err(e) = self
-            .quotas
-            .save_result(&spec.id, resp.request_id.clone(), resp.urls.clone())
-            .await
-        {
-            tracing::error!(error = %e, "cannot store the backend's answer");
-        }
-        let images =
-            download_all(self.backend.as_ref(), &resp.urls, self.cfg.download_timeout).await?;
-        Ok(Delivery {
-            images,
-            request_id: resp.request_id,
-        })
-    }
-
-    /// Queues again what a previous run left unfinished, oldest first: waiting and running
-    /// jobs run (again); jobs whose backend answer is stored are delivered from it. Jobs of
-    /// platforms not running now stay in the store. Returns how many were queued.
-    pub async fn resume(&self) -> usize {
-        let ledger = self.quotas.ledger().clone();
-        let unfinished = match tokio::task::spawn_blocking(move || ledger.unfinished()).await {
-            Ok(Ok(list)) => list,
-            other => {
-                tracing::error!(?other, "cannot list unfinished jobs");
-                return 0;
-            }
-        };
-        let mut queued = 0;
-        for u in unfinished {
-            let Some(spec) = u
-                .spec
-                .as_deref()
-                .and_then(|s| serde_json::from_str::<JobSpec>(s).ok())
-            else {
-                // Nobody to tell: the description (with the chat) is gone.
-                tracing::warn!(job_id = %u.id, "unfinished job without its description; refunded");
-                let _ = self.quotas.refund(&u.id, "lost").await;
-                let _ = self.quotas.told(&u.id).await;
-                continue;
-            };
-            if !self.sinks.contains_key(&spec.user.platform) {
-                continue;
-            }
-            let answered = (u.status == JobStatus::Ready && !u.urls.is_empty()).then(|| Answered {
-                request_id: u.request_id.clone(),
-                urls: u.urls.clone(),
-            });
-            // A running job is run once more after a restart; cut off again, it is given up
-            // (it may be what brings the process down).
-            let given_up = answered.is_none() && u.attempts >= MAX_RUNS;
-            let failed_before = (u.status == JobStatus::Failed)
-                .then(|| u.error.clone().unwrap_or_else(|| "failed".into()));
-            // What is left is said under a result; a job that only fails needs no store read.
-            let remaining = match given_up || failed_before.is_some() {
-                true => 0,
-                false => self
-                    .quotas
-                    .show(&spec.user)
-                    .await
-                    .map_or(0, |q| q.remaining()),
-            };
-            let granted = Granted {
-                remaining,
-                limit: 0,
-                resets_at: self.quotas.now(),
-            };
-            tracing::info!(job_id = %spec.id, status = u.status.as_str(), "resuming job");
-            let user = spec.user.clone();
-            self.queue.requeue(
-                &user,
-                Queued {
-                    spec,
-                    granted,
-                    answered,
-                    given_up,
-                    failed_before,
-                },
-            );
-            queued += 1;
-        }
-        queued
-    }
 }
 
 /// Metric label of a quota refusal.

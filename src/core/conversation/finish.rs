@@ -1,0 +1,180 @@
+//! The end of a conversation: the result is posted (fitted to the chat's upload limit) and
+//! committed, or the failure told; then the status goes and the final mark is set. What the
+//! money rules need from a failed post is [`Side`]: the user's chat refusing is charged,
+//! anything else refunded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Talk, retrying};
+use crate::core::error::{Failure, FailureReason};
+use crate::core::image::{FitLimits, fit_upload};
+use crate::core::jobs::{Delivery, Engine, Outcome, SendFailure};
+use crate::core::model::Reply;
+use crate::core::ports::chat::{Chat, ChatError, Mark, ResultImage, ResultPost, Shown, Side};
+use crate::core::quota::ResultAt;
+use crate::messages;
+
+/// Longest wait for a job's acknowledgement before its result is posted anyway.
+const ACK_WAIT: Duration = Duration::from_secs(15);
+/// A delivery that takes longer (retries included) is given up and refunded.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Room left in an upload for the rest of the message.
+const UPLOAD_MARGIN: usize = 64 * 1024;
+
+impl Engine {
+    /// Posts the result or tells the failure, then records what happened: committed when the
+    /// result is posted, told otherwise (a restart does not tell it again).
+    pub(crate) async fn finish(self: &Arc<Self>, outcome: Outcome) {
+        let job_id = outcome.job.id.clone();
+        let acked = self.talks.0.get(&job_id).and_then(|t| t.acked.clone());
+        if let Some(mut acked) = acked {
+            let _ = tokio::time::timeout(ACK_WAIT, acked.wait_for(|done| *done)).await;
+        }
+        let reply = &outcome.job.route;
+        let talk = match self.talks.0.remove(&job_id) {
+            Some((_, talk)) => talk,
+            None => Talk::new(reply, None),
+        };
+        if let Some(typing) = &talk.typing {
+            typing.abort();
+        }
+        let Some(chat) = self.chat(reply) else {
+            return;
+        };
+        let delivered = match &outcome.result {
+            Ok(delivery) => self.deliver(chat.as_ref(), &outcome, delivery).await,
+            Err(failure) => {
+                self.tell_failure(chat.as_ref(), reply, failure).await;
+                false
+            }
+        };
+        if let Some(Shown::Message(status)) = talk.status {
+            let _ = chat.delete(reply, status).await;
+        }
+        if talk.marked {
+            let mark = if delivered { Mark::Done } else { Mark::Failed };
+            let _ = chat.mark(reply, mark).await;
+        }
+        if !delivered {
+            self.told(&outcome.job).await;
+        }
+    }
+
+    /// Posts the result; commits on success, charges or refunds (and says so) on failure.
+    async fn deliver(&self, chat: &dyn Chat, outcome: &Outcome, delivery: &Delivery) -> bool {
+        let (job, reply) = (&outcome.job, &outcome.job.route);
+        let fitted = match chat.upload_limit(reply).await {
+            Some(limit) => fit_to(&delivery.images, limit as usize).await,
+            None => Ok(as_they_are(&delivery.images)),
+        };
+        let (images, compressed) = match fitted {
+            Ok(fitted) => fitted,
+            Err(reason) => {
+                let why = SendFailure::Platform(format!("upload_limit: {reason}"));
+                let refunded = self.undeliverable(job, why).await.refunded;
+                self.tell_failure(chat, reply, &Failure { reason, refunded })
+                    .await;
+                return false;
+            }
+        };
+        let mut caption = messages::result_caption(
+            reply.lang,
+            &job.command.prompt,
+            outcome.granted.remaining,
+            job.command.truncated,
+        );
+        if compressed {
+            caption.push('\n');
+            caption.push_str(&messages::compressed(reply.lang));
+        }
+        let post = ResultPost {
+            job_id: job.id.clone(),
+            images,
+            caption,
+            again: job.token.clone(),
+        };
+        let sending = retrying(|| chat.post(reply, &post));
+        let sent = tokio::time::timeout(DELIVERY_TIMEOUT, sending)
+            .await
+            .unwrap_or_else(|_| Err(ChatError::Transient("delivery timed out".into())));
+        match sent {
+            Ok(posted) => {
+                let at = posted.button_at.map(|message| ResultAt {
+                    chat: reply.chat.to_string(),
+                    message: message.to_string(),
+                });
+                self.delivered(job, delivery, at).await;
+                if let (Some(_), Some(link)) = (&reply.deferred, &posted.link) {
+                    let text = messages::result_posted(reply.lang, link);
+                    if let Err(e) = chat.edit(reply, Shown::Deferred, &text).await {
+                        tracing::debug!(error = %e, "the request's answer could not point at the result");
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(job_id = %job.id, error = %e, "delivery failed");
+                self.observer().send_failed(reply.platform.as_str());
+                let why = match e {
+                    ChatError::Final {
+                        side: Side::User,
+                        detail,
+                    } => SendFailure::ChatRefused(detail),
+                    other => SendFailure::Platform(other.to_string()),
+                };
+                let failure = self.undeliverable(job, why).await;
+                self.tell_failure(chat, reply, &failure).await;
+                false
+            }
+        }
+    }
+
+    /// Tells why there is no result: in place of the platform's answer to the request when it
+    /// still takes edits, else as a reply.
+    async fn tell_failure(&self, chat: &dyn Chat, reply: &Reply, failure: &Failure) {
+        let text = messages::failure(reply.lang, failure);
+        if reply.deferred.is_some() {
+            match chat.edit(reply, Shown::Deferred, &text).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(error = %e, "the request's answer could not be edited"),
+            }
+        }
+        if let Err(e) = retrying(|| chat.say(reply, &text)).await {
+            tracing::error!(error = %e, "cannot tell the user about a failure");
+        }
+    }
+}
+
+fn as_they_are(images: &[Bytes]) -> (Vec<ResultImage>, bool) {
+    let images = images
+        .iter()
+        .map(|bytes| ResultImage {
+            bytes: bytes.clone(),
+            ext: "png",
+        })
+        .collect();
+    (images, false)
+}
+
+/// Fits every result under the upload limit (one message's files together must fit too).
+async fn fit_to(images: &[Bytes], limit: usize) -> Result<(Vec<ResultImage>, bool), FailureReason> {
+    let each = (limit / images.len().max(1)).saturating_sub(UPLOAD_MARGIN);
+    let mut fitted = Vec::with_capacity(images.len());
+    let mut compressed = false;
+    for bytes in images {
+        let bytes = bytes.clone();
+        let upload =
+            tokio::task::spawn_blocking(move || fit_upload(bytes, each, &FitLimits::default()))
+                .await
+                .map_err(|_| FailureReason::Internal)??;
+        compressed |= upload.compressed;
+        fitted.push(ResultImage {
+            bytes: upload.bytes,
+            ext: upload.ext,
+        });
+    }
+    Ok((fitted, compressed))
+}

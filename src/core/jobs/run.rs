@@ -1,0 +1,205 @@
+//! Running a job: fetch its inputs, fit them, call the backend, store its answer, download the
+//! results, and hand the outcome to the job's conversation; and resuming what a previous run
+//! left unfinished.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument as _;
+
+use super::{Answered, Delivery, Engine, JobEvent, JobSpec, MAX_RUNS, Outcome, Queued};
+use crate::core::edit::BackendError;
+use crate::core::error::{Failure, FailureReason};
+use crate::core::pipeline::{call, download_all, fit_all};
+use crate::core::quota::{Granted, JobStatus};
+
+impl Engine {
+    /// A job ended: observers hear of it, and its conversation ends it (alongside others).
+    fn ended(self: &Arc<Self>, outcome: Outcome) {
+        self.emit(JobEvent::Finished(outcome.clone()));
+        let me = Arc::clone(self);
+        self.tasks.spawn(async move { me.finish(outcome).await });
+    }
+
+    pub(crate) async fn run(self: &Arc<Self>, q: Queued) {
+        let span = tracing::info_span!("job", platform = q.spec.user.platform.as_str(), job_id = %q.spec.id, user = %q.spec.user,
+            chat = %q.spec.chat);
+        async {
+            if let Some(code) = q.failed_before {
+                // Failed (and refunded) before a restart; the user still has to hear of it.
+                tracing::info!(code = %code, "telling the user of a failure from before the restart");
+                self.queue.done(&q.spec.user);
+                let failure = Failure {
+                    reason: FailureReason::Earlier(code),
+                    refunded: true,
+                };
+                let outcome = Outcome {
+                    job: q.spec,
+                    granted: q.granted,
+                    result: Err(failure),
+                };
+                self.ended(outcome);
+                return;
+            }
+            let started = Instant::now();
+            if let Err(e) = self.quotas.mark_running(&q.spec.id).await {
+                tracing::error!(error = %e, "cannot mark the job running");
+            }
+            self.emit(JobEvent::Started(q.spec.clone()));
+            self.started(&q.spec).await;
+            let result = self.produce(&q).await;
+            let result = match result {
+                Ok(delivery) => Ok(delivery),
+                Err(reason) => {
+                    if let FailureReason::Backend(BackendError::Operator { .. }) = &reason {
+                        tracing::error!(code = %reason.code(), error = %reason, "job failed: the backend needs the operator");
+                    } else {
+                        tracing::warn!(code = %reason.code(), error = %reason, "job failed");
+                    }
+                    let refunded = self.quotas.refund(&q.spec.id, &reason.code()).await.is_ok();
+                    self.observer().job_finished(false);
+                    Err(Failure { reason, refunded })
+                }
+            };
+            tracing::info!(
+                ok = result.is_ok(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "job finished"
+            );
+            self.queue.done(&q.spec.user);
+            let outcome = Outcome {
+                job: q.spec,
+                granted: q.granted,
+                result,
+            };
+            self.ended(outcome);
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn produce(&self, q: &Queued) -> Result<Delivery, FailureReason> {
+        let spec = &q.spec;
+        if q.given_up {
+            return Err(FailureReason::Interrupted);
+        }
+        if let Some(done) = &q.answered {
+            // The backend answered before a restart: deliver its results, no new call.
+            let images =
+                download_all(self.backend.as_ref(), &done.urls, self.cfg.download_timeout).await?;
+            return Ok(Delivery {
+                images,
+                request_id: done.request_id.clone(),
+            });
+        }
+        let source = self
+            .chats
+            .get(&spec.route.platform)
+            .ok_or(FailureReason::Internal)?;
+        let mut inputs = Vec::with_capacity(spec.inputs.len());
+        for locator in &spec.inputs {
+            let bytes = tokio::time::timeout(self.cfg.fetch_timeout, source.fetch(locator))
+                .await
+                .map_err(|_| FailureReason::Fetch("timed out".into()))?
+                .map_err(FailureReason::Fetch)?;
+            inputs.push(bytes);
+        }
+        let negative =
+            spec.command.negative.clone().or_else(|| {
+                Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
+            });
+        let images = fit_all(inputs, &self.cfg.fit).await?;
+        let mut resp = call(
+            self.backend.as_ref(),
+            self.observer(),
+            images,
+            &spec.command,
+            negative,
+        )
+        .await?;
+        // More than asked for is not delivered (nor charged); fewer is charged as delivered.
+        resp.urls.truncate(usize::from(spec.command.count()));
+        if let Err(e) = self
+            .quotas
+            .save_result(&spec.id, resp.request_id.clone(), resp.urls.clone())
+            .await
+        {
+            tracing::error!(error = %e, "cannot store the backend's answer");
+        }
+        let images =
+            download_all(self.backend.as_ref(), &resp.urls, self.cfg.download_timeout).await?;
+        Ok(Delivery {
+            images,
+            request_id: resp.request_id,
+        })
+    }
+
+    /// Queues again what a previous run left unfinished, oldest first: waiting and running
+    /// jobs run (again); jobs whose backend answer is stored are delivered from it. Jobs of
+    /// platforms not running now stay in the store. Returns how many were queued.
+    pub async fn resume(&self) -> usize {
+        let ledger = self.quotas.ledger().clone();
+        let unfinished = match tokio::task::spawn_blocking(move || ledger.unfinished()).await {
+            Ok(Ok(list)) => list,
+            other => {
+                tracing::error!(?other, "cannot list unfinished jobs");
+                return 0;
+            }
+        };
+        let mut queued = 0;
+        for u in unfinished {
+            let Some(spec) = u
+                .spec
+                .as_deref()
+                .and_then(JobSpec::from_stored)
+            else {
+                // Nobody to tell: the description (with the chat) is gone.
+                tracing::warn!(job_id = %u.id, "unfinished job without its description; refunded");
+                let _ = self.quotas.refund(&u.id, "lost").await;
+                let _ = self.quotas.told(&u.id).await;
+                continue;
+            };
+            if !self.chats.contains_key(&spec.route.platform) {
+                continue;
+            }
+            let answered = (u.status == JobStatus::Ready && !u.urls.is_empty()).then(|| Answered {
+                request_id: u.request_id.clone(),
+                urls: u.urls.clone(),
+            });
+            // A running job is run once more after a restart; cut off again, it is given up
+            // (it may be what brings the process down).
+            let given_up = answered.is_none() && u.attempts >= MAX_RUNS;
+            let failed_before = (u.status == JobStatus::Failed)
+                .then(|| u.error.clone().unwrap_or_else(|| "failed".into()));
+            // What is left is said under a result; a job that only fails needs no store read.
+            let remaining = match given_up || failed_before.is_some() {
+                true => 0,
+                false => self
+                    .quotas
+                    .show(&spec.user)
+                    .await
+                    .map_or(0, |q| q.remaining()),
+            };
+            let granted = Granted {
+                remaining,
+                limit: 0,
+                resets_at: self.quotas.now(),
+            };
+            tracing::info!(job_id = %spec.id, status = u.status.as_str(), "resuming job");
+            let user = spec.user.clone();
+            self.queue.requeue(
+                &user,
+                Queued {
+                    spec,
+                    granted,
+                    answered,
+                    given_up,
+                    failed_before,
+                },
+            );
+            queued += 1;
+        }
+        queued
+    }
+}
+

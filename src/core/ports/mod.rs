@@ -1,0 +1,5 @@
+//! The ports: what the core needs from the outside, in the core's own words. Each is a trait an
+//! adapter implements (`crate::telegram`, `crate::discord` for [`chat::Chat`]); the core never
+//! names a platform's types.
+
+pub mod chat;

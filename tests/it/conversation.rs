@@ -1,0 +1,364 @@
+//! Each job's conversation, owned by the core, against the recording chat double and the real
+//! DashScope client on the fake: what the chat was asked to do, in order, and what the store
+//! holds after it. The per-platform suites keep only what their wire alone can show.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
+use qwen_edit_bot::core::command::{ParseContext, parse};
+use qwen_edit_bot::core::error::{Failure, FailureReason, Rejection};
+use qwen_edit_bot::core::image::FitLimits;
+use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobSpec};
+use qwen_edit_bot::core::model::{Lang, Platform, Reply};
+use qwen_edit_bot::core::ports::chat::{ChatError, Mark, Shown, Side};
+use qwen_edit_bot::core::quota::{JobStatus, Quotas, ResultAt};
+use qwen_edit_bot::messages;
+
+use super::chat_double::{Call, RecordingChat};
+use super::quota::{at, limits, user};
+use crate::fakes::dashscope::{FakeDashScope, Reply as Answer};
+use crate::fakes::images;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    fake: FakeDashScope,
+    engine: Arc<Engine>,
+    quotas: Arc<Quotas>,
+    chat: Arc<RecordingChat>,
+}
+
+async fn rig(workers: usize) -> Rig {
+    let fake = FakeDashScope::start().await;
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let opts = DashScopeOptions {
+        max_concurrent: workers,
+        ..super::dashscope::options(&fake, &delays)
+    };
+    let backend = Arc::new(DashScope::new(opts).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(
+        qwen_edit_bot::store::sqlite::SqliteLedger::open(&dir.path().join("q.db")).unwrap(),
+    );
+    let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
+        2026, 12, 2, 12, 0,
+    )));
+    let quotas = Arc::new(Quotas::new(ledger, clock, limits(5)));
+    let cfg = EngineConfig {
+        max_queue: 50,
+        max_in_flight_per_user: 5,
+        workers,
+        fit: FitLimits::default(),
+        store_prompts: false,
+        default_negative: String::new(),
+        fetch_timeout: Duration::from_secs(5),
+        download_timeout: Duration::from_secs(30),
+        default_size: None,
+    };
+    let chat = Arc::new(RecordingChat::new(Platform::Telegram));
+    chat.put_file("photo", images::jpeg(640, 480));
+    let mut engine = Engine::new(quotas.clone(), backend, cfg);
+    engine.register(chat.clone());
+    Rig {
+        _dir: dir,
+        fake,
+        engine: Arc::new(engine),
+        quotas,
+        chat,
+    }
+}
+
+fn reply(user: &str, message: i64) -> Reply {
+    Reply {
+        platform: Platform::Telegram,
+        chat: -100,
+        group: Some("-100".into()),
+        to: Some(message),
+        user: user.into(),
+        lang: Lang::En,
+        deferred: None,
+        upload_limit: None,
+    }
+}
+
+fn job(id: &str, to: Reply, inputs: &[&str], text: &str) -> JobSpec {
+    let command = parse(text, ParseContext::default()).unwrap().unwrap();
+    let inputs = inputs.iter().map(|s| s.to_string()).collect();
+    JobSpec::new(id.into(), to, inputs, command)
+}
+
+/// Waits (5 s at most) until the store shows `status` for `job`.
+async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
+    let wait = async {
+        while quotas.ledger().job(job).unwrap().map(|j| j.status) != Some(status) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{job} never became {status:?}"));
+}
+
+#[tokio::test]
+async fn a_result_is_posted_replying_to_the_request_committed_and_marked() {
+    let r = rig(2).await;
+    r.engine.spawn_workers();
+    r.engine
+        .request(job("j1", reply("7", 41), &["photo"], "/edit make it night"))
+        .await;
+    let post = r.chat.posts(1).await.remove(0);
+    let Call::Post {
+        to,
+        images,
+        caption,
+        again,
+        message,
+        ..
+    } = &post
+    else {
+        unreachable!()
+    };
+    assert_eq!((*to, images.len()), (Some(41), 1));
+    assert_eq!(caption, &messages::result_caption(Lang::En, "make it night", 4, false));
+    r.chat
+        .wait_for(1, |c| *c == Call::Mark(Some(41), Mark::Done))
+        .await;
+    settled(&r.quotas, "j1", JobStatus::Delivered).await;
+    assert_eq!(
+        r.chat.answers(),
+        [Call::Mark(Some(41), Mark::Working), post.clone(), Call::Mark(Some(41), Mark::Done)],
+        "a job that does not wait: the mark, the result, the final mark, nothing else"
+    );
+    assert_eq!(r.quotas.show(&user("7")).await.unwrap().used, 1);
+    // 🔁 sits on the result message.
+    let token = again.clone().expect("a 🔁 token");
+    let pressed = ResultAt {
+        chat: "-100".into(),
+        message: message.to_string(),
+    };
+    assert!(r.engine.again(&token, &pressed, "b1".into(), reply("8", *message)).await.is_some());
+}
+
+#[tokio::test]
+async fn a_waiting_job_shows_its_position_then_working_and_the_status_goes_with_the_result() {
+    let r = rig(1).await;
+    r.fake.set_latency(Duration::from_millis(300));
+    r.engine.spawn_workers();
+    r.engine
+        .request(job("first", reply("1", 10), &["photo"], "/edit a"))
+        .await;
+    r.engine
+        .request(job("second", reply("2", 20), &["photo"], "/edit b"))
+        .await;
+    r.chat.posts(2).await;
+    settled(&r.quotas, "second", JobStatus::Delivered).await;
+    let second: Vec<Call> = r
+        .chat
+        .answers()
+        .into_iter()
+        .filter(|c| match c {
+            Call::Mark(to, _) => *to == Some(20),
+            Call::Post { job, .. } => job == "second",
+            _ => true,
+        })
+        .collect();
+    let status = second
+        .iter()
+        .find_map(|c| match c {
+            Call::Delete(status) => Some(*status),
+            _ => None,
+        })
+        .expect("the waiting job's status message is deleted");
+    assert_eq!(second[0], Call::Mark(Some(20), Mark::Working));
+    assert_eq!(second[1], Call::Say(messages::queued(Lang::En, 0)));
+    assert_eq!(
+        second[2],
+        Call::Edit(Shown::Message(status), messages::working(Lang::En))
+    );
+    assert!(matches!(&second[3], Call::Post { job, .. } if job == "second"));
+    assert_eq!(second[4..], [Call::Delete(status), Call::Mark(Some(20), Mark::Done)]);
+}
+
+#[tokio::test]
+async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform_is_refunded() {
+    let r = rig(1).await;
+    r.engine.spawn_workers();
+    let refused = ChatError::Final {
+        side: Side::User,
+        detail: "bot was blocked by the user".into(),
+    };
+    r.chat.fail_next("post", refused);
+    r.engine
+        .request(job("blocked", reply("3", 30), &["photo"], "/edit a"))
+        .await;
+    settled(&r.quotas, "blocked", JobStatus::Undelivered).await;
+    let charged = Failure {
+        reason: FailureReason::ChatRefused("bot was blocked by the user".into()),
+        refunded: false,
+    };
+    assert_eq!(r.chat.said(1).await, [messages::failure(Lang::En, &charged)]);
+    assert_eq!(r.quotas.show(&user("3")).await.unwrap().used, 1, "the images were made");
+
+    r.chat.fail_next("post", ChatError::platform("file too large"));
+    r.engine
+        .request(job("lost", reply("4", 40), &["photo"], "/edit b"))
+        .await;
+    settled(&r.quotas, "lost", JobStatus::Failed).await;
+    let refunded = Failure {
+        reason: FailureReason::Delivery("file too large".into()),
+        refunded: true,
+    };
+    assert_eq!(r.chat.said(2).await[1], messages::failure(Lang::En, &refunded));
+    assert_eq!(r.quotas.show(&user("4")).await.unwrap().used, 0);
+    assert_eq!(r.fake.calls(), 2, "one model call each, no retry of a final error");
+    r.chat
+        .wait_for(2, |c| matches!(c, Call::Mark(_, Mark::Failed)))
+        .await;
+}
+
+#[tokio::test]
+async fn a_throttled_or_failing_post_is_retried_with_the_images_in_hand() {
+    let r = rig(1).await;
+    r.engine.spawn_workers();
+    r.chat.fail_next(
+        "post",
+        ChatError::RetryAfter(Duration::from_millis(20), "429".into()),
+    );
+    r.chat.fail_next("post", ChatError::Transient("502".into()));
+    r.engine
+        .request(job("j", reply("5", 50), &["photo"], "/edit a"))
+        .await;
+    let posts = r.chat.posts(3).await;
+    settled(&r.quotas, "j", JobStatus::Delivered).await;
+    assert_eq!(posts.len(), 3);
+    assert_eq!(r.fake.calls(), 1, "no new model call");
+    assert_eq!(r.quotas.show(&user("5")).await.unwrap().used, 1);
+}
+
+#[tokio::test]
+async fn each_user_error_is_told_once_and_costs_nothing() {
+    let r = rig(1).await;
+    r.fake.script([Answer::Error {
+        status: 400,
+        code: "DataInspectionFailed",
+        retry_after: None,
+    }]);
+    r.engine.spawn_workers();
+    // No image: refused at the door, told once however often it is repeated.
+    for i in 0..3 {
+        r.engine
+            .request(job(&format!("n{i}"), reply("6", 60 + i), &[], "/edit a"))
+            .await;
+    }
+    let no_image = messages::rejection(Lang::En, &Rejection::NoImage);
+    assert_eq!(r.chat.said(1).await, [no_image]);
+    // Not an image, moderated: accepted, failed, refunded, told.
+    r.chat.put_file("pdf", &b"%PDF-1.4"[..]);
+    r.engine
+        .request(job("pdf", reply("6", 70), &["pdf"], "/edit a"))
+        .await;
+    settled(&r.quotas, "pdf", JobStatus::Failed).await;
+    r.engine
+        .request(job("moderated", reply("6", 71), &["photo"], "/edit a"))
+        .await;
+    settled(&r.quotas, "moderated", JobStatus::Failed).await;
+    let said = r.chat.said(3).await;
+    assert!(said[1].contains("Nothing was charged"), "{said:?}");
+    assert!(said[2].contains("Nothing was charged"), "{said:?}");
+    assert_eq!(r.quotas.show(&user("6")).await.unwrap().used, 0);
+    let only_no_image = r
+        .chat
+        .answers()
+        .iter()
+        .filter(|c| matches!(c, Call::Say(t) if t.contains("No image")))
+        .count();
+    assert_eq!(only_no_image, 1);
+}
+
+#[tokio::test]
+async fn a_request_the_platform_already_answers_is_told_in_that_answer() {
+    let r = rig(1).await;
+    r.engine.spawn_workers();
+    let deferred = Reply {
+        to: None,
+        deferred: Some("interaction-token".into()),
+        ..reply("9", 0)
+    };
+    r.engine
+        .request(job("none", deferred.clone(), &[], "/edit a"))
+        .await;
+    let no_image = messages::rejection(Lang::En, &Rejection::NoImage);
+    r.chat
+        .wait_for(1, |c| *c == Call::Edit(Shown::Deferred, no_image.clone()))
+        .await;
+    r.engine
+        .request(job("ok", deferred, &["photo"], "/edit a"))
+        .await;
+    let post = r.chat.posts(1).await.remove(0);
+    let Call::Post { message, .. } = post else {
+        unreachable!()
+    };
+    let link = messages::result_posted(Lang::En, &format!("https://chat.example/{message}"));
+    r.chat
+        .wait_for(1, |c| *c == Call::Edit(Shown::Deferred, link.clone()))
+        .await;
+    settled(&r.quotas, "ok", JobStatus::Delivered).await;
+    assert!(
+        !r.chat
+            .answers()
+            .iter()
+            .any(|c| matches!(c, Call::Mark(..) | Call::Say(_))),
+        "no marks and no replies where the platform shows the answer: {:?}",
+        r.chat.answers()
+    );
+}
+
+#[tokio::test]
+async fn results_over_the_chats_upload_limit_are_compressed_to_fit_and_say_so() {
+    let r = rig(1).await;
+    r.fake.set_result_size(1600, 1200);
+    r.chat.set_upload_limit(Some(200 * 1024));
+    r.engine.spawn_workers();
+    r.engine
+        .request(job("big", reply("1", 11), &["photo"], "/edit a"))
+        .await;
+    let Call::Post {
+        images, caption, ..
+    } = r.chat.posts(1).await.remove(0)
+    else {
+        unreachable!()
+    };
+    assert!(images[0].len() <= 200 * 1024 - 64 * 1024, "{}", images[0].len());
+    assert!(caption.ends_with(&messages::compressed(Lang::En)), "{caption}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_30_users_gets_30_results_with_at_most_3_model_calls_at_once() {
+    let r = rig(3).await;
+    r.fake.set_latency(Duration::from_millis(50));
+    r.engine.spawn_workers();
+    let requests: Vec<_> = (0..30)
+        .map(|i| {
+            let engine = r.engine.clone();
+            tokio::spawn(async move {
+                let to = reply(&format!("{}", 100 + i), i);
+                engine.request(job(&format!("j{i}"), to, &["photo"], "/edit x")).await
+            })
+        })
+        .collect();
+    for request in requests {
+        request.await.unwrap();
+    }
+    let posts = r.chat.posts(30).await;
+    let mut to: Vec<i64> = posts
+        .iter()
+        .filter_map(|p| match p {
+            Call::Post { to, .. } => *to,
+            _ => None,
+        })
+        .collect();
+    to.sort();
+    assert_eq!(to, (0..30).collect::<Vec<_>>(), "each request its own result");
+    assert_eq!(r.fake.calls(), 30);
+    assert_eq!(r.fake.max_in_flight(), 3);
+}
