@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::core::command::{CommandError, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS};
-use crate::core::edit::BackendError;
+use crate::core::edit::{BackendError, OperatorProblem};
 use crate::core::error::{Failure, FailureReason, Rejection};
 use crate::core::image::ImageRejection;
 use crate::core::quota::QuotaRejection;
@@ -266,7 +266,7 @@ fn backend(e: &BackendError) -> (String, String) {
             "The model took too long to answer.".into(),
             "模型响应超时。".into(),
         ),
-        BackendError::Operator { code, .. } => operator(code),
+        BackendError::Operator { problem, .. } => operator(*problem),
         BackendError::Throttled { .. } => (
             "The image service is busy (rate limit). Try again in a minute.".into(),
             "图像服务繁忙（限流），请一分钟后再试。".into(),
@@ -283,25 +283,25 @@ fn backend(e: &BackendError) -> (String, String) {
 }
 
 /// Problems only the bot's operator can fix (key, billing, model, permission).
-fn operator(code: &str) -> (String, String) {
-    let (en, zh) = match code {
-        "InvalidApiKey" => (
+fn operator(problem: OperatorProblem) -> (String, String) {
+    let (en, zh) = match problem {
+        OperatorProblem::Key => (
             "The image service refused the bot's API key.",
             "图像服务拒绝了机器人的 API 密钥。",
         ),
-        "Arrearage" | "PrepaidBillOverdue" | "PostpaidBillOverdue" | "CommodityNotPurchased" => (
+        OperatorProblem::Billing => (
             "The bot's image service account is out of credit.",
             "机器人的图像服务账户已欠费。",
         ),
-        "Throttling.AllocationQuota" | "LimitRequests" => (
+        OperatorProblem::Allowance => (
             "The bot's image service allowance is used up.",
             "机器人的图像服务额度已用完。",
         ),
-        "ModelNotFound" | "WorkSpaceNotFound" => (
+        OperatorProblem::Model => (
             "The configured model is not available.",
             "所配置的模型不可用。",
         ),
-        _ => (
+        OperatorProblem::Permission => (
             "The bot is not allowed to use the image service.",
             "机器人无权使用图像服务。",
         ),

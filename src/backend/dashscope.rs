@@ -194,7 +194,7 @@ impl DashScope {
     }
 
     fn body(&self, req: &EditRequest) -> Result<Vec<u8>, BackendError> {
-        let caps = ModelCaps::of(&self.opts.model);
+        let caps = caps_of(&self.opts.model);
         let uris: Vec<String> = req.images.iter().map(Fitted::data_uri).collect();
         let mut content: Vec<Part<'_>> = uris
             .iter()
@@ -265,6 +265,10 @@ impl EditBackend for DashScope {
         &self.opts.model
     }
 
+    fn caps(&self) -> ModelCaps {
+        caps_of(&self.opts.model)
+    }
+
     fn edit<'a>(
         &'a self,
         req: &'a EditRequest,
@@ -278,6 +282,28 @@ impl EditBackend for DashScope {
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.fetch_result(url, limit))
+    }
+}
+
+/// What a DashScope model accepts (docs/DASHSCOPE.md §1.3), by its name.
+pub fn caps_of(model: &str) -> ModelCaps {
+    // The original model and its dated snapshots take n = 1 and no prompt_extend.
+    let legacy = model == "qwen-image-edit"
+        || model
+            .strip_prefix("qwen-image-edit-")
+            .is_some_and(|rest| rest.starts_with("20"));
+    if legacy {
+        ModelCaps {
+            max_n: 1,
+            prompt_extend: false,
+            size_sides: None,
+        }
+    } else {
+        ModelCaps {
+            max_n: 6,
+            prompt_extend: true,
+            size_sides: Some((512, 2048)),
+        }
     }
 }
 

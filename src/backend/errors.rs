@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::core::edit::BackendError;
+use crate::core::edit::{BackendError, OperatorProblem};
 
 /// Maps a non-success answer (status + DashScope `code`/`message`) to an error.
 pub(crate) fn classify(
@@ -17,8 +17,9 @@ pub(crate) fn classify(
     if lower.starts_with("datainspectionfailed") || lower == "data_inspection_failed" {
         return BackendError::Moderated { code: code_owned() };
     }
-    if is_operator_code(code) || matches!(status, 401 | 403) {
+    if let Some(problem) = operator_problem(status, code) {
         return BackendError::Operator {
+            problem,
             code: code_owned(),
             message: msg(),
         };
@@ -58,17 +59,20 @@ pub(crate) fn classify(
     }
 }
 
-fn is_operator_code(code: &str) -> bool {
-    const EXACT: &[&str] = &[
-        "InvalidApiKey",
-        "Arrearage",
-        "ModelNotFound",
-        "WorkSpaceNotFound",
-        "Throttling.AllocationQuota",
-        "LimitRequests",
-        "PrepaidBillOverdue",
-        "PostpaidBillOverdue",
-        "CommodityNotPurchased",
-    ];
-    EXACT.contains(&code) || code.starts_with("AccessDenied") || code.ends_with(".AccessDenied")
+/// What the operator must fix, for the codes (and statuses) that mean the bot itself is
+/// refused.
+fn operator_problem(status: u16, code: &str) -> Option<OperatorProblem> {
+    Some(match code {
+        "InvalidApiKey" => OperatorProblem::Key,
+        "Arrearage" | "PrepaidBillOverdue" | "PostpaidBillOverdue" | "CommodityNotPurchased" => {
+            OperatorProblem::Billing
+        }
+        "Throttling.AllocationQuota" | "LimitRequests" => OperatorProblem::Allowance,
+        "ModelNotFound" | "WorkSpaceNotFound" => OperatorProblem::Model,
+        _ if code.starts_with("AccessDenied") || code.ends_with(".AccessDenied") => {
+            OperatorProblem::Permission
+        }
+        _ if matches!(status, 401 | 403) => OperatorProblem::Permission,
+        _ => return None,
+    })
 }

@@ -3,7 +3,7 @@
 
 use super::{Config, Settings};
 use crate::core::command::{MAX_NEGATIVE_CHARS, Size};
-use crate::core::edit::{ModelCaps, SizeRejection};
+use crate::core::edit::SizeRejection;
 
 impl Settings {
     /// Every problem that stops `run`, one line each. Empty means the settings are usable;
@@ -196,7 +196,7 @@ impl Config {
                 b.default_size
             )
         })?;
-        match ModelCaps::of(&b.model).check_size(size) {
+        match crate::backend::dashscope::caps_of(&b.model).check_size(size) {
             Ok(()) => Ok(Some(size)),
             Err(SizeRejection::NotSupported) => Err(format!(
                 "backend.default_size: the model {} takes no output size (use qwen-image-edit-plus or -max, or leave it empty)",

@@ -51,27 +51,6 @@ pub enum SizeRejection {
 }
 
 impl ModelCaps {
-    pub fn of(model: &str) -> Self {
-        // The original model and its dated snapshots take n = 1 and no prompt_extend.
-        let legacy = model == "qwen-image-edit"
-            || model
-                .strip_prefix("qwen-image-edit-")
-                .is_some_and(|rest| rest.starts_with("20"));
-        if legacy {
-            ModelCaps {
-                max_n: 1,
-                prompt_extend: false,
-                size_sides: None,
-            }
-        } else {
-            ModelCaps {
-                max_n: 6,
-                prompt_extend: true,
-                size_sides: Some((512, 2048)),
-            }
-        }
-    }
-
     /// Whether the model can make images of `size`.
     pub fn check_size(&self, size: Size) -> Result<(), SizeRejection> {
         let (min, max) = self.size_sides.ok_or(SizeRejection::NotSupported)?;
@@ -86,10 +65,10 @@ impl ModelCaps {
 
 /// An image-edit service.
 pub trait EditBackend: Send + Sync + 'static {
+    /// The model's name, as the ledger records it.
     fn model(&self) -> &str;
-    fn caps(&self) -> ModelCaps {
-        ModelCaps::of(self.model())
-    }
+    /// What the model accepts (its adapter knows).
+    fn caps(&self) -> ModelCaps;
     /// Runs one edit (retries included) and returns where the results are.
     fn edit<'a>(
         &'a self,
@@ -101,6 +80,22 @@ pub trait EditBackend: Send + Sync + 'static {
         url: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>>;
+}
+
+/// What the operator must fix when the service refuses the bot itself; the service's adapter
+/// says which, so nothing outside it reads vendor codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorProblem {
+    /// The API key was refused.
+    Key,
+    /// The account is out of credit or the product is not bought.
+    Billing,
+    /// The account's allowance is used up.
+    Allowance,
+    /// The configured model (or workspace) does not exist.
+    Model,
+    /// The key may not use this service or model.
+    Permission,
 }
 
 /// A failed edit call. `retryable` ones are retried inside the client; what reaches callers is
@@ -115,7 +110,12 @@ pub enum BackendError {
     Rejected { code: String, message: String },
     /// The operator must act: key, permission, model, billing or account quota.
     #[error("backend configuration problem: {code}: {message}")]
-    Operator { code: String, message: String },
+    Operator {
+        problem: OperatorProblem,
+        /// The service's own code, for the log and the ledger only.
+        code: String,
+        message: String,
+    },
     /// Throttled (429) and still throttled after the last attempt.
     #[error("backend throttled ({code})")]
     Throttled {

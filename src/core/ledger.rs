@@ -154,6 +154,24 @@ pub trait Ledger: Send + Sync + 'static {
     /// Jobs not yet delivered or failed, and failed jobs whose user was not told yet, oldest
     /// first, with their stored description and result URLs.
     fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError>;
+    /// Claims what [`Ledger::unfinished`] lists for `owner`, until `lease_until`: a store that
+    /// several replicas share returns only jobs no other owner holds a running lease on, and
+    /// marks them `owner`'s. A store one process has to itself (SQLite, behind its lock file)
+    /// has a single owner and may ignore both.
+    fn claim_unfinished(
+        &self,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Unfinished>, StoreError> {
+        let _ = (owner, lease_until);
+        self.unfinished()
+    }
+    /// Extends `owner`'s lease on the jobs it claimed (or took) to `lease_until`; returns how
+    /// many it holds. A single-owner store holds nothing to renew.
+    fn renew(&self, owner: &str, lease_until: DateTime<Utc>) -> Result<usize, StoreError> {
+        let _ = (owner, lease_until);
+        Ok(0)
+    }
     /// The user of a failed job has been told (failed jobs are listed as unfinished until then).
     fn mark_told(&self, job_id: &str) -> Result<(), StoreError>;
     /// Whether the store takes writes (health check).

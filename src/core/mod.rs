@@ -3,6 +3,7 @@
 //! the store plug in through the ports (`ports`, `edit::EditBackend`, `ledger::Ledger`).
 
 pub mod access;
+pub mod admin;
 pub mod budget;
 pub mod clock;
 pub mod command;

@@ -94,7 +94,6 @@ impl Lang {
     }
 }
 
-
 /// Where and how to answer one request: the chat, the message to reply to (and mark), the user
 /// to address, the language, and what the platform already shows for the request. Built once by
 /// the adapter that took the request; stored with the job, typed.

@@ -12,11 +12,11 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
-pub use super::model::{Platform, UserRef};
 pub use super::ledger::{
     AgainSource, JobRecord, JobStatus, Ledger, ReportBy, ReportRow, ResultAt, StoreError,
     Unfinished,
 };
+pub use super::model::{Platform, UserRef};
 
 /// Calendar windows in UTC. Weeks start on Monday.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -29,6 +29,19 @@ pub const REACT_FAILED: &str = "❌";
 /// Default upload limit (boosted servers allow more).
 const DEFAULT_UPLOAD_LIMIT: u64 = 10 * 1024 * 1024;
 
+/// How Discord channels look: typing lasts about 10 s; times are relative timestamps the client
+/// localises; users are mentions.
+pub const STYLE: ChatStyle = ChatStyle {
+    typing_every: Duration::from_secs(8),
+    eta: true,
+    time: crate::messages::discord_time,
+    mention,
+};
+
+fn mention(id: &str) -> String {
+    format!("<@{id}>")
+}
+
 /// Discord channels, through one bot's REST client.
 pub struct DiscordChat {
     pub(super) http: Arc<Http>,
@@ -65,11 +78,7 @@ impl Chat for DiscordChat {
     }
 
     fn style(&self) -> ChatStyle {
-        ChatStyle {
-            typing_every: Duration::from_secs(8),
-            eta: true,
-            time: crate::messages::discord_time,
-        }
+        STYLE
     }
 
     fn fetch<'a>(&'a self, input: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {

@@ -5,9 +5,12 @@ use serenity::all::{
     CreateCommandOption, GuildId, Permissions, ResolvedOption, ResolvedValue,
 };
 
+use super::chat::STYLE;
 use super::intake::ephemeral;
 use super::{Discord, group_of};
-use crate::core::quota::{Platform, UserRef};
+use crate::core::admin::{self, AdminCommand, Scope};
+use crate::core::command::{MAX_N, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED};
+use crate::core::model::{Platform, UserRef};
 use crate::messages::{self, Lang};
 
 fn definitions() -> Vec<CreateCommand> {
@@ -17,7 +20,7 @@ fn definitions() -> Vec<CreateCommand> {
         .add_option(
             CreateCommandOption::new(CommandOptionType::String, "prompt", "What should change")
                 .required(true)
-                .max_length(800),
+                .max_length(MAX_PROMPT_CHARS as u16),
         )
         .add_option(CreateCommandOption::new(
             CommandOptionType::Attachment,
@@ -36,17 +39,17 @@ fn definitions() -> Vec<CreateCommand> {
         ))
         .add_option(
             CreateCommandOption::new(CommandOptionType::String, "negative", "What to avoid")
-                .max_length(500),
+                .max_length(MAX_NEGATIVE_CHARS as u16),
         )
         .add_option(
             CreateCommandOption::new(CommandOptionType::Integer, "seed", "Seed")
                 .min_int_value(0)
-                .max_int_value(2_147_483_647),
+                .max_int_value(u64::from(MAX_SEED)),
         )
         .add_option(
             CreateCommandOption::new(CommandOptionType::Integer, "count", "How many results")
                 .min_int_value(1)
-                .max_int_value(6),
+                .max_int_value(u64::from(MAX_N)),
         )
         .add_option(
             CreateCommandOption::new(
@@ -133,13 +136,8 @@ fn lang(cmd: &CommandInteraction) -> Lang {
 pub async fn quota(dc: &Discord, cmd: &CommandInteraction) {
     let user = UserRef::new(Platform::Discord, cmd.user.id.get().to_string());
     let guild = group_of(cmd.guild_id);
-    let text = match dc.engine.quotas().show_in(&user, guild.as_deref()).await {
-        Ok(q) => messages::quota_status_with(lang(cmd), &q, &messages::discord_time),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the quota");
-            messages::rejection(lang(cmd), &crate::core::error::Rejection::Internal)
-        }
-    };
+    let quotas = dc.engine.quotas();
+    let text = admin::own_quota(quotas, &user, guild.as_deref(), lang(cmd), STYLE).await;
     ephemeral(dc, cmd, &text).await;
 }
 
@@ -154,19 +152,25 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
         .is_some_and(|p| p.manage_guild() || p.administrator());
     // Operators (`discord.admin_ids`) act bot-wide; a server's admins in that server only.
     let scope = match group_of(cmd.guild_id) {
-        _ if dc.admin_ids.contains(&cmd.user.id.get()) => None,
-        Some(guild) if allowed => Some(guild),
+        _ if dc.admin_ids.contains(&cmd.user.id.get()) => Scope::BotWide,
+        Some(guild) if allowed => Scope::Chat(guild),
         _ => return ephemeral(dc, cmd, &messages::admin::refused_discord(lang)).await,
     };
-    let scope = scope.as_deref();
-    let options = cmd.data.options();
+    let command = admin_command(&cmd.data.options());
+    let quotas = dc.engine.quotas();
+    let text = admin::run(quotas, Platform::Discord, &scope, command, lang, STYLE).await;
+    ephemeral(dc, cmd, &text).await;
+}
+
+/// The subcommand and its options, as the core's command.
+fn admin_command(options: &[ResolvedOption<'_>]) -> AdminCommand {
     let Some(ResolvedOption {
         name,
         value: ResolvedValue::SubCommand(args),
         ..
     }) = options.first()
     else {
-        return ephemeral(dc, cmd, &messages::admin::usage(lang)).await;
+        return AdminCommand::Help;
     };
     let target = args.iter().find_map(|o| match o.value {
         ResolvedValue::User(u, _) => Some(UserRef::new(Platform::Discord, u.id.get().to_string())),
@@ -176,46 +180,18 @@ pub async fn quota_admin(dc: &Discord, cmd: &CommandInteraction) {
         ResolvedValue::Integer(n) => u32::try_from(n).ok(),
         _ => None,
     });
-    let quotas = dc.engine.quotas();
-    let result = match (*name, target, limit) {
-        ("set", Some(user), Some(limit)) => quotas
-            .set_limit_in(&user, scope, Some(limit))
-            .await
-            .map(|_| messages::admin::limit_set_in(lang, scope, &user.id, limit)),
-        // Forgiving usage spends the operator's money: only operators may.
-        ("reset", Some(_), _) if scope.is_some() => Ok(messages::admin::reset_operators_only(lang)),
-        ("reset", Some(user), _) => quotas
-            .reset(&user)
-            .await
-            .map(|_| messages::admin::reset(lang, &user.id)),
-        ("block", Some(user), _) => quotas
-            .set_blocked_in(&user, scope, true)
-            .await
-            .map(|_| messages::admin::blocked(lang, &user.id, true)),
-        ("unblock", Some(user), _) => quotas
-            .set_blocked_in(&user, scope, false)
-            .await
-            .map(|_| messages::admin::blocked(lang, &user.id, false)),
-        ("usage", _, _) => usage(dc, scope, lang).await,
-        _ => Ok(messages::admin::usage(lang)),
-    };
-    let text = result.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "admin command failed");
-        messages::rejection(lang, &crate::core::error::Rejection::Internal)
-    });
-    ephemeral(dc, cmd, &text).await;
-}
-
-/// The top users of the window in this server.
-async fn usage(
-    dc: &Discord,
-    scope: Option<&str>,
-    lang: Lang,
-) -> Result<String, crate::core::quota::StoreError> {
-    let quotas = dc.engine.quotas();
-    let (since, rows) = quotas.top_users(Platform::Discord, scope, 20).await?;
-    let since = messages::discord_time(since);
-    Ok(messages::admin::usage_report(lang, &since, &rows, |id| {
-        format!("<@{id}>")
-    }))
+    match (*name, target, limit) {
+        ("set", Some(user), Some(limit)) => AdminCommand::SetLimit { user, limit },
+        ("reset", Some(user), _) => AdminCommand::Reset { user },
+        ("block", Some(user), _) => AdminCommand::Block {
+            user,
+            blocked: true,
+        },
+        ("unblock", Some(user), _) => AdminCommand::Block {
+            user,
+            blocked: false,
+        },
+        ("usage", _, _) => AdminCommand::Usage,
+        _ => AdminCommand::Help,
+    }
 }

@@ -10,7 +10,9 @@ use serenity::all::{
 use tracing::Instrument as _;
 
 use super::{Discord, group_of};
-use crate::core::command::{EditCommand, ParseContext, parse};
+use crate::core::command::{
+    EditCommand, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, ParseContext, parse,
+};
 use crate::core::error::Rejection;
 use crate::core::jobs::JobSpec;
 use crate::core::model::{Platform, Reply};
@@ -233,12 +235,12 @@ async fn open_modal(dc: &Discord, cmd: &CommandInteraction) {
     let modal = CreateModal::new(custom_id, title).components(vec![
         CreateActionRow::InputText(
             CreateInputText::new(InputTextStyle::Paragraph, prompt_label, "prompt")
-                .max_length(800)
+                .max_length(MAX_PROMPT_CHARS as u16)
                 .required(true),
         ),
         CreateActionRow::InputText(
             CreateInputText::new(InputTextStyle::Short, negative_label, "negative")
-                .max_length(500)
+                .max_length(MAX_NEGATIVE_CHARS as u16)
                 .required(false),
         ),
     ]);
@@ -341,8 +343,7 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
         upload_limit: Some(u64::from(button.attachment_size_limit)),
     };
     let id = format!("dc-b-{}", button.id.get());
-    let Some(spec) = dc.engine.again(token, &pressed, id, route).await
-    else {
+    let Some(spec) = dc.engine.again(token, &pressed, id, route).await else {
         let reply = CreateInteractionResponseMessage::new()
             .content(messages::again_expired(lang))
             .ephemeral(true);
@@ -357,4 +358,3 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
     }
     dc.engine.request(spec).await;
 }
-

@@ -1,4 +1,4 @@
-//! The Discord front-end (docs/PRODUCT.md §4.2) on serenity: text triggers, the `/edit` slash command, the
+//! The Discord adapter (docs/PRODUCT.md §4.2) on serenity: text triggers, the `/edit` slash command, the
 //! "Edit image" message command with its modal, 🔁 buttons, `/quota`, `/quota-admin`, `/help`.
 //! Handlers defer or react at once, hand the request to the core and never wait for the model;
 //! [`chat::DiscordChat`] carries out the core's calls (results are channel messages, never only

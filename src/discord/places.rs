@@ -9,11 +9,11 @@ use serenity::all::{
 };
 use serenity::builder::Builder as _;
 
-use super::intake::lang_of;
 use super::Discord;
+use super::intake::lang_of;
+use crate::core::access::Spot;
 use crate::core::model::Reply;
 use crate::core::ports::chat::Chat as _;
-use crate::core::access::Spot;
 use crate::messages;
 
 impl Discord {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use serenity::all::{ChannelId, Http, MessageId};
 
-
 /// Largest input we download.
 const MAX_INPUT: usize = 50 * 1024 * 1024;
 

@@ -6,8 +6,9 @@ use teloxide::types::UserId;
 
 use super::Telegram;
 use super::handler::{lang_of, send_reply};
-use crate::core::quota::{Platform, UserRef};
-use crate::messages::{self, Lang};
+use crate::core::admin::{self, AdminCommand, Scope};
+use crate::core::model::{Platform, UserRef};
+use crate::messages;
 
 /// Commands handled here (anything else may be an edit).
 pub fn is_command(word: &str) -> bool {
@@ -28,15 +29,21 @@ pub async fn handle(
         return Ok(());
     };
     let mut words = args.split_whitespace();
+    let quotas = tg.engine.quotas();
+    let style = super::chat::STYLE;
     let text = match (word, words.next()) {
         ("help" | "start", _) => messages::help(lang),
-        ("quota", None) => own_quota(tg, msg, from.id, lang).await,
+        ("quota", None) => {
+            let user = UserRef::new(Platform::Telegram, from.id.0.to_string());
+            admin::own_quota(quotas, &user, group_of(msg).as_deref(), lang, style).await
+        }
         ("quota" | "block" | "unblock" | "usage", sub) => match admin_scope(tg, msg, from.id).await
         {
             None => messages::admin::refused(lang),
             Some(scope) => {
                 let rest: Vec<&str> = words.collect();
-                admin_command(tg, msg, scope.as_deref(), (word, sub), &rest, lang).await
+                let command = admin_command(msg, (word, sub), &rest);
+                admin::run(quotas, Platform::Telegram, &scope, command, lang, style).await
             }
         },
         _ => return Ok(()),
@@ -50,36 +57,20 @@ fn group_of(msg: &Message) -> Option<String> {
     (!msg.chat.is_private()).then(|| msg.chat.id.0.to_string())
 }
 
-async fn own_quota(tg: &Telegram, msg: &Message, user: UserId, lang: Lang) -> String {
-    let user = UserRef::new(Platform::Telegram, user.0.to_string());
-    match tg
-        .engine
-        .quotas()
-        .show_in(&user, group_of(msg).as_deref())
-        .await
-    {
-        Ok(q) => messages::quota_status(lang, &q),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the quota");
-            messages::rejection(lang, &crate::core::error::Rejection::Internal)
-        }
-    }
-}
-
-/// Where `user` may administer quotas: `Some(None)` bot-wide (an operator of
-/// `telegram.admin_ids`), `Some(Some(chat))` only in this chat (its administrators), `None`
-/// nowhere. A chat admin's changes never reach other chats.
-async fn admin_scope(tg: &Telegram, msg: &Message, user: UserId) -> Option<Option<String>> {
+/// Where `user` may administer quotas: bot-wide (an operator of `telegram.admin_ids`), only in
+/// this chat (its administrators), or nowhere (`None`). A chat admin's changes never reach
+/// other chats.
+async fn admin_scope(tg: &Telegram, msg: &Message, user: UserId) -> Option<Scope> {
     if tg
         .admin_ids
         .iter()
         .any(|id| u64::try_from(*id).ok() == Some(user.0))
     {
-        return Some(None);
+        return Some(Scope::BotWide);
     }
     let group = group_of(msg)?;
     match tg.bot.get_chat_member(msg.chat.id, user).await {
-        Ok(member) if member.is_privileged() => Some(Some(group)),
+        Ok(member) if member.is_privileged() => Some(Scope::Chat(group)),
         Ok(_) => None,
         Err(e) => {
             tracing::warn!(error = %super::safe_error(&e), "getChatMember failed");
@@ -97,76 +88,29 @@ fn target(msg: &Message, id_arg: Option<&str>) -> Option<UserRef> {
     Some(UserRef::new(Platform::Telegram, id.to_string()))
 }
 
-async fn admin_command(
-    tg: &Telegram,
-    msg: &Message,
-    scope: Option<&str>,
-    (word, sub): (&str, Option<&str>),
-    rest: &[&str],
-    lang: Lang,
-) -> String {
-    let quotas = tg.engine.quotas();
-    let result = match (word, sub) {
+/// `/quota set N` (replying) or `/quota set ID N`, `/quota reset [ID]`, `/block [ID]`,
+/// `/unblock [ID]`, `/usage`, as the core's command.
+fn admin_command(msg: &Message, (word, sub): (&str, Option<&str>), rest: &[&str]) -> AdminCommand {
+    let parsed = match (word, sub) {
         ("quota", Some("set")) => {
-            // `/quota set N` (replying) or `/quota set ID N`.
             let (id, n) = match rest {
                 [n] => (None, *n),
                 [id, n] => (Some(*id), *n),
-                _ => return messages::admin::usage(lang),
+                _ => return AdminCommand::Help,
             };
-            let (Some(user), Ok(limit)) = (target(msg, id), n.parse::<u32>()) else {
-                return messages::admin::usage(lang);
-            };
-            quotas
-                .set_limit_in(&user, scope, Some(limit))
-                .await
-                .map(|_| messages::admin::limit_set_in(lang, scope, &user.id, limit))
-        }
-        // Forgiving usage spends the operator's money: only operators may.
-        ("quota", Some("reset")) if scope.is_some() => {
-            return messages::admin::reset_operators_only(lang);
+            target(msg, id)
+                .zip(n.parse::<u32>().ok())
+                .map(|(user, limit)| AdminCommand::SetLimit { user, limit })
         }
         ("quota", Some("reset")) => {
-            let Some(user) = target(msg, rest.first().copied()) else {
-                return messages::admin::usage(lang);
-            };
-            quotas
-                .reset(&user)
-                .await
-                .map(|_| messages::admin::reset(lang, &user.id))
+            target(msg, rest.first().copied()).map(|user| AdminCommand::Reset { user })
         }
-        ("block" | "unblock", first) => {
-            let Some(user) = target(msg, first) else {
-                return messages::admin::usage(lang);
-            };
-            let block = word == "block";
-            quotas
-                .set_blocked_in(&user, scope, block)
-                .await
-                .map(|_| messages::admin::blocked(lang, &user.id, block))
-        }
-        ("usage", _) => usage(tg, scope, lang).await,
-        _ => return messages::admin::usage(lang),
+        ("block" | "unblock", first) => target(msg, first).map(|user| AdminCommand::Block {
+            user,
+            blocked: word == "block",
+        }),
+        ("usage", _) => Some(AdminCommand::Usage),
+        _ => None,
     };
-    result.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "admin command failed");
-        messages::rejection(lang, &crate::core::error::Rejection::Internal)
-    })
-}
-
-/// The top users of the window: bot-wide for operators, this chat's for its admins.
-async fn usage(
-    tg: &Telegram,
-    scope: Option<&str>,
-    lang: Lang,
-) -> Result<String, crate::core::quota::StoreError> {
-    let quotas = tg.engine.quotas();
-    let (since, rows) = quotas.top_users(Platform::Telegram, scope, 20).await?;
-    let since = messages::when(since);
-    Ok(messages::admin::usage_report(
-        lang,
-        &since,
-        &rows,
-        str::to_owned,
-    ))
+    parsed.unwrap_or(AdminCommand::Help)
 }

@@ -31,6 +31,18 @@ pub const REACT_WORKING: &str = "👀";
 pub const REACT_DONE: &str = "👌";
 pub const REACT_FAILED: &str = "💔";
 
+/// How Telegram chats look: the upload-photo action lasts about 5 s; no expected start times.
+pub const STYLE: ChatStyle = ChatStyle {
+    typing_every: Duration::from_secs(4),
+    eta: false,
+    time: crate::messages::when,
+    mention: plain,
+};
+
+fn plain(id: &str) -> String {
+    id.to_owned()
+}
+
 /// Telegram chats, through one bot.
 pub struct TelegramChat {
     pub bot: Bot,
@@ -55,11 +67,7 @@ impl Chat for TelegramChat {
     }
 
     fn style(&self) -> ChatStyle {
-        ChatStyle {
-            typing_every: Duration::from_secs(4),
-            eta: false,
-            time: crate::messages::when,
-        }
+        STYLE
     }
 
     fn fetch<'a>(&'a self, input: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {
@@ -296,9 +304,14 @@ fn classify(e: &RequestError) -> ChatError {
             | A::GroupDeactivated => final_on(Side::User),
             A::Unknown(text) => {
                 let lower = text.to_ascii_lowercase();
-                let refused = ["forbidden", "not enough rights", "have no rights", "chat_write_forbidden"]
-                    .iter()
-                    .any(|needle| lower.contains(needle));
+                let refused = [
+                    "forbidden",
+                    "not enough rights",
+                    "have no rights",
+                    "chat_write_forbidden",
+                ]
+                .iter()
+                .any(|needle| lower.contains(needle));
                 if refused {
                     final_on(Side::User)
                 } else if text.contains("Internal") || text.contains("Gateway") {

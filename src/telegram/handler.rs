@@ -187,11 +187,7 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
         chat: result_msg.chat.id.0.to_string(),
         message: result_msg.id.0.to_string(),
     };
-    let Some(spec) = tg
-        .engine
-        .again(token, &pressed, id, route)
-        .await
-    else {
+    let Some(spec) = tg.engine.again(token, &pressed, id, route).await else {
         tg.bot
             .answer_callback_query(q.id.clone())
             .text(messages::again_expired(lang))

@@ -78,7 +78,10 @@ impl RecordingChat {
     }
 
     pub fn put_file(&self, input: &str, bytes: impl Into<Bytes>) {
-        self.files.lock().unwrap().insert(input.into(), bytes.into());
+        self.files
+            .lock()
+            .unwrap()
+            .insert(input.into(), bytes.into());
     }
 
     /// The next call of `kind` ("post", "say", "mark", …) fails with `error`.
@@ -173,6 +176,7 @@ impl Chat for RecordingChat {
             typing_every: Duration::from_secs(4),
             eta: false,
             time: qwen_edit_bot::messages::when,
+            mention: str::to_owned,
         }
     }
 
@@ -237,7 +241,10 @@ impl Chat for RecordingChat {
             self.record(call).await?;
             Ok(Posted {
                 button_at: Some(message),
-                link: to.deferred.as_ref().map(|_| format!("https://chat.example/{message}")),
+                link: to
+                    .deferred
+                    .as_ref()
+                    .map(|_| format!("https://chat.example/{message}")),
             })
         })
     }

@@ -269,9 +269,9 @@ fn size_is_read_as_wxh_w_star_h_or_with_a_times_sign() {
 #[test]
 fn the_model_decides_which_sizes_it_takes() {
     use qwen_edit_bot::core::command::Size;
-    use qwen_edit_bot::core::edit::{ModelCaps, SizeRejection};
+    use qwen_edit_bot::core::edit::SizeRejection;
     let size = |width, height| Size { width, height };
-    let plus = ModelCaps::of("qwen-image-edit-plus");
+    let plus = qwen_edit_bot::backend::dashscope::caps_of("qwen-image-edit-plus");
     assert_eq!(plus.check_size(size(512, 2048)), Ok(()));
     for (w, h) in [(511, 1024), (1024, 2049), (4000, 4000)] {
         assert_eq!(
@@ -282,7 +282,7 @@ fn the_model_decides_which_sizes_it_takes() {
             })
         );
     }
-    let base = ModelCaps::of("qwen-image-edit");
+    let base = qwen_edit_bot::backend::dashscope::caps_of("qwen-image-edit");
     assert_eq!(
         base.check_size(size(1024, 1024)),
         Err(SizeRejection::NotSupported)

@@ -119,14 +119,21 @@ async fn a_result_is_posted_replying_to_the_request_committed_and_marked() {
         unreachable!()
     };
     assert_eq!((*to, images.len()), (Some(41), 1));
-    assert_eq!(caption, &messages::result_caption(Lang::En, "make it night", 4, false));
+    assert_eq!(
+        caption,
+        &messages::result_caption(Lang::En, "make it night", 4, false)
+    );
     r.chat
         .wait_for(1, |c| *c == Call::Mark(Some(41), Mark::Done))
         .await;
     settled(&r.quotas, "j1", JobStatus::Delivered).await;
     assert_eq!(
         r.chat.answers(),
-        [Call::Mark(Some(41), Mark::Working), post.clone(), Call::Mark(Some(41), Mark::Done)],
+        [
+            Call::Mark(Some(41), Mark::Working),
+            post.clone(),
+            Call::Mark(Some(41), Mark::Done)
+        ],
         "a job that does not wait: the mark, the result, the final mark, nothing else"
     );
     assert_eq!(r.quotas.show(&user("7")).await.unwrap().used, 1);
@@ -136,20 +143,31 @@ async fn a_result_is_posted_replying_to_the_request_committed_and_marked() {
         chat: "-100".into(),
         message: message.to_string(),
     };
-    assert!(r.engine.again(&token, &pressed, "b1".into(), reply("8", *message)).await.is_some());
+    assert!(
+        r.engine
+            .again(&token, &pressed, "b1".into(), reply("8", *message))
+            .await
+            .is_some()
+    );
 }
 
 #[tokio::test]
 async fn a_waiting_job_shows_its_position_then_working_and_the_status_goes_with_the_result() {
     let r = rig(1).await;
-    r.fake.set_latency(Duration::from_millis(300));
+    r.fake.hold();
     r.engine.spawn_workers();
     r.engine
         .request(job("first", reply("1", 10), &["photo"], "/edit a"))
         .await;
+    // The one worker has the first job (it is typing) when the second comes.
+    r.chat.wait_for(1, |c| *c == Call::Typing).await;
     r.engine
         .request(job("second", reply("2", 20), &["photo"], "/edit b"))
         .await;
+    r.chat
+        .wait_for(1, |c| *c == Call::Say(messages::queued(Lang::En, 0)))
+        .await;
+    r.fake.release();
     r.chat.posts(2).await;
     settled(&r.quotas, "second", JobStatus::Delivered).await;
     let second: Vec<Call> = r
@@ -176,7 +194,10 @@ async fn a_waiting_job_shows_its_position_then_working_and_the_status_goes_with_
         Call::Edit(Shown::Message(status), messages::working(Lang::En))
     );
     assert!(matches!(&second[3], Call::Post { job, .. } if job == "second"));
-    assert_eq!(second[4..], [Call::Delete(status), Call::Mark(Some(20), Mark::Done)]);
+    assert_eq!(
+        second[4..],
+        [Call::Delete(status), Call::Mark(Some(20), Mark::Done)]
+    );
 }
 
 #[tokio::test]
@@ -196,10 +217,18 @@ async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform
         reason: FailureReason::ChatRefused("bot was blocked by the user".into()),
         refunded: false,
     };
-    assert_eq!(r.chat.said(1).await, [messages::failure(Lang::En, &charged)]);
-    assert_eq!(r.quotas.show(&user("3")).await.unwrap().used, 1, "the images were made");
+    assert_eq!(
+        r.chat.said(1).await,
+        [messages::failure(Lang::En, &charged)]
+    );
+    assert_eq!(
+        r.quotas.show(&user("3")).await.unwrap().used,
+        1,
+        "the images were made"
+    );
 
-    r.chat.fail_next("post", ChatError::platform("file too large"));
+    r.chat
+        .fail_next("post", ChatError::platform("file too large"));
     r.engine
         .request(job("lost", reply("4", 40), &["photo"], "/edit b"))
         .await;
@@ -208,9 +237,16 @@ async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform
         reason: FailureReason::Delivery("file too large".into()),
         refunded: true,
     };
-    assert_eq!(r.chat.said(2).await[1], messages::failure(Lang::En, &refunded));
+    assert_eq!(
+        r.chat.said(2).await[1],
+        messages::failure(Lang::En, &refunded)
+    );
     assert_eq!(r.quotas.show(&user("4")).await.unwrap().used, 0);
-    assert_eq!(r.fake.calls(), 2, "one model call each, no retry of a final error");
+    assert_eq!(
+        r.fake.calls(),
+        2,
+        "one model call each, no retry of a final error"
+    );
     r.chat
         .wait_for(2, |c| matches!(c, Call::Mark(_, Mark::Failed)))
         .await;
@@ -263,7 +299,15 @@ async fn each_user_error_is_told_once_and_costs_nothing() {
         .await;
     settled(&r.quotas, "moderated", JobStatus::Failed).await;
     let said = r.chat.said(3).await;
-    let refunded = |reason| messages::failure(Lang::En, &Failure { reason, refunded: true });
+    let refunded = |reason| {
+        messages::failure(
+            Lang::En,
+            &Failure {
+                reason,
+                refunded: true,
+            },
+        )
+    };
     assert_eq!(
         said[1..],
         [
@@ -330,7 +374,8 @@ async fn results_over_the_chats_upload_limit_are_compressed_to_fit_and_say_so() 
     let r = rig(1).await;
     // Noise: it does not compress well, so 600×600 as PNG is about 1 MB.
     let noisy = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(600, 600, |x, y| {
-        let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
+        let v =
+            (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
         image::Rgb([(v >> 8) as u8, (v >> 16) as u8, (v >> 24) as u8])
     }));
     let big = images::encode(&noisy, image::ImageFormat::Png);
@@ -347,9 +392,19 @@ async fn results_over_the_chats_upload_limit_are_compressed_to_fit_and_say_so() 
     else {
         unreachable!()
     };
-    assert!(images[0].len() <= 400 * 1024 - 64 * 1024, "{}", images[0].len());
-    assert_eq!(images::dims(&images[0]), (image::ImageFormat::Jpeg, 600, 600));
-    assert!(caption.ends_with(&messages::compressed(Lang::En)), "{caption}");
+    assert!(
+        images[0].len() <= 400 * 1024 - 64 * 1024,
+        "{}",
+        images[0].len()
+    );
+    assert_eq!(
+        images::dims(&images[0]),
+        (image::ImageFormat::Jpeg, 600, 600)
+    );
+    assert!(
+        caption.ends_with(&messages::compressed(Lang::En)),
+        "{caption}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +417,9 @@ async fn a_burst_of_30_users_gets_30_results_with_at_most_3_model_calls_at_once(
             let engine = r.engine.clone();
             tokio::spawn(async move {
                 let to = reply(&format!("{}", 100 + i), i);
-                engine.request(job(&format!("j{i}"), to, &["photo"], "/edit x")).await
+                engine
+                    .request(job(&format!("j{i}"), to, &["photo"], "/edit x"))
+                    .await
             })
         })
         .collect();
@@ -378,7 +435,85 @@ async fn a_burst_of_30_users_gets_30_results_with_at_most_3_model_calls_at_once(
         })
         .collect();
     to.sort();
-    assert_eq!(to, (0..30).collect::<Vec<_>>(), "each request its own result");
+    assert_eq!(
+        to,
+        (0..30).collect::<Vec<_>>(),
+        "each request its own result"
+    );
     assert_eq!(r.fake.calls(), 30);
     assert_eq!(r.fake.max_in_flight(), 3);
+}
+
+#[tokio::test]
+async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
+    use qwen_edit_bot::core::edit::{BackendError, OperatorProblem};
+    let service = Arc::new(super::edit_double::MemoryService::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(
+        qwen_edit_bot::store::sqlite::SqliteLedger::open(&dir.path().join("q.db")).unwrap(),
+    );
+    let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
+        2026, 12, 2, 12, 0,
+    )));
+    let quotas = Arc::new(Quotas::new(ledger, clock, limits(5)));
+    let cfg = EngineConfig {
+        max_queue: 10,
+        max_in_flight_per_user: 5,
+        workers: 1,
+        fit: FitLimits::default(),
+        store_prompts: false,
+        default_negative: String::new(),
+        fetch_timeout: Duration::from_secs(5),
+        download_timeout: Duration::from_secs(5),
+        default_size: None,
+    };
+    let chat = Arc::new(RecordingChat::new(Platform::Telegram));
+    chat.put_file("photo", images::jpeg(640, 480));
+    let mut engine = Engine::new(quotas.clone(), service.clone(), cfg);
+    engine.register(chat.clone());
+    let engine = Arc::new(engine);
+    engine.spawn_workers();
+    // Its own limits: n = 2 at most.
+    engine
+        .request(job("three", reply("1", 1), &["photo"], "/edit a --n 3"))
+        .await;
+    let refused = messages::rejection(Lang::En, &Rejection::CountNotSupported { max: 2 });
+    assert_eq!(chat.said(1).await, [refused]);
+    engine
+        .request(job("two", reply("1", 2), &["photo"], "/edit a --n 2"))
+        .await;
+    let Call::Post { images, .. } = chat.posts(1).await.remove(0) else {
+        unreachable!()
+    };
+    assert_eq!(images.len(), 2);
+    assert_eq!(
+        images::dims(&images[0]).1,
+        640,
+        "the fitted input, kept by the service"
+    );
+    settled(&quotas, "two", JobStatus::Delivered).await;
+    let job_record = quotas.ledger().job("two").unwrap().unwrap();
+    assert_eq!(
+        (job_record.model.as_str(), job_record.request_id.as_deref()),
+        ("memory-edit", Some("mem-1"))
+    );
+    // An operator problem is told in the service-neutral words, refunded.
+    service.fail_next(BackendError::Operator {
+        problem: OperatorProblem::Billing,
+        code: "whatever-the-vendor-says".into(),
+        message: String::new(),
+    });
+    engine
+        .request(job("broke", reply("1", 3), &["photo"], "/edit a"))
+        .await;
+    settled(&quotas, "broke", JobStatus::Failed).await;
+    let said = chat.said(2).await;
+    assert!(said[1].contains("out of credit"), "{said:?}");
+    assert!(!said[1].contains("whatever-the-vendor-says"), "{said:?}");
+    assert_eq!(quotas.show(&user("1")).await.unwrap().used, 2);
+    assert_eq!(
+        service.asked(),
+        [("a".to_string(), 1, 2), ("a".to_string(), 1, 1)],
+        "the refused request never reached the service"
+    );
 }

@@ -64,7 +64,10 @@ impl Engine {
     fn chat(&self, reply: &Reply) -> Option<Arc<dyn Chat>> {
         let chat = self.chats.get(&reply.platform).cloned();
         if chat.is_none() {
-            tracing::error!(platform = reply.platform.as_str(), "no chat adapter for this platform");
+            tracing::error!(
+                platform = reply.platform.as_str(),
+                "no chat adapter for this platform"
+            );
         }
         chat
     }
@@ -212,7 +215,9 @@ impl Engine {
         let working = talk.written.then_some(talk.status).flatten();
         drop(talk);
         if let Some(shown) = working {
-            let _ = chat.edit(reply, shown, &messages::working(reply.lang)).await;
+            let _ = chat
+                .edit(reply, shown, &messages::working(reply.lang))
+                .await;
         }
     }
 
@@ -239,7 +244,12 @@ impl Engine {
             .0
             .iter()
             .filter_map(|t| {
-                Some((t.key().clone(), t.last_position?, t.status?, t.reply.clone()))
+                Some((
+                    t.key().clone(),
+                    t.last_position?,
+                    t.status?,
+                    t.reply.clone(),
+                ))
             })
             .collect();
         for (job_id, last, shown, reply) in waiting {
@@ -249,7 +259,9 @@ impl Engine {
             if now == last {
                 continue;
             }
-            let Some(chat) = self.chat(&reply) else { continue };
+            let Some(chat) = self.chat(&reply) else {
+                continue;
+            };
             let text = self.position_text(chat.style(), reply.lang, now);
             let _ = chat.edit(&reply, shown, &text).await;
             if let Some(mut talk) = self.talks.0.get_mut(&job_id) {

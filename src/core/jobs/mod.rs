@@ -16,17 +16,15 @@ use tokio::sync::mpsc;
 
 use super::access::Access;
 use super::command::{EditCommand, Size};
+use super::conversation::Talks;
 use super::edit::{EditBackend, ModelCaps};
 use super::error::{Failure, FailureReason, Rejection};
 use super::image::FitLimits;
-use super::conversation::Talks;
 use super::model::Reply;
 use super::pipeline::Observer;
 use super::ports::chat::Chat;
 use super::queue::FairQueue;
-use super::quota::{
-    Granted, Platform, QuotaRejection, Quotas, Reservation, ResultAt, UserRef,
-};
+use super::quota::{Granted, Platform, QuotaRejection, Quotas, Reservation, ResultAt, UserRef};
 
 /// Most input images per edit (docs/DASHSCOPE.md §1.4).
 pub const MAX_INPUTS: usize = 3;
@@ -223,6 +221,8 @@ pub struct Engine {
     pub(crate) refusals: super::throttle::RefusalThrottle,
     /// Every task the engine spawns (deliveries, acknowledgements, typing, the ticker).
     pub(crate) tasks: tokio_util::task::TaskTracker,
+    /// Who this process is to a shared store (the jobs it claims are held in its name).
+    pub(crate) owner: String,
     /// Cancelled by [`Engine::close`]: the position ticker stops.
     pub(crate) closing: tokio_util::sync::CancellationToken,
 }
@@ -243,6 +243,7 @@ impl Engine {
             refusals: Default::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             closing: tokio_util::sync::CancellationToken::new(),
+            owner: format!("qeb-{}", uuid::Uuid::new_v4().simple()),
         }
     }
 
@@ -480,7 +481,6 @@ impl Engine {
         let refunded = matches!(reason, FailureReason::Delivery(_)) && written.is_ok();
         Failure { reason, refunded }
     }
-
 }
 
 /// Metric label of a quota refusal.

@@ -13,6 +13,9 @@ use crate::core::error::{Failure, FailureReason};
 use crate::core::pipeline::{call, download_all, fit_all};
 use crate::core::quota::{Granted, JobStatus};
 
+/// How long a claim on unfinished jobs holds before another replica may take them over.
+const LEASE: chrono::Duration = chrono::Duration::minutes(10);
+
 impl Engine {
     /// A job ended: observers hear of it, and its conversation ends it (alongside others).
     fn ended(self: &Arc<Self>, outcome: Outcome) {
@@ -139,7 +142,9 @@ impl Engine {
     /// platforms not running now stay in the store. Returns how many were queued.
     pub async fn resume(&self) -> usize {
         let ledger = self.quotas.ledger().clone();
-        let unfinished = match tokio::task::spawn_blocking(move || ledger.unfinished()).await {
+        let (owner, lease_until) = (self.owner.clone(), self.quotas.now() + LEASE);
+        let claimed = move || ledger.claim_unfinished(&owner, lease_until);
+        let unfinished = match tokio::task::spawn_blocking(claimed).await {
             Ok(Ok(list)) => list,
             other => {
                 tracing::error!(?other, "cannot list unfinished jobs");
@@ -148,11 +153,7 @@ impl Engine {
         };
         let mut queued = 0;
         for u in unfinished {
-            let Some(spec) = u
-                .spec
-                .as_deref()
-                .and_then(JobSpec::from_stored)
-            else {
+            let Some(spec) = u.spec.as_deref().and_then(JobSpec::from_stored) else {
                 // Nobody to tell: the description (with the chat) is gone.
                 tracing::warn!(job_id = %u.id, "unfinished job without its description; refunded");
                 let _ = self.quotas.refund(&u.id, "lost").await;
@@ -202,4 +203,3 @@ impl Engine {
         queued
     }
 }
-

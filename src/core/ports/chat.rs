@@ -95,6 +95,8 @@ pub struct ChatStyle {
     pub eta: bool,
     /// A point in time as this platform's users read it.
     pub time: fn(DateTime<Utc>) -> String,
+    /// A user (by id) as a report names them.
+    pub mention: fn(&str) -> String,
 }
 
 /// One chat platform, as the core calls it.
