@@ -20,7 +20,7 @@ use fakes::telegram::{
 };
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_qwen-edit-bot");
+const BUILT: &str = env!("CARGO_BIN_EXE_qwen-edit-bot");
 
 struct Run {
     tg: FakeTelegram,
@@ -42,13 +42,18 @@ async fn start(max_concurrent: usize) -> Run {
         dir.path().join("q.sqlite3").to_str().unwrap()
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let child = Command::new(BIN)
+    // E2E_BIN: another build of the bot (to compare two commits with one harness).
+    let bin = std::env::var("E2E_BIN").unwrap_or_else(|_| BUILT.into());
+    let child = Command::new(bin)
         .args(["run", "--config"])
         .arg(dir.path().join("config.toml"))
         .env_clear()
         .env("DASHSCOPE_API_KEY", API_KEY)
         .env("TELEGRAM_BOT_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -110,6 +115,14 @@ async fn latency_and_memory() {
         let at = sent[before].at;
         if i < 30 {
             times.push(at.duration_since(pushed));
+        }
+        if std::env::var_os("E2E_TRACE").is_some() && i == 10 {
+            for c in run.tg.calls().iter().filter(|c| c.at >= pushed) {
+                eprintln!("{:>8.2} ms {}", ms(c.at.duration_since(pushed)), c.method);
+            }
+            for s in run.ds.seen().iter().rev().take(1) {
+                eprintln!("ds seen {:?}", s.images);
+            }
         }
         // One at a time, so each measures the whole path.
         tokio::time::sleep(Duration::from_millis(20)).await;

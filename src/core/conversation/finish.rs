@@ -13,7 +13,9 @@ use crate::core::error::{Failure, FailureReason};
 use crate::core::image::{FitLimits, fit_upload};
 use crate::core::jobs::{Delivery, Engine, Outcome, SendFailure};
 use crate::core::model::Reply;
-use crate::core::ports::chat::{Chat, ChatError, Mark, ResultImage, ResultPost, Shown, Side};
+use crate::core::ports::chat::{
+    Chat, ChatError, Mark, Posted, ResultImage, ResultPost, Shown, Side,
+};
 use crate::core::quota::ResultAt;
 use crate::messages;
 
@@ -102,32 +104,37 @@ impl Engine {
             .unwrap_or_else(|_| Err(ChatError::Transient("delivery timed out".into())));
         match sent {
             Ok(posted) => {
-                let at = posted.button_at.map(|message| ResultAt {
-                    chat: reply.chat.to_string(),
-                    message: message.to_string(),
-                });
-                self.delivered(job, delivery, at).await;
-                if let (Some(_), Some(link)) = (&reply.deferred, &posted.link) {
-                    let text = messages::result_posted(reply.lang, link);
-                    if let Err(e) = chat.edit(reply, Shown::Deferred, &text).await {
-                        tracing::debug!(error = %e, "the request's answer could not point at the result");
-                    }
-                }
+                self.posted(chat, outcome, delivery, posted).await;
                 true
             }
             Err(e) => {
                 tracing::error!(job_id = %job.id, error = %e, "delivery failed");
                 self.observer().send_failed(reply.platform.as_str());
-                let why = match e {
-                    ChatError::Final {
-                        side: Side::User,
-                        detail,
-                    } => SendFailure::ChatRefused(detail),
-                    other => SendFailure::Platform(other.to_string()),
-                };
-                let failure = self.undeliverable(job, why).await;
+                let failure = self.undeliverable(job, why(e)).await;
                 self.tell_failure(chat, reply, &failure).await;
                 false
+            }
+        }
+    }
+
+    /// The result is in the chat: commit it, and point the request's own answer at it.
+    async fn posted(
+        &self,
+        chat: &dyn Chat,
+        outcome: &Outcome,
+        delivery: &Delivery,
+        posted: Posted,
+    ) {
+        let reply = &outcome.job.route;
+        let at = posted.button_at.map(|message| ResultAt {
+            chat: reply.chat.to_string(),
+            message: message.to_string(),
+        });
+        self.delivered(&outcome.job, delivery, at).await;
+        if let (Some(_), Some(link)) = (&reply.deferred, &posted.link) {
+            let text = messages::result_posted(reply.lang, link);
+            if let Err(e) = chat.edit(reply, Shown::Deferred, &text).await {
+                tracing::debug!(error = %e, "the request's answer could not point at the result");
             }
         }
     }
@@ -145,6 +152,17 @@ impl Engine {
         if let Err(e) = retrying(|| chat.say(reply, &text)).await {
             tracing::error!(error = %e, "cannot tell the user about a failure");
         }
+    }
+}
+
+/// Whose side a post that failed for good is on: the user's chat refusing is charged.
+fn why(e: ChatError) -> SendFailure {
+    match e {
+        ChatError::Final {
+            side: Side::User,
+            detail,
+        } => SendFailure::ChatRefused(detail),
+        other => SendFailure::Platform(other.to_string()),
     }
 }
 

@@ -3,7 +3,10 @@
 //! (`core::conversation`), which commits, charges or refunds. Chats plug in as
 //! [`Chat`] adapters, one per platform; the engine is the only owner of a job's life.
 
+mod accept;
+mod outcome;
 mod run;
+mod spec;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,20 +14,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::access::Access;
-use super::command::{EditCommand, Size};
+use super::command::Size;
 use super::conversation::Talks;
-use super::edit::{EditBackend, ModelCaps};
-use super::error::{Failure, FailureReason, Rejection};
+use super::edit::EditBackend;
+use super::error::Failure;
 use super::image::FitLimits;
-use super::model::Reply;
 use super::pipeline::Observer;
 use super::ports::chat::Chat;
 use super::queue::FairQueue;
-use super::quota::{Granted, Platform, QuotaRejection, Quotas, Reservation, ResultAt, UserRef};
+use super::quota::{Granted, Platform, Quotas};
 
 /// Most input images per edit (docs/DASHSCOPE.md §1.4).
 pub const MAX_INPUTS: usize = 3;
@@ -32,98 +33,7 @@ pub const MAX_INPUTS: usize = 3;
 /// Times a job is started before restarts that cut it off make it fail (refunded).
 const MAX_RUNS: u32 = 2;
 
-/// A job as it waits in the queue: where to get the inputs and whom to answer, no bytes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobSpec {
-    pub id: String,
-    pub user: UserRef,
-    pub chat: String,
-    /// The guild or group for the per-chat limit; `None` in private chats.
-    pub group: Option<String>,
-    /// References of 1–3 input images, in order, as the chat adapter made them.
-    pub inputs: Vec<String>,
-    pub command: EditCommand,
-    /// Where and how to answer.
-    pub route: Reply,
-    /// The unguessable id the result's 🔁 button carries; given by [`Engine::submit`] (`None`
-    /// for jobs of releases before it: their results get no button).
-    #[serde(default)]
-    pub token: Option<String>,
-}
-
-impl JobSpec {
-    /// A new job answering `route`, by its requester (no 🔁 token yet: [`Engine::submit`] gives one).
-    pub fn new(id: String, route: Reply, inputs: Vec<String>, command: EditCommand) -> Self {
-        JobSpec {
-            id,
-            user: route.user_ref(),
-            chat: route.chat.to_string(),
-            group: route.group.clone(),
-            inputs,
-            command,
-            route,
-            token: None,
-        }
-    }
-
-    /// A job description as the store keeps it (JSON). Those of releases before typed routes,
-    /// whose route was the front-end's own JSON, are read too.
-    pub fn from_stored(json: &str) -> Option<JobSpec> {
-        if let Ok(spec) = serde_json::from_str::<JobSpec>(json) {
-            return Some(spec);
-        }
-        let old: LegacySpec = serde_json::from_str(json).ok()?;
-        let r = old.route;
-        let route = Reply {
-            platform: old.user.platform,
-            chat: r.chat_id.or(r.channel_id).or(old.chat.parse().ok())?,
-            group: old.group.clone(),
-            to: r.message_id.or(r.reply_to),
-            user: old.user.id.clone(),
-            lang: r.lang,
-            deferred: r.interaction_token,
-            upload_limit: r.upload_limit,
-        };
-        Some(JobSpec {
-            id: old.id,
-            user: old.user,
-            chat: old.chat,
-            group: old.group,
-            inputs: old.inputs,
-            command: old.command,
-            route,
-            token: old.token,
-        })
-    }
-}
-
-/// A stored job description of a release before typed routes.
-#[derive(Deserialize)]
-struct LegacySpec {
-    id: String,
-    user: UserRef,
-    chat: String,
-    group: Option<String>,
-    inputs: Vec<String>,
-    command: EditCommand,
-    route: LegacyRoute,
-    #[serde(default)]
-    token: Option<String>,
-}
-
-/// The Telegram (`chat_id`, `message_id`) and Discord (`channel_id`, `reply_to`, …) routes of
-/// those releases.
-#[derive(Deserialize)]
-struct LegacyRoute {
-    chat_id: Option<i64>,
-    message_id: Option<i64>,
-    channel_id: Option<i64>,
-    reply_to: Option<i64>,
-    #[serde(default)]
-    lang: super::model::Lang,
-    interaction_token: Option<String>,
-    upload_limit: Option<u64>,
-}
+pub use spec::JobSpec;
 
 /// Why a chat did not take a result, as its adapter classifies the platform's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,90 +205,6 @@ impl Engine {
         self.busy.load(Ordering::SeqCst)
     }
 
-    /// Validates, holds a queue place, reserves quota (persisted) and queues the job.
-    /// Returns quickly: nothing here waits for the model.
-    pub async fn submit(&self, mut spec: JobSpec) -> Result<Accepted, Rejection> {
-        spec.command.size = spec.command.size.or(self.cfg.default_size);
-        validate(&spec, self.backend.caps())?;
-        spec.token = Some(uuid::Uuid::new_v4().simple().to_string());
-        let hold = self.queue.hold(&spec.user)?;
-        let reservation = Reservation {
-            job_id: spec.id.clone(),
-            user: spec.user.clone(),
-            chat: spec.chat.clone(),
-            group: spec.group.clone(),
-            model: self.backend.model().to_owned(),
-            cost: u32::from(spec.command.count()),
-            prompt: self.cfg.store_prompts.then(|| spec.command.prompt.clone()),
-            spec: serde_json::to_string(&spec).ok(),
-            token: spec.token.clone(),
-        };
-        let granted = match self.quotas.reserve(reservation).await {
-            Ok(Ok(granted)) => granted,
-            Ok(Err(no)) => {
-                self.queue.release(hold);
-                if no != QuotaRejection::Duplicate {
-                    self.observer().quota_rejected(quota_reason(&no));
-                }
-                return Err(Rejection::Quota(no));
-            }
-            Err(e) => {
-                self.queue.release(hold);
-                tracing::error!(error = %e, "quota reserve failed");
-                return Err(Rejection::Internal);
-            }
-        };
-        let position = self.queue.push(
-            hold,
-            Queued {
-                spec,
-                granted,
-                answered: None,
-                given_up: false,
-                failed_before: None,
-            },
-        );
-        let waits = position > 0 || self.busy.load(Ordering::SeqCst) >= self.workers();
-        Ok(Accepted {
-            position,
-            waits,
-            granted,
-        })
-    }
-
-    /// For 🔁 pressed on message `pressed` of a chat: the job whose button `token` is — if its
-    /// result is that very message — again: same inputs, chat and prompt, a new random seed, as
-    /// job `new_id` of `user` (who pays), answered through `route`. `None` when the job is not
-    /// known (any more), or the button was not pressed on its result (a forged or copied token).
-    pub async fn again(
-        &self,
-        token: &str,
-        pressed: &ResultAt,
-        new_id: String,
-        route: Reply,
-    ) -> Option<JobSpec> {
-        let stored = self
-            .quotas
-            .again_source(token, &pressed.chat, &pressed.message)
-            .await?;
-        let old = JobSpec::from_stored(&stored)?;
-        let seed = rand::random_range(0..=super::command::MAX_SEED);
-        let command = EditCommand {
-            seed: Some(seed),
-            ..old.command
-        };
-        Some(JobSpec {
-            id: new_id,
-            user: route.user_ref(),
-            chat: old.chat,
-            group: old.group,
-            inputs: old.inputs,
-            command,
-            route,
-            token: None,
-        })
-    }
-
     /// Starts `cfg.workers` workers; they end when the queue is closed and drained.
     pub fn spawn_workers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         self.spawn_position_ticker();
@@ -432,80 +258,4 @@ impl Engine {
     pub fn observer(&self) -> &dyn Observer {
         self.observer.as_deref().unwrap_or(&())
     }
-
-    /// The result was posted (its 🔁 button on message `at`): commit the images.
-    pub(crate) async fn delivered(&self, job: &JobSpec, delivery: &Delivery, at: Option<ResultAt>) {
-        self.observer().job_finished(true);
-        let images = delivery.images.len();
-        self.observer()
-            .images_delivered(job.user.platform.as_str(), images);
-        let request_id = delivery.request_id.clone();
-        let committed = self
-            .quotas
-            .commit(&job.id, images as u32, request_id, at)
-            .await;
-        if let Err(e) = committed {
-            tracing::error!(job_id = %job.id, error = %e, "cannot commit a delivered job");
-        }
-    }
-
-    /// The user was told why `job` failed (or the bot tried to): it is not told again after a
-    /// restart.
-    pub(crate) async fn told(&self, job: &JobSpec) {
-        if let Err(e) = self.quotas.told(&job.id).await {
-            tracing::error!(job_id = %job.id, error = %e, "cannot record that the user was told");
-        }
-    }
-
-    /// The result could not be posted. Refused by the user's chat, the images are charged (the
-    /// model was paid); failed on our or the platform's side, they are refunded. Returns what
-    /// to tell the user.
-    pub(crate) async fn undeliverable(&self, job: &JobSpec, why: SendFailure) -> Failure {
-        self.observer().job_finished(false);
-        let (reason, written) = match why {
-            SendFailure::ChatRefused(detail) => {
-                let written = self
-                    .quotas
-                    .charge_undelivered(&job.id, "chat_refused")
-                    .await;
-                (FailureReason::ChatRefused(detail), written)
-            }
-            SendFailure::Platform(detail) => {
-                let written = self.quotas.refund(&job.id, "delivery").await;
-                (FailureReason::Delivery(detail), written)
-            }
-        };
-        if let Err(e) = &written {
-            tracing::error!(job_id = %job.id, error = %e, "cannot record an undelivered job");
-        }
-        let refunded = matches!(reason, FailureReason::Delivery(_)) && written.is_ok();
-        Failure { reason, refunded }
-    }
-}
-
-/// Metric label of a quota refusal.
-fn quota_reason(q: &QuotaRejection) -> &'static str {
-    match q {
-        QuotaRejection::Duplicate => "duplicate",
-        QuotaRejection::Blocked => "blocked",
-        QuotaRejection::Disabled => "disabled",
-        QuotaRejection::User { .. } => "user",
-        QuotaRejection::Chat { .. } => "chat",
-        QuotaRejection::Global { .. } => "global",
-    }
-}
-
-fn validate(spec: &JobSpec, caps: ModelCaps) -> Result<(), Rejection> {
-    match spec.inputs.len() {
-        0 => return Err(Rejection::NoImage),
-        n if n > MAX_INPUTS => return Err(Rejection::TooManyImages(n)),
-        _ => {}
-    }
-    if spec.command.count() > caps.max_n {
-        return Err(Rejection::CountNotSupported { max: caps.max_n });
-    }
-    if let Some(size) = spec.command.size {
-        caps.check_size(size)?;
-    }
-    Ok(())
 }

@@ -1,11 +1,16 @@
-//! Wiring: settings → store, quotas, backend, engine; and the `run` daemon.
+//! Wiring: settings → store, quotas, backend, engine; and the `run` daemon. Concrete adapters
+//! are named only in `registry.rs`; signals and the drain at shutdown are in `shutdown.rs`.
+
+mod registry;
+mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::backend::{DashScope, DashScopeOptions};
+use self::shutdown::Signals;
+
 use crate::config::Settings;
 use crate::core::access::{Access, DiscordPlaces, TelegramPlaces};
 use crate::core::clock::{Clock, SystemClock};
@@ -49,14 +54,7 @@ pub fn existing_quotas(settings: &Settings) -> anyhow::Result<Arc<Quotas>> {
     )))
 }
 
-/// The DashScope client from `[backend]` and `DASHSCOPE_API_KEY`.
-pub fn backend(settings: &Settings) -> anyhow::Result<Arc<DashScope>> {
-    let Some(key) = settings.secrets.dashscope_api_key.clone() else {
-        bail!("DASHSCOPE_API_KEY is not set (nor DASHSCOPE_API_KEY_FILE)");
-    };
-    let opts = DashScopeOptions::from_config(&settings.config.backend, key);
-    Ok(Arc::new(DashScope::new(opts)?))
-}
+pub use registry::backend;
 
 /// The input rules: DashScope's, with `backend.max_input_side` as the useful side.
 pub fn fit_limits(settings: &Settings) -> FitLimits {
@@ -180,138 +178,38 @@ pub async fn serve(
     let c = &settings.config;
     let quotas = quotas(&settings)?;
     // One daemon per store: a second one (a rolling deploy) would run the same jobs again.
-    let _lock = crate::store::lock(&settings.config.quota.database)?;
-    let backend = backend(&settings)?;
+    let _lock = crate::store::lock(&c.quota.database)?;
     let metrics = Arc::new(Metrics::new());
+    let platforms = registry::Platforms::prepare(&settings)?;
     // An enabled platform is reported down by /healthz until it has connected.
-    if c.telegram.enabled {
-        metrics.health.set_telegram(false);
-    }
-    if c.discord.enabled {
-        metrics.health.set_discord(false);
-    }
-    let places = Arc::new(access(&settings));
-    load_places(&quotas, &places)
-        .await
-        .context("cannot read the allowed places")?;
-    let mut engine = Engine::new(quotas, backend, engine_config(&settings));
-    engine.set_observer(metrics.clone());
-    engine.set_access(places);
-    let telegram = match c.telegram.enabled {
-        true => Some(crate::telegram::prepare(&settings)?),
-        false => None,
-    };
-    if let Some(t) = &telegram {
-        engine.register(t.chat.clone());
-    }
-    let discord = match c.discord.enabled {
-        true => Some(crate::discord::prepare(&settings)?),
-        false => None,
-    };
-    if let Some(d) = &discord {
-        engine.register(d.chat.clone());
-    }
-    let engine = Arc::new(engine);
-    let resumed = engine.resume().await;
-    if resumed > 0 {
-        tracing::info!(resumed, "resuming jobs left unfinished by the last run");
-    }
+    platforms.report_down(&metrics);
+    let engine = engine(&settings, quotas, &metrics, &platforms).await?;
     let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
     let ops = match c.http.listen.as_str() {
         "" => None,
-        listen => Some(
-            crate::http::serve(
-                listen,
-                engine.clone(),
-                metrics.clone(),
-                crate::listen::Limits::from_config(&c.http),
-                async {
-                    let _ = ops_stopped.await;
-                },
+        listen => {
+            let limits = crate::listen::Limits::from_config(&c.http);
+            let stopped = async {
+                let _ = ops_stopped.await;
+            };
+            Some(
+                crate::http::serve(listen, engine.clone(), metrics.clone(), limits, stopped)
+                    .await?,
             )
-            .await?,
-        ),
+        }
     };
     let workers = engine.spawn_workers();
-    let watcher = watch_store(
-        engine.quotas().clone(),
-        engine.access().clone(),
-        c.quota.database.clone(),
-    );
-    let pruner = {
-        let quotas = engine.quotas().clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(3600));
-            loop {
-                every.tick().await;
-                prune_specs(&quotas).await;
-            }
-        })
-    };
-    // One shutdown for both front-ends; either one ending (or failing) stops the other too.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_on_signal = stop_tx.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_on_signal.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    // A front-end that fails (a refused token) stops only itself; the daemon stops when none is
-    // left running, or at the signal.
-    let running = std::sync::atomic::AtomicUsize::new(
-        usize::from(telegram.is_some()) + usize::from(discord.is_some()),
-    );
-    let ended = |r: anyhow::Result<()>| {
-        if let Err(e) = &r {
-            tracing::error!(error = %e, "a platform stopped; the others go on");
-        }
-        let left = running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) - 1;
-        if r.is_ok() || left == 0 {
-            let _ = stop_tx.send(true);
-        }
-        Some(r)
-    };
-    let (e, m) = (&engine, &metrics);
-    let (tg, dc) = tokio::join!(
-        async {
-            let r = crate::telegram::run(
-                telegram?,
-                e.clone(),
-                m.clone(),
-                &settings,
-                stopped(stop_rx.clone()),
-            );
-            ended(r.await)
-        },
-        async {
-            let r = crate::discord::run(
-                discord?,
-                e.clone(),
-                m.clone(),
-                &settings,
-                stopped(stop_rx.clone()),
-            );
-            ended(r.await)
-        }
-    );
-    let mut served = false;
-    let mut failures = Vec::new();
-    for result in [tg, dc].into_iter().flatten() {
-        match result {
-            Ok(()) => served = true,
-            Err(e) => failures.push(e),
-        }
-    }
-    // Exit non-zero only when every enabled platform failed (what a restart cannot fix).
-    let failure = match served {
-        false => failures.into_iter().next(),
-        true => None,
-    };
-    drain(&engine, workers, Duration::from_secs(c.shutdown_grace_secs)).await;
-    pruner.abort();
-    watcher.abort();
+    let background = [
+        watch_store(
+            engine.quotas().clone(),
+            engine.access().clone(),
+            c.quota.database.clone(),
+        ),
+        prune_hourly(engine.quotas().clone()),
+    ];
+    let failure = platforms.run(&engine, &metrics, &settings, shutdown).await;
+    shutdown::drain(&engine, workers, Duration::from_secs(c.shutdown_grace_secs)).await;
+    background.iter().for_each(|task| task.abort());
     let _ = ops_stop.send(());
     if let Some(ops) = ops {
         let _ = ops.await;
@@ -325,32 +223,43 @@ pub async fn serve(
     }
 }
 
-/// Shutdown after intake stopped: waiting jobs go back to the store, running ones get `grace`
-/// to finish and be delivered; whatever is still running then stays in the store as running or
-/// answered, and resumes at the next start.
-async fn drain(engine: &Engine, workers: Vec<tokio::task::JoinHandle<()>>, grace: Duration) {
-    let handed_back = engine.close();
-    tracing::info!(
-        handed_back,
-        running = engine.in_flight(),
-        "no longer taking updates; finishing running jobs"
+/// The engine on `quotas`, reporting to `metrics`, serving where the allowlists say, answering
+/// through every prepared chat; with the jobs a previous run left unfinished queued again.
+async fn engine(
+    settings: &Settings,
+    quotas: Arc<Quotas>,
+    metrics: &Arc<Metrics>,
+    platforms: &registry::Platforms,
+) -> anyhow::Result<Arc<Engine>> {
+    let places = Arc::new(access(settings));
+    load_places(&quotas, &places)
+        .await
+        .context("cannot read the allowed places")?;
+    let mut engine = Engine::new(
+        quotas,
+        registry::backend(settings)?,
+        engine_config(settings),
     );
-    let deadline = tokio::time::Instant::now() + grace;
-    let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
-    let all = async {
-        for w in workers {
-            let _ = w.await;
+    engine.set_observer(metrics.clone());
+    engine.set_access(places);
+    platforms.register(&mut engine);
+    let engine = Arc::new(engine);
+    let resumed = engine.resume().await;
+    if resumed > 0 {
+        tracing::info!(resumed, "resuming jobs left unfinished by the last run");
+    }
+    Ok(engine)
+}
+
+/// Forgets old job descriptions once an hour.
+fn prune_hourly(quotas: Arc<Quotas>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            prune_specs(&quotas).await;
         }
-    };
-    if tokio::time::timeout_at(deadline, all).await.is_err() {
-        tracing::warn!(
-            "shutdown grace ran out; running jobs stay in the store and resume next start"
-        );
-        aborts.iter().for_each(|a| a.abort());
-    }
-    if !engine.settle(deadline).await {
-        tracing::warn!("deliveries cut short at exit; they resume next start");
-    }
+    })
 }
 
 async fn prune_specs(quotas: &Quotas) {
@@ -360,40 +269,6 @@ async fn prune_specs(quotas: &Quotas) {
         Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "forgot old job descriptions"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune job descriptions"),
         _ => {}
-    }
-}
-
-/// SIGINT and SIGTERM, listened to from the moment [`Signals::install`] returns.
-struct Signals {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                interrupt: signal(SignalKind::interrupt())?,
-                terminate: signal(SignalKind::terminate())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    /// Resolves at the next SIGINT or SIGTERM.
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
