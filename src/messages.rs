@@ -606,13 +606,8 @@ pub fn discord_time(t: DateTime<Utc>) -> String {
     format!("<t:{}:R>", t.timestamp())
 }
 
-/// Status while waiting, with an expected start (Discord).
-pub fn queued_eta(lang: Lang, ahead: usize, eta: DateTime<Utc>) -> String {
-    queued_eta_with(lang, ahead, eta, discord_time)
-}
-
 /// Status while waiting, with an expected start written by `time`.
-pub fn queued_eta_with(
+pub fn queued_eta(
     lang: Lang,
     ahead: usize,
     eta: DateTime<Utc>,

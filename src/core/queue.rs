@@ -166,13 +166,19 @@ impl<J: Send> FairQueue<J> {
         dropped
     }
 
-    /// Jobs served before the first waiting job that matches, if any.
-    pub fn position(&self, matches: impl Fn(&J) -> bool) -> Option<usize> {
+    /// The position of every waiting job, by `key`, in one pass under one lock.
+    pub fn positions<K: std::hash::Hash + Eq>(
+        &self,
+        key: impl Fn(&J) -> K,
+    ) -> std::collections::HashMap<K, usize> {
         let s = self.lock();
-        s.waiting.iter().find_map(|(user, jobs)| {
-            let index = jobs.iter().position(&matches)?;
-            Some(position_of(&s, user, index))
-        })
+        let mut out = std::collections::HashMap::with_capacity(s.queued);
+        for (user, jobs) in &s.waiting {
+            for (index, job) in jobs.iter().enumerate() {
+                out.insert(key(job), position_of(&s, user, index));
+            }
+        }
+        out
     }
 
     /// Whether [`FairQueue::close`] was called.

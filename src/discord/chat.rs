@@ -22,9 +22,7 @@ use crate::core::model::{Platform, Reply};
 use crate::core::ports::chat::{Chat, ChatError, ChatStyle, Mark, Posted, ResultPost, Shown, Side};
 
 /// Reactions on a text request while it waits or runs, then on success or failure.
-pub const REACT_WORKING: &str = "⏳";
-pub const REACT_DONE: &str = "✅";
-pub const REACT_FAILED: &str = "❌";
+pub const MARKS: [&str; 3] = ["⏳", "✅", "❌"];
 
 /// Default upload limit (boosted servers allow more).
 const DEFAULT_UPLOAD_LIMIT: u64 = 10 * 1024 * 1024;
@@ -90,11 +88,7 @@ impl Chat for DiscordChat {
             let Some(message) = to.to else {
                 return Ok(());
             };
-            let emoji = match mark {
-                Mark::Working => REACT_WORKING,
-                Mark::Done => REACT_DONE,
-                Mark::Failed => REACT_FAILED,
-            };
+            let emoji = mark.of(MARKS);
             let reaction = ReactionType::Unicode(emoji.to_owned());
             let message = MessageId::new(id_of(message));
             self.http

@@ -5,9 +5,10 @@ use teloxide::prelude::*;
 use teloxide::types::UserId;
 
 use super::Telegram;
-use super::handler::{lang_of, send_reply};
+use super::handler::reply;
 use crate::core::admin::{self, AdminCommand, Scope};
-use crate::core::model::{Platform, UserRef};
+use crate::core::model::{Platform, Reply, UserRef};
+use crate::core::ports::chat::Chat as _;
 use crate::messages;
 
 /// Commands handled here (anything else may be an edit).
@@ -24,21 +25,21 @@ pub async fn handle(
     word: &str,
     args: &str,
 ) -> Result<(), teloxide::RequestError> {
-    let lang = lang_of(msg.from.as_ref());
     let Some(from) = msg.from.as_ref() else {
         return Ok(());
     };
+    let reply = reply(&msg.chat, from, msg.id);
+    let lang = reply.lang;
     let mut words = args.split_whitespace();
     let quotas = tg.engine.quotas();
     let style = super::chat::STYLE;
     let text = match (word, words.next()) {
         ("help" | "start", _) => messages::help(lang),
         ("quota", None) => {
-            let user = UserRef::new(Platform::Telegram, from.id.0.to_string());
-            admin::own_quota(quotas, &user, group_of(msg).as_deref(), lang, style).await
+            let group = reply.group.as_deref();
+            admin::own_quota(quotas, &reply.user_ref(), group, lang, style).await
         }
-        ("quota" | "block" | "unblock" | "usage", sub) => match admin_scope(tg, msg, from.id).await
-        {
+        ("quota" | "block" | "unblock" | "usage", sub) => match admin_scope(tg, &reply).await {
             None => messages::admin::refused(lang),
             Some(scope) => {
                 let rest: Vec<&str> = words.collect();
@@ -48,28 +49,28 @@ pub async fn handle(
         },
         _ => return Ok(()),
     };
-    send_reply(&tg.bot, msg.chat.id, msg.id, &text).await;
+    let _ = tg.chat.say(&reply, &text).await;
     Ok(())
-}
-
-/// The chat's group key (for per-chat limits and chat-scoped admin settings).
-fn group_of(msg: &Message) -> Option<String> {
-    (!msg.chat.is_private()).then(|| msg.chat.id.0.to_string())
 }
 
 /// Where `user` may administer quotas: bot-wide (an operator of `telegram.admin_ids`), only in
 /// this chat (its administrators), or nowhere (`None`). A chat admin's changes never reach
 /// other chats.
-async fn admin_scope(tg: &Telegram, msg: &Message, user: UserId) -> Option<Scope> {
+async fn admin_scope(tg: &Telegram, asked: &Reply) -> Option<Scope> {
+    let user: u64 = asked.user.parse().ok()?;
     if tg
         .admin_ids
         .iter()
-        .any(|id| u64::try_from(*id).ok() == Some(user.0))
+        .any(|id| u64::try_from(*id).ok() == Some(user))
     {
         return Some(Scope::BotWide);
     }
-    let group = group_of(msg)?;
-    match tg.bot.get_chat_member(msg.chat.id, user).await {
+    let group = asked.group.clone()?;
+    match tg
+        .bot
+        .get_chat_member(ChatId(asked.chat), UserId(user))
+        .await
+    {
         Ok(member) if member.is_privileged() => Some(Scope::Chat(group)),
         Ok(_) => None,
         Err(e) => {

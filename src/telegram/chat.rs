@@ -27,9 +27,7 @@ use crate::core::ports::chat::{
 
 /// Reactions while a job waits or runs, then on success or failure (Telegram allows only a
 /// fixed set of emoji; ⏳ is not among them).
-pub const REACT_WORKING: &str = "👀";
-pub const REACT_DONE: &str = "👌";
-pub const REACT_FAILED: &str = "💔";
+pub const MARKS: [&str; 3] = ["👀", "👌", "💔"];
 
 /// How Telegram chats look: the upload-photo action lasts about 5 s; no expected start times.
 pub const STYLE: ChatStyle = ChatStyle {
@@ -79,11 +77,7 @@ impl Chat for TelegramChat {
             let Some(message) = to.to else {
                 return Ok(());
             };
-            let emoji = match mark {
-                Mark::Working => REACT_WORKING,
-                Mark::Done => REACT_DONE,
-                Mark::Failed => REACT_FAILED,
-            };
+            let emoji = mark.of(MARKS);
             self.bot
                 .set_message_reaction(chat_of(to), message_of(message))
                 .reaction(vec![ReactionType::Emoji {

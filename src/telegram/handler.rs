@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use teloxide::prelude::*;
-use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, MessageId, ReplyParameters, User};
+use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, MessageId, User};
 use tracing::Instrument as _;
 
 use super::trigger::{Candidate, ImageRef, MAX_DOWNLOAD_BYTES, candidate, command_word};
@@ -79,14 +79,31 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
 }
 
 /// Where and how to answer `from` about the message `to` in `chat`.
-fn reply(chat: &teloxide::types::Chat, from: &User, to: MessageId) -> Reply {
+pub(super) fn reply(chat: &teloxide::types::Chat, from: &User, to: MessageId) -> Reply {
+    Reply {
+        user: from.id.0.to_string(),
+        lang: lang_of(Some(from)),
+        ..answer_to_in(chat, to)
+    }
+}
+
+/// Where to answer the message `msg` (sent by nobody in particular, as in a channel, when it
+/// has no sender).
+pub(super) fn answer_to(msg: &Message) -> Reply {
+    match &msg.from {
+        Some(from) => reply(&msg.chat, from, msg.id),
+        None => answer_to_in(&msg.chat, msg.id),
+    }
+}
+
+fn answer_to_in(chat: &teloxide::types::Chat, to: MessageId) -> Reply {
     Reply {
         platform: Platform::Telegram,
         chat: chat.id.0,
         group: (!chat.is_private()).then(|| chat.id.0.to_string()),
         to: Some(i64::from(to.0)),
-        user: from.id.0.to_string(),
-        lang: lang_of(Some(from)),
+        user: "0".into(),
+        lang: Lang::En,
         deferred: None,
         upload_limit: None,
     }
@@ -139,25 +156,6 @@ fn check_images(images: &[ImageRef]) -> Result<(), Rejection> {
         }));
     }
     Ok(())
-}
-
-pub(super) async fn send_reply(
-    bot: &Bot,
-    chat: ChatId,
-    to: MessageId,
-    text: &str,
-) -> Option<MessageId> {
-    match bot
-        .send_message(chat, text)
-        .reply_parameters(ReplyParameters::new(to).allow_sending_without_reply())
-        .await
-    {
-        Ok(m) => Some(m.id),
-        Err(e) => {
-            tracing::warn!(error = %safe_error(&e), "sendMessage failed");
-            None
-        }
-    }
 }
 
 /// 🔁 under a result: the same inputs and prompt with a new seed, charged to whoever pressed.

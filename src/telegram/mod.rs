@@ -24,6 +24,8 @@ pub use chat::TelegramChat;
 /// Everything a handler needs. One per process.
 pub struct Telegram {
     bot: Bot,
+    /// The chat the core answers through; replies to commands go through it too.
+    chat: std::sync::Arc<TelegramChat>,
     username: String,
     engine: Arc<Engine>,
     admin_ids: Vec<i64>,
@@ -119,7 +121,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cfg = &settings.config.telegram;
-    let Prepared { bot, .. } = prepared;
+    let Prepared { bot, chat } = prepared;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -136,6 +138,7 @@ pub async fn run(
     register_commands(&bot).await;
     let tg = Arc::new(Telegram {
         bot: bot.clone(),
+        chat,
         username,
         engine,
         admin_ids: cfg.admin_ids.clone(),

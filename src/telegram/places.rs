@@ -8,10 +8,11 @@ use teloxide::prelude::*;
 use teloxide::types::Message;
 
 use super::Telegram;
-use super::handler::{lang_of, send_reply};
+use super::handler::answer_to;
 use super::trigger::{candidate, command_word};
 use crate::core::access::Spot;
 use crate::core::command::{ParseContext, parse};
+use crate::core::ports::chat::Chat as _;
 use crate::core::quota::Platform;
 use crate::messages;
 
@@ -42,13 +43,14 @@ impl Telegram {
             "message from a chat the bot is not enabled in"
         );
         if answer || leave {
-            let text = messages::not_enabled(lang_of(msg.from.as_ref()), closed);
-            let (bot, chat, to) = (self.bot.clone(), msg.chat.id, msg.id);
+            let reply = answer_to(msg);
+            let text = messages::not_enabled(reply.lang, closed);
+            let (tg, chat) = (Arc::clone(self), msg.chat.id);
             tokio::spawn(async move {
                 if answer {
-                    send_reply(&bot, chat, to, &text).await;
+                    let _ = tg.chat.say(&reply, &text).await;
                 }
-                if leave && let Err(e) = bot.leave_chat(chat).await {
+                if leave && let Err(e) = tg.bot.leave_chat(chat).await {
                     tracing::warn!(error = %super::safe_error(&e), "cannot leave the chat");
                 }
             });

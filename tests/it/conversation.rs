@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
 use qwen_edit_bot::core::command::{ParseContext, parse};
+use qwen_edit_bot::core::conversation::retrying;
+use qwen_edit_bot::core::edit::EditBackend;
 use qwen_edit_bot::core::error::{Failure, FailureReason, Rejection};
 use qwen_edit_bot::core::image::FitLimits;
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobSpec};
@@ -28,6 +30,7 @@ struct Rig {
     chat: Arc<RecordingChat>,
 }
 
+/// The engine with `workers` workers on the real DashScope client and the fake.
 async fn rig(workers: usize) -> Rig {
     let fake = FakeDashScope::start().await;
     let delays = Arc::new(Mutex::new(Vec::new()));
@@ -36,6 +39,12 @@ async fn rig(workers: usize) -> Rig {
         ..super::dashscope::options(&fake, &delays)
     };
     let backend = Arc::new(DashScope::new(opts).unwrap());
+    rig_with(workers, backend, fake)
+}
+
+/// The engine with `workers` workers on `backend` (the fake DashScope stays idle unless it is
+/// the backend's).
+fn rig_with(workers: usize, backend: Arc<dyn EditBackend>, fake: FakeDashScope) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(
         qwen_edit_bot::store::sqlite::SqliteLedger::open(&dir.path().join("q.db")).unwrap(),
@@ -87,8 +96,9 @@ fn job(id: &str, to: Reply, inputs: &[&str], text: &str) -> JobSpec {
     JobSpec::new(id.into(), to, inputs, command)
 }
 
-/// Waits (5 s at most) until the store shows `status` for `job`.
-async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
+/// Waits (5 s at most) until the store shows `status` for `job`: the conversation writes it
+/// right after its last chat call.
+pub async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
     let wait = async {
         while quotas.ledger().job(job).unwrap().map(|j| j.status) != Some(status) {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -97,6 +107,18 @@ async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
     tokio::time::timeout(Duration::from_secs(5), wait)
         .await
         .unwrap_or_else(|_| panic!("{job} never became {status:?}"));
+}
+
+/// Waits (5 s at most) until the store holds no unfinished job (nor failure left untold).
+pub async fn all_told(quotas: &Quotas) {
+    let wait = async {
+        while !quotas.ledger().unfinished().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("every job finished and told");
 }
 
 #[tokio::test]
@@ -143,12 +165,24 @@ async fn a_result_is_posted_replying_to_the_request_committed_and_marked() {
         chat: "-100".into(),
         message: message.to_string(),
     };
-    assert!(
-        r.engine
-            .again(&token, &pressed, "b1".into(), reply("8", *message))
-            .await
-            .is_some()
+    let elsewhere = ResultAt {
+        message: (message + 1).to_string(),
+        ..pressed.clone()
+    };
+    let forged = r
+        .engine
+        .again(&token, &elsewhere, "b0".into(), reply("8", message + 1));
+    assert!(forged.await.is_none(), "only under its own result");
+    let again = r
+        .engine
+        .again(&token, &pressed, "b1".into(), reply("8", *message))
+        .await
+        .expect("🔁 under the result");
+    assert_eq!(
+        (again.user(), again.inputs),
+        (user("8"), vec!["photo".to_string()])
     );
+    assert_ne!(again.command.seed, None, "a new seed");
 }
 
 #[tokio::test]
@@ -170,6 +204,10 @@ async fn a_waiting_job_shows_its_position_then_working_and_the_status_goes_with_
     r.fake.release();
     r.chat.posts(2).await;
     settled(&r.quotas, "second", JobStatus::Delivered).await;
+    // The status goes and the mark turns after the commit: wait for the last of them.
+    r.chat
+        .wait_for(1, |c| *c == Call::Mark(Some(20), Mark::Done))
+        .await;
     let second: Vec<Call> = r
         .chat
         .answers()
@@ -448,30 +486,8 @@ async fn a_burst_of_30_users_gets_30_results_with_at_most_3_model_calls_at_once(
 async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
     use qwen_edit_bot::core::edit::{BackendError, OperatorProblem};
     let service = Arc::new(super::edit_double::MemoryService::default());
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(
-        qwen_edit_bot::store::sqlite::SqliteLedger::open(&dir.path().join("q.db")).unwrap(),
-    );
-    let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
-        2026, 12, 2, 12, 0,
-    )));
-    let quotas = Arc::new(Quotas::new(ledger, clock, limits(5)));
-    let cfg = EngineConfig {
-        max_queue: 10,
-        max_in_flight_per_user: 5,
-        workers: 1,
-        fit: FitLimits::default(),
-        store_prompts: false,
-        default_negative: String::new(),
-        fetch_timeout: Duration::from_secs(5),
-        download_timeout: Duration::from_secs(5),
-        default_size: None,
-    };
-    let chat = Arc::new(RecordingChat::new(Platform::Telegram));
-    chat.put_file("photo", images::jpeg(640, 480));
-    let mut engine = Engine::new(quotas.clone(), service.clone(), cfg);
-    engine.register(chat.clone());
-    let engine = Arc::new(engine);
+    let r = rig_with(1, service.clone(), FakeDashScope::start().await);
+    let (engine, quotas, chat) = (&r.engine, &r.quotas, &r.chat);
     engine.spawn_workers();
     // Its own limits: n = 2 at most.
     engine
@@ -491,7 +507,7 @@ async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
         640,
         "the fitted input, kept by the service"
     );
-    settled(&quotas, "two", JobStatus::Delivered).await;
+    settled(quotas, "two", JobStatus::Delivered).await;
     let job_record = quotas.ledger().job("two").unwrap().unwrap();
     assert_eq!(
         (job_record.model.as_str(), job_record.request_id.as_deref()),
@@ -506,7 +522,7 @@ async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
     engine
         .request(job("broke", reply("1", 3), &["photo"], "/edit a"))
         .await;
-    settled(&quotas, "broke", JobStatus::Failed).await;
+    settled(quotas, "broke", JobStatus::Failed).await;
     let said = chat.said(2).await;
     assert!(said[1].contains("out of credit"), "{said:?}");
     assert!(!said[1].contains("whatever-the-vendor-says"), "{said:?}");
@@ -515,5 +531,55 @@ async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
         service.asked(),
         [("a".to_string(), 1, 2), ("a".to_string(), 1, 1)],
         "the refused request never reached the service"
+    );
+    assert_eq!(r.fake.calls(), 0, "DashScope was not the service");
+}
+
+/// The one retry policy, on paused time: what a throttled call asked is waited (capped at a
+/// minute), other transient errors back off 1, 2, 4, 8 s, a final error is not retried, and
+/// five attempts is all.
+#[tokio::test(start_paused = true)]
+async fn chat_calls_wait_what_the_platform_asked_back_off_otherwise_and_stop_at_five() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let run = async |errors: Vec<Option<ChatError>>| {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let result = retrying(|| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let error = errors.get(n).cloned().flatten();
+            async move { error.map_or(Ok(n), Err) }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst), started.elapsed())
+    };
+    let throttled = |secs| {
+        Some(ChatError::RetryAfter(
+            Duration::from_secs(secs),
+            "429".into(),
+        ))
+    };
+    let transient = || Some(ChatError::Transient("502".into()));
+    let (ok, calls, waited) = run(vec![throttled(7), transient(), None]).await;
+    assert_eq!((ok, calls, waited), (Ok(2), 3, Duration::from_secs(7 + 2)));
+    let (_, calls, waited) = run(vec![throttled(600), None]).await;
+    assert_eq!(
+        (calls, waited),
+        (2, Duration::from_secs(60)),
+        "at most a minute"
+    );
+    let refused = ChatError::Final {
+        side: Side::User,
+        detail: "blocked".into(),
+    };
+    let (err, calls, waited) = run(vec![Some(refused.clone())]).await;
+    assert_eq!((err, calls, waited), (Err(refused), 1, Duration::ZERO));
+    let (err, calls, waited) = run(vec![transient(); 9]).await;
+    assert_eq!(
+        (err, calls, waited),
+        (
+            Err(ChatError::Transient("502".into())),
+            5,
+            Duration::from_secs(1 + 2 + 4 + 8)
+        )
     );
 }

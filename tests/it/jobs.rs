@@ -22,6 +22,7 @@ use qwen_edit_bot::core::quota::{
 use tokio::sync::mpsc;
 
 use super::chat_double::{Call, RecordingChat};
+use super::conversation::{all_told, settled};
 use super::quota::{at, limits, user};
 use crate::fakes::dashscope::{FakeDashScope, Reply};
 use crate::fakes::images;
@@ -125,33 +126,8 @@ fn spec(id: &str, user_id: &str, inputs: &[&str], text: &str) -> JobSpec {
         inputs.iter().map(|s| s.to_string()).collect(),
         command(text),
     );
-    assert_eq!(spec.user, user(user_id));
+    assert_eq!(spec.user(), user(user_id));
     spec
-}
-
-/// Waits (5 s at most) until the store shows `status` for `job`: the conversation writes it
-/// right after its last chat call.
-async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
-    let wait = async {
-        while quotas.ledger().job(job).unwrap().map(|j| j.status) != Some(status) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), wait)
-        .await
-        .unwrap_or_else(|_| panic!("{job} never became {status:?}"));
-}
-
-/// Waits until the store holds no unfinished job (nor failure left untold).
-async fn all_told(quotas: &Quotas) {
-    let wait = async {
-        while !quotas.ledger().unfinished().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), wait)
-        .await
-        .expect("every job finished and told");
 }
 
 /// The next finished job (start events are skipped).
@@ -513,7 +489,7 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
     for _ in 0..30 {
         let out = next(&mut r.outcomes).await;
         assert!(out.result.is_ok());
-        served.insert(out.job.user.id.clone());
+        served.insert(out.job.user().id);
     }
     assert_eq!(served.len(), 30);
     assert_eq!(r.fake.calls(), 30);

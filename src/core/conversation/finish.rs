@@ -31,12 +31,12 @@ impl Engine {
     /// result is posted, told otherwise (a restart does not tell it again).
     pub(crate) async fn finish(self: &Arc<Self>, outcome: Outcome) {
         let job_id = outcome.job.id.clone();
-        let acked = self.talks.0.get(&job_id).and_then(|t| t.acked.clone());
+        let acked = self.talks.get(&job_id).and_then(|t| t.acked.clone());
         if let Some(mut acked) = acked {
             let _ = tokio::time::timeout(ACK_WAIT, acked.wait_for(|done| *done)).await;
         }
         let reply = &outcome.job.route;
-        let talk = match self.talks.0.remove(&job_id) {
+        let talk = match self.talks.remove(&job_id) {
             Some((_, talk)) => talk,
             None => Talk::new(reply, None),
         };

@@ -56,9 +56,8 @@ impl Talk {
     }
 }
 
-/// The conversations of the jobs in progress.
-#[derive(Default)]
-pub(crate) struct Talks(DashMap<String, Talk>);
+/// The conversations of the jobs in progress, by job id.
+pub(crate) type Talks = DashMap<String, Talk>;
 
 impl Engine {
     fn chat(&self, reply: &Reply) -> Option<Arc<dyn Chat>> {
@@ -76,10 +75,10 @@ impl Engine {
     /// update seen again leaves its running job's conversation alone.
     pub async fn request(self: &Arc<Self>, spec: JobSpec) {
         let (job_id, reply) = (spec.id.clone(), spec.route.clone());
-        tracing::info!(job_id = %job_id, user = %spec.user, inputs = spec.inputs.len(), "edit request");
+        tracing::info!(job_id = %job_id, user = %spec.user(), inputs = spec.inputs.len(), "edit request");
         let (acked, acked_rx) = watch::channel(false);
         // Before submitting: a worker may start (and even finish) the job at once.
-        let fresh = match self.talks.0.entry(job_id.clone()) {
+        let fresh = match self.talks.entry(job_id.clone()) {
             dashmap::Entry::Occupied(_) => false,
             dashmap::Entry::Vacant(v) => {
                 v.insert(Talk::new(&reply, Some(acked_rx)));
@@ -88,7 +87,7 @@ impl Engine {
         };
         let result = self.submit(spec).await;
         if result.is_err() && fresh {
-            self.talks.0.remove(&job_id);
+            self.talks.remove(&job_id);
         }
         match result {
             Ok(accepted) => {
@@ -125,7 +124,7 @@ impl Engine {
             }
             Some(text) => chat.say(reply, &text).await.ok().map(Shown::Message),
         };
-        let Some(mut talk) = self.talks.0.get_mut(job_id) else {
+        let Some(mut talk) = self.talks.get_mut(job_id) else {
             // The job ended meanwhile: nothing will clean the status message up later.
             if let Some(Shown::Message(message)) = status {
                 let _ = chat.delete(reply, message).await;
@@ -148,7 +147,7 @@ impl Engine {
         let workers = self.workers() as u32;
         let wait = TYPICAL_JOB * (ahead as u32 + 1) / workers;
         let eta = self.quotas().now() + chrono::Duration::from_std(wait).unwrap_or_default();
-        messages::queued_eta_with(lang, ahead, eta, style.time)
+        messages::queued_eta(lang, ahead, eta, style.time)
     }
 
     /// Tells why a request was refused: in place of the platform's answer when there is one
@@ -201,7 +200,7 @@ impl Engine {
                 tokio::time::sleep(every).await;
             }
         });
-        let mut talk = self.talks.0.entry(spec.id.clone()).or_insert_with(|| {
+        let mut talk = self.talks.entry(spec.id.clone()).or_insert_with(|| {
             // Not taken by this run (resumed after a restart): its request carries the previous
             // run's mark.
             let mut talk = Talk::new(reply, None);
@@ -241,7 +240,6 @@ impl Engine {
     async fn tell_positions(&self) {
         let waiting: Vec<(String, usize, Shown, Reply)> = self
             .talks
-            .0
             .iter()
             .filter_map(|t| {
                 Some((
@@ -252,8 +250,12 @@ impl Engine {
                 ))
             })
             .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let positions = self.positions();
         for (job_id, last, shown, reply) in waiting {
-            let Some(now) = self.position(&job_id) else {
+            let Some(&now) = positions.get(&job_id) else {
                 continue;
             };
             if now == last {
@@ -264,7 +266,7 @@ impl Engine {
             };
             let text = self.position_text(chat.style(), reply.lang, now);
             let _ = chat.edit(&reply, shown, &text).await;
-            if let Some(mut talk) = self.talks.0.get_mut(&job_id) {
+            if let Some(mut talk) = self.talks.get_mut(&job_id) {
                 talk.last_position = Some(now);
             }
         }

@@ -17,12 +17,13 @@ impl Engine {
         spec.command.size = spec.command.size.or(self.cfg.default_size);
         validate(&spec, self.backend.caps())?;
         spec.token = Some(uuid::Uuid::new_v4().simple().to_string());
-        let hold = self.queue.hold(&spec.user)?;
+        let user = spec.user();
+        let hold = self.queue.hold(&user)?;
         let reservation = Reservation {
             job_id: spec.id.clone(),
-            user: spec.user.clone(),
-            chat: spec.chat.clone(),
-            group: spec.group.clone(),
+            user,
+            chat: spec.chat(),
+            group: spec.group().map(str::to_owned),
             model: self.backend.model().to_owned(),
             cost: u32::from(spec.command.count()),
             prompt: self.cfg.store_prompts.then(|| spec.command.prompt.clone()),
@@ -83,16 +84,8 @@ impl Engine {
             seed: Some(seed),
             ..old.command
         };
-        Some(JobSpec {
-            id: new_id,
-            user: route.user_ref(),
-            chat: old.chat,
-            group: old.group,
-            inputs: old.inputs,
-            command,
-            route,
-            token: None,
-        })
+        // The route is the pressed button's: the same chat (checked above), whoever pressed.
+        Some(JobSpec::new(new_id, route, old.inputs, command))
     }
 }
 

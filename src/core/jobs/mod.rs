@@ -149,7 +149,7 @@ impl Engine {
             busy: AtomicUsize::new(0),
             observer: None,
             access: Arc::new(Access::open()),
-            talks: Talks::default(),
+            talks: Talks::new(),
             refusals: Default::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             closing: tokio_util::sync::CancellationToken::new(),
@@ -170,15 +170,20 @@ impl Engine {
         rx
     }
 
-    pub(crate) fn emit(&self, event: JobEvent) {
+    /// Tells observers, if there are any (`event` is built only then).
+    pub(crate) fn emit(&self, event: impl FnOnce() -> JobEvent) {
+        if self.taps.is_empty() {
+            return;
+        }
+        let event = event();
         for tap in &self.taps {
             let _ = tap.try_send(event.clone());
         }
     }
 
-    /// Jobs served before `job_id`, if it is still waiting.
-    pub fn position(&self, job_id: &str) -> Option<usize> {
-        self.queue.position(|q| q.spec.id == job_id)
+    /// Jobs served before each waiting job, by job id.
+    pub(crate) fn positions(&self) -> HashMap<String, usize> {
+        self.queue.positions(|q| q.spec.id.clone())
     }
 
     pub fn quotas(&self) -> &Arc<Quotas> {

@@ -11,7 +11,7 @@ impl Engine {
         self.observer().job_finished(true);
         let images = delivery.images.len();
         self.observer()
-            .images_delivered(job.user.platform.as_str(), images);
+            .images_delivered(job.route.platform.as_str(), images);
         let request_id = delivery.request_id.clone();
         let committed = self
             .quotas

@@ -19,19 +19,19 @@ const LEASE: chrono::Duration = chrono::Duration::minutes(10);
 impl Engine {
     /// A job ended: observers hear of it, and its conversation ends it (alongside others).
     fn ended(self: &Arc<Self>, outcome: Outcome) {
-        self.emit(JobEvent::Finished(outcome.clone()));
+        self.emit(|| JobEvent::Finished(outcome.clone()));
         let me = Arc::clone(self);
         self.tasks.spawn(async move { me.finish(outcome).await });
     }
 
     pub(crate) async fn run(self: &Arc<Self>, q: Queued) {
-        let span = tracing::info_span!("job", platform = q.spec.user.platform.as_str(), job_id = %q.spec.id, user = %q.spec.user,
-            chat = %q.spec.chat);
+        let span = tracing::info_span!("job", platform = q.spec.route.platform.as_str(), job_id = %q.spec.id,
+            user = %q.spec.user(), chat = q.spec.route.chat);
         async {
             if let Some(code) = q.failed_before {
                 // Failed (and refunded) before a restart; the user still has to hear of it.
                 tracing::info!(code = %code, "telling the user of a failure from before the restart");
-                self.queue.done(&q.spec.user);
+                self.queue.done(&q.spec.user());
                 let failure = Failure {
                     reason: FailureReason::Earlier(code),
                     refunded: true,
@@ -48,7 +48,7 @@ impl Engine {
             if let Err(e) = self.quotas.mark_running(&q.spec.id).await {
                 tracing::error!(error = %e, "cannot mark the job running");
             }
-            self.emit(JobEvent::Started(q.spec.clone()));
+            self.emit(|| JobEvent::Started(q.spec.clone()));
             self.started(&q.spec).await;
             let result = self.produce(&q).await;
             let result = match result {
@@ -69,7 +69,7 @@ impl Engine {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "job finished"
             );
-            self.queue.done(&q.spec.user);
+            self.queue.done(&q.spec.user());
             let outcome = Outcome {
                 job: q.spec,
                 granted: q.granted,
@@ -177,7 +177,7 @@ impl Engine {
                 true => 0,
                 false => self
                     .quotas
-                    .show(&spec.user)
+                    .show(&spec.user())
                     .await
                     .map_or(0, |q| q.remaining()),
             };
@@ -187,7 +187,7 @@ impl Engine {
                 resets_at: self.quotas.now(),
             };
             tracing::info!(job_id = %spec.id, status = u.status.as_str(), "resuming job");
-            let user = spec.user.clone();
+            let user = spec.user();
             self.queue.requeue(
                 &user,
                 Queued {

@@ -9,14 +9,11 @@ use crate::core::model::{Lang, Reply, UserRef};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobSpec {
     pub id: String,
-    pub user: UserRef,
-    pub chat: String,
-    /// The guild or group for the per-chat limit; `None` in private chats.
-    pub group: Option<String>,
     /// References of 1–3 input images, in order, as the chat adapter made them.
     pub inputs: Vec<String>,
     pub command: EditCommand,
-    /// Where and how to answer.
+    /// Where and how to answer, and for whom: the requester, their chat and group are the
+    /// route's.
     pub route: Reply,
     /// The unguessable id the result's 🔁 button carries; given by [`Engine::submit`] (`None`
     /// for jobs of releases before it: their results get no button).
@@ -29,14 +26,26 @@ impl JobSpec {
     pub fn new(id: String, route: Reply, inputs: Vec<String>, command: EditCommand) -> Self {
         JobSpec {
             id,
-            user: route.user_ref(),
-            chat: route.chat.to_string(),
-            group: route.group.clone(),
             inputs,
             command,
             route,
             token: None,
         }
+    }
+
+    /// Who asked (and pays).
+    pub fn user(&self) -> UserRef {
+        self.route.user_ref()
+    }
+
+    /// The chat, as the store keys it.
+    pub fn chat(&self) -> String {
+        self.route.chat.to_string()
+    }
+
+    /// The group or server for the per-chat limit; `None` in private chats.
+    pub fn group(&self) -> Option<&str> {
+        self.route.group.as_deref()
     }
 
     /// A job description as the store keeps it (JSON). Those of releases before typed routes,
@@ -50,7 +59,7 @@ impl JobSpec {
         let route = Reply {
             platform: old.user.platform,
             chat: r.chat_id.or(r.channel_id).or(old.chat.parse().ok())?,
-            group: old.group.clone(),
+            group: old.group,
             to: r.message_id.or(r.reply_to),
             user: old.user.id.clone(),
             lang: r.lang,
@@ -59,9 +68,6 @@ impl JobSpec {
         };
         Some(JobSpec {
             id: old.id,
-            user: old.user,
-            chat: old.chat,
-            group: old.group,
             inputs: old.inputs,
             command: old.command,
             route,

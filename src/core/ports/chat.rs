@@ -19,6 +19,17 @@ pub enum Mark {
     Failed,
 }
 
+impl Mark {
+    /// This mark among a platform's three: `[working, done, failed]`.
+    pub fn of<T>(self, [working, done, failed]: [T; 3]) -> T {
+        match self {
+            Mark::Working => working,
+            Mark::Done => done,
+            Mark::Failed => failed,
+        }
+    }
+}
+
 /// Something the bot shows for a job and may change later: a message it posted, or the answer
 /// the platform already shows for the request ([`Reply::deferred`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
