@@ -30,6 +30,22 @@ struct Rig {
     chat: Arc<RecordingChat>,
 }
 
+/// Engine settings for tests: `workers` workers, a queue of 10, 5 jobs per user at once, the
+/// input rules of DashScope, no default negative prompt.
+pub fn engine_config(workers: usize) -> EngineConfig {
+    EngineConfig {
+        max_queue: 10,
+        max_in_flight_per_user: 5,
+        workers,
+        fit: FitLimits::default(),
+        store_prompts: false,
+        default_negative: String::new(),
+        fetch_timeout: Duration::from_secs(5),
+        download_timeout: Duration::from_secs(30),
+        default_size: None,
+    }
+}
+
 /// The engine with `workers` workers on the real DashScope client and the fake.
 async fn rig(workers: usize) -> Rig {
     let fake = FakeDashScope::start().await;
@@ -55,14 +71,7 @@ fn rig_with(workers: usize, backend: Arc<dyn EditBackend>, fake: FakeDashScope) 
     let quotas = Arc::new(Quotas::new(ledger, clock, limits(5)));
     let cfg = EngineConfig {
         max_queue: 50,
-        max_in_flight_per_user: 5,
-        workers,
-        fit: FitLimits::default(),
-        store_prompts: false,
-        default_negative: String::new(),
-        fetch_timeout: Duration::from_secs(5),
-        download_timeout: Duration::from_secs(30),
-        default_size: None,
+        ..engine_config(workers)
     };
     let chat = Arc::new(RecordingChat::new(Platform::Telegram));
     chat.put_file("photo", images::jpeg(640, 480));

@@ -10,7 +10,7 @@ use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
 use qwen_edit_bot::core::command::{EditCommand, ParseContext, parse};
 use qwen_edit_bot::core::edit::BackendError;
 use qwen_edit_bot::core::error::{FailureReason, Rejection};
-use qwen_edit_bot::core::image::{FitLimits, ImageRejection};
+use qwen_edit_bot::core::image::ImageRejection;
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobEvent, JobSpec, Outcome};
 use qwen_edit_bot::core::model::{Lang, Reply as Answer};
 use qwen_edit_bot::core::policy::Standing;
@@ -22,7 +22,7 @@ use qwen_edit_bot::core::quota::{
 use tokio::sync::mpsc;
 
 use super::chat_double::{Call, RecordingChat};
-use super::conversation::{all_told, settled};
+use super::conversation::{all_told, engine_config, settled};
 use super::quota::{at, limits, user};
 use crate::fakes::dashscope::{FakeDashScope, Reply};
 use crate::fakes::images;
@@ -80,13 +80,8 @@ async fn rig(o: RigOptions) -> Rig {
     let cfg = EngineConfig {
         max_queue: o.max_queue,
         max_in_flight_per_user: o.max_in_flight,
-        workers: o.workers,
-        fit: FitLimits::default(),
-        store_prompts: false,
         default_negative: "blurry".into(),
-        fetch_timeout: Duration::from_secs(5),
-        download_timeout: Duration::from_secs(30),
-        default_size: None,
+        ..engine_config(o.workers)
     };
     let chat = Arc::new(RecordingChat::new(Platform::Telegram));
     chat.put_file("photo", images::jpeg(800, 600));
@@ -513,17 +508,7 @@ fn engine_on(
         2026, 11, 26, 12, 0,
     )));
     let quotas = Arc::new(Quotas::new(ledger, clock, limits(20)));
-    let cfg = EngineConfig {
-        max_queue: 10,
-        max_in_flight_per_user: 5,
-        workers: 2,
-        fit: FitLimits::default(),
-        store_prompts: false,
-        default_negative: String::new(),
-        fetch_timeout: Duration::from_secs(5),
-        download_timeout: Duration::from_secs(30),
-        default_size: None,
-    };
+    let cfg = engine_config(2);
     let chat = Arc::new(RecordingChat::new(Platform::Telegram));
     chat.put_file("photo", images::jpeg(800, 600));
     let mut engine = Engine::new(quotas.clone(), backend, cfg);
@@ -939,17 +924,7 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
     let chat = Arc::new(RecordingChat::new(Platform::Telegram));
     chat.put_file("photo", images::jpeg(800, 600));
     chat.hold();
-    let cfg = EngineConfig {
-        max_queue: 10,
-        max_in_flight_per_user: 5,
-        workers: 1,
-        fit: FitLimits::default(),
-        store_prompts: false,
-        default_negative: String::new(),
-        fetch_timeout: Duration::from_secs(5),
-        download_timeout: Duration::from_secs(30),
-        default_size: None,
-    };
+    let cfg = engine_config(1);
     let mut engine = Engine::new(quotas.clone(), backend, cfg);
     engine.register(chat.clone());
     let mut rx = engine.tap();
