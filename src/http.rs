@@ -52,7 +52,7 @@ const STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A real write to the store, bounded in time; `{"ok": …}`.
 async fn store_check(ops: &Ops) -> Value {
-    let check = ops.engine.quotas().on_store(|l| l.check_writable());
+    let check = ops.engine.quotas().store().check_writable();
     match tokio::time::timeout(STORE_CHECK, check).await {
         Ok(Ok(())) => json!({ "ok": true }),
         Ok(Err(e)) => json!({ "ok": false, "error": e.to_string() }),

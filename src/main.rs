@@ -100,7 +100,7 @@ enum Command {
         until: Option<String>,
         /// Group rows by user, chat or day.
         #[arg(long, default_value = "day", value_parser = cli::report_by)]
-        by: qwen_edit_bot::core::quota::ReportBy,
+        by: qwen_edit_bot::core::ports::store::ReportBy,
         /// `table`, `json` or `csv` (a header row, no total).
         #[arg(long, default_value = "table", value_parser = cli::format)]
         format: Format,

@@ -576,7 +576,7 @@ pub mod admin {
     pub fn usage_report(
         lang: Lang,
         since: &str,
-        rows: &[crate::core::quota::ReportRow],
+        rows: &[crate::core::ports::store::ReportRow],
         who: impl Fn(&str) -> String,
     ) -> String {
         if rows.is_empty() {

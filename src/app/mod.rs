@@ -16,7 +16,8 @@ use crate::core::access::{Access, DiscordPlaces, TelegramPlaces};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::image::FitLimits;
 use crate::core::jobs::{Engine, EngineConfig};
-use crate::core::quota::{Limits, Quotas, StoreError};
+use crate::core::ports::store::StoreError;
+use crate::core::quota::{Limits, Quotas};
 use crate::metrics::Metrics;
 
 /// Quota limits from `[quota]`.
@@ -104,7 +105,7 @@ pub fn access(settings: &Settings) -> Access {
 
 /// Reads the places allowed from the CLI into `access`.
 pub async fn load_places(quotas: &Quotas, access: &Access) -> Result<(), StoreError> {
-    let places = quotas.on_store(|l| l.allowed_places()).await?;
+    let places = quotas.store().allowed_places().await?;
     access.set_stored(&places);
     Ok(())
 }
@@ -264,11 +265,10 @@ fn prune_hourly(quotas: Arc<Quotas>) -> tokio::task::JoinHandle<()> {
 
 async fn prune_specs(quotas: &Quotas) {
     let before = quotas.now() - chrono::Duration::days(SPEC_RETENTION_DAYS);
-    let ledger = quotas.ledger().clone();
-    match tokio::task::spawn_blocking(move || ledger.prune_specs(before)).await {
-        Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "forgot old job descriptions"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune job descriptions"),
-        _ => {}
+    match quotas.store().prune_specs(before).await {
+        Ok(n) if n > 0 => tracing::info!(pruned = n, "forgot old job descriptions"),
+        Err(e) => tracing::warn!(error = %e, "cannot prune job descriptions"),
+        Ok(_) => {}
     }
 }
 

@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::bail;
 
 use crate::config::Settings;
-use crate::core::quota::{Ledger as _, Platform};
+use crate::core::model::Platform;
+use crate::store::sqlite::SqliteStore;
 
 /// What `allow` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,13 +27,10 @@ pub async fn allow(settings: &Settings, action: AllowAction) -> anyhow::Result<S
     if let AllowAction::Add(place) | AllowAction::Remove(place) = &action {
         let (platform, id) = parse_place(place)?;
         let add = matches!(action, AllowAction::Add(_));
-        let before = quotas.on_store(|l| l.allowed_places()).await?;
+        let before = quotas.store().allowed_places().await?;
         let listed_before =
             listed(settings, platform) || before.iter().any(|(p, _)| *p == platform);
-        let id_owned = id.clone();
-        let changed = quotas
-            .on_store(move |l| l.set_allowed(platform, &id_owned, add))
-            .await?;
+        let changed = quotas.store().set_allowed(platform, &id, add).await?;
         if changed {
             crate::store::mark_changed(&settings.config.quota.database);
         }
@@ -112,7 +110,7 @@ pub fn places_report(settings: &Settings) -> String {
     let mut out =
         String::from("\n# where the bot answers (config lists merged with `allow add`)\n");
     if database.exists() {
-        match crate::store::sqlite::SqliteLedger::open(database).and_then(|l| l.allowed_places()) {
+        match SqliteStore::open(database).and_then(|s| s.allowed_places_now()) {
             Ok(places) => access.set_stored(&places),
             Err(e) => out.push_str(&format!("# cannot read the stored places: {e}\n")),
         }

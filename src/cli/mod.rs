@@ -10,7 +10,6 @@ pub use health::health;
 pub use report::{Format, QuotaAction, UsageArgs, format, quota, report_by, usage};
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -20,8 +19,10 @@ use crate::config::Settings;
 use crate::core::command::EditCommand;
 use crate::core::edit::EditBackend;
 use crate::core::jobs::MAX_INPUTS;
+use crate::core::model::{Platform, UserRef};
 use crate::core::pipeline::execute;
-use crate::core::quota::{JobStatus, Ledger, Limits, Platform, Reservation, UserRef, Window};
+use crate::core::ports::store::{JobStatus, Store};
+use crate::core::quota::{Limits, Reservation, Window};
 use crate::messages::{self, Lang};
 
 /// Arguments of `edit`.
@@ -80,20 +81,27 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     let negative = command.negative.clone().or_else(|| {
         Some(settings.config.backend.default_negative_prompt.clone()).filter(|s| !s.is_empty())
     });
-    let ledger = crate::app::quotas(settings)?.ledger().clone();
-    let job_id = record_start(&ledger, backend.model(), u32::from(command.count())).await?;
+    let store = crate::app::quotas(settings)?.store().clone();
+    let job_id = record_start(store.as_ref(), backend.model(), u32::from(command.count())).await?;
     let result = execute(backend.as_ref(), &limits, inputs, &command, negative).await;
     let outcome = match &result {
         Ok(d) => Ok((d.images.len() as u32, d.request_id.clone())),
         Err(reason) => Err(reason.code()),
     };
-    tokio::task::spawn_blocking(move || match outcome {
+    match outcome {
         Ok((images, request_id)) => {
-            ledger.deliver(&job_id, images, request_id.as_deref(), None, Utc::now())
+            let request_id = request_id.as_deref();
+            store
+                .deliver(&job_id, images, request_id, None, Utc::now())
+                .await
         }
-        Err(code) => ledger.finish(&job_id, JobStatus::Failed, None, Some(&code), Utc::now()),
-    })
-    .await??;
+        Err(code) => {
+            let failed = JobStatus::Failed;
+            store
+                .finish(&job_id, failed, None, Some(&code), Utc::now())
+                .await
+        }
+    }?;
     let delivery = result.map_err(|reason| {
         let text = messages::failure_reason(Lang::En, &reason);
         anyhow::anyhow!("{text} ({reason})")
@@ -113,7 +121,7 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
 }
 
 /// Records a CLI edit in the ledger (it costs money like any other), outside every quota.
-async fn record_start(ledger: &Arc<dyn Ledger>, model: &str, cost: u32) -> anyhow::Result<String> {
+async fn record_start(store: &dyn Store, model: &str, cost: u32) -> anyhow::Result<String> {
     let job_id = uuid::Uuid::new_v4().simple().to_string();
     let r = Reservation {
         job_id: job_id.clone(),
@@ -132,9 +140,9 @@ async fn record_start(ledger: &Arc<dyn Ledger>, model: &str, cost: u32) -> anyho
         per_chat: 0,
         global_per_day: 0,
     };
-    let ledger = Arc::clone(ledger);
-    tokio::task::spawn_blocking(move || ledger.reserve(&r, &unlimited, Utc::now()))
-        .await??
+    store
+        .reserve(&r, &unlimited, Utc::now())
+        .await?
         .map_err(|no| anyhow::anyhow!("{no}"))?;
     Ok(job_id)
 }

@@ -5,7 +5,9 @@ use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::core::quota::{ReportBy, ReportRow, UserQuota, UserRef};
+use crate::core::model::UserRef;
+use crate::core::ports::store::{ReportBy, ReportRow};
+use crate::core::quota::UserQuota;
 use crate::messages;
 
 /// How a report is printed.
@@ -109,9 +111,8 @@ pub async fn usage(settings: &Settings, args: UsageArgs) -> anyhow::Result<Strin
     }
     let until_t = until.and_then(|u| u.succ_opt()).map(midnight);
     let (since_t, by) = (midnight(since), args.by);
-    let ledger = crate::app::existing_quotas(settings)?.ledger().clone();
-    let rows =
-        tokio::task::spawn_blocking(move || ledger.report(since_t, until_t, by, None)).await??;
+    let store = crate::app::existing_quotas(settings)?.store().clone();
+    let rows = store.report(since_t, until_t, by, None).await?;
     let price = settings.config.quota.price_per_image;
     let mut total = ReportRow {
         key: "total".into(),

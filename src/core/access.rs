@@ -13,7 +13,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::quota::Platform;
+use crate::core::model::Platform;
 
 /// How long a refusal in a place that is not enabled silences the next ones there.
 pub const PLACE_REFUSAL_WINDOW: Duration = Duration::from_secs(3600);

@@ -5,7 +5,8 @@
 use super::error::Rejection;
 use super::model::{Lang, Platform, UserRef};
 use super::ports::chat::ChatStyle;
-use super::quota::{Quotas, StoreError};
+use super::quota::Quotas;
+use crate::core::ports::store::StoreError;
 use crate::messages;
 
 /// Where an admin's change applies.

@@ -1,6 +1,6 @@
 //! The platform-free core: parsing, image fitting, quotas, jobs and each job's conversation. It
 //! imports no chat-platform or HTTP-client types (`.ci/run` checks this); chats, the backend and
-//! the store plug in through the ports (`ports`, `edit::EditBackend`, `ledger::Ledger`).
+//! the store plug in through the ports (`ports::chat::Chat`, `edit::EditBackend`, `ports::store::Store`).
 
 pub mod access;
 pub mod admin;
@@ -13,7 +13,6 @@ pub mod error;
 pub mod image;
 pub mod jobs;
 pub mod jpeg;
-pub mod ledger;
 pub mod model;
 pub mod pipeline;
 pub mod policy;

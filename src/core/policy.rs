@@ -121,3 +121,20 @@ pub fn view(limits: &Limits, standing: &Standing, now: DateTime<Utc>) -> UserQuo
         resets_at: limits.window.end(now),
     }
 }
+
+/// The settings in force in a chat: blocked if blocked bot-wide or there, the lower of the two
+/// limits, the bot-wide reset (a chat's admins cannot forgive usage).
+pub fn in_force(bot_wide: UserSettings, in_chat: Option<UserSettings>) -> UserSettings {
+    let Some(chat) = in_chat else {
+        return bot_wide;
+    };
+    let limit_override = match (bot_wide.limit_override, chat.limit_override) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    UserSettings {
+        limit_override,
+        blocked: bot_wide.blocked || chat.blocked,
+        reset_after: bot_wide.reset_after,
+    }
+}

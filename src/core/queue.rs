@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::error::Rejection;
-use super::quota::UserRef;
+use crate::core::model::UserRef;
 
 /// A place in the queue held for a job while its quota is being reserved.
 #[derive(Debug)]

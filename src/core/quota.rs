@@ -1,7 +1,7 @@
 //! Quotas (docs/PRODUCT.md §5): reserve on accept, commit on delivery, refund on failure.
 //!
-//! The [`Ledger`] trait (in `ledger.rs`) is the durable store (SQLite today, Redis later); it makes each reserve
-//! atomic and persists it before returning. [`Quotas`] is what callers use: it adds the clock,
+//! The [`Store`] port (`ports/store.rs`) is the durable store; it makes each reserve atomic and
+//! persists it before returning. [`Quotas`] is what callers use: it adds the clock,
 //! the configured limits and a hot cache of per-user settings (blocks, overrides) in a `DashMap`
 //! so that a blocked user is turned away without touching the disk.
 
@@ -12,11 +12,8 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
-pub use super::ledger::{
-    AgainSource, JobRecord, JobStatus, Ledger, ReportBy, ReportRow, ResultAt, StoreError,
-    Unfinished,
-};
-pub use super::model::{Platform, UserRef};
+use super::model::{Platform, UserRef};
+use super::ports::store::{JobStatus, ReportBy, ReportRow, ResultAt, Store, StoreError};
 
 /// Calendar windows in UTC. Weeks start on Monday.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -167,7 +164,7 @@ impl UserQuota {
 
 /// Quota operations with the clock, the limits and a hot settings cache.
 pub struct Quotas {
-    ledger: Arc<dyn Ledger>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     limits: Limits,
     /// Hot copy of per-user settings with when it was read; trusted for [`SETTINGS_TTL`], and
@@ -184,9 +181,9 @@ const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 const WRITE_BACKOFF_MS: [u64; 8] = [50, 100, 250, 500, 1000, 2000, 5000, 20000];
 
 impl Quotas {
-    pub fn new(ledger: Arc<dyn Ledger>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, limits: Limits) -> Self {
         Self {
-            ledger,
+            store,
             clock,
             limits,
             settings: DashMap::new(),
@@ -201,8 +198,8 @@ impl Quotas {
         self.limits
     }
 
-    pub fn ledger(&self) -> &Arc<dyn Ledger> {
-        &self.ledger
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -220,7 +217,7 @@ impl Quotas {
             return Ok(Err(QuotaRejection::Blocked));
         }
         let (limits, now) = (self.limits, self.clock.now());
-        let verdict = blocking(&self.ledger, move |l| l.reserve(&r, &limits, now)).await?;
+        let verdict = self.store.reserve(&r, &limits, now).await?;
         // Remember a block (the common repeat offender) so the next refusal skips the disk.
         if verdict == Err(QuotaRejection::Blocked) {
             let settings = UserSettings {
@@ -236,21 +233,24 @@ impl Quotas {
     }
 
     pub async fn mark_running(&self, job_id: &str) -> Result<(), StoreError> {
-        let (id, now) = (job_id.to_owned(), self.clock.now());
-        blocking(&self.ledger, move |l| l.mark_running(&id, now)).await
+        self.store.mark_running(job_id, self.clock.now()).await
     }
 
     /// Runs a write that must not be lost, again after a failure (the store may be busy or
     /// briefly unwritable), until it succeeds or the attempts run out (about 30 s).
-    async fn persist<F>(&self, what: &'static str, job_id: &str, write: F) -> Result<(), StoreError>
+    async fn persist<F, Fut>(
+        &self,
+        what: &'static str,
+        job_id: &str,
+        write: F,
+    ) -> Result<(), StoreError>
     where
-        F: Fn(&dyn Ledger) -> Result<(), StoreError> + Send + Sync + 'static,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
-        let write = Arc::new(write);
         let mut waits = self.write_backoff.iter();
         loop {
-            let w = Arc::clone(&write);
-            let err = match blocking(&self.ledger, move |l| w(l)).await {
+            let err = match write().await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -276,9 +276,10 @@ impl Quotas {
         request_id: Option<String>,
         urls: Vec<String>,
     ) -> Result<(), StoreError> {
-        let (id, now) = (job_id.to_owned(), self.clock.now());
-        self.persist("the backend's answer", job_id, move |l| {
-            l.save_result(&id, request_id.as_deref(), &urls, now)
+        let now = self.clock.now();
+        self.persist("the backend's answer", job_id, || {
+            self.store
+                .save_result(job_id, request_id.as_deref(), &urls, now)
         })
         .await
     }
@@ -292,9 +293,10 @@ impl Quotas {
         request_id: Option<String>,
         at: Option<ResultAt>,
     ) -> Result<(), StoreError> {
-        let (id, now) = (job_id.to_owned(), self.clock.now());
-        self.persist("a delivery", job_id, move |l| {
-            l.deliver(&id, images, request_id.as_deref(), at.as_ref(), now)
+        let now = self.clock.now();
+        self.persist("a delivery", job_id, || {
+            self.store
+                .deliver(job_id, images, request_id.as_deref(), at.as_ref(), now)
         })
         .await
     }
@@ -311,17 +313,16 @@ impl Quotas {
     }
 
     async fn end(&self, job_id: &str, status: JobStatus, error: &str) -> Result<(), StoreError> {
-        let (id, now, error) = (job_id.to_owned(), self.clock.now(), error.to_owned());
-        self.persist("the end of a job", job_id, move |l| {
-            l.finish(&id, status, None, Some(&error), now)
+        let now = self.clock.now();
+        self.persist("the end of a job", job_id, || {
+            self.store.finish(job_id, status, None, Some(error), now)
         })
         .await
     }
 
     /// The user of the failed job `job_id` has been told.
     pub async fn told(&self, job_id: &str) -> Result<(), StoreError> {
-        let id = job_id.to_owned();
-        blocking(&self.ledger, move |l| l.mark_told(&id)).await
+        self.store.mark_told(job_id).await
     }
 
     /// The user's standing in the current window (bot-wide settings).
@@ -335,12 +336,8 @@ impl Quotas {
         user: &UserRef,
         group: Option<&str>,
     ) -> Result<UserQuota, StoreError> {
-        let (u, now, limits) = (user.clone(), self.clock.now(), self.limits);
-        let g = group.map(str::to_owned);
-        let standing = blocking(&self.ledger, move |l| {
-            l.standing(&u, g.as_deref(), &limits, now)
-        })
-        .await?;
+        let (now, limits) = (self.clock.now(), self.limits);
+        let standing = self.store.standing(user, group, &limits, now).await?;
         let quota = super::policy::view(&limits, &standing, now);
         let settings = UserSettings {
             blocked: quota.blocked,
@@ -365,8 +362,7 @@ impl Quotas {
         scope: Option<&str>,
         limit: Option<u32>,
     ) -> Result<(), StoreError> {
-        let (u, sc) = (user.clone(), scope.map(str::to_owned));
-        blocking(&self.ledger, move |l| l.set_limit(&u, sc.as_deref(), limit)).await?;
+        self.store.set_limit(user, scope, limit).await?;
         self.forget(user);
         Ok(())
     }
@@ -382,11 +378,7 @@ impl Quotas {
         scope: Option<&str>,
         blocked: bool,
     ) -> Result<(), StoreError> {
-        let (u, sc) = (user.clone(), scope.map(str::to_owned));
-        blocking(&self.ledger, move |l| {
-            l.set_blocked(&u, sc.as_deref(), blocked)
-        })
-        .await?;
+        self.store.set_blocked(user, scope, blocked).await?;
         self.forget(user);
         Ok(())
     }
@@ -409,16 +401,11 @@ impl Quotas {
         limit: usize,
     ) -> Result<(DateTime<Utc>, Vec<ReportRow>), StoreError> {
         let since = self.limits.window.start(self.clock.now());
-        let group = group.map(str::to_owned);
-        let rows = blocking(&self.ledger, move |l| {
-            l.report(
-                since,
-                None,
-                ReportBy::User,
-                group.as_deref().map(|g| (platform, g)),
-            )
-        })
-        .await?;
+        let within = group.map(|g| (platform, g));
+        let rows = self
+            .store
+            .report(since, None, ReportBy::User, within)
+            .await?;
         let prefix = format!("{}:", platform.as_str());
         let mut rows: Vec<ReportRow> = rows
             .into_iter()
@@ -435,11 +422,7 @@ impl Quotas {
     /// The job behind a 🔁 `token`, if it is still kept and its button is on message `message`
     /// of chat `chat` (a button pressed anywhere else, or a forged token, finds nothing).
     pub async fn again_source(&self, token: &str, chat: &str, message: &str) -> Option<String> {
-        let token = token.to_owned();
-        let found = blocking(&self.ledger, move |l| l.by_token(&token))
-            .await
-            .ok()
-            .flatten()?;
+        let found = self.store.by_token(token).await.ok().flatten()?;
         let at = found.result_at?;
         (at.chat == chat && at.message == message).then_some(found.spec)
     }
@@ -447,29 +430,8 @@ impl Quotas {
     /// Forgets the user's usage so far in this window, bot-wide. Only operators may: a chat's
     /// admins cannot forgive usage (it is the operator's money).
     pub async fn reset(&self, user: &UserRef) -> Result<(), StoreError> {
-        let u = user.clone();
-        blocking(&self.ledger, move |l| l.reset_usage(&u)).await?;
+        self.store.reset_usage(user).await?;
         self.forget(user);
         Ok(())
     }
-}
-
-impl Quotas {
-    /// Runs `f` on the store off the async threads (the store is synchronous).
-    pub async fn on_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Ledger) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        blocking(&self.ledger, f).await
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    ledger: &Arc<dyn Ledger>,
-    f: impl FnOnce(&dyn Ledger) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let ledger = Arc::clone(ledger);
-    tokio::task::spawn_blocking(move || f(ledger.as_ref()))
-        .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
 }

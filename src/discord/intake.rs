@@ -328,7 +328,7 @@ async fn again(dc: &Discord, button: &ComponentInteraction) {
     };
     // Only the button under the job's own result counts: the message it was pressed on must be
     // the stored result message, in the same channel.
-    let pressed = crate::core::quota::ResultAt {
+    let pressed = crate::core::ports::store::ResultAt {
         chat: button.channel_id.get().to_string(),
         message: button.message.id.get().to_string(),
     };

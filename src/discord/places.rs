@@ -75,7 +75,7 @@ impl Discord {
     /// Leaves `guild` when it is not allowed and `leave_unlisted` is set.
     pub(super) async fn leave_if_unlisted(&self, guild: GuildId) {
         let access = self.engine.access();
-        if !access.leaves_unlisted(crate::core::quota::Platform::Discord)
+        if !access.leaves_unlisted(crate::core::model::Platform::Discord)
             || access.server_listed(guild.get())
         {
             return;

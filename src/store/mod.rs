@@ -1,26 +1,26 @@
-//! Durable stores behind [`crate::core::quota::Ledger`]. SQLite is embedded; a Redis store for
-//! several replicas can be added here without touching callers.
+//! Durable stores behind the core's [`Store`] port. SQLite is embedded; a store several replicas
+//! share is added here, beside it, without touching callers.
 
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::core::quota::{Ledger, StoreError};
+use crate::core::ports::store::{Store, StoreError};
 
 /// Opens the store named by `quota.database`.
-pub fn open(database: &str) -> Result<Arc<dyn Ledger>, StoreError> {
+pub fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
     if database.contains("://") {
         return Err(StoreError(format!(
             "{database}: only a SQLite file path is supported in this version"
         )));
     }
-    Ok(Arc::new(sqlite::SqliteLedger::open(Path::new(database))?))
+    Ok(Arc::new(sqlite::SqliteStore::open(Path::new(database))?))
 }
 
 /// Opens the store named by `quota.database` only if it exists (admin commands).
-pub fn open_existing(database: &str) -> Result<Arc<dyn Ledger>, StoreError> {
-    Ok(Arc::new(sqlite::SqliteLedger::open_existing(Path::new(
+pub fn open_existing(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(sqlite::SqliteStore::open_existing(Path::new(
         database,
     ))?))
 }

@@ -27,12 +27,9 @@ impl Telegram {
             Ok(part) => part,
             Err(e) => return tracing::error!(error = %e, "cannot keep an album part"),
         };
-        let (g, id) = (group.clone(), msg.id.0.to_string());
-        let stored = self
-            .engine
-            .quotas()
-            .on_store(move |l| l.save_album_part(&g, &id, &part))
-            .await;
+        let id = msg.id.0.to_string();
+        let store = self.engine.quotas().store();
+        let stored = store.save_album_part(&group, &id, &part).await;
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot store an album part");
         }
@@ -58,7 +55,7 @@ impl Telegram {
 
     /// Albums whose parts a previous run stored but did not handle: collected again.
     pub(super) async fn resume_albums(self: &Arc<Self>) {
-        match self.engine.quotas().on_store(|l| l.album_groups()).await {
+        match self.engine.quotas().store().album_groups().await {
             Ok(groups) => {
                 for group in groups {
                     tracing::info!(album = %group, "resuming an album from before the restart");
@@ -70,9 +67,8 @@ impl Telegram {
     }
 
     async fn finish_album(self: &Arc<Self>, group: &str) {
-        let quotas = self.engine.quotas();
-        let g = group.to_owned();
-        let parts = match quotas.on_store(move |l| l.album_parts(&g)).await {
+        let store = self.engine.quotas().store();
+        let parts = match store.album_parts(group).await {
             Ok(parts) => parts,
             Err(e) => return tracing::error!(error = %e, "cannot read an album's parts"),
         };
@@ -84,8 +80,7 @@ impl Telegram {
         // The job is in the store (or refused) before the parts are forgotten; a crash in
         // between handles the album again, and its job id makes that a no-op.
         self.request_album(&parts).await;
-        let g = group.to_owned();
-        if let Err(e) = quotas.on_store(move |l| l.drop_album(&g)).await {
+        if let Err(e) = store.drop_album(group).await {
             tracing::error!(error = %e, "cannot forget an album's parts");
         }
     }

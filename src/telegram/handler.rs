@@ -181,7 +181,7 @@ pub async fn on_callback(q: CallbackQuery, tg: Arc<Telegram>) -> HandlerResult {
     let id = format!("tg-cb-{}", q.id.0);
     // Only the button under the job's own result counts: a token pressed anywhere else (copied
     // into another chat's button, or forged) finds nothing.
-    let pressed = crate::core::quota::ResultAt {
+    let pressed = crate::core::ports::store::ResultAt {
         chat: result_msg.chat.id.0.to_string(),
         message: result_msg.id.0.to_string(),
     };

@@ -12,8 +12,8 @@ use super::handler::answer_to;
 use super::trigger::{candidate, command_word};
 use crate::core::access::Spot;
 use crate::core::command::{ParseContext, parse};
+use crate::core::model::Platform;
 use crate::core::ports::chat::Chat as _;
-use crate::core::quota::Platform;
 use crate::messages;
 
 impl Telegram {

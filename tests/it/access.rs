@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use qwen_edit_bot::core::access::{Access, Closed, DiscordPlaces, Spot, TelegramPlaces};
-use qwen_edit_bot::core::quota::{Ledger, Platform};
-use qwen_edit_bot::store::sqlite::SqliteLedger;
+use qwen_edit_bot::core::model::Platform;
+use qwen_edit_bot::core::ports::store::Store;
+use qwen_edit_bot::store::sqlite::SqliteStore;
 
 fn tg(chat: i64, private: bool, user: i64) -> Spot<'static> {
     Spot::Telegram {
@@ -97,29 +98,52 @@ fn a_place_gets_one_refusal_an_hour() {
     assert!(!a.answer_refusal_at(tg(-200, false, 5), at(3601)));
 }
 
-#[test]
-fn the_store_keeps_allowed_places_and_admin_commands_stamp_their_changes() {
+#[tokio::test]
+async fn the_store_keeps_allowed_places_and_admin_commands_stamp_their_changes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.sqlite3");
     let database = path.to_str().unwrap();
-    let daemon = SqliteLedger::open(&path).unwrap();
-    let cli = SqliteLedger::open(&path).unwrap();
-    assert!(cli.set_allowed(Platform::Telegram, "-100", true).unwrap());
-    assert!(!cli.set_allowed(Platform::Telegram, "-100", true).unwrap());
-    assert!(cli.set_allowed(Platform::Discord, "77", true).unwrap());
-    daemon.set_allowed(Platform::Discord, "78", true).unwrap();
+    let daemon = SqliteStore::open(&path).unwrap();
+    let cli = SqliteStore::open(&path).unwrap();
+    assert!(
+        cli.set_allowed(Platform::Telegram, "-100", true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !cli.set_allowed(Platform::Telegram, "-100", true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        cli.set_allowed(Platform::Discord, "77", true)
+            .await
+            .unwrap()
+    );
+    daemon
+        .set_allowed(Platform::Discord, "78", true)
+        .await
+        .unwrap();
     // In the store's order: by platform name, then place.
     assert_eq!(
-        daemon.allowed_places().unwrap(),
+        daemon.allowed_places().await.unwrap(),
         vec![
             (Platform::Discord, "77".to_string()),
             (Platform::Discord, "78".to_string()),
             (Platform::Telegram, "-100".to_string()),
         ]
     );
-    assert!(cli.set_allowed(Platform::Discord, "77", false).unwrap());
-    assert!(!cli.set_allowed(Platform::Discord, "77", false).unwrap());
-    assert_eq!(daemon.allowed_places().unwrap().len(), 2);
+    assert!(
+        cli.set_allowed(Platform::Discord, "77", false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !cli.set_allowed(Platform::Discord, "77", false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(daemon.allowed_places().await.unwrap().len(), 2);
     // The stamp a running daemon looks at: absent, then moved by every change.
     assert_eq!(qwen_edit_bot::store::stamp_of(database), None);
     qwen_edit_bot::store::mark_changed(database);

@@ -27,7 +27,7 @@ impl Dir {
 
     /// Creates the database as the daemon's first run does (admin commands need it).
     fn with_store(self) -> Self {
-        qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.path("data/q.sqlite3")).unwrap();
+        qwen_edit_bot::store::sqlite::SqliteStore::open(&self.path("data/q.sqlite3")).unwrap();
         self
     }
 

@@ -14,7 +14,8 @@ use qwen_edit_bot::core::image::FitLimits;
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobSpec};
 use qwen_edit_bot::core::model::{Lang, Platform, Reply};
 use qwen_edit_bot::core::ports::chat::{ChatError, Mark, Shown, Side};
-use qwen_edit_bot::core::quota::{JobStatus, Quotas, ResultAt};
+use qwen_edit_bot::core::ports::store::{JobStatus, ResultAt};
+use qwen_edit_bot::core::quota::Quotas;
 use qwen_edit_bot::messages;
 
 use super::chat_double::{Call, RecordingChat};
@@ -63,7 +64,7 @@ async fn rig(workers: usize) -> Rig {
 fn rig_with(workers: usize, backend: Arc<dyn EditBackend>, fake: FakeDashScope) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(
-        qwen_edit_bot::store::sqlite::SqliteLedger::open(&dir.path().join("q.db")).unwrap(),
+        qwen_edit_bot::store::sqlite::SqliteStore::open(&dir.path().join("q.db")).unwrap(),
     );
     let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
         2026, 12, 2, 12, 0,
@@ -109,7 +110,7 @@ fn job(id: &str, to: Reply, inputs: &[&str], text: &str) -> JobSpec {
 /// right after its last chat call.
 pub async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
     let wait = async {
-        while quotas.ledger().job(job).unwrap().map(|j| j.status) != Some(status) {
+        while quotas.store().job(job).await.unwrap().map(|j| j.status) != Some(status) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
@@ -121,7 +122,7 @@ pub async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
 /// Waits (5 s at most) until the store holds no unfinished job (nor failure left untold).
 pub async fn all_told(quotas: &Quotas) {
     let wait = async {
-        while !quotas.ledger().unfinished().unwrap().is_empty() {
+        while !quotas.store().unfinished().await.unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
@@ -517,7 +518,7 @@ async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
         "the fitted input, kept by the service"
     );
     settled(quotas, "two", JobStatus::Delivered).await;
-    let job_record = quotas.ledger().job("two").unwrap().unwrap();
+    let job_record = quotas.store().job("two").await.unwrap().unwrap();
     assert_eq!(
         (job_record.model.as_str(), job_record.request_id.as_deref()),
         ("memory-edit", Some("mem-1"))

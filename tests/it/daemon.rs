@@ -194,8 +194,8 @@ fn answer(c: &tg::Call) -> Option<(i64, bool)> {
     }
 }
 
-fn ledger(db: &Path) -> qwen_edit_bot::store::sqlite::SqliteLedger {
-    qwen_edit_bot::store::sqlite::SqliteLedger::open(db).unwrap()
+fn ledger(db: &Path) -> qwen_edit_bot::store::sqlite::SqliteStore {
+    qwen_edit_bot::store::sqlite::SqliteStore::open(db).unwrap()
 }
 
 #[tokio::test]
@@ -280,8 +280,8 @@ async fn sigterm_finishes_running_jobs_and_the_queued_ones_resume_after_a_restar
     );
     assert_eq!(d.ds.calls(), 4, "the waiting ones were not started");
     let open = {
-        use qwen_edit_bot::core::quota::Ledger;
-        ledger(&d.db()).unfinished().unwrap()
+        use qwen_edit_bot::core::ports::store::Store;
+        ledger(&d.db()).unfinished().await.unwrap()
     };
     assert_eq!(open.len(), 4, "handed back to the store");
     let daemon = d.spawn("info");
@@ -403,21 +403,20 @@ async fn killed_at_random_moments_it_loses_no_job_and_charges_exactly_what_it_de
         "{resent} re-sent answers for {KILLS} kills"
     );
     let delivered = answered.values().filter(|a| a.0 > 0).count();
-    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    use qwen_edit_bot::core::model::{Platform, UserRef};
+    use qwen_edit_bot::core::ports::store::Store;
     let store = ledger(&d.db());
     let since = chrono::Utc::now() - chrono::Duration::days(2);
-    let used: u32 = (7000..7040)
-        .map(|u| {
-            store
-                .used(&UserRef::new(Platform::Telegram, u.to_string()), since)
-                .unwrap()
-        })
-        .sum();
+    let mut used = 0;
+    for u in 7000..7040 {
+        let user = UserRef::new(Platform::Telegram, u.to_string());
+        used += store.used(&user, since).await.unwrap();
+    }
     assert_eq!(
         used as usize, delivered,
         "quota used equals results delivered"
     );
-    assert!(store.unfinished().unwrap().is_empty());
+    assert!(store.unfinished().await.unwrap().is_empty());
     let check = rusqlite::Connection::open(d.db()).unwrap();
     let integrity: String = check
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))

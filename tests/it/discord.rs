@@ -108,13 +108,15 @@ impl Bot {
         assert!(problems.is_empty(), "the fake Discord saw: {problems:?}");
     }
 
-    fn used(&self, user_id: u64) -> u32 {
-        use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    async fn used(&self, user_id: u64) -> u32 {
+        use qwen_edit_bot::core::model::{Platform, UserRef};
+        use qwen_edit_bot::core::ports::store::Store;
         let ledger =
-            qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.dir.join("q.sqlite3")).unwrap();
+            qwen_edit_bot::store::sqlite::SqliteStore::open(&self.dir.join("q.sqlite3")).unwrap();
         let since = chrono::Utc::now() - chrono::Duration::days(40);
         ledger
             .used(&UserRef::new(Platform::Discord, user_id.to_string()), since)
+            .await
             .unwrap()
     }
 
@@ -264,7 +266,7 @@ async fn a_text_edit_replying_to_an_image_message_gets_the_result_as_a_reply() {
     assert_eq!(on_request(), ["⏳", "✅"]);
     assert!(!bot.dc.calls_to("POST", "/channels/*/typing").is_empty());
     bot.stop().await;
-    assert_eq!((bot.used(8), bot.used(7)), (1, 0));
+    assert_eq!((bot.used(8).await, bot.used(7).await), (1, 0));
 }
 
 #[tokio::test]
@@ -457,7 +459,7 @@ async fn a_slash_command_refused_after_the_deferral_shows_the_reason_in_its_plac
         .find(|m| m["interaction_metadata"].is_object() || m["webhook_id"].is_string())
         .expect("the deferred message stays in the channel");
     assert!(shown["content"].as_str().unwrap().contains("No image"));
-    assert_eq!((bot.used(8), bot.ds.calls()), (0, 0));
+    assert_eq!((bot.used(8).await, bot.ds.calls()), (0, 0));
 }
 
 #[tokio::test]
@@ -543,7 +545,7 @@ async fn the_message_command_asks_for_the_prompt_in_a_modal() {
         "{text}"
     );
     bot.stop().await;
-    assert_eq!(bot.used(8), 1, "the failed one was refunded");
+    assert_eq!(bot.used(8).await, 1, "the failed one was refunded");
 }
 
 #[tokio::test]
@@ -625,7 +627,7 @@ async fn errors_get_a_clear_answer_and_cost_nothing() {
         over.json["content"]
     );
     bot.stop().await;
-    assert_eq!((bot.used(8), bot.ds.calls()), (1, 1));
+    assert_eq!((bot.used(8).await, bot.ds.calls()), (1, 1));
 }
 
 #[tokio::test]
@@ -652,12 +654,12 @@ async fn a_backend_failure_is_explained_and_refunded() {
     assert!(told.json["content"].as_str().unwrap().contains("refunded"));
     assert_eq!(replied_to(&told), Some(6500));
     bot.stop().await;
-    assert_eq!(bot.used(8), 0);
-    use qwen_edit_bot::core::quota::Ledger;
+    assert_eq!(bot.used(8).await, 0);
+    use qwen_edit_bot::core::ports::store::Store;
     let ledger =
-        qwen_edit_bot::store::sqlite::SqliteLedger::open(&bot.dir.join("q.sqlite3")).unwrap();
+        qwen_edit_bot::store::sqlite::SqliteStore::open(&bot.dir.join("q.sqlite3")).unwrap();
     assert!(
-        ledger.unfinished().unwrap().is_empty(),
+        ledger.unfinished().await.unwrap().is_empty(),
         "the user was told: nothing to tell after a restart"
     );
 }
@@ -692,7 +694,7 @@ async fn a_rate_limited_or_failing_result_post_is_retried_without_a_new_model_ca
     assert_eq!(replied_to(&sent[2]), Some(6550));
     assert_eq!(bot.ds.calls(), 1);
     bot.stop().await;
-    assert_eq!(bot.used(8), 1);
+    assert_eq!(bot.used(8).await, 1);
 }
 
 #[tokio::test]
@@ -787,7 +789,7 @@ async fn again_works_after_a_restart() {
         seen[1].body["parameters"]
     );
     bot.stop().await;
-    assert_eq!((bot.used(8), bot.used(9)), (1, 1));
+    assert_eq!((bot.used(8).await, bot.used(9).await), (1, 1));
 }
 
 #[tokio::test]
@@ -860,12 +862,14 @@ async fn quota_admin_needs_manage_server_every_time() {
             .contains("5 of 5 edits left")
     );
     bot.stop().await;
-    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    use qwen_edit_bot::core::model::{Platform, UserRef};
+    use qwen_edit_bot::core::ports::store::Store;
     let ledger =
-        qwen_edit_bot::store::sqlite::SqliteLedger::open(&bot.dir.join("q.sqlite3")).unwrap();
+        qwen_edit_bot::store::sqlite::SqliteStore::open(&bot.dir.join("q.sqlite3")).unwrap();
     assert!(
         ledger
             .settings(&UserRef::new(Platform::Discord, "7"), Some("77"))
+            .await
             .unwrap()
             .blocked
     );
@@ -928,7 +932,7 @@ async fn a_result_posted_just_before_a_crash_is_not_posted_again_when_the_job_re
     assert_eq!(results.len(), 1, "Discord kept one result: {results:#?}");
     assert_eq!(bot.ds.calls(), 1, "the model was not called again");
     bot.stop().await;
-    assert_eq!(bot.used(7), 1, "charged once");
+    assert_eq!(bot.used(7).await, 1, "charged once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1141,7 +1145,7 @@ async fn a_server_admin_cannot_grant_themselves_edits_and_an_operator_can() {
     bot.dc.dispatch("MESSAGE_CREATE", request);
     bot.results(2).await;
     bot.stop().await;
-    assert_eq!((bot.used(8), bot.ds.calls()), (2, 2));
+    assert_eq!((bot.used(8).await, bot.ds.calls()), (2, 2));
 }
 
 #[tokio::test]
@@ -1248,7 +1252,7 @@ async fn buttons_and_modals_act_only_where_they_were_pressed() {
         "nothing read from or posted into the other channel"
     );
     assert_eq!(bot.dc.downloads().len(), downloads, "nothing fetched");
-    assert_eq!((bot.ds.calls(), bot.used(8)), (1, 0));
+    assert_eq!((bot.ds.calls(), bot.used(8).await), (1, 0));
 }
 
 #[tokio::test]
@@ -1410,7 +1414,10 @@ async fn in_an_unlisted_server_text_requests_get_one_answer_and_commands_an_ephe
     bot.stop().await;
     assert_eq!(posts_saying(&bot, CHANNEL, "not enabled"), 1);
     assert_eq!(bot.ds.calls(), 1);
-    assert_eq!((bot.used(8), bot.used(9), bot.used(900)), (0, 0, 1));
+    assert_eq!(
+        (bot.used(8).await, bot.used(9).await, bot.used(900).await),
+        (0, 0, 1)
+    );
     // No job: no ⏳ on the refused requests.
     assert!(bot.dc.reactions().iter().all(|r| r.message_id == 8002));
 }
@@ -1485,7 +1492,12 @@ async fn unlisted_channels_members_without_a_role_and_closed_dms_take_no_job() {
     );
     assert_eq!(bot.ds.calls(), 1);
     assert_eq!(
-        (bot.used(8), bot.used(9), bot.used(10), bot.used(11)),
+        (
+            bot.used(8).await,
+            bot.used(9).await,
+            bot.used(10).await,
+            bot.used(11).await
+        ),
         (0, 0, 0, 1)
     );
 }

@@ -13,11 +13,14 @@ use qwen_edit_bot::core::error::{FailureReason, Rejection};
 use qwen_edit_bot::core::image::ImageRejection;
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobEvent, JobSpec, Outcome};
 use qwen_edit_bot::core::model::{Lang, Reply as Answer};
+use qwen_edit_bot::core::model::{Platform, UserRef};
 use qwen_edit_bot::core::policy::Standing;
+use qwen_edit_bot::core::ports::store::{
+    AgainSource, JobRecord, JobStatus, ReportBy, ReportRow, ResultAt, Store, StoreError, Unfinished,
+};
 use qwen_edit_bot::core::queue::FairQueue;
 use qwen_edit_bot::core::quota::{
-    AgainSource, Granted, JobRecord, JobStatus, Ledger, Limits, Platform, QuotaRejection, Quotas,
-    ReportBy, ReportRow, Reservation, ResultAt, StoreError, Unfinished, UserRef, UserSettings,
+    Granted, Limits, QuotaRejection, Quotas, Reservation, UserSettings,
 };
 use tokio::sync::mpsc;
 
@@ -71,7 +74,7 @@ async fn rig(o: RigOptions) -> Rig {
     let backend = Arc::new(DashScope::new(opts).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(
-        qwen_edit_bot::store::sqlite::SqliteLedger::open(&dir.path().join("q.db")).unwrap(),
+        qwen_edit_bot::store::sqlite::SqliteStore::open(&dir.path().join("q.db")).unwrap(),
     );
     let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
         2026, 11, 26, 12, 0,
@@ -154,7 +157,7 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
         .unwrap();
     assert_eq!((accepted.position, accepted.granted.remaining), (0, 18));
     assert_eq!(
-        r.quotas.ledger().job("j1").unwrap().unwrap().status,
+        r.quotas.store().job("j1").await.unwrap().unwrap().status,
         JobStatus::Queued
     );
     let first = tokio::time::timeout(Duration::from_secs(20), r.outcomes.recv())
@@ -182,10 +185,10 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
     assert_eq!(seen[0].body["parameters"]["negative_prompt"], "blurry");
     // The backend's answer is stored before delivery: a restart now would not call it again.
     assert_eq!(
-        r.quotas.ledger().job("j1").unwrap().unwrap().status,
+        r.quotas.store().job("j1").await.unwrap().unwrap().status,
         JobStatus::Ready
     );
-    let open = r.quotas.ledger().unfinished().unwrap();
+    let open = r.quotas.store().unfinished().await.unwrap();
     assert_eq!((open.len(), open[0].urls.len()), (1, 2));
     r.chat.release();
     let posted = r.chat.posts(1).await.remove(0);
@@ -194,7 +197,7 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
         "{posted:?}"
     );
     settled(&r.quotas, "j1", JobStatus::Delivered).await;
-    let job = r.quotas.ledger().job("j1").unwrap().unwrap();
+    let job = r.quotas.store().job("j1").await.unwrap().unwrap();
     assert_eq!(
         (job.status, job.request_id.as_deref()),
         (JobStatus::Delivered, Some("req-ok-1"))
@@ -227,7 +230,7 @@ async fn a_backend_failure_refunds_the_quota_and_says_so() {
     );
     assert_eq!(r.fake.calls(), 4);
     assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 0);
-    let job = r.quotas.ledger().job("j1").unwrap().unwrap();
+    let job = r.quotas.store().job("j1").await.unwrap().unwrap();
     assert_eq!(
         (job.status, job.error.as_deref()),
         (JobStatus::Failed, Some("InternalError"))
@@ -306,7 +309,7 @@ async fn requests_are_validated_before_anything_is_charged() {
         .await
         .unwrap_err();
     assert_eq!(n2, Rejection::CountNotSupported { max: 1 });
-    assert_eq!(r.quotas.ledger().job("a").unwrap(), None);
+    assert_eq!(r.quotas.store().job("a").await.unwrap(), None);
     assert_eq!(r.quotas.show(&user("1")).await.unwrap().used, 0);
 }
 
@@ -503,7 +506,7 @@ fn engine_on(
 ) {
     let delays = Arc::new(Mutex::new(Vec::new()));
     let backend = Arc::new(DashScope::new(super::dashscope::options(fake, &delays)).unwrap());
-    let ledger = Arc::new(qwen_edit_bot::store::sqlite::SqliteLedger::open(db).unwrap());
+    let ledger = Arc::new(qwen_edit_bot::store::sqlite::SqliteStore::open(db).unwrap());
     let clock = Arc::new(qwen_edit_bot::core::clock::ManualClock::new(at(
         2026, 11, 26, 12, 0,
     )));
@@ -616,7 +619,7 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
     all_told(&quotas).await;
     assert_eq!(quotas.show(&user("2")).await.unwrap().used, 0);
     assert_eq!(
-        quotas.ledger().job("twice").unwrap().unwrap().status,
+        quotas.store().job("twice").await.unwrap().unwrap().status,
         JobStatus::Failed
     );
 }
@@ -647,7 +650,7 @@ async fn a_failure_whose_user_was_not_told_before_a_restart_is_told_after_it() {
         for w in workers {
             w.await.unwrap();
         }
-        assert_eq!(quotas.ledger().unfinished().unwrap().len(), 1);
+        assert_eq!(quotas.store().unfinished().await.unwrap().len(), 1);
     }
     let (engine, quotas, mut rx, chat) = engine_on(&db, &fake);
     assert_eq!(engine.resume().await, 1);
@@ -746,7 +749,7 @@ async fn the_backends_answer_is_bounded_and_charged_for_what_is_delivered() {
     );
     r.chat.release();
     settled(&r.quotas, "fewer", JobStatus::Delivered).await;
-    let job = r.quotas.ledger().job("fewer").unwrap().unwrap();
+    let job = r.quotas.store().job("fewer").await.unwrap().unwrap();
     assert_eq!((job.status, job.cost), (JobStatus::Delivered, 1));
 }
 
@@ -772,7 +775,7 @@ fn result_urls_must_be_https_unless_the_api_itself_is_plain_http() {
 
 /// A SQLite ledger whose next writes of the backend's answer and of the delivery fail.
 struct Flaky {
-    inner: qwen_edit_bot::store::sqlite::SqliteLedger,
+    inner: qwen_edit_bot::store::sqlite::SqliteStore,
     saves_to_fail: std::sync::atomic::AtomicUsize,
     delivers_to_fail: std::sync::atomic::AtomicUsize,
 }
@@ -785,19 +788,20 @@ fn fails(left: &std::sync::atomic::AtomicUsize) -> Result<(), StoreError> {
     }
 }
 
-impl Ledger for Flaky {
-    fn reserve(
+#[async_trait::async_trait]
+impl Store for Flaky {
+    async fn reserve(
         &self,
         r: &Reservation,
         l: &Limits,
         now: DateTime<Utc>,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError> {
-        self.inner.reserve(r, l, now)
+        self.inner.reserve(r, l, now).await
     }
-    fn mark_running(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.inner.mark_running(id, now)
+    async fn mark_running(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.mark_running(id, now).await
     }
-    fn save_result(
+    async fn save_result(
         &self,
         id: &str,
         req: Option<&str>,
@@ -805,18 +809,18 @@ impl Ledger for Flaky {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         fails(&self.saves_to_fail)?;
-        self.inner.save_result(id, req, urls, now)
+        self.inner.save_result(id, req, urls, now).await
     }
-    fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
-        self.inner.unfinished()
+    async fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        self.inner.unfinished().await
     }
-    fn mark_told(&self, id: &str) -> Result<(), StoreError> {
-        self.inner.mark_told(id)
+    async fn mark_told(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.mark_told(id).await
     }
-    fn check_writable(&self) -> Result<(), StoreError> {
-        self.inner.check_writable()
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.inner.check_writable().await
     }
-    fn deliver(
+    async fn deliver(
         &self,
         id: &str,
         images: u32,
@@ -825,9 +829,9 @@ impl Ledger for Flaky {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         fails(&self.delivers_to_fail)?;
-        self.inner.deliver(id, images, req, at, now)
+        self.inner.deliver(id, images, req, at, now).await
     }
-    fn finish(
+    async fn finish(
         &self,
         id: &str,
         status: JobStatus,
@@ -835,67 +839,77 @@ impl Ledger for Flaky {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.inner.finish(id, status, req, error, now)
+        self.inner.finish(id, status, req, error, now).await
     }
-    fn settings(&self, u: &UserRef, g: Option<&str>) -> Result<UserSettings, StoreError> {
-        self.inner.settings(u, g)
+    async fn settings(&self, u: &UserRef, g: Option<&str>) -> Result<UserSettings, StoreError> {
+        self.inner.settings(u, g).await
     }
-    fn standing(
+    async fn standing(
         &self,
         u: &UserRef,
         g: Option<&str>,
         l: &Limits,
         now: DateTime<Utc>,
     ) -> Result<Standing, StoreError> {
-        self.inner.standing(u, g, l, now)
+        self.inner.standing(u, g, l, now).await
     }
-    fn set_limit(&self, u: &UserRef, s: Option<&str>, l: Option<u32>) -> Result<(), StoreError> {
-        self.inner.set_limit(u, s, l)
+    async fn set_limit(
+        &self,
+        u: &UserRef,
+        s: Option<&str>,
+        l: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_limit(u, s, l).await
     }
-    fn set_blocked(&self, u: &UserRef, s: Option<&str>, b: bool) -> Result<(), StoreError> {
-        self.inner.set_blocked(u, s, b)
+    async fn set_blocked(&self, u: &UserRef, s: Option<&str>, b: bool) -> Result<(), StoreError> {
+        self.inner.set_blocked(u, s, b).await
     }
-    fn reset_usage(&self, u: &UserRef) -> Result<(), StoreError> {
-        self.inner.reset_usage(u)
+    async fn reset_usage(&self, u: &UserRef) -> Result<(), StoreError> {
+        self.inner.reset_usage(u).await
     }
-    fn used(&self, u: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError> {
-        self.inner.used(u, since)
+    async fn used(&self, u: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError> {
+        self.inner.used(u, since).await
     }
-    fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
-        self.inner.job(id)
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.inner.job(id).await
     }
-    fn by_token(&self, t: &str) -> Result<Option<AgainSource>, StoreError> {
-        self.inner.by_token(t)
+    async fn by_token(&self, t: &str) -> Result<Option<AgainSource>, StoreError> {
+        self.inner.by_token(t).await
     }
-    fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.inner.prune_specs(before)
+    async fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.inner.prune_specs(before).await
     }
-    fn save_album_part(&self, g: &str, id: &str, part: &str) -> Result<(), StoreError> {
-        self.inner.save_album_part(g, id, part)
+    async fn save_album_part(&self, g: &str, id: &str, part: &str) -> Result<(), StoreError> {
+        self.inner.save_album_part(g, id, part).await
     }
-    fn album_parts(&self, g: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.album_parts(g)
+    async fn album_parts(&self, g: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.album_parts(g).await
     }
-    fn album_groups(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.album_groups()
+    async fn album_groups(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.album_groups().await
     }
-    fn drop_album(&self, g: &str) -> Result<(), StoreError> {
-        self.inner.drop_album(g)
+    async fn drop_album(&self, g: &str) -> Result<(), StoreError> {
+        self.inner.drop_album(g).await
     }
-    fn set_allowed(&self, p: Platform, place: &str, allowed: bool) -> Result<bool, StoreError> {
-        self.inner.set_allowed(p, place, allowed)
+    async fn set_allowed(
+        &self,
+        p: Platform,
+        place: &str,
+        allowed: bool,
+    ) -> Result<bool, StoreError> {
+        self.inner.set_allowed(p, place, allowed).await
     }
-    fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError> {
-        self.inner.allowed_places()
+    async fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError> {
+        self.inner.allowed_places().await
     }
-    fn report(
+    async fn report(
         &self,
         since: DateTime<Utc>,
         until: Option<DateTime<Utc>>,
         by: ReportBy,
         within: Option<(Platform, &str)>,
     ) -> Result<Vec<ReportRow>, StoreError> {
-        self.inner.report(since, until, by, within)
+        self.inner.report(since, until, by, within).await
     }
 }
 
@@ -909,7 +923,7 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
         let _ = engine_on(&db, &fake); // creates the database
     }
     let flaky = Arc::new(Flaky {
-        inner: qwen_edit_bot::store::sqlite::SqliteLedger::open(&db).unwrap(),
+        inner: qwen_edit_bot::store::sqlite::SqliteStore::open(&db).unwrap(),
         saves_to_fail: 2.into(),
         delivers_to_fail: 1.into(),
     });
@@ -936,7 +950,7 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
         .unwrap();
     next(&mut rx).await;
     assert_eq!(
-        quotas.ledger().job("flaky").unwrap().unwrap().status,
+        quotas.store().job("flaky").await.unwrap().unwrap().status,
         JobStatus::Ready,
         "the answer was stored despite two failed writes"
     );
@@ -944,7 +958,7 @@ async fn a_store_write_that_fails_after_the_backend_answered_is_retried_so_the_j
     chat.posts(1).await;
     settled(&quotas, "flaky", JobStatus::Delivered).await;
     assert_eq!(
-        quotas.ledger().job("flaky").unwrap().unwrap().status,
+        quotas.store().job("flaky").await.unwrap().unwrap().status,
         JobStatus::Delivered
     );
     // A restart finds nothing to run again.

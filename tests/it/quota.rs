@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use qwen_edit_bot::core::clock::ManualClock;
-use qwen_edit_bot::core::quota::{
-    JobStatus, Ledger, Limits, Platform, QuotaRejection, Quotas, Reservation, UserRef, Window,
-};
-use qwen_edit_bot::store::sqlite::SqliteLedger;
+use qwen_edit_bot::core::model::{Platform, UserRef};
+use qwen_edit_bot::core::ports::store::{JobStatus, Store};
+use qwen_edit_bot::core::quota::{Limits, QuotaRejection, Quotas, Reservation, Window};
+use qwen_edit_bot::store::sqlite::SqliteStore;
 
 pub fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
@@ -59,7 +59,7 @@ impl Setup {
     }
 
     fn quotas(&self, limits: Limits) -> Arc<Quotas> {
-        let ledger = Arc::new(SqliteLedger::open(&self.path).unwrap());
+        let ledger = Arc::new(SqliteStore::open(&self.path).unwrap());
         Arc::new(Quotas::new(ledger, self.clock.clone(), limits))
     }
 }
@@ -147,12 +147,12 @@ async fn refunds_give_the_quota_back_and_commits_keep_it() {
     // A finished job stays finished: a late refund of a delivered job changes nothing.
     q.refund("a", "late").await.unwrap();
     assert_eq!(q.show(&user("1")).await.unwrap().used, 1);
-    let a = q.ledger().job("a").unwrap().unwrap();
+    let a = q.store().job("a").await.unwrap().unwrap();
     assert_eq!(
         (a.status, a.request_id.as_deref()),
         (JobStatus::Delivered, Some("req-1"))
     );
-    let b = q.ledger().job("b").unwrap().unwrap();
+    let b = q.store().job("b").await.unwrap().unwrap();
     assert_eq!(
         (b.status, b.error.as_deref()),
         (JobStatus::Failed, Some("InternalError"))
@@ -240,7 +240,7 @@ async fn overrides_blocks_and_resets_are_persisted_across_a_reopen() {
     q.set_limit(&user("1"), None).await.unwrap();
     assert_eq!(q.show(&user("1")).await.unwrap().limit, 2);
     assert_eq!(
-        q.ledger().job("a").unwrap().unwrap().status,
+        q.store().job("a").await.unwrap().unwrap().status,
         JobStatus::Queued
     );
 }
@@ -314,10 +314,10 @@ async fn prompts_are_stored_only_when_given() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        q.ledger().job("a").unwrap().unwrap().prompt.as_deref(),
+        q.store().job("a").await.unwrap().unwrap().prompt.as_deref(),
         Some("make it night")
     );
-    let b = q.ledger().job("b").unwrap().unwrap();
+    let b = q.store().job("b").await.unwrap().unwrap();
     assert_eq!(
         (b.prompt, b.model.as_str(), b.cost),
         (None, "qwen-image-edit-plus", 1)
@@ -479,7 +479,7 @@ async fn a_reset_made_while_the_clock_was_ahead_does_not_disable_the_quota() {
 
 #[tokio::test]
 async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_day() {
-    use qwen_edit_bot::core::quota::ReportBy;
+    use qwen_edit_bot::core::ports::store::ReportBy;
     let s = Setup::new(at(2026, 11, 26, 10, 0));
     let q = s.quotas(Limits {
         per_user: 10,
@@ -522,7 +522,7 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
         (4, 0, 2)
     );
     assert_eq!(
-        q.ledger().job("a").unwrap().unwrap().status,
+        q.store().job("a").await.unwrap().unwrap().status,
         JobStatus::Undelivered
     );
     // 4 + 3 + 2 generated: one more image fits the day's 10, two do not.
@@ -537,8 +537,9 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
         .unwrap()
         .unwrap();
     let rows = q
-        .ledger()
+        .store()
         .report(at(2026, 11, 26, 0, 0), None, ReportBy::User, None)
+        .await
         .unwrap();
     let row = |key: &str| rows.iter().find(|r| r.key == key).unwrap().clone();
     let (a, b, c) = (row("telegram:1"), row("telegram:2"), row("telegram:3"));
@@ -555,13 +556,14 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
         (1, 2, 0, 2, 0)
     );
     let later = q
-        .ledger()
+        .store()
         .report(
             at(2026, 11, 26, 0, 0),
             Some(at(2026, 11, 26, 9, 0)),
             ReportBy::User,
             None,
         )
+        .await
         .unwrap();
     assert!(later.is_empty(), "--until cuts: {later:?}");
 }
@@ -581,8 +583,8 @@ fn a_second_daemon_on_the_same_store_is_refused_until_the_first_one_stops() {
     qwen_edit_bot::store::lock(db).expect("free again once the first one stopped");
 }
 
-#[test]
-fn a_database_made_by_the_first_release_is_migrated_and_keeps_its_jobs_and_settings() {
+#[tokio::test]
+async fn a_database_made_by_the_first_release_is_migrated_and_keeps_its_jobs_and_settings() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.sqlite3");
     let old = rusqlite::Connection::open(&path).unwrap();
@@ -607,27 +609,31 @@ fn a_database_made_by_the_first_release_is_migrated_and_keeps_its_jobs_and_setti
     )
     .unwrap();
     drop(old);
-    let ledger = SqliteLedger::open(&path).unwrap();
-    let open = ledger.unfinished().unwrap();
+    let ledger = SqliteStore::open(&path).unwrap();
+    let open = ledger.unfinished().await.unwrap();
     assert_eq!(
         open.iter()
             .map(|u| (u.id.as_str(), u.attempts, u.urls.len()))
             .collect::<Vec<_>>(),
         [("old", 0, 0)]
     );
-    ledger.mark_running("old", Utc::now()).unwrap();
-    assert_eq!(ledger.unfinished().unwrap()[0].attempts, 1);
+    ledger.mark_running("old", Utc::now()).await.unwrap();
+    assert_eq!(ledger.unfinished().await.unwrap()[0].attempts, 1);
     // Old settings are bot-wide now, and scoped ones can be added next to them.
-    let settings = ledger.settings(&user("2"), None).unwrap();
+    let settings = ledger.settings(&user("2"), None).await.unwrap();
     assert_eq!((settings.limit_override, settings.blocked), (Some(7), true));
-    ledger.set_blocked(&user("2"), Some("-5"), false).unwrap();
-    assert!(ledger.settings(&user("2"), None).unwrap().blocked);
+    ledger
+        .set_blocked(&user("2"), Some("-5"), false)
+        .await
+        .unwrap();
+    assert!(ledger.settings(&user("2"), None).await.unwrap().blocked);
     let now = at(2026, 11, 26, 12, 0);
     let granted = ledger
         .reserve(&reservation("new", "3", None, 1), &limits(5), now)
+        .await
         .unwrap();
     assert!(granted.is_ok(), "{granted:?}");
     drop(ledger);
-    let again = SqliteLedger::open(&path).expect("opens again once migrated");
-    assert!(again.settings(&user("2"), None).unwrap().blocked);
+    let again = SqliteStore::open(&path).expect("opens again once migrated");
+    assert!(again.settings(&user("2"), None).await.unwrap().blocked);
 }

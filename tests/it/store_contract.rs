@@ -1,49 +1,57 @@
-//! The contract every store keeps, written once against `dyn Ledger` and run against each store
+//! The contract every store keeps, written once against `dyn Store` and run against each store
 //! there is (SQLite today). A new store passes this before anything else uses it.
 
 use chrono::Duration;
-use qwen_edit_bot::core::quota::{
-    JobStatus, Ledger, Platform, QuotaRejection, ReportBy, ResultAt, UserRef,
-};
-use qwen_edit_bot::store::sqlite::SqliteLedger;
+use qwen_edit_bot::core::model::{Platform, UserRef};
+use qwen_edit_bot::core::ports::store::{JobStatus, ReportBy, ResultAt, Store};
+use qwen_edit_bot::core::quota::QuotaRejection;
+use qwen_edit_bot::store::sqlite::SqliteStore;
 
 use super::quota::{at, limits, reservation, user};
 
 /// Every clause, in order, on one fresh store.
-fn contract(store: &dyn Ledger) {
-    reserves_are_atomic_and_counted(store);
-    a_job_goes_queued_running_ready_delivered_and_stays_finished(store);
-    failures_refund_and_stay_listed_until_told(store);
-    results_the_chat_refused_are_charged(store);
-    settings_apply_per_scope_and_resets_are_bot_wide(store);
-    again_tokens_lead_to_the_job_and_where_its_result_is(store);
-    album_parts_are_kept_once_each_until_dropped(store);
-    allowed_places_are_set_listed_and_report_changes(store);
-    claims_list_the_unfinished_and_reports_group_usage(store);
-    store.check_writable().expect("a fresh store takes writes");
+async fn contract(store: &dyn Store) {
+    reserves_are_atomic_and_counted(store).await;
+    a_job_goes_queued_running_ready_delivered_and_stays_finished(store).await;
+    failures_refund_and_stay_listed_until_told(store).await;
+    results_the_chat_refused_are_charged(store).await;
+    settings_apply_per_scope_and_resets_are_bot_wide(store).await;
+    again_tokens_lead_to_the_job_and_where_its_result_is(store).await;
+    album_parts_are_kept_once_each_until_dropped(store).await;
+    allowed_places_are_set_listed_and_report_changes(store).await;
+    claims_list_the_unfinished_and_reports_group_usage(store).await;
+    store
+        .check_writable()
+        .await
+        .expect("a fresh store takes writes");
 }
 
-#[test]
-fn sqlite_keeps_the_store_contract() {
+#[tokio::test]
+async fn sqlite_keeps_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteLedger::open(&dir.path().join("contract.db")).unwrap();
-    contract(&store);
+    let store = SqliteStore::open(&dir.path().join("contract.db")).unwrap();
+    contract(&store).await;
 }
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     at(2026, 12, 2, 12, 0)
 }
 
-fn reserves_are_atomic_and_counted(store: &dyn Ledger) {
+async fn reserves_are_atomic_and_counted(store: &dyn Store) {
     let l = limits(3);
     let granted = store
         .reserve(&reservation("r1", "10", None, 2), &l, now())
+        .await
         .unwrap()
         .unwrap();
     assert_eq!((granted.remaining, granted.limit), (1, 3));
-    let again = store.reserve(&reservation("r1", "10", None, 2), &l, now());
+    let again = store
+        .reserve(&reservation("r1", "10", None, 2), &l, now())
+        .await;
     assert_eq!(again.unwrap(), Err(QuotaRejection::Duplicate));
-    let over = store.reserve(&reservation("r2", "10", None, 2), &l, now());
+    let over = store
+        .reserve(&reservation("r2", "10", None, 2), &l, now())
+        .await;
     assert!(matches!(
         over.unwrap(),
         Err(QuotaRejection::User {
@@ -53,20 +61,26 @@ fn reserves_are_atomic_and_counted(store: &dyn Ledger) {
         })
     ));
     assert_eq!(
-        store.used(&user("10"), now() - Duration::hours(1)).unwrap(),
+        store
+            .used(&user("10"), now() - Duration::hours(1))
+            .await
+            .unwrap(),
         2
     );
-    assert_eq!(store.job("r1").unwrap().unwrap().status, JobStatus::Queued);
     assert_eq!(
-        store.job("r2").unwrap(),
+        store.job("r1").await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    assert_eq!(
+        store.job("r2").await.unwrap(),
         None,
         "a refused reserve writes nothing"
     );
 }
 
-fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dyn Ledger) {
-    store.mark_running("r1", now()).unwrap();
-    let open = store.unfinished().unwrap();
+async fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dyn Store) {
+    store.mark_running("r1", now()).await.unwrap();
+    let open = store.unfinished().await.unwrap();
     let r1 = open.iter().find(|u| u.id == "r1").unwrap();
     assert_eq!((r1.status, r1.attempts), (JobStatus::Running, 1));
     let urls = vec![
@@ -75,9 +89,11 @@ fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dyn Ledg
     ];
     store
         .save_result("r1", Some("req-1"), &urls, now())
+        .await
         .unwrap();
     let r1 = store
         .unfinished()
+        .await
         .unwrap()
         .into_iter()
         .find(|u| u.id == "r1")
@@ -92,8 +108,9 @@ fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dyn Ledg
     };
     store
         .deliver("r1", 1, Some("req-1"), Some(&at), now())
+        .await
         .unwrap();
-    let job = store.job("r1").unwrap().unwrap();
+    let job = store.job("r1").await.unwrap().unwrap();
     assert_eq!(
         (job.status, job.cost),
         (JobStatus::Delivered, 1),
@@ -101,30 +118,43 @@ fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dyn Ledg
     );
     store
         .finish("r1", JobStatus::Failed, None, Some("late"), now())
+        .await
         .unwrap();
     assert_eq!(
-        store.job("r1").unwrap().unwrap().status,
+        store.job("r1").await.unwrap().unwrap().status,
         JobStatus::Delivered,
         "stays finished"
     );
-    assert!(store.unfinished().unwrap().iter().all(|u| u.id != "r1"));
+    assert!(
+        store
+            .unfinished()
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.id != "r1")
+    );
 }
 
-fn failures_refund_and_stay_listed_until_told(store: &dyn Ledger) {
+async fn failures_refund_and_stay_listed_until_told(store: &dyn Store) {
     let l = limits(10);
     store
         .reserve(&reservation("f1", "11", None, 3), &l, now())
+        .await
         .unwrap()
         .unwrap();
     store
         .finish("f1", JobStatus::Failed, None, Some("InternalError"), now())
+        .await
         .unwrap();
     assert_eq!(
-        store.used(&user("11"), now() - Duration::hours(1)).unwrap(),
+        store
+            .used(&user("11"), now() - Duration::hours(1))
+            .await
+            .unwrap(),
         0,
         "refunded"
     );
-    let listed = store.unfinished().unwrap();
+    let listed = store.unfinished().await.unwrap();
     let f1 = listed
         .iter()
         .find(|u| u.id == "f1")
@@ -133,14 +163,22 @@ fn failures_refund_and_stay_listed_until_told(store: &dyn Ledger) {
         (f1.status, f1.error.as_deref()),
         (JobStatus::Failed, Some("InternalError"))
     );
-    store.mark_told("f1").unwrap();
-    assert!(store.unfinished().unwrap().iter().all(|u| u.id != "f1"));
+    store.mark_told("f1").await.unwrap();
+    assert!(
+        store
+            .unfinished()
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.id != "f1")
+    );
 }
 
-fn results_the_chat_refused_are_charged(store: &dyn Ledger) {
+async fn results_the_chat_refused_are_charged(store: &dyn Store) {
     let l = limits(10);
     store
         .reserve(&reservation("u1", "12", None, 2), &l, now())
+        .await
         .unwrap()
         .unwrap();
     store
@@ -153,6 +191,7 @@ fn results_the_chat_refused_are_charged(store: &dyn Ledger) {
             ],
             now(),
         )
+        .await
         .unwrap();
     store
         .finish(
@@ -162,51 +201,68 @@ fn results_the_chat_refused_are_charged(store: &dyn Ledger) {
             Some("chat_refused"),
             now(),
         )
+        .await
         .unwrap();
     assert_eq!(
-        store.job("u1").unwrap().unwrap().status,
+        store.job("u1").await.unwrap().unwrap().status,
         JobStatus::Undelivered
     );
     assert_eq!(
-        store.used(&user("12"), now() - Duration::hours(1)).unwrap(),
+        store
+            .used(&user("12"), now() - Duration::hours(1))
+            .await
+            .unwrap(),
         2,
         "spent money"
     );
 }
 
-fn settings_apply_per_scope_and_resets_are_bot_wide(store: &dyn Ledger) {
+async fn settings_apply_per_scope_and_resets_are_bot_wide(store: &dyn Store) {
     let u = user("13");
-    store.set_limit(&u, Some("-500"), Some(1)).unwrap();
-    store.set_blocked(&u, Some("-600"), true).unwrap();
-    let bot_wide = store.settings(&u, None).unwrap();
+    store.set_limit(&u, Some("-500"), Some(1)).await.unwrap();
+    store.set_blocked(&u, Some("-600"), true).await.unwrap();
+    let bot_wide = store.settings(&u, None).await.unwrap();
     assert_eq!((bot_wide.limit_override, bot_wide.blocked), (None, false));
     assert_eq!(
-        store.settings(&u, Some("-500")).unwrap().limit_override,
+        store
+            .settings(&u, Some("-500"))
+            .await
+            .unwrap()
+            .limit_override,
         Some(1)
     );
-    assert!(store.settings(&u, Some("-600")).unwrap().blocked);
+    assert!(store.settings(&u, Some("-600")).await.unwrap().blocked);
     let l = limits(10);
-    let blocked = store.reserve(&reservation("s1", "13", Some("-600"), 1), &l, now());
+    let blocked = store
+        .reserve(&reservation("s1", "13", Some("-600"), 1), &l, now())
+        .await;
     assert_eq!(blocked.unwrap(), Err(QuotaRejection::Blocked));
     store
         .reserve(&reservation("s2", "13", Some("-500"), 1), &l, now())
+        .await
         .unwrap()
         .unwrap();
-    let over = store.reserve(&reservation("s3", "13", Some("-500"), 1), &l, now());
+    let over = store
+        .reserve(&reservation("s3", "13", Some("-500"), 1), &l, now())
+        .await;
     assert!(matches!(
         over.unwrap(),
         Err(QuotaRejection::User { limit: 1, .. })
     ));
-    store.reset_usage(&u).unwrap();
-    let standing = store.standing(&u, Some("-500"), &l, now()).unwrap();
+    store.reset_usage(&u).await.unwrap();
+    let standing = store.standing(&u, Some("-500"), &l, now()).await.unwrap();
     assert_eq!((standing.used_total, standing.used_in_chat), (0, 0));
 }
 
-fn again_tokens_lead_to_the_job_and_where_its_result_is(store: &dyn Ledger) {
+async fn again_tokens_lead_to_the_job_and_where_its_result_is(store: &dyn Store) {
     let mut r = reservation("t1", "14", None, 1);
     (r.spec, r.token) = (Some("{\"id\":\"t1\"}".into()), Some("tok-14".into()));
-    store.reserve(&r, &limits(10), now()).unwrap().unwrap();
-    let before = store.by_token("tok-14").unwrap().unwrap();
+    store
+        .reserve(&r, &limits(10), now())
+        .await
+        .unwrap()
+        .unwrap();
+    let before = store.by_token("tok-14").await.unwrap().unwrap();
     assert_eq!(
         (before.spec.as_str(), before.result_at),
         ("{\"id\":\"t1\"}", None)
@@ -215,43 +271,62 @@ fn again_tokens_lead_to_the_job_and_where_its_result_is(store: &dyn Ledger) {
         chat: "14".into(),
         message: "77".into(),
     };
-    store.deliver("t1", 1, None, Some(&at), now()).unwrap();
+    store
+        .deliver("t1", 1, None, Some(&at), now())
+        .await
+        .unwrap();
     assert_eq!(
-        store.by_token("tok-14").unwrap().unwrap().result_at,
+        store.by_token("tok-14").await.unwrap().unwrap().result_at,
         Some(at)
     );
-    assert_eq!(store.by_token("nobody's").unwrap(), None);
-    assert!(store.prune_specs(now() + Duration::days(1)).unwrap() >= 1);
+    assert_eq!(store.by_token("nobody's").await.unwrap(), None);
+    assert!(store.prune_specs(now() + Duration::days(1)).await.unwrap() >= 1);
     assert_eq!(
-        store.by_token("tok-14").unwrap(),
+        store.by_token("tok-14").await.unwrap(),
         None,
         "pruned descriptions lead nowhere"
     );
 }
 
-fn album_parts_are_kept_once_each_until_dropped(store: &dyn Ledger) {
-    store.save_album_part("-1:g", "2", "second").unwrap();
-    store.save_album_part("-1:g", "1", "first").unwrap();
-    store.save_album_part("-1:g", "2", "second again").unwrap();
+async fn album_parts_are_kept_once_each_until_dropped(store: &dyn Store) {
+    store.save_album_part("-1:g", "2", "second").await.unwrap();
+    store.save_album_part("-1:g", "1", "first").await.unwrap();
+    store
+        .save_album_part("-1:g", "2", "second again")
+        .await
+        .unwrap();
     assert_eq!(
-        store.album_parts("-1:g").unwrap(),
+        store.album_parts("-1:g").await.unwrap(),
         ["second", "first"],
         "arrival order, once"
     );
-    assert_eq!(store.album_groups().unwrap(), ["-1:g"]);
-    store.drop_album("-1:g").unwrap();
-    assert!(store.album_parts("-1:g").unwrap().is_empty());
-    assert!(store.album_groups().unwrap().is_empty());
+    assert_eq!(store.album_groups().await.unwrap(), ["-1:g"]);
+    store.drop_album("-1:g").await.unwrap();
+    assert!(store.album_parts("-1:g").await.unwrap().is_empty());
+    assert!(store.album_groups().await.unwrap().is_empty());
 }
 
-fn allowed_places_are_set_listed_and_report_changes(store: &dyn Ledger) {
-    assert!(store.set_allowed(Platform::Telegram, "-100", true).unwrap());
+async fn allowed_places_are_set_listed_and_report_changes(store: &dyn Store) {
     assert!(
-        !store.set_allowed(Platform::Telegram, "-100", true).unwrap(),
+        store
+            .set_allowed(Platform::Telegram, "-100", true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_allowed(Platform::Telegram, "-100", true)
+            .await
+            .unwrap(),
         "no change"
     );
-    assert!(store.set_allowed(Platform::Discord, "77", true).unwrap());
-    let mut places = store.allowed_places().unwrap();
+    assert!(
+        store
+            .set_allowed(Platform::Discord, "77", true)
+            .await
+            .unwrap()
+    );
+    let mut places = store.allowed_places().await.unwrap();
     places.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(
         places,
@@ -260,27 +335,35 @@ fn allowed_places_are_set_listed_and_report_changes(store: &dyn Ledger) {
             (Platform::Discord, "77".into())
         ]
     );
-    assert!(store.set_allowed(Platform::Discord, "77", false).unwrap());
+    assert!(
+        store
+            .set_allowed(Platform::Discord, "77", false)
+            .await
+            .unwrap()
+    );
     assert_eq!(
-        store.allowed_places().unwrap(),
+        store.allowed_places().await.unwrap(),
         [(Platform::Telegram, "-100".into())]
     );
 }
 
-fn claims_list_the_unfinished_and_reports_group_usage(store: &dyn Ledger) {
+async fn claims_list_the_unfinished_and_reports_group_usage(store: &dyn Store) {
     let l = limits(10);
     store
         .reserve(&reservation("c1", "15", Some("-900"), 1), &l, now())
+        .await
         .unwrap()
         .unwrap();
     let claimed = store
         .claim_unfinished("replica-a", now() + Duration::minutes(10))
+        .await
         .unwrap();
     let ids: Vec<&str> = claimed.iter().map(|u| u.id.as_str()).collect();
     assert_eq!(
         ids,
         store
             .unfinished()
+            .await
             .unwrap()
             .iter()
             .map(|u| u.id.as_str())
@@ -289,8 +372,9 @@ fn claims_list_the_unfinished_and_reports_group_usage(store: &dyn Ledger) {
     assert!(ids.contains(&"c1"));
     store
         .renew("replica-a", now() + Duration::minutes(20))
+        .await
         .unwrap();
-    store.deliver("c1", 1, None, None, now()).unwrap();
+    store.deliver("c1", 1, None, None, now()).await.unwrap();
     let rows = store
         .report(
             now() - Duration::hours(1),
@@ -298,6 +382,7 @@ fn claims_list_the_unfinished_and_reports_group_usage(store: &dyn Ledger) {
             ReportBy::User,
             Some((Platform::Telegram, "-900")),
         )
+        .await
         .unwrap();
     assert_eq!(rows.len(), 1);
     let who = UserRef::new(Platform::Telegram, "15").to_string();

@@ -119,18 +119,20 @@ impl Bot {
         }
     }
 
-    fn ledger(&self) -> qwen_edit_bot::store::sqlite::SqliteLedger {
-        qwen_edit_bot::store::sqlite::SqliteLedger::open(&self.dir.join("q.sqlite3")).unwrap()
+    fn ledger(&self) -> qwen_edit_bot::store::sqlite::SqliteStore {
+        qwen_edit_bot::store::sqlite::SqliteStore::open(&self.dir.join("q.sqlite3")).unwrap()
     }
 
-    fn used(&self, user_id: i64) -> u32 {
-        use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    async fn used(&self, user_id: i64) -> u32 {
+        use qwen_edit_bot::core::model::{Platform, UserRef};
+        use qwen_edit_bot::core::ports::store::Store;
         let since = chrono::Utc::now() - chrono::Duration::days(40);
         self.ledger()
             .used(
                 &UserRef::new(Platform::Telegram, user_id.to_string()),
                 since,
             )
+            .await
             .unwrap()
     }
 
@@ -231,7 +233,7 @@ async fn a_photo_captioned_edit_comes_back_as_a_photo_replying_to_it() {
     assert!(reactions[1].params.to_string().contains("👌"));
     assert!(!bot.tg.calls_to("sendchataction").is_empty());
     bot.stop().await;
-    assert_eq!(bot.used(42), 1);
+    assert_eq!(bot.used(42).await, 1);
 }
 
 #[tokio::test]
@@ -254,7 +256,7 @@ async fn a_reply_edit_to_someone_elses_photo_uses_that_photo() {
         vec![("image/png".into(), 600, 500)]
     );
     bot.stop().await;
-    assert_eq!((bot.used(8), bot.used(7)), (1, 0));
+    assert_eq!((bot.used(8).await, bot.used(7).await), (1, 0));
 }
 
 #[tokio::test]
@@ -356,7 +358,7 @@ async fn an_image_document_is_sniffed_and_a_non_image_refunded() {
         vec![("image/png".into(), 800, 600)]
     );
     bot.stop().await;
-    assert_eq!(bot.used(42), 2);
+    assert_eq!(bot.used(42).await, 2);
     assert_eq!(bot.ds.calls(), 2);
 }
 
@@ -418,7 +420,7 @@ async fn each_user_error_gets_a_clear_reply_and_costs_nothing() {
         );
     }
     bot.stop().await;
-    assert_eq!((bot.used(42), bot.ds.calls()), (0, 0));
+    assert_eq!((bot.used(42).await, bot.ds.calls()), (0, 0));
 }
 
 #[tokio::test]
@@ -475,7 +477,7 @@ async fn backend_failures_are_explained_and_refunded() {
             == 2
     );
     bot.stop().await;
-    assert_eq!(bot.used(42), 0);
+    assert_eq!(bot.used(42).await, 0);
 }
 
 #[tokio::test]
@@ -492,7 +494,7 @@ async fn a_429_on_send_is_waited_out_without_calling_the_model_again() {
     );
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 1);
-    assert_eq!(bot.used(42), 1);
+    assert_eq!(bot.used(42).await, 1);
 }
 
 #[tokio::test]
@@ -537,7 +539,7 @@ async fn again_works_after_a_restart_with_a_new_seed() {
     assert_eq!(bot.tg.calls_to("answercallbackquery").len(), 1);
     bot.stop().await;
     assert_eq!(
-        (bot.used(42), bot.used(43)),
+        (bot.used(42).await, bot.used(43).await),
         (1, 1),
         "charged to whoever pressed"
     );
@@ -584,15 +586,18 @@ async fn admin_commands_are_refused_to_members_and_applied_for_admins() {
     bot.tg.push_update(message_update(elsewhere));
     bot.tg.wait_for("sendphoto", 1, 20).await;
     bot.stop().await;
-    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    use qwen_edit_bot::core::model::{Platform, UserRef};
+    use qwen_edit_bot::core::ports::store::Store;
     let s = bot
         .ledger()
         .settings(&UserRef::new(Platform::Telegram, "7"), Some("-100"))
+        .await
         .unwrap();
     assert_eq!((s.blocked, s.limit_override), (true, Some(9)), "persisted");
     let bot_wide = bot
         .ledger()
         .settings(&UserRef::new(Platform::Telegram, "7"), None)
+        .await
         .unwrap();
     assert_eq!(
         (bot_wide.blocked, bot_wide.limit_override),
@@ -729,7 +734,7 @@ async fn several_results_come_as_an_album_then_the_caption_with_the_again_button
     assert!(caption["reply_markup"].to_string().contains("again:"));
     assert_eq!(bot.ds.seen()[0].body["parameters"]["n"], 2);
     bot.stop().await;
-    assert_eq!(bot.used(42), 2);
+    assert_eq!(bot.used(42).await, 2);
 }
 
 #[tokio::test]
@@ -850,7 +855,7 @@ async fn updates_are_confirmed_on_exit_and_those_sent_while_down_are_handled_aft
     assert_eq!(reply_target(&sent[1].params), 181);
     bot.stop().await;
     assert_eq!(bot.tg.pending_updates(), 0);
-    assert_eq!(bot.used(42), 2);
+    assert_eq!(bot.used(42).await, 2);
 }
 
 #[tokio::test]
@@ -909,7 +914,7 @@ async fn a_full_queue_says_busy_and_charges_nothing() {
     assert_eq!(reply_target(&busy), 211);
     bot.tg.wait_for("sendphoto", 4, 30).await;
     bot.stop().await;
-    assert_eq!((bot.used(7010), bot.used(7011)), (1, 0));
+    assert_eq!((bot.used(7010).await, bot.used(7011).await), (1, 0));
 }
 
 #[tokio::test]
@@ -985,7 +990,7 @@ async fn every_backend_fault_ends_with_a_message_and_the_quota_back() {
         );
     }
     bot.stop().await;
-    assert_eq!(bot.used(42), 0);
+    assert_eq!(bot.used(42).await, 0);
     assert!(bot.tg.calls_to("sendphoto").is_empty());
 }
 
@@ -998,7 +1003,7 @@ async fn a_server_error_on_send_is_retried_and_the_result_still_arrives() {
     let sent = bot.tg.wait_for("sendphoto", 2, 40).await;
     assert_eq!(reply_target(&sent[1].params), 320);
     bot.stop().await;
-    assert_eq!((bot.ds.calls(), bot.used(42)), (1, 1));
+    assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
 }
 
 #[tokio::test]
@@ -1027,14 +1032,18 @@ async fn an_album_being_collected_at_shutdown_is_handled_after_the_restart() {
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 0, "nothing was submitted yet");
     // The parts are kept in the store, so their updates could be confirmed at once.
-    use qwen_edit_bot::core::quota::Ledger;
+    use qwen_edit_bot::core::ports::store::Store;
     assert_eq!(
-        bot.ledger().album_groups().unwrap(),
+        bot.ledger().album_groups().await.unwrap(),
         ["42:album-restart"],
         "the album's parts are in the store"
     );
     assert_eq!(
-        bot.ledger().album_parts("42:album-restart").unwrap().len(),
+        bot.ledger()
+            .album_parts("42:album-restart")
+            .await
+            .unwrap()
+            .len(),
         2
     );
     assert_eq!(bot.tg.pending_updates(), 0, "and its updates confirmed");
@@ -1049,7 +1058,7 @@ async fn an_album_being_collected_at_shutdown_is_handled_after_the_restart() {
     bot.stop().await;
     assert_eq!(bot.tg.pending_updates(), 0);
     assert!(
-        bot.ledger().album_groups().unwrap().is_empty(),
+        bot.ledger().album_groups().await.unwrap().is_empty(),
         "forgotten once handled"
     );
 }
@@ -1103,11 +1112,13 @@ async fn a_group_admin_cannot_grant_themselves_edits_but_can_restrict_others() {
     bot.text_containing("Editing is turned off here").await;
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 2, "the self-grant gave nothing");
-    assert_eq!((bot.used(50), bot.used(51)), (2, 0));
-    use qwen_edit_bot::core::quota::{Ledger, Platform, UserRef};
+    assert_eq!((bot.used(50).await, bot.used(51).await), (2, 0));
+    use qwen_edit_bot::core::model::{Platform, UserRef};
+    use qwen_edit_bot::core::ports::store::Store;
     let bot_wide = bot
         .ledger()
         .settings(&UserRef::new(Platform::Telegram, "50"), None)
+        .await
         .unwrap();
     assert_eq!(
         (bot_wide.limit_override, bot_wide.reset_after),
@@ -1180,12 +1191,13 @@ async fn results_the_users_chat_refuses_are_charged_and_count_for_the_day() {
         5,
         "1 + 4 × 6 = 25 images, then the day is over"
     );
-    assert_eq!((bot.used(61), bot.used(60)), (1, 24));
-    use qwen_edit_bot::core::quota::{Ledger, ReportBy};
+    assert_eq!((bot.used(61).await, bot.used(60).await), (1, 24));
+    use qwen_edit_bot::core::ports::store::{ReportBy, Store};
     let since = chrono::Utc::now() - chrono::Duration::days(1);
     let rows = bot
         .ledger()
         .report(since, None, ReportBy::User, None)
+        .await
         .unwrap();
     let group_user = rows.iter().find(|r| r.key == "telegram:60").unwrap();
     assert_eq!(
@@ -1239,7 +1251,7 @@ async fn again_is_refused_anywhere_but_under_the_result_it_belongs_to() {
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 1, "no backend call for a forged button");
     assert_eq!(bot.tg.downloads().len(), downloads, "nothing fetched");
-    assert_eq!(bot.used(77), 0);
+    assert_eq!(bot.used(77).await, 0);
     assert!(
         bot.tg.calls_to("sendmessage").is_empty() && bot.tg.calls_to("sendphoto").len() == 1,
         "nothing posted into the other chat"
@@ -1311,7 +1323,7 @@ async fn an_update_seen_again_while_its_job_runs_leaves_its_feedback_alone() {
         .filter(|c| c.at > result_at)
         .count();
     assert_eq!(late, 0, "the typing loop stopped at delivery");
-    assert_eq!((bot.ds.calls(), bot.used(42)), (1, 1));
+    assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
 }
 
 /// The first `setMessageReaction` on a message of `chat_id`, when it reached the fake.
@@ -1367,7 +1379,7 @@ async fn a_flood_of_refusals_in_one_chat_neither_stalls_another_chat_nor_floods_
         .filter(|c| c.chat_id() == Some(-800))
         .count();
     assert_eq!(refusals, 1, "one answer for 300 identical mistakes");
-    assert_eq!((bot.ds.calls(), bot.used(80)), (1, 0));
+    assert_eq!((bot.ds.calls(), bot.used(80).await), (1, 0));
 }
 
 #[tokio::test]
@@ -1390,7 +1402,7 @@ async fn a_server_error_on_a_call_for_one_chat_does_not_delay_another() {
     );
     bot.tg.wait_for("sendphoto", 2, 30).await;
     bot.stop().await;
-    assert_eq!((bot.used(82), bot.used(83)), (1, 1));
+    assert_eq!((bot.used(82).await, bot.used(83).await), (1, 1));
 }
 
 /// A port with nothing listening on it yet.
@@ -1830,9 +1842,9 @@ async fn outside_the_allowed_chats_nothing_is_spent_and_a_request_is_answered_on
     );
     assert_eq!(bot.ds.calls(), 2);
     for u in [10, 11, 12, 13] {
-        assert_eq!(bot.used(u), 0, "user {u} spent nothing");
+        assert_eq!(bot.used(u).await, 0, "user {u} spent nothing");
     }
-    assert_eq!((bot.used(ADMIN), bot.used(14)), (1, 1));
+    assert_eq!((bot.used(ADMIN).await, bot.used(14).await), (1, 1));
     // No job was taken: no 👀 on any refused message.
     let reacted: Vec<i64> = bot
         .tg
@@ -1908,7 +1920,7 @@ async fn allow_add_from_the_cli_is_in_force_in_the_running_daemon_within_a_secon
     assert!(reacted.duration_since(added) < Duration::from_millis(1500));
     bot.tg.wait_for("sendphoto", 1, 30).await;
     bot.stop().await;
-    assert_eq!((bot.ds.calls(), bot.used(20)), (1, 1));
+    assert_eq!((bot.ds.calls(), bot.used(20).await), (1, 1));
 }
 
 #[tokio::test]
@@ -1943,7 +1955,7 @@ async fn the_output_size_reaches_the_backend_with_an_asterisk_and_bad_sizes_are_
     let seen = bot.ds.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body["parameters"]["size"], "1024*1536");
-    assert_eq!((bot.used(31), bot.used(32)), (0, 0));
+    assert_eq!((bot.used(31).await, bot.used(32).await), (0, 0));
 }
 
 #[tokio::test]
@@ -1959,7 +1971,7 @@ async fn the_base_model_takes_no_size_and_default_size_is_sent_when_none_is_give
     bot.text_containing("makes images at the input's size only")
         .await;
     bot.stop().await;
-    assert_eq!((bot.ds.calls(), bot.used(33)), (0, 0));
+    assert_eq!((bot.ds.calls(), bot.used(33).await), (0, 0));
 
     let mut bot = Bot::start("backend:default_size = \"768*1024\"\n").await;
     bot.tg

@@ -16,7 +16,7 @@ use crate::core::model::Reply;
 use crate::core::ports::chat::{
     Chat, ChatError, Mark, Posted, ResultImage, ResultPost, Shown, Side,
 };
-use crate::core::quota::ResultAt;
+use crate::core::ports::store::ResultAt;
 use crate::messages;
 
 /// Longest wait for a job's acknowledgement before its result is posted anyway.

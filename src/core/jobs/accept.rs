@@ -8,7 +8,8 @@ use crate::core::command::EditCommand;
 use crate::core::edit::ModelCaps;
 use crate::core::error::Rejection;
 use crate::core::model::Reply;
-use crate::core::quota::{QuotaRejection, Reservation, ResultAt};
+use crate::core::ports::store::ResultAt;
+use crate::core::quota::{QuotaRejection, Reservation};
 
 impl Engine {
     /// Validates, holds a queue place, reserves quota (persisted) and queues the job.

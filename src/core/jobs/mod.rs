@@ -25,7 +25,8 @@ use super::image::FitLimits;
 use super::pipeline::Observer;
 use super::ports::chat::Chat;
 use super::queue::FairQueue;
-use super::quota::{Granted, Platform, Quotas};
+use super::quota::{Granted, Quotas};
+use crate::core::model::Platform;
 
 /// Most input images per edit (docs/DASHSCOPE.md §1.4).
 pub const MAX_INPUTS: usize = 3;

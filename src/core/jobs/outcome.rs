@@ -3,7 +3,7 @@
 
 use super::{Delivery, Engine, JobSpec, SendFailure};
 use crate::core::error::{Failure, FailureReason};
-use crate::core::quota::ResultAt;
+use crate::core::ports::store::ResultAt;
 
 impl Engine {
     /// The result was posted (its 🔁 button on message `at`): commit the images.

@@ -11,7 +11,8 @@ use super::{Answered, Delivery, Engine, JobEvent, JobSpec, MAX_RUNS, Outcome, Qu
 use crate::core::edit::BackendError;
 use crate::core::error::{Failure, FailureReason};
 use crate::core::pipeline::{call, download_all, fit_all};
-use crate::core::quota::{Granted, JobStatus};
+use crate::core::ports::store::JobStatus;
+use crate::core::quota::Granted;
 
 /// How long a claim on unfinished jobs holds before another replica may take them over.
 const LEASE: chrono::Duration = chrono::Duration::minutes(10);
@@ -141,13 +142,15 @@ impl Engine {
     /// jobs run (again); jobs whose backend answer is stored are delivered from it. Jobs of
     /// platforms not running now stay in the store. Returns how many were queued.
     pub async fn resume(&self) -> usize {
-        let ledger = self.quotas.ledger().clone();
-        let (owner, lease_until) = (self.owner.clone(), self.quotas.now() + LEASE);
-        let claimed = move || ledger.claim_unfinished(&owner, lease_until);
-        let unfinished = match tokio::task::spawn_blocking(claimed).await {
-            Ok(Ok(list)) => list,
-            other => {
-                tracing::error!(?other, "cannot list unfinished jobs");
+        let lease_until = self.quotas.now() + LEASE;
+        let claimed = self
+            .quotas
+            .store()
+            .claim_unfinished(&self.owner, lease_until);
+        let unfinished = match claimed.await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list unfinished jobs");
                 return 0;
             }
         };

@@ -1,12 +1,18 @@
-//! The durable store's interface ([`Ledger`]) and the records it keeps. SQLite implements it
-//! today (`crate::store::sqlite`); a Redis store for several replicas would implement the same
-//! trait without touching callers.
+//! The store port: durable quotas, jobs and settings ([`Store`]) and the records it keeps, in
+//! the core's words. SQLite implements it (`crate::store::sqlite`); a store several replicas
+//! share implements the same trait, with real job leases, without touching callers.
+//!
+//! The port is async: an embedded store runs its blocking calls off the async threads itself,
+//! a networked one awaits its server. The quota rules are not here but in `core::policy`; a
+//! store only reads a user's [`Standing`] inside its reserve transaction and asks
+//! `policy::decide`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::policy::Standing;
-use super::quota::{Granted, Limits, Platform, QuotaRejection, Reservation, UserRef, UserSettings};
+use crate::core::model::{Platform, UserRef};
+use crate::core::policy::Standing;
+use crate::core::quota::{Granted, Limits, QuotaRejection, Reservation, UserSettings};
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,19 +138,20 @@ pub struct AgainSource {
 pub struct StoreError(pub String);
 
 /// Durable quota and job state. Every write is persisted before the call returns.
-pub trait Ledger: Send + Sync + 'static {
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
     /// Atomically reads the user's [`Standing`], asks `policy::decide` and, if it allows the
     /// job, records it as queued.
-    fn reserve(
+    async fn reserve(
         &self,
         r: &Reservation,
         limits: &Limits,
         now: DateTime<Utc>,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError>;
-    fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Records the backend's answer (result URLs as JSON) before the results are downloaded; its
     /// images count as generated from here on.
-    fn save_result(
+    async fn save_result(
         &self,
         job_id: &str,
         request_id: Option<&str>,
@@ -153,32 +160,32 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Jobs not yet delivered or failed, and failed jobs whose user was not told yet, oldest
     /// first, with their stored description and result URLs.
-    fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError>;
-    /// Claims what [`Ledger::unfinished`] lists for `owner`, until `lease_until`: a store that
+    async fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError>;
+    /// Claims what [`Store::unfinished`] lists for `owner`, until `lease_until`: a store that
     /// several replicas share returns only jobs no other owner holds a running lease on, and
     /// marks them `owner`'s. A store one process has to itself (SQLite, behind its lock file)
     /// has a single owner and may ignore both.
-    fn claim_unfinished(
+    async fn claim_unfinished(
         &self,
         owner: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Unfinished>, StoreError> {
         let _ = (owner, lease_until);
-        self.unfinished()
+        self.unfinished().await
     }
     /// Extends `owner`'s lease on the jobs it claimed (or took) to `lease_until`; returns how
     /// many it holds. A single-owner store holds nothing to renew.
-    fn renew(&self, owner: &str, lease_until: DateTime<Utc>) -> Result<usize, StoreError> {
+    async fn renew(&self, owner: &str, lease_until: DateTime<Utc>) -> Result<usize, StoreError> {
         let _ = (owner, lease_until);
         Ok(0)
     }
     /// The user of a failed job has been told (failed jobs are listed as unfinished until then).
-    fn mark_told(&self, job_id: &str) -> Result<(), StoreError>;
+    async fn mark_told(&self, job_id: &str) -> Result<(), StoreError>;
     /// Whether the store takes writes (health check).
-    fn check_writable(&self) -> Result<(), StoreError>;
+    async fn check_writable(&self) -> Result<(), StoreError>;
     /// `images` results were posted: the job is delivered and charged that many (at most its
     /// reserve); `at` is the message with its 🔁 button. A finished job stays finished.
-    fn deliver(
+    async fn deliver(
         &self,
         job_id: &str,
         images: u32,
@@ -188,7 +195,7 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Failed refunds the reserve; Undelivered charges the images the backend made. A finished
     /// job stays finished.
-    fn finish(
+    async fn finish(
         &self,
         job_id: &str,
         status: JobStatus,
@@ -198,9 +205,13 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The user's settings as they apply in `group`: blocked if blocked bot-wide or there, the
     /// lower of the two limits, the bot-wide reset.
-    fn settings(&self, user: &UserRef, group: Option<&str>) -> Result<UserSettings, StoreError>;
+    async fn settings(
+        &self,
+        user: &UserRef,
+        group: Option<&str>,
+    ) -> Result<UserSettings, StoreError>;
     /// What `policy` needs to decide about `user` in `group` at `now`.
-    fn standing(
+    async fn standing(
         &self,
         user: &UserRef,
         group: Option<&str>,
@@ -209,50 +220,55 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<Standing, StoreError>;
     /// Admin changes. `scope` `None` is bot-wide (operators, CLI); `Some(group)` applies only
     /// in that group or guild (its own admins).
-    fn set_limit(
+    async fn set_limit(
         &self,
         user: &UserRef,
         scope: Option<&str>,
         limit: Option<u32>,
     ) -> Result<(), StoreError>;
-    fn set_blocked(
+    async fn set_blocked(
         &self,
         user: &UserRef,
         scope: Option<&str>,
         blocked: bool,
     ) -> Result<(), StoreError>;
     /// Forgets the user's usage so far (bot-wide; only operators reset).
-    fn reset_usage(&self, user: &UserRef) -> Result<(), StoreError>;
+    async fn reset_usage(&self, user: &UserRef) -> Result<(), StoreError>;
     /// Images reserved or committed by `user` since `since` (see
     /// [`UserSettings::counting_from`] for where a window's count starts).
-    fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
-    fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
+    async fn used(&self, user: &UserRef, since: DateTime<Utc>) -> Result<u32, StoreError>;
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// The job whose 🔁 token is `token`, if its description is still kept.
-    fn by_token(&self, token: &str) -> Result<Option<AgainSource>, StoreError>;
+    async fn by_token(&self, token: &str) -> Result<Option<AgainSource>, StoreError>;
     /// Forgets job descriptions of jobs created before `before`; returns how many.
-    fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
+    async fn prune_specs(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
     /// Keeps one part of a chat album (`part`, opaque JSON) under `group` until the album is
     /// handled; the same `part_id` twice is kept once.
-    fn save_album_part(&self, group: &str, part_id: &str, part: &str) -> Result<(), StoreError>;
+    async fn save_album_part(
+        &self,
+        group: &str,
+        part_id: &str,
+        part: &str,
+    ) -> Result<(), StoreError>;
     /// The parts kept under `group`, in arrival order.
-    fn album_parts(&self, group: &str) -> Result<Vec<String>, StoreError>;
+    async fn album_parts(&self, group: &str) -> Result<Vec<String>, StoreError>;
     /// Every group with parts kept (albums a previous run did not handle).
-    fn album_groups(&self) -> Result<Vec<String>, StoreError>;
+    async fn album_groups(&self) -> Result<Vec<String>, StoreError>;
     /// Forgets a handled album's parts.
-    fn drop_album(&self, group: &str) -> Result<(), StoreError>;
+    async fn drop_album(&self, group: &str) -> Result<(), StoreError>;
     /// Allows (or with `allowed` false, no longer allows) the chat or server `place` of
     /// `platform`, on top of the config's lists; returns whether that changed anything.
-    fn set_allowed(
+    async fn set_allowed(
         &self,
         platform: Platform,
         place: &str,
         allowed: bool,
     ) -> Result<bool, StoreError>;
-    /// The places allowed with [`Ledger::set_allowed`].
-    fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError>;
+    /// The places allowed with [`Store::set_allowed`].
+    async fn allowed_places(&self) -> Result<Vec<(Platform, String)>, StoreError>;
     /// Usage since `since` (and before `until`), grouped `by`; only the jobs of one platform's
     /// group (chat or server) when `within` is given.
-    fn report(
+    async fn report(
         &self,
         since: DateTime<Utc>,
         until: Option<DateTime<Utc>>,
