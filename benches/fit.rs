@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use image::{DynamicImage, ImageBuffer, Rgb};
+use qwen_edit_bot::backend::dashscope::{INPUT_RULES, data_uri};
 use qwen_edit_bot::core::image::{FitLimits, Format, fit};
 
 fn photo(w: u32, h: u32) -> Vec<u8> {
@@ -37,12 +38,12 @@ fn photo(w: u32, h: u32) -> Vec<u8> {
 }
 
 fn measure(name: &str, runs: usize, input: &Bytes, expect_passthrough: bool) {
-    let limits = FitLimits::default();
+    let limits = FitLimits::new(INPUT_RULES);
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
         let fitted = fit(input.clone(), &limits).expect("fits");
-        let uri = fitted.data_uri();
+        let uri = data_uri(&fitted);
         black_box(uri.len());
         times.push(started.elapsed());
         assert_eq!(fitted.passthrough, expect_passthrough);
@@ -122,7 +123,7 @@ fn walk(runs: usize, jpeg: &Bytes) {
 fn bombs() {
     reset_peak();
     let before = status_mib("VmRSS:");
-    let limits = FitLimits::default();
+    let limits = FitLimits::new(INPUT_RULES);
     let bomb = Bytes::from(png16_bomb(20_000, 2_500));
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -166,10 +167,10 @@ const LINK_RATE: f64 = 20e6 / 8.0;
 /// is (its data URI), or fitted to the useful size first. A reader thread takes the bytes at
 /// the link's rate from a loopback socket.
 fn link(photo: &Bytes, quick: bool) {
-    let limits = FitLimits::default();
+    let limits = FitLimits::new(INPUT_RULES);
     let as_is = {
         let mut l = limits.clone();
-        l.useful_side = l.max_side;
+        l.rules.useful_side = l.rules.max_side;
         l
     };
     for (name, limits) in [
@@ -178,7 +179,7 @@ fn link(photo: &Bytes, quick: bool) {
     ] {
         let t = Instant::now();
         let fitted = fit(photo.clone(), limits).expect("fits");
-        let uri = fitted.data_uri();
+        let uri = data_uri(&fitted);
         let bytes = if quick {
             &uri.as_bytes()[..uri.len().min(200_000)]
         } else {

@@ -3,9 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::core::command::{CommandError, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS};
-use crate::core::edit::{BackendError, OperatorProblem};
 use crate::core::error::{Failure, FailureReason, Rejection};
 use crate::core::image::ImageRejection;
+use crate::core::ports::model::{BackendError, OperatorProblem};
 use crate::core::quota::QuotaRejection;
 
 pub use crate::core::model::Lang;

@@ -14,8 +14,9 @@ use self::shutdown::Signals;
 use crate::config::Settings;
 use crate::core::access::{Access, DiscordPlaces, TelegramPlaces};
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::image::FitLimits;
+use crate::core::image::{FitLimits, InputRules};
 use crate::core::jobs::{Engine, EngineConfig};
+use crate::core::ports::model::EditService;
 use crate::core::ports::store::StoreError;
 use crate::core::quota::{Limits, Quotas};
 use crate::metrics::Metrics;
@@ -57,22 +58,22 @@ pub fn existing_quotas(settings: &Settings) -> anyhow::Result<Arc<Quotas>> {
 
 pub use registry::backend;
 
-/// The input rules: DashScope's, with `backend.max_input_side` as the useful side.
-pub fn fit_limits(settings: &Settings) -> FitLimits {
-    FitLimits {
+/// The service's input rules, with `backend.max_input_side` as the useful side.
+pub fn fit_limits(settings: &Settings, service: &dyn EditService) -> FitLimits {
+    FitLimits::new(InputRules {
         useful_side: settings.config.backend.max_input_side,
-        ..FitLimits::default()
-    }
+        ..service.input_rules()
+    })
 }
 
 /// Engine settings from the config.
-pub fn engine_config(settings: &Settings) -> EngineConfig {
+pub fn engine_config(settings: &Settings, service: &dyn EditService) -> EngineConfig {
     let c = &settings.config;
     EngineConfig {
         max_queue: c.quota.max_queue,
         max_in_flight_per_user: c.quota.max_in_flight_per_user,
         workers: c.backend.max_concurrent,
-        fit: fit_limits(settings),
+        fit: fit_limits(settings, service),
         store_prompts: c.quota.store_prompts,
         default_negative: c.backend.default_negative_prompt.clone(),
         fetch_timeout: Duration::from_secs(60),
@@ -236,11 +237,9 @@ async fn engine(
     load_places(&quotas, &places)
         .await
         .context("cannot read the allowed places")?;
-    let mut engine = Engine::new(
-        quotas,
-        registry::backend(settings)?,
-        engine_config(settings),
-    );
+    let service = registry::backend(settings)?;
+    let config = engine_config(settings, service.as_ref());
+    let mut engine = Engine::new(quotas, service, config);
     engine.set_observer(metrics.clone());
     engine.set_access(places);
     platforms.register(&mut engine);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::core::edit::{BackendError, OperatorProblem};
+use crate::core::ports::model::{BackendError, OperatorProblem};
 
 /// Maps a non-success answer (status + DashScope `code`/`message`) to an error.
 pub(crate) fn classify(

@@ -17,10 +17,10 @@ use chrono::Utc;
 
 use crate::config::Settings;
 use crate::core::command::EditCommand;
-use crate::core::edit::EditBackend;
 use crate::core::jobs::MAX_INPUTS;
 use crate::core::model::{Platform, UserRef};
 use crate::core::pipeline::execute;
+use crate::core::ports::model::EditService;
 use crate::core::ports::store::{JobStatus, Store};
 use crate::core::quota::{Limits, Reservation, Window};
 use crate::messages::{self, Lang};
@@ -73,7 +73,7 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
             anyhow::anyhow!("{}: {refused} (--size {size})", backend.model())
         })?;
     }
-    let limits = crate::app::fit_limits(settings);
+    let limits = crate::app::fit_limits(settings, backend.as_ref());
     let mut inputs = Vec::with_capacity(args.images.len());
     for path in &args.images {
         inputs.push(read_input(path, limits.max_input_bytes)?);

@@ -3,7 +3,7 @@
 
 use super::{Config, Settings};
 use crate::core::command::{MAX_NEGATIVE_CHARS, Size};
-use crate::core::edit::SizeRejection;
+use crate::core::ports::model::SizeRejection;
 
 impl Settings {
     /// Every problem that stops `run`, one line each. Empty means the settings are usable;

@@ -5,8 +5,8 @@
 //! errors, backend messages) is logged, never shown: the user gets a plain sentence.
 
 use super::command::CommandError;
-use super::edit::{BackendError, SizeRejection};
 use super::image::ImageRejection;
+use super::ports::model::{BackendError, SizeRejection};
 use super::quota::QuotaRejection;
 
 /// A request refused at the door. Costs the user nothing.

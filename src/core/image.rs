@@ -9,16 +9,16 @@ use std::borrow::Cow;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
 use super::budget::{DecodeBudget, Reserved};
 
-/// The API's input rules and our decoding bounds.
-#[derive(Debug, Clone)]
-pub struct FitLimits {
+/// What a model service takes as input. Its adapter says (`EditService::input_rules`); `fit`
+/// makes nothing outside them, so no service receives an image it must reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputRules {
     pub min_side: u32,
     pub max_side: u32,
     /// The largest side worth sending: the service makes nothing larger from it (DashScope's
@@ -26,10 +26,29 @@ pub struct FitLimits {
     /// pictures within it go out unchanged. A longer side is used only where a narrow picture
     /// needs it to keep its short side at `min_side`.
     pub useful_side: u32,
-    /// Largest file sent unchanged (its base64 must stay under `max_data_uri`).
+    /// Largest image file the service takes, in bytes before any encoding its adapter adds
+    /// (DashScope's data-URI limit, turned into file bytes by its adapter).
+    pub max_file_bytes: usize,
+}
+
+impl InputRules {
+    /// No rule at all: for fitting results to a chat's upload limit, where only the decoding
+    /// bounds apply.
+    pub const NONE: InputRules = InputRules {
+        min_side: 1,
+        max_side: u32::MAX,
+        useful_side: u32::MAX,
+        max_file_bytes: usize::MAX,
+    };
+}
+
+/// The service's input rules and our decoding bounds.
+#[derive(Debug, Clone)]
+pub struct FitLimits {
+    pub rules: InputRules,
+    /// Largest file sent unchanged (smaller than the service's limit, so that a file close to
+    /// it is re-encoded rather than sent as it came).
     pub passthrough_max_bytes: usize,
-    /// Largest data URI the API takes.
-    pub max_data_uri: usize,
     /// Largest input file we look at, at all.
     pub max_input_bytes: usize,
     /// Largest picture we agree to decode, in pixels and per side.
@@ -45,26 +64,23 @@ pub struct FitLimits {
 pub const DECODE_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
 
 impl FitLimits {
-    /// [`FitLimits::useful_side`] within the service's own bounds.
-    pub fn useful(&self) -> u32 {
-        self.useful_side.clamp(self.min_side, self.max_side)
-    }
-}
-
-impl Default for FitLimits {
-    fn default() -> Self {
+    /// The service's `rules` with our default decoding bounds.
+    pub fn new(rules: InputRules) -> Self {
         Self {
-            min_side: 384,
-            max_side: 3072,
-            useful_side: 2048,
+            rules,
             passthrough_max_bytes: 7 * 1024 * 1024,
-            max_data_uri: 10 * 1024 * 1024,
             max_input_bytes: 50 * 1024 * 1024,
             max_decode_pixels: 50_000_000,
             max_decode_side: 20_000,
             max_decode_alloc: 512 * 1024 * 1024,
             budget: Arc::new(DecodeBudget::new(DECODE_BUDGET_BYTES)),
         }
+    }
+
+    /// [`InputRules::useful_side`] within the service's own bounds.
+    pub fn useful(&self) -> u32 {
+        let r = &self.rules;
+        r.useful_side.clamp(r.min_side, r.max_side)
     }
 }
 
@@ -156,27 +172,6 @@ pub struct Fitted {
     pub passthrough: bool,
 }
 
-impl Fitted {
-    /// `data:<mime>;base64,<bytes>` for the request body.
-    pub fn data_uri(&self) -> String {
-        data_uri(self.format, &self.bytes)
-    }
-}
-
-/// Length of the data URI for `len` bytes of `format`.
-pub fn data_uri_len(format: Format, len: usize) -> usize {
-    "data:;base64,".len() + format.mime().len() + len.div_ceil(3) * 4
-}
-
-fn data_uri(format: Format, bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(data_uri_len(format, bytes.len()));
-    out.push_str("data:");
-    out.push_str(format.mime());
-    out.push_str(";base64,");
-    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
-    out
-}
-
 /// Recognises the format from magic bytes; never from a name or MIME type.
 pub fn sniff(bytes: &[u8]) -> Result<Format, ImageRejection> {
     let starts = |magic: &[u8]| bytes.starts_with(magic);
@@ -240,11 +235,11 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
         });
     }
     let p = probe(&bytes)?;
-    let in_range = |s: u32| (limits.min_side..=limits.useful()).contains(&s);
+    let in_range = |s: u32| (limits.rules.min_side..=limits.useful()).contains(&s);
     let sendable = in_range(p.width)
         && in_range(p.height)
         && bytes.len() <= limits.passthrough_max_bytes
-        && data_uri_len(p.format, bytes.len()) <= limits.max_data_uri
+        && bytes.len() <= limits.rules.max_file_bytes
         && p.format != Format::Gif // animated GIFs: we pick the first frame ourselves
         && as_is_ok(&bytes, p);
     if sendable {
@@ -288,7 +283,7 @@ fn reduced<'l>(
     if p.format != Format::Jpeg {
         return None;
     }
-    let f = super::jpeg::factor(p.width, p.height, target_long, limits.min_side)?;
+    let f = super::jpeg::factor(p.width, p.height, target_long, limits.rules.min_side)?;
     let small = Probe {
         width: p.width.div_ceil(f),
         height: p.height.div_ceil(f),
@@ -305,7 +300,9 @@ fn reduced<'l>(
 /// copy, and the resized picture with its encoding (at most the largest side squared).
 fn decode_cost(p: Probe, decoded: u64, limits: &FitLimits) -> u64 {
     let pixels = u64::from(p.width) * u64::from(p.height);
-    let out = u64::from(limits.max_side).pow(2) * 4;
+    let out = u64::from(limits.rules.max_side)
+        .saturating_pow(2)
+        .saturating_mul(4);
     decoded + pixels * 4 + out.min(pixels * 4 + (1 << 20))
 }
 
@@ -409,7 +406,7 @@ fn feature(u: &image::error::UnsupportedError, format: Format) -> String {
 
 /// The size inside [min_side, max_side] per side with the same aspect ratio, or why none exists.
 pub fn target_size(w: u32, h: u32, limits: &FitLimits) -> Result<(u32, u32), ImageRejection> {
-    let (min, useful) = (f64::from(limits.min_side), f64::from(limits.useful()));
+    let (min, useful) = (f64::from(limits.rules.min_side), f64::from(limits.useful()));
     let (fw, fh) = (f64::from(w), f64::from(h));
     let mut scale = 1.0_f64;
     if fw.max(fh) > useful {
@@ -420,7 +417,7 @@ pub fn target_size(w: u32, h: u32, limits: &FitLimits) -> Result<(u32, u32), Ima
     }
     let side = |v: f64| (v * scale).round() as u32;
     let (tw, th) = (side(fw), side(fh));
-    let ok = |s: u32| (limits.min_side..=limits.max_side).contains(&s);
+    let ok = |s: u32| (limits.rules.min_side..=limits.rules.max_side).contains(&s);
     if !(ok(tw) && ok(th)) {
         return Err(ImageRejection::BadAspect {
             width: w,
@@ -448,7 +445,7 @@ fn normalize(img: DynamicImage, format: Format) -> DynamicImage {
 }
 
 /// Resizes to (w, h) and encodes (JPEG when opaque, PNG with alpha), shrinking further until
-/// the data URI fits.
+/// the file is within the service's limit.
 fn encode_within(
     img: DynamicImage,
     mut w: u32,
@@ -461,7 +458,7 @@ fn encode_within(
         let resized = resize(&img, w, h)?;
         for &q in qualities {
             let (format, bytes) = encode(&resized, w, h, alpha, q)?;
-            if data_uri_len(format, bytes.len()) <= limits.max_data_uri {
+            if bytes.len() <= limits.rules.max_file_bytes {
                 return Ok(Fitted {
                     bytes: Bytes::from(bytes),
                     format,
@@ -471,14 +468,14 @@ fn encode_within(
                 });
             }
         }
-        let shrink = |s: u32| ((f64::from(s) * 0.8).round() as u32).max(limits.min_side);
-        if w.min(h) <= limits.min_side {
+        let shrink = |s: u32| ((f64::from(s) * 0.8).round() as u32).max(limits.rules.min_side);
+        if w.min(h) <= limits.rules.min_side {
             break;
         }
         (w, h) = (shrink(w), shrink(h));
     }
     Err(ImageRejection::FileTooBig {
-        limit_mb: limits.max_data_uri >> 20,
+        limit_mb: limits.rules.max_file_bytes >> 20,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The platform-free core: parsing, image fitting, quotas, jobs and each job's conversation. It
 //! imports no chat-platform or HTTP-client types (`.ci/run` checks this); chats, the backend and
-//! the store plug in through the ports (`ports::chat::Chat`, `edit::EditBackend`, `ports::store::Store`).
+//! the store plug in through the ports (`ports::chat::Chat`, `ports::model::EditService`,
+//! `ports::store::Store`).
 
 pub mod access;
 pub mod admin;
@@ -8,7 +9,6 @@ pub mod budget;
 pub mod clock;
 pub mod command;
 pub mod conversation;
-pub mod edit;
 pub mod error;
 pub mod image;
 pub mod jobs;

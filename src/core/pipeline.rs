@@ -6,10 +6,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::command::EditCommand;
-use super::edit::{BackendError, EditBackend, EditRequest, EditResponse};
 use super::error::FailureReason;
 use super::image::{FitLimits, Fitted, ImageRejection, fit};
 use super::jobs::Delivery;
+use super::ports::model::{Answer, BackendError, EditRequest, EditService};
 
 /// Watches what happens (metrics, health); every method defaults to doing nothing, and `()`
 /// ignores everything.
@@ -31,7 +31,7 @@ impl Observer for () {}
 
 /// Fits the inputs, runs the edit and downloads every result.
 pub async fn execute(
-    backend: &dyn EditBackend,
+    backend: &dyn EditService,
     limits: &FitLimits,
     inputs: Vec<Bytes>,
     command: &EditCommand,
@@ -39,8 +39,8 @@ pub async fn execute(
 ) -> Result<Delivery, FailureReason> {
     let images = fit_all(inputs, limits).await?;
     let mut resp = call(backend, &(), images, command, negative).await?;
-    resp.urls.truncate(usize::from(command.count()));
-    let images = download_all(backend, &resp.urls, DOWNLOAD_TIMEOUT).await?;
+    resp.parts.truncate(usize::from(command.count()));
+    let images = redeem_all(backend, &resp.parts, DOWNLOAD_TIMEOUT).await?;
     Ok(Delivery {
         images,
         request_id: resp.request_id,
@@ -58,12 +58,12 @@ pub async fn fit_all(inputs: Vec<Bytes>, limits: &FitLimits) -> Result<Vec<Fitte
 
 /// One edit call, observed.
 pub async fn call(
-    backend: &dyn EditBackend,
+    backend: &dyn EditService,
     observer: &dyn Observer,
     images: Vec<Fitted>,
     command: &EditCommand,
     negative: Option<String>,
-) -> Result<EditResponse, FailureReason> {
+) -> Result<Answer, FailureReason> {
     let req = EditRequest {
         images,
         prompt: command.prompt.clone(),
@@ -83,21 +83,21 @@ pub async fn call(
     Ok(result?)
 }
 
-/// How long the CLI's downloads of one edit may take in all.
+/// How long the CLI may take to redeem one edit's answer.
 const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Most bytes all results of one edit may take together; each download gets its share.
 pub const MAX_RESULTS_BYTES: usize = 128 * 1024 * 1024;
 
-/// Downloads every result URL at once, each within its share of [`MAX_RESULTS_BYTES`], all
+/// Redeems every part of an answer at once, each within its share of [`MAX_RESULTS_BYTES`], all
 /// within `deadline`.
-pub async fn download_all(
-    backend: &dyn EditBackend,
-    urls: &[String],
+pub async fn redeem_all(
+    backend: &dyn EditService,
+    parts: &[String],
     deadline: std::time::Duration,
 ) -> Result<Vec<Bytes>, FailureReason> {
-    let share = MAX_RESULTS_BYTES / urls.len().max(1);
-    let downloads = urls.iter().map(|url| backend.download(url, share));
+    let share = MAX_RESULTS_BYTES / parts.len().max(1);
+    let downloads = parts.iter().map(|part| backend.redeem(part, share));
     let results = tokio::time::timeout(deadline, futures_util::future::join_all(downloads))
         .await
         .map_err(|_| BackendError::Download("timed out".into()))?;

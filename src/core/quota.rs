@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::Clock;
 use super::model::{Platform, UserRef};
+use super::ports::model::Answer;
 use super::ports::store::{JobStatus, ReportBy, ReportRow, ResultAt, Store, StoreError};
 
 /// Calendar windows in UTC. Weeks start on Monday.
@@ -268,18 +269,13 @@ impl Quotas {
         self.write_backoff = waits;
     }
 
-    /// Stores the backend's result URLs: from here on a restart delivers without a new call, and
+    /// Stores the service's answer: from here on a restart delivers without a new call, and
     /// the images count as generated (spent money) whatever happens to them.
-    pub async fn save_result(
-        &self,
-        job_id: &str,
-        request_id: Option<String>,
-        urls: Vec<String>,
-    ) -> Result<(), StoreError> {
-        let now = self.clock.now();
+    pub async fn save_result(&self, job_id: &str, answer: &Answer) -> Result<(), StoreError> {
+        let (now, request_id) = (self.clock.now(), answer.request_id.as_deref());
         self.persist("the backend's answer", job_id, || {
             self.store
-                .save_result(job_id, request_id.as_deref(), &urls, now)
+                .save_result(job_id, request_id, &answer.parts, now)
         })
         .await
     }

@@ -17,8 +17,8 @@ use serenity::all::{
 use serenity::builder::Builder as _;
 
 use super::source::DiscordSource;
-use crate::core::edit::BoxFuture;
 use crate::core::model::{Platform, Reply};
+use crate::core::ports::BoxFuture;
 use crate::core::ports::chat::{Chat, ChatError, ChatStyle, Mark, Posted, ResultPost, Shown, Side};
 
 /// Reactions on a text request while it waits or runs, then on success or failure.

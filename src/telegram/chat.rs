@@ -19,8 +19,8 @@ use tokio::io::AsyncWrite;
 
 use super::safe_error;
 use super::trigger::MAX_DOWNLOAD_BYTES;
-use crate::core::edit::BoxFuture;
 use crate::core::model::{Platform, Reply};
+use crate::core::ports::BoxFuture;
 use crate::core::ports::chat::{
     Chat, ChatError, ChatStyle, Mark, Posted, ResultImage, ResultPost, Shown, Side,
 };

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use qwen_edit_bot::core::edit::BoxFuture;
 use qwen_edit_bot::core::model::{Platform, Reply};
+use qwen_edit_bot::core::ports::BoxFuture;
 use qwen_edit_bot::core::ports::chat::{
     Chat, ChatError, ChatStyle, Mark, Posted, ResultPost, Shown,
 };

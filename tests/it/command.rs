@@ -269,7 +269,7 @@ fn size_is_read_as_wxh_w_star_h_or_with_a_times_sign() {
 #[test]
 fn the_model_decides_which_sizes_it_takes() {
     use qwen_edit_bot::core::command::Size;
-    use qwen_edit_bot::core::edit::SizeRejection;
+    use qwen_edit_bot::core::ports::model::SizeRejection;
     let size = |width, height| Size { width, height };
     let plus = qwen_edit_bot::backend::dashscope::caps_of("qwen-image-edit-plus");
     assert_eq!(plus.check_size(size(512, 2048)), Ok(()));

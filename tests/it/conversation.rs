@@ -5,15 +5,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qwen_edit_bot::backend::dashscope::INPUT_RULES;
 use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
 use qwen_edit_bot::core::command::{ParseContext, parse};
 use qwen_edit_bot::core::conversation::retrying;
-use qwen_edit_bot::core::edit::EditBackend;
 use qwen_edit_bot::core::error::{Failure, FailureReason, Rejection};
 use qwen_edit_bot::core::image::FitLimits;
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobSpec};
 use qwen_edit_bot::core::model::{Lang, Platform, Reply};
 use qwen_edit_bot::core::ports::chat::{ChatError, Mark, Shown, Side};
+use qwen_edit_bot::core::ports::model::EditService;
 use qwen_edit_bot::core::ports::store::{JobStatus, ResultAt};
 use qwen_edit_bot::core::quota::Quotas;
 use qwen_edit_bot::messages;
@@ -38,7 +39,7 @@ pub fn engine_config(workers: usize) -> EngineConfig {
         max_queue: 10,
         max_in_flight_per_user: 5,
         workers,
-        fit: FitLimits::default(),
+        fit: FitLimits::new(INPUT_RULES),
         store_prompts: false,
         default_negative: String::new(),
         fetch_timeout: Duration::from_secs(5),
@@ -61,7 +62,7 @@ async fn rig(workers: usize) -> Rig {
 
 /// The engine with `workers` workers on `backend` (the fake DashScope stays idle unless it is
 /// the backend's).
-fn rig_with(workers: usize, backend: Arc<dyn EditBackend>, fake: FakeDashScope) -> Rig {
+fn rig_with(workers: usize, backend: Arc<dyn EditService>, fake: FakeDashScope) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(
         qwen_edit_bot::store::sqlite::SqliteStore::open(&dir.path().join("q.db")).unwrap(),
@@ -363,7 +364,7 @@ async fn each_user_error_is_told_once_and_costs_nothing() {
                 qwen_edit_bot::core::image::ImageRejection::NotAnImage
             )),
             refunded(FailureReason::Backend(
-                qwen_edit_bot::core::edit::BackendError::Moderated {
+                qwen_edit_bot::core::ports::model::BackendError::Moderated {
                     code: "DataInspectionFailed".into()
                 }
             )),
@@ -494,7 +495,7 @@ async fn a_burst_of_30_users_gets_30_results_with_at_most_3_model_calls_at_once(
 
 #[tokio::test]
 async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
-    use qwen_edit_bot::core::edit::{BackendError, OperatorProblem};
+    use qwen_edit_bot::core::ports::model::{BackendError, OperatorProblem};
     let service = Arc::new(super::edit_double::MemoryService::default());
     let r = rig_with(1, service.clone(), FakeDashScope::start().await);
     let (engine, quotas, chat) = (&r.engine, &r.quotas, &r.chat);

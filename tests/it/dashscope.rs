@@ -4,9 +4,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use qwen_edit_bot::backend::dashscope::INPUT_RULES;
 use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
-use qwen_edit_bot::core::edit::{BackendError, EditBackend, EditRequest};
 use qwen_edit_bot::core::image::{FitLimits, fit};
+use qwen_edit_bot::core::ports::model::{BackendError, EditRequest, EditService};
 use secrecy::SecretString;
 
 use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
@@ -35,7 +36,11 @@ pub fn options(fake: &FakeDashScope, delays: &Arc<Mutex<Vec<Duration>>>) -> Dash
 }
 
 fn request(n: u8) -> EditRequest {
-    let img = fit(Bytes::from(images::jpeg(800, 600)), &FitLimits::default()).unwrap();
+    let img = fit(
+        Bytes::from(images::jpeg(800, 600)),
+        &FitLimits::new(INPUT_RULES),
+    )
+    .unwrap();
     EditRequest {
         images: vec![img],
         prompt: "make it night".into(),
@@ -58,7 +63,7 @@ async fn an_edit_sends_the_documented_body_and_returns_every_result_url() {
     let (fake, client, _) = setup().await;
     fake.script([Reply::Ok(3)]);
     let resp = client.edit(&request(3)).await.unwrap();
-    assert_eq!(resp.urls.len(), 3);
+    assert_eq!(resp.parts.len(), 3);
     assert_eq!(resp.request_id.as_deref(), Some("req-ok-1"));
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
@@ -78,8 +83,8 @@ async fn an_edit_sends_the_documented_body_and_returns_every_result_url() {
     );
     assert!(p.get("size").is_none());
     // Results come back without the API key.
-    for url in &resp.urls {
-        let png = client.download(url, 64 << 20).await.unwrap();
+    for url in &resp.parts {
+        let png = client.redeem(url, 64 << 20).await.unwrap();
         assert_eq!(images::dims(&png).1, 64);
     }
     assert_eq!(fake.download_auth(), vec![None, None, None]);
@@ -124,7 +129,7 @@ async fn throttling_and_server_errors_are_retried_with_growing_jittered_delays()
         Reply::Ok(1),
     ]);
     let resp = client.edit(&request(1)).await.unwrap();
-    assert_eq!(resp.urls.len(), 1);
+    assert_eq!(resp.parts.len(), 1);
     assert_eq!(fake.calls(), 4);
     let d = delays.lock().unwrap().clone();
     assert_eq!(d.len(), 3);
@@ -242,7 +247,7 @@ async fn a_result_url_that_is_gone_is_a_download_error() {
     let (fake, client, _) = setup().await;
     fake.script([Reply::MissingResult]);
     let resp = client.edit(&request(1)).await.unwrap();
-    let err = client.download(&resp.urls[0], 64 << 20).await.unwrap_err();
+    let err = client.redeem(&resp.parts[0], 64 << 20).await.unwrap_err();
     assert_eq!(err, BackendError::Download("HTTP 404".into()));
 }
 

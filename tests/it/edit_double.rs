@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use qwen_edit_bot::core::edit::{
-    BackendError, BoxFuture, EditBackend, EditRequest, EditResponse, ModelCaps,
+use qwen_edit_bot::core::image::InputRules;
+use qwen_edit_bot::core::ports::BoxFuture;
+use qwen_edit_bot::core::ports::model::{
+    Answer, BackendError, EditRequest, EditService, ModelCaps,
 };
 
 #[derive(Default)]
@@ -28,7 +30,7 @@ impl MemoryService {
     }
 }
 
-impl EditBackend for MemoryService {
+impl EditService for MemoryService {
     fn model(&self) -> &str {
         "memory-edit"
     }
@@ -41,10 +43,16 @@ impl EditBackend for MemoryService {
         }
     }
 
-    fn edit<'a>(
-        &'a self,
-        req: &'a EditRequest,
-    ) -> BoxFuture<'a, Result<EditResponse, BackendError>> {
+    fn input_rules(&self) -> InputRules {
+        InputRules {
+            min_side: 16,
+            max_side: 4096,
+            useful_side: 4096,
+            max_file_bytes: 20 << 20,
+        }
+    }
+
+    fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<Answer, BackendError>> {
         Box::pin(async move {
             let mut asked = self.asked.lock().unwrap();
             asked.push((req.prompt.clone(), req.images.len(), req.n));
@@ -61,14 +69,14 @@ impl EditBackend for MemoryService {
                     at
                 })
                 .collect();
-            Ok(EditResponse {
+            Ok(Answer {
                 request_id: Some(format!("mem-{call}")),
-                urls: refs,
+                parts: refs,
             })
         })
     }
 
-    fn download<'a>(
+    fn redeem<'a>(
         &'a self,
         at: &'a str,
         limit: usize,

@@ -2,12 +2,13 @@
 
 use bytes::Bytes;
 use image::ImageFormat;
+use qwen_edit_bot::backend::dashscope::{INPUT_RULES, data_uri};
 use qwen_edit_bot::core::image::{FitLimits, Format, ImageRejection, fit, probe, sniff};
 
 use crate::fakes::images;
 
 fn fit_default(bytes: Vec<u8>) -> Result<qwen_edit_bot::core::image::Fitted, ImageRejection> {
-    fit(Bytes::from(bytes), &FitLimits::default())
+    fit(Bytes::from(bytes), &FitLimits::new(INPUT_RULES))
 }
 
 #[test]
@@ -20,7 +21,7 @@ fn an_image_inside_the_rules_goes_out_byte_for_byte() {
         (fitted.format, fitted.width, fitted.height),
         (Format::Jpeg, 2048, 1536)
     );
-    let uri = fitted.data_uri();
+    let uri = data_uri(&fitted);
     assert!(uri.starts_with("data:image/jpeg;base64,/9j/"));
 }
 
@@ -39,7 +40,7 @@ fn a_large_image_is_scaled_down_into_range() {
     // To the useful side (2048), not the API's largest (3072): the service makes nothing
     // bigger from it.
     assert_eq!((format, w, h), (ImageFormat::Jpeg, 2048, 1536));
-    assert!(fitted.data_uri().len() <= 10 * 1024 * 1024);
+    assert!(data_uri(&fitted).len() <= 10 * 1024 * 1024);
 }
 
 #[test]
@@ -60,7 +61,7 @@ fn a_decompression_bomb_is_refused_without_decoding() {
 fn an_allocation_over_the_decode_limit_is_refused() {
     let limits = FitLimits {
         max_decode_alloc: 1024 * 1024,
-        ..FitLimits::default()
+        ..FitLimits::new(INPUT_RULES)
     };
     let err = fit(Bytes::from(images::png(4000, 1000)), &limits).unwrap_err();
     assert!(
@@ -180,7 +181,7 @@ fn an_in_range_file_over_7_mb_is_re_encoded_under_the_data_uri_limit() {
     assert!(bmp.len() > 7 * 1024 * 1024);
     let fitted = fit_default(bmp).unwrap();
     assert!(!fitted.passthrough);
-    assert!(fitted.data_uri().len() <= 10 * 1024 * 1024);
+    assert!(data_uri(&fitted).len() <= 10 * 1024 * 1024);
     assert_eq!((fitted.width, fitted.height), (2000, 2000));
 }
 
@@ -193,7 +194,7 @@ fn formats_are_sniffed_from_bytes_and_dimensions_read_from_the_header() {
     let tiff = images::encode(&images::rgb(500, 400), ImageFormat::Tiff);
     let fitted = fit_default(tiff.clone()).unwrap();
     assert!(fitted.passthrough);
-    assert!(fitted.data_uri().starts_with("data:image/tiff;base64,"));
+    assert!(data_uri(&fitted).starts_with("data:image/tiff;base64,"));
 }
 
 /// A PNG chunk: length, type, data, CRC.
@@ -356,7 +357,7 @@ fn heif_and_avif_brands_are_named_and_messages_say_what_is_wrong() {
 fn four_16_bit_bombs_at_once_stay_within_the_shared_budget() {
     // 20000×2500 RGBA 16-bit: 400 MB decoded, more than the whole budget.
     let bomb = Bytes::from(images::png_bomb_of(20_000, 2_500, 16, 6));
-    let limits = FitLimits::default();
+    let limits = FitLimits::new(INPUT_RULES);
     let budget = limits.budget.clone();
     let started = std::time::Instant::now();
     let results: Vec<_> = std::thread::scope(|s| {
@@ -386,7 +387,7 @@ fn four_16_bit_bombs_at_once_stay_within_the_shared_budget() {
 
 #[test]
 fn a_fit_waits_while_others_hold_the_budget_and_gives_it_back() {
-    let limits = FitLimits::default();
+    let limits = FitLimits::new(INPUT_RULES);
     let budget = limits.budget.clone();
     let held = budget.reserve(budget.total() - 1024).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

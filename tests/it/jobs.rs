@@ -8,13 +8,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
 use qwen_edit_bot::core::command::{EditCommand, ParseContext, parse};
-use qwen_edit_bot::core::edit::BackendError;
 use qwen_edit_bot::core::error::{FailureReason, Rejection};
 use qwen_edit_bot::core::image::ImageRejection;
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobEvent, JobSpec, Outcome};
 use qwen_edit_bot::core::model::{Lang, Reply as Answer};
 use qwen_edit_bot::core::model::{Platform, UserRef};
 use qwen_edit_bot::core::policy::Standing;
+use qwen_edit_bot::core::ports::model::BackendError;
 use qwen_edit_bot::core::ports::store::{
     AgainSource, JobRecord, JobStatus, ReportBy, ReportRow, ResultAt, Store, StoreError, Unfinished,
 };
@@ -189,7 +189,7 @@ async fn an_accepted_job_comes_back_as_images_and_commits_on_delivery() {
         JobStatus::Ready
     );
     let open = r.quotas.store().unfinished().await.unwrap();
-    assert_eq!((open.len(), open[0].urls.len()), (1, 2));
+    assert_eq!((open.len(), open[0].parts.len()), (1, 2));
     r.chat.release();
     let posted = r.chat.posts(1).await.remove(0);
     assert!(
@@ -536,7 +536,7 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
             .await
             .unwrap();
         // The previous run got the backend's answer for "answered", then died.
-        let urls: Vec<String> = (0..2)
+        let parts: Vec<String> = (0..2)
             .map(|i| {
                 format!(
                     "{}/results/{i}.png",
@@ -544,10 +544,11 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
                 )
             })
             .collect();
-        quotas
-            .save_result("answered", Some("req-before".into()), urls)
-            .await
-            .unwrap();
+        let answer = qwen_edit_bot::core::ports::model::Answer {
+            request_id: Some("req-before".into()),
+            parts,
+        };
+        quotas.save_result("answered", &answer).await.unwrap();
         assert_eq!(engine.close(), 2, "both handed back to the store");
     }
     let (engine, quotas, mut rx, chat) = engine_on(&db, &fake);

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use image::{DynamicImage, imageops::FilterType};
+use qwen_edit_bot::backend::dashscope::INPUT_RULES;
 use qwen_edit_bot::core::image::{FitLimits, fit};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -18,7 +19,7 @@ fn fixture(name: &str) -> Vec<u8> {
 /// between the fitted image and the reference, both averaged down to 16×12 (dithered fixtures
 /// would otherwise compare their noise), and whether the fitted image has transparency.
 fn compare(name: &str) -> (f64, f64, bool) {
-    let fitted = fit(Bytes::from(fixture(name)), &FitLimits::default())
+    let fitted = fit(Bytes::from(fixture(name)), &FitLimits::new(INPUT_RULES))
         .unwrap_or_else(|e| panic!("{name}: refused: {e}"));
     let small = |img: DynamicImage| img.resize_exact(16, 12, FilterType::Triangle).into_rgba8();
     let reference = small(image::load_from_memory(&fixture(&format!("{name}.ref.png"))).unwrap());
@@ -72,7 +73,7 @@ fn layouts_we_cannot_read_are_refused_naming_the_feature() {
         ("tiff_lab.tiff", "TIFF CIELab colours"),
         ("tiff_float.tiff", "TIFF 32-bit samples"),
     ] {
-        let err = fit(Bytes::from(fixture(name)), &FitLimits::default()).unwrap_err();
+        let err = fit(Bytes::from(fixture(name)), &FitLimits::new(INPUT_RULES)).unwrap_err();
         assert_eq!(
             err,
             ImageRejection::UnsupportedFeature(feature.into()),

@@ -487,31 +487,30 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
         per_chat: 0,
         global_per_day: 10,
     });
-    let urls = |n: usize| {
-        (0..n)
-            .map(|i| format!("https://r/{i}.png"))
-            .collect::<Vec<_>>()
+    let answer = |n: usize| qwen_edit_bot::core::ports::model::Answer {
+        request_id: None,
+        parts: (0..n).map(|i| format!("https://r/{i}.png")).collect(),
     };
     // Made and refused by the user's chat: charged what the backend made.
     q.reserve(reservation("a", "1", None, 4))
         .await
         .unwrap()
         .unwrap();
-    q.save_result("a", None, urls(4)).await.unwrap();
+    q.save_result("a", &answer(4)).await.unwrap();
     q.charge_undelivered("a", "chat_refused").await.unwrap();
     // Made, then lost on our side: refunded to the user, still spent for the day.
     q.reserve(reservation("b", "2", None, 3))
         .await
         .unwrap()
         .unwrap();
-    q.save_result("b", None, urls(3)).await.unwrap();
+    q.save_result("b", &answer(3)).await.unwrap();
     q.refund("b", "delivery").await.unwrap();
     // Asked for 3, given 2: charged 2.
     q.reserve(reservation("c", "3", None, 3))
         .await
         .unwrap()
         .unwrap();
-    q.save_result("c", None, urls(2)).await.unwrap();
+    q.save_result("c", &answer(2)).await.unwrap();
     q.commit("c", 2, None, None).await.unwrap();
     assert_eq!(
         (
@@ -613,7 +612,7 @@ async fn a_database_made_by_the_first_release_is_migrated_and_keeps_its_jobs_and
     let open = ledger.unfinished().await.unwrap();
     assert_eq!(
         open.iter()
-            .map(|u| (u.id.as_str(), u.attempts, u.urls.len()))
+            .map(|u| (u.id.as_str(), u.attempts, u.parts.len()))
             .collect::<Vec<_>>(),
         [("old", 0, 0)]
     );

@@ -99,7 +99,7 @@ async fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dy
         .find(|u| u.id == "r1")
         .unwrap();
     assert_eq!(
-        (r1.status, r1.urls, r1.request_id.as_deref()),
+        (r1.status, r1.parts, r1.request_id.as_deref()),
         (JobStatus::Ready, urls, Some("req-1"))
     );
     let at = ResultAt {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::{Talk, retrying};
 use crate::core::error::{Failure, FailureReason};
-use crate::core::image::{FitLimits, fit_upload};
+use crate::core::image::{FitLimits, InputRules, fit_upload};
 use crate::core::jobs::{Delivery, Engine, Outcome, SendFailure};
 use crate::core::model::Reply;
 use crate::core::ports::chat::{
@@ -184,10 +184,11 @@ async fn fit_to(images: &[Bytes], limit: usize) -> Result<(Vec<ResultImage>, boo
     let mut compressed = false;
     for bytes in images {
         let bytes = bytes.clone();
-        let upload =
-            tokio::task::spawn_blocking(move || fit_upload(bytes, each, &FitLimits::default()))
-                .await
-                .map_err(|_| FailureReason::Internal)??;
+        let upload = tokio::task::spawn_blocking(move || {
+            fit_upload(bytes, each, &FitLimits::new(InputRules::NONE))
+        })
+        .await
+        .map_err(|_| FailureReason::Internal)??;
         compressed |= upload.compressed;
         fitted.push(ResultImage {
             bytes: upload.bytes,

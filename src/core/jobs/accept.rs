@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use super::{Accepted, Engine, JobSpec, MAX_INPUTS, Queued};
 use crate::core::command::EditCommand;
-use crate::core::edit::ModelCaps;
 use crate::core::error::Rejection;
 use crate::core::model::Reply;
+use crate::core::ports::model::ModelCaps;
 use crate::core::ports::store::ResultAt;
 use crate::core::quota::{QuotaRejection, Reservation};
 

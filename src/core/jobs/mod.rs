@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 use super::access::Access;
 use super::command::Size;
 use super::conversation::Talks;
-use super::edit::EditBackend;
 use super::error::Failure;
 use super::image::FitLimits;
 use super::pipeline::Observer;
 use super::ports::chat::Chat;
+use super::ports::model::{Answer, EditService};
 use super::queue::FairQueue;
 use super::quota::{Granted, Quotas};
 use crate::core::model::Platform;
@@ -100,22 +100,17 @@ pub(crate) struct Queued {
     spec: JobSpec,
     granted: Granted,
     /// The backend's stored answer, for a job resumed after it.
-    answered: Option<Answered>,
+    answered: Option<Answer>,
     /// Restarts cut it off while running twice already: fail it (refunded) instead of running.
     given_up: bool,
     /// It failed before a restart (this code) and its user was not told: only tell.
     failed_before: Option<String>,
 }
 
-pub(crate) struct Answered {
-    request_id: Option<String>,
-    urls: Vec<String>,
-}
-
 /// The job engine shared by all chats.
 pub struct Engine {
     pub(crate) quotas: Arc<Quotas>,
-    pub(crate) backend: Arc<dyn EditBackend>,
+    pub(crate) backend: Arc<dyn EditService>,
     pub(crate) queue: Arc<FairQueue<Queued>>,
     pub(crate) chats: HashMap<Platform, Arc<dyn Chat>>,
     /// Observers of job events ([`Engine::tap`]).
@@ -139,7 +134,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(quotas: Arc<Quotas>, backend: Arc<dyn EditBackend>, cfg: EngineConfig) -> Self {
+    pub fn new(quotas: Arc<Quotas>, backend: Arc<dyn EditService>, cfg: EngineConfig) -> Self {
         Self {
             queue: FairQueue::new(cfg.max_queue, cfg.max_in_flight_per_user),
             quotas,

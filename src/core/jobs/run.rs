@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use tracing::Instrument as _;
 
-use super::{Answered, Delivery, Engine, JobEvent, JobSpec, MAX_RUNS, Outcome, Queued};
-use crate::core::edit::BackendError;
+use super::{Delivery, Engine, JobEvent, JobSpec, MAX_RUNS, Outcome, Queued};
 use crate::core::error::{Failure, FailureReason};
-use crate::core::pipeline::{call, download_all, fit_all};
+use crate::core::pipeline::{call, fit_all, redeem_all};
+use crate::core::ports::model::{Answer, BackendError};
 use crate::core::ports::store::JobStatus;
 use crate::core::quota::Granted;
 
@@ -89,8 +89,12 @@ impl Engine {
         }
         if let Some(done) = &q.answered {
             // The backend answered before a restart: deliver its results, no new call.
-            let images =
-                download_all(self.backend.as_ref(), &done.urls, self.cfg.download_timeout).await?;
+            let images = redeem_all(
+                self.backend.as_ref(),
+                &done.parts,
+                self.cfg.download_timeout,
+            )
+            .await?;
             return Ok(Delivery {
                 images,
                 request_id: done.request_id.clone(),
@@ -122,16 +126,16 @@ impl Engine {
         )
         .await?;
         // More than asked for is not delivered (nor charged); fewer is charged as delivered.
-        resp.urls.truncate(usize::from(spec.command.count()));
-        if let Err(e) = self
-            .quotas
-            .save_result(&spec.id, resp.request_id.clone(), resp.urls.clone())
-            .await
-        {
+        resp.parts.truncate(usize::from(spec.command.count()));
+        if let Err(e) = self.quotas.save_result(&spec.id, &resp).await {
             tracing::error!(error = %e, "cannot store the backend's answer");
         }
-        let images =
-            download_all(self.backend.as_ref(), &resp.urls, self.cfg.download_timeout).await?;
+        let images = redeem_all(
+            self.backend.as_ref(),
+            &resp.parts,
+            self.cfg.download_timeout,
+        )
+        .await?;
         Ok(Delivery {
             images,
             request_id: resp.request_id,
@@ -166,9 +170,9 @@ impl Engine {
             if !self.chats.contains_key(&spec.route.platform) {
                 continue;
             }
-            let answered = (u.status == JobStatus::Ready && !u.urls.is_empty()).then(|| Answered {
+            let answered = (u.status == JobStatus::Ready && !u.parts.is_empty()).then(|| Answer {
                 request_id: u.request_id.clone(),
-                urls: u.urls.clone(),
+                parts: u.parts.clone(),
             });
             // A running job is run once more after a restart; cut off again, it is given up
             // (it may be what brings the process down).

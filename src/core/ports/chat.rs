@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::core::edit::BoxFuture;
 use crate::core::model::{Platform, Reply};
+use crate::core::ports::BoxFuture;
 
 /// A mark on the request message (a reaction): the job was taken, it ended well, or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

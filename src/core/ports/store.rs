@@ -83,8 +83,9 @@ pub struct Unfinished {
     /// The job description JSON (`None` when lost: the job is then failed and refunded).
     pub spec: Option<String>,
     pub request_id: Option<String>,
-    /// Result URLs when the backend had answered.
-    pub urls: Vec<String>,
+    /// The parts of the service's answer ([`crate::core::ports::model::Answer`]) when it had
+    /// answered.
+    pub parts: Vec<String>,
     /// How many times a worker has started it.
     pub attempts: u32,
     /// For a failed job whose user was not told yet: why it failed.
@@ -149,17 +150,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Result<Granted, QuotaRejection>, StoreError>;
     async fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Records the backend's answer (result URLs as JSON) before the results are downloaded; its
-    /// images count as generated from here on.
+    /// Records the service's answer (its opaque parts) before they are redeemed for images;
+    /// its images count as generated from here on.
     async fn save_result(
         &self,
         job_id: &str,
         request_id: Option<&str>,
-        urls: &[String],
+        parts: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
     /// Jobs not yet delivered or failed, and failed jobs whose user was not told yet, oldest
-    /// first, with their stored description and result URLs.
+    /// first, with their stored description and answer.
     async fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError>;
     /// Claims what [`Store::unfinished`] lists for `owner`, until `lease_until`: a store that
     /// several replicas share returns only jobs no other owner holds a running lease on, and

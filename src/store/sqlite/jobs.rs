@@ -26,17 +26,17 @@ impl Db {
         &self,
         job_id: &str,
         request_id: Option<&str>,
-        urls: &[String],
+        parts: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let count = urls.len() as i64;
-        let urls = serde_json::to_string(urls).map_err(|e| StoreError(e.to_string()))?;
+        let count = parts.len() as i64;
+        let parts = serde_json::to_string(parts).map_err(|e| StoreError(e.to_string()))?;
         self.conn()
             .execute(
                 "UPDATE jobs SET status = 'ready', result_urls = ?2, request_id = ?3,
                     started_at = COALESCE(started_at, ?4), generated = ?5
                  WHERE id = ?1 AND status IN ('queued','running')",
-                params![job_id, urls, request_id, ms(now), count],
+                params![job_id, parts, request_id, ms(now), count],
             )
             .map_err(db)?;
         Ok(())
@@ -54,13 +54,13 @@ impl Db {
         let rows = stmt
             .query_map([], |r| {
                 let status: String = r.get(1)?;
-                let urls: Option<String> = r.get(4)?;
+                let parts: Option<String> = r.get(4)?;
                 Ok(Unfinished {
                     id: r.get(0)?,
                     status: JobStatus::parse(&status).unwrap_or(JobStatus::Queued),
                     spec: r.get(2)?,
                     request_id: r.get(3)?,
-                    urls: urls
+                    parts: parts
                         .and_then(|u| serde_json::from_str(&u).ok())
                         .unwrap_or_default(),
                     attempts: r.get(5)?,

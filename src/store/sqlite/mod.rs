@@ -89,15 +89,15 @@ impl Store for SqliteStore {
         &self,
         job_id: &str,
         request_id: Option<&str>,
-        urls: &[String],
+        parts: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (id, request, urls) = (
+        let (id, request, parts) = (
             job_id.to_owned(),
             request_id.map(str::to_owned),
-            urls.to_vec(),
+            parts.to_vec(),
         );
-        self.run(move |db| db.save_result(&id, request.as_deref(), &urls, now))
+        self.run(move |db| db.save_result(&id, request.as_deref(), &parts, now))
             .await
     }
 

@@ -1,17 +1,16 @@
-//! The edit backend as the core sees it: request, response, errors and the [`EditBackend`] trait
-//! that the DashScope client (or a test double) implements. No HTTP types here.
+//! The model-service port: what the core asks of a Qwen-Image-Edit service — its capabilities,
+//! one edit, and handing over the images of an [`Answer`] — with typed errors. The DashScope
+//! client (`crate::backend::dashscope`) and the test double implement it. No HTTP types and no
+//! vendor codes here: the adapter maps its service's errors to [`BackendError`] and
+//! [`OperatorProblem`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::command::Size;
-use super::image::Fitted;
-
-/// A boxed future, for object-safe async traits.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use super::BoxFuture;
+use crate::core::command::Size;
+use crate::core::image::{Fitted, InputRules};
 
 /// One edit: 1–3 fitted images and the instruction.
 #[derive(Debug, Clone)]
@@ -25,11 +24,14 @@ pub struct EditRequest {
     pub size: Option<Size>,
 }
 
-/// The API's answer: where the results are (valid 24 h).
+/// A service's answer to one edit, in a form the store keeps: one opaque part per image, which
+/// only the service that made it reads back ([`EditService::redeem`]). DashScope's parts are its
+/// result URLs (valid 24 h); a service that answers with the bytes themselves would keep them
+/// and hand out a reference. The core counts parts and passes them back; it never reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EditResponse {
+pub struct Answer {
     pub request_id: Option<String>,
-    pub urls: Vec<String>,
+    pub parts: Vec<String>,
 }
 
 /// What a model accepts (docs/DASHSCOPE.md §1.3).
@@ -64,20 +66,21 @@ impl ModelCaps {
 }
 
 /// An image-edit service.
-pub trait EditBackend: Send + Sync + 'static {
+pub trait EditService: Send + Sync + 'static {
     /// The model's name, as the ledger records it.
     fn model(&self) -> &str;
     /// What the model accepts (its adapter knows).
     fn caps(&self) -> ModelCaps;
-    /// Runs one edit (retries included) and returns where the results are.
-    fn edit<'a>(
+    /// What its input images must be: `image::fit` makes them so before [`EditService::edit`].
+    fn input_rules(&self) -> InputRules;
+    /// Runs one edit (retries included) and returns its answer, to be stored before
+    /// [`EditService::redeem`] turns it into images.
+    fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<Answer, BackendError>>;
+    /// The image of one part of an [`Answer`] (this run's or a stored one), at most `limit`
+    /// bytes.
+    fn redeem<'a>(
         &'a self,
-        req: &'a EditRequest,
-    ) -> BoxFuture<'a, Result<EditResponse, BackendError>>;
-    /// Fetches one result image of at most `limit` bytes.
-    fn download<'a>(
-        &'a self,
-        url: &'a str,
+        part: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>>;
 }

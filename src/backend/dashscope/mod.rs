@@ -19,10 +19,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::errors::classify;
-use crate::core::edit::{
-    BackendError, BoxFuture, EditBackend, EditRequest, EditResponse, ModelCaps,
-};
-use crate::core::image::Fitted;
+use crate::core::image::InputRules;
+use crate::core::ports::BoxFuture;
+use crate::core::ports::model::{Answer, BackendError, EditRequest, EditService, ModelCaps};
+
+mod rules;
+
+pub use rules::{INPUT_RULES, caps_of, data_uri};
 
 /// Largest JSON answer we read from the API.
 const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
@@ -126,7 +129,7 @@ impl DashScope {
     }
 
     /// Runs one edit, retrying what is worth retrying.
-    async fn edit_with_retries(&self, req: &EditRequest) -> Result<EditResponse, BackendError> {
+    async fn edit_with_retries(&self, req: &EditRequest) -> Result<Answer, BackendError> {
         let body = Bytes::from(self.body(req)?);
         let mut attempt = 1;
         loop {
@@ -159,7 +162,7 @@ impl DashScope {
         }
     }
 
-    async fn attempt(&self, body: Bytes) -> Result<EditResponse, BackendError> {
+    async fn attempt(&self, body: Bytes) -> Result<Answer, BackendError> {
         let _slot = self
             .slots
             .acquire()
@@ -195,7 +198,7 @@ impl DashScope {
 
     fn body(&self, req: &EditRequest) -> Result<Vec<u8>, BackendError> {
         let caps = caps_of(&self.opts.model);
-        let uris: Vec<String> = req.images.iter().map(Fitted::data_uri).collect();
+        let uris: Vec<String> = req.images.iter().map(data_uri).collect();
         let mut content: Vec<Part<'_>> = uris
             .iter()
             .map(|u| Part {
@@ -260,7 +263,7 @@ impl DashScope {
     }
 }
 
-impl EditBackend for DashScope {
+impl EditService for DashScope {
     fn model(&self) -> &str {
         &self.opts.model
     }
@@ -269,41 +272,21 @@ impl EditBackend for DashScope {
         caps_of(&self.opts.model)
     }
 
-    fn edit<'a>(
-        &'a self,
-        req: &'a EditRequest,
-    ) -> BoxFuture<'a, Result<EditResponse, BackendError>> {
+    fn input_rules(&self) -> InputRules {
+        INPUT_RULES
+    }
+
+    fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<Answer, BackendError>> {
         Box::pin(self.edit_with_retries(req))
     }
 
-    fn download<'a>(
+    /// DashScope's parts are its result URLs.
+    fn redeem<'a>(
         &'a self,
-        url: &'a str,
+        part: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
-        Box::pin(self.fetch_result(url, limit))
-    }
-}
-
-/// What a DashScope model accepts (docs/DASHSCOPE.md §1.3), by its name.
-pub fn caps_of(model: &str) -> ModelCaps {
-    // The original model and its dated snapshots take n = 1 and no prompt_extend.
-    let legacy = model == "qwen-image-edit"
-        || model
-            .strip_prefix("qwen-image-edit-")
-            .is_some_and(|rest| rest.starts_with("20"));
-    if legacy {
-        ModelCaps {
-            max_n: 1,
-            prompt_extend: false,
-            size_sides: None,
-        }
-    } else {
-        ModelCaps {
-            max_n: 6,
-            prompt_extend: true,
-            size_sides: Some((512, 2048)),
-        }
+        Box::pin(self.fetch_result(part, limit))
     }
 }
 
@@ -351,7 +334,7 @@ fn parse_response(
     status: u16,
     body: &[u8],
     retry_after: Option<Duration>,
-) -> Result<EditResponse, BackendError> {
+) -> Result<Answer, BackendError> {
     let parsed: Result<WireResponse, _> = serde_json::from_slice(body);
     let Ok(resp) = parsed else {
         if status == 200 {
@@ -385,9 +368,9 @@ fn parse_response(
     if urls.is_empty() {
         return Err(BackendError::Malformed("no image in the response".into()));
     }
-    Ok(EditResponse {
+    Ok(Answer {
         request_id: resp.request_id,
-        urls,
+        parts: urls,
     })
 }
 
