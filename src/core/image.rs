@@ -14,6 +14,7 @@ use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
 use super::budget::{DecodeBudget, Reserved};
+pub use super::format::Format;
 
 /// What a model service takes as input. Its adapter says (`EditService::input_rules`); `fit`
 /// makes nothing outside them, so no service receives an image it must reject.
@@ -81,53 +82,6 @@ impl FitLimits {
     pub fn useful(&self) -> u32 {
         let r = &self.rules;
         r.useful_side.clamp(r.min_side, r.max_side)
-    }
-}
-
-/// Image formats the API takes, recognised from their first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Jpeg,
-    Png,
-    Gif,
-    Bmp,
-    Tiff,
-    WebP,
-}
-
-impl Format {
-    pub fn mime(self) -> &'static str {
-        match self {
-            Format::Jpeg => "image/jpeg",
-            Format::Png => "image/png",
-            Format::Gif => "image/gif",
-            Format::Bmp => "image/bmp",
-            Format::Tiff => "image/tiff",
-            Format::WebP => "image/webp",
-        }
-    }
-
-    /// The format's usual name, for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Jpeg => "JPEG",
-            Format::Png => "PNG",
-            Format::Gif => "GIF",
-            Format::Bmp => "BMP",
-            Format::Tiff => "TIFF",
-            Format::WebP => "WEBP",
-        }
-    }
-
-    fn codec(self) -> image::ImageFormat {
-        match self {
-            Format::Jpeg => image::ImageFormat::Jpeg,
-            Format::Png => image::ImageFormat::Png,
-            Format::Gif => image::ImageFormat::Gif,
-            Format::Bmp => image::ImageFormat::Bmp,
-            Format::Tiff => image::ImageFormat::Tiff,
-            Format::WebP => image::ImageFormat::WebP,
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! at. A file that fails is not sent: a service would only fail on it (and some bill for
 //! that). Bytes after the end (a motion photo's video) are fine. GIFs are always decoded.
 
-use super::image::Format;
+use super::format::Format;
 
 /// Whether `bytes` of `format` are structurally complete and consistent.
 pub fn whole(format: Format, bytes: &[u8]) -> bool {

@@ -5,8 +5,8 @@ use serenity::all::{
     CreateCommandOption, GuildId, Permissions, ResolvedOption, ResolvedValue,
 };
 
+use super::answer::{ephemeral, lang_of};
 use super::chat::STYLE;
-use super::intake::ephemeral;
 use super::{Discord, group_of};
 use crate::core::admin::{self, AdminCommand, Scope};
 use crate::core::command::{MAX_N, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED};
@@ -130,7 +130,7 @@ pub async fn register(dc: &Discord) {
 }
 
 fn lang(cmd: &CommandInteraction) -> Lang {
-    super::intake::lang_of(&cmd.locale, cmd.guild_locale.as_deref())
+    lang_of(&cmd.locale, cmd.guild_locale.as_deref())
 }
 
 pub async fn quota(dc: &Discord, cmd: &CommandInteraction) {

@@ -9,6 +9,7 @@ use serenity::all::{
 
 use tracing::Instrument as _;
 
+use super::answer::{ephemeral, lang_of};
 use super::{Discord, group_of};
 use crate::core::command::{
     EditCommand, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, ParseContext, parse,
@@ -20,14 +21,6 @@ use crate::messages::{self, Lang};
 
 /// Images in the latest messages the slash command looks through when given none.
 const LATEST_LOOKBACK: u8 = 50;
-
-/// The interaction's language: its user's locale when Chinese, else the guild's.
-pub(super) fn lang_of(locale: &str, guild_locale: Option<&str>) -> Lang {
-    match Lang::from_code(Some(locale)) {
-        Lang::Zh => Lang::Zh,
-        Lang::En => Lang::from_code(guild_locale),
-    }
-}
 
 /// Locators of a message's attachments (sniffed later, not trusted by content type).
 fn locators(msg: &Message) -> Vec<String> {
@@ -140,19 +133,6 @@ pub async fn on_interaction(dc: &Discord, interaction: Interaction) {
         Interaction::Modal(modal) => modal_submit(dc, &modal).await,
         Interaction::Component(button) => again(dc, &button).await,
         _ => {}
-    }
-}
-
-/// Answers a command with a message only its user sees.
-pub async fn ephemeral(dc: &Discord, cmd: &CommandInteraction, text: &str) {
-    let reply = CreateInteractionResponseMessage::new()
-        .content(text)
-        .ephemeral(true);
-    if let Err(e) = cmd
-        .create_response(&dc.http, CreateInteractionResponse::Message(reply))
-        .await
-    {
-        tracing::warn!(error = %e, "interaction reply failed");
     }
 }
 

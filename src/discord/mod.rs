@@ -4,6 +4,7 @@
 //! [`chat::DiscordChat`] carries out the core's calls (results are channel messages, never only
 //! an edit through the 15-minute interaction token).
 
+mod answer;
 pub mod chat;
 mod commands;
 mod intake;

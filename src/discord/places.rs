@@ -10,7 +10,7 @@ use serenity::all::{
 use serenity::builder::Builder as _;
 
 use super::Discord;
-use super::intake::lang_of;
+use super::answer::lang_of;
 use crate::core::access::Spot;
 use crate::core::model::Reply;
 use crate::core::ports::chat::Chat as _;

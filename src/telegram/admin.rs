@@ -5,7 +5,7 @@ use teloxide::prelude::*;
 use teloxide::types::UserId;
 
 use super::Telegram;
-use super::handler::reply;
+use super::route::reply;
 use crate::core::admin::{self, AdminCommand, Scope};
 use crate::core::model::{Platform, Reply, UserRef};
 use crate::core::ports::chat::Chat as _;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use teloxide::types::Message;
 
 use super::Telegram;
-use super::handler::lang_of;
+use super::route::lang_of;
 use super::trigger::{Candidate, ImageRef, image_of};
 use crate::core::jobs::MAX_INPUTS;
 

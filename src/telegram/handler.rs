@@ -7,23 +7,20 @@
 use std::sync::Arc;
 
 use teloxide::prelude::*;
-use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, MessageId, User};
+use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, User};
 use tracing::Instrument as _;
 
+use super::route::{lang_of, reply};
 use super::trigger::{Candidate, ImageRef, MAX_DOWNLOAD_BYTES, candidate, command_word};
 use super::{Telegram, safe_error};
 use crate::core::command::{ParseContext, parse};
 use crate::core::error::Rejection;
 use crate::core::image::ImageRejection;
 use crate::core::jobs::JobSpec;
-use crate::core::model::{Platform, Reply};
+use crate::core::model::Reply;
 use crate::messages::{self, Lang};
 
 type HandlerResult = Result<(), teloxide::RequestError>;
-
-pub fn lang_of(user: Option<&User>) -> Lang {
-    Lang::from_code(user.and_then(|u| u.language_code.as_deref()))
-}
 
 pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
     let span = tracing::info_span!(
@@ -76,37 +73,6 @@ pub async fn on_message(msg: Message, tg: Arc<Telegram>) -> HandlerResult {
     }
     .instrument(span)
     .await
-}
-
-/// Where and how to answer `from` about the message `to` in `chat`.
-pub(super) fn reply(chat: &teloxide::types::Chat, from: &User, to: MessageId) -> Reply {
-    Reply {
-        user: from.id.0.to_string(),
-        lang: lang_of(Some(from)),
-        ..answer_to_in(chat, to)
-    }
-}
-
-/// Where to answer the message `msg` (sent by nobody in particular, as in a channel, when it
-/// has no sender).
-pub(super) fn answer_to(msg: &Message) -> Reply {
-    match &msg.from {
-        Some(from) => reply(&msg.chat, from, msg.id),
-        None => answer_to_in(&msg.chat, msg.id),
-    }
-}
-
-fn answer_to_in(chat: &teloxide::types::Chat, to: MessageId) -> Reply {
-    Reply {
-        platform: Platform::Telegram,
-        chat: chat.id.0,
-        group: (!chat.is_private()).then(|| chat.id.0.to_string()),
-        to: Some(i64::from(to.0)),
-        user: "0".into(),
-        lang: Lang::En,
-        deferred: None,
-        upload_limit: None,
-    }
 }
 
 impl Telegram {

@@ -7,6 +7,7 @@ mod album;
 pub mod chat;
 mod handler;
 mod places;
+mod route;
 pub mod trigger;
 mod updates;
 

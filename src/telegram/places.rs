@@ -8,7 +8,7 @@ use teloxide::prelude::*;
 use teloxide::types::Message;
 
 use super::Telegram;
-use super::handler::answer_to;
+use super::route::answer_to;
 use super::trigger::{candidate, command_word};
 use crate::core::access::Spot;
 use crate::core::command::{ParseContext, parse};

@@ -13,12 +13,12 @@ use qwen_edit_bot::core::image::ImageRejection;
 use qwen_edit_bot::core::jobs::{Engine, EngineConfig, JobEvent, JobSpec, Outcome};
 use qwen_edit_bot::core::model::{Lang, Reply as Answer};
 use qwen_edit_bot::core::model::{Platform, UserRef};
-use qwen_edit_bot::core::policy::Standing;
 use qwen_edit_bot::core::ports::model::BackendError;
 use qwen_edit_bot::core::ports::store::{
     AgainSource, JobRecord, JobStatus, ReportBy, ReportRow, ResultAt, Store, StoreError, Unfinished,
 };
 use qwen_edit_bot::core::queue::FairQueue;
+use qwen_edit_bot::core::quota::policy::Standing;
 use qwen_edit_bot::core::quota::{
     Granted, Limits, QuotaRejection, Quotas, Reservation, UserSettings,
 };

@@ -3,7 +3,7 @@
 //! share implements the same trait, with real job leases, without touching callers.
 //!
 //! The port is async: an embedded store runs its blocking calls off the async threads itself,
-//! a networked one awaits its server. The quota rules are not here but in `core::policy`; a
+//! a networked one awaits its server. The quota rules are not here but in `core::quota::policy`; a
 //! store only reads a user's [`Standing`] inside its reserve transaction and asks
 //! `policy::decide`.
 
@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::model::{Platform, UserRef};
-use crate::core::policy::Standing;
-use crate::core::quota::{Granted, Limits, QuotaRejection, Reservation, UserSettings};
+use crate::core::quota::policy::Standing;
+use crate::core::quota::terms::{Granted, Limits, QuotaRejection, Reservation, UserSettings};
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

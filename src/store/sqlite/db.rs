@@ -8,8 +8,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::core::model::UserRef;
-use crate::core::policy::{Standing, decide, in_force};
 use crate::core::ports::store::StoreError;
+use crate::core::quota::policy::{Standing, decide, in_force};
 use crate::core::quota::{Granted, Limits, QuotaRejection, Reservation, UserSettings, Window};
 
 use super::schema::{SCHEMA, migrate};

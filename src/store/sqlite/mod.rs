@@ -19,10 +19,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::core::model::{Platform, UserRef};
-use crate::core::policy::Standing;
 use crate::core::ports::store::{
     AgainSource, JobRecord, JobStatus, ReportBy, ReportRow, ResultAt, Store, StoreError, Unfinished,
 };
+use crate::core::quota::policy::Standing;
 use crate::core::quota::{Granted, Limits, QuotaRejection, Reservation, UserSettings};
 
 use db::Db;

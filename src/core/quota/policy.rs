@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::quota::{Granted, Limits, QuotaRejection, UserQuota, UserSettings, Window};
+use super::terms::{Granted, Limits, QuotaRejection, UserQuota, UserSettings, Window};
 
 /// What a decision about one user in one place needs, read in one transaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
