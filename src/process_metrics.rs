@@ -28,65 +28,71 @@ pub fn render() -> String {
         env!("QEB_GIT_COMMIT"),
         env!("QEB_BUILD_DATE")
     );
-    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+    for (name, kind, help, value) in readings() {
         if let Some(v) = value {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
-    };
+    }
+    out
+}
+
+/// Each process metric: name, type, help and its value now (`None`: not readable here).
+fn readings() -> [(&'static str, &'static str, &'static str, Option<f64>); 7] {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |field: &str| -> Option<f64> {
         let line = status.lines().find(|l| l.starts_with(field))?;
         let n: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(n * 1024.0)
     };
-    metric(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        kib("VmRSS:"),
-    );
-    metric(
-        "process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        kib("VmSize:"),
-    );
     let threads = status
         .lines()
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok());
-    metric(
-        "process_threads",
-        "gauge",
-        "OS threads of the process.",
-        threads,
-    );
     let fds = std::fs::read_dir("/proc/self/fd")
         .ok()
         .map(|d| d.count() as f64);
-    metric("process_open_fds", "gauge", "Open file descriptors.", fds);
-    metric(
-        "process_max_fds",
-        "gauge",
-        "Limit of open file descriptors.",
-        max_fds(),
-    );
-    metric(
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time in seconds.",
-        cpu_seconds(),
-    );
-    metric(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since the Unix epoch in seconds.",
-        Some(start_time()),
-    );
-    out
+    [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            kib("VmRSS:"),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            kib("VmSize:"),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "OS threads of the process.",
+            threads,
+        ),
+        ("process_open_fds", "gauge", "Open file descriptors.", fds),
+        (
+            "process_max_fds",
+            "gauge",
+            "Limit of open file descriptors.",
+            max_fds(),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time in seconds.",
+            cpu_seconds(),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch in seconds.",
+            Some(start_time()),
+        ),
+    ]
 }
 
 #[cfg(unix)]

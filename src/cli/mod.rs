@@ -17,7 +17,8 @@ use chrono::Utc;
 
 use crate::config::Settings;
 use crate::core::command::EditCommand;
-use crate::core::jobs::MAX_INPUTS;
+use crate::core::error::FailureReason;
+use crate::core::jobs::{Delivery, MAX_INPUTS};
 use crate::core::model::{Platform, UserRef};
 use crate::core::pipeline::execute;
 use crate::core::ports::model::EditService;
@@ -43,7 +44,45 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     if args.images.is_empty() || args.images.len() > MAX_INPUTS {
         bail!("give 1 to {MAX_INPUTS} images (got {})", args.images.len());
     }
-    let command = EditCommand::from_parts(
+    let backend = crate::app::backend(settings)?;
+    let command = command_of(settings, &args, backend.as_ref())?;
+    let limits = crate::app::fit_limits(settings, backend.as_ref());
+    let mut inputs = Vec::with_capacity(args.images.len());
+    for path in &args.images {
+        inputs.push(read_input(path, limits.max_input_bytes)?);
+    }
+    let negative = command.negative.clone().or_else(|| {
+        Some(settings.config.backend.default_negative_prompt.clone()).filter(|s| !s.is_empty())
+    });
+    let store = crate::app::quotas(settings)?.store().clone();
+    let job_id = record_start(store.as_ref(), backend.model(), u32::from(command.count())).await?;
+    let result = execute(backend.as_ref(), &limits, inputs, &command, negative).await;
+    record_end(store.as_ref(), &job_id, &result).await?;
+    let delivery = result.map_err(|reason| {
+        let text = messages::failure_reason(Lang::En, &reason);
+        anyhow::anyhow!("{text} ({reason})")
+    })?;
+    let paths = output_paths(&args.out, delivery.images.len());
+    for (path, bytes) in paths.iter().zip(&delivery.images) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(id) = &delivery.request_id {
+        eprintln!("request id: {id}");
+    }
+    Ok(paths)
+}
+
+/// The edit the arguments ask for, checked against what the model can do.
+fn command_of(
+    settings: &Settings,
+    args: &EditArgs,
+    backend: &dyn EditService,
+) -> anyhow::Result<EditCommand> {
+    let mut command = EditCommand::from_parts(
         &args.prompt,
         args.negative.as_deref(),
         args.seed.as_deref(),
@@ -54,8 +93,6 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     if command.truncated {
         eprintln!("note: the prompt was cut to 800 characters");
     }
-    let backend = crate::app::backend(settings)?;
-    let mut command = command;
     command.size = command
         .size
         .or(settings.config.default_size().ok().flatten());
@@ -73,51 +110,30 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
             anyhow::anyhow!("{}: {refused} (--size {size})", backend.model())
         })?;
     }
-    let limits = crate::app::fit_limits(settings, backend.as_ref());
-    let mut inputs = Vec::with_capacity(args.images.len());
-    for path in &args.images {
-        inputs.push(read_input(path, limits.max_input_bytes)?);
-    }
-    let negative = command.negative.clone().or_else(|| {
-        Some(settings.config.backend.default_negative_prompt.clone()).filter(|s| !s.is_empty())
-    });
-    let store = crate::app::quotas(settings)?.store().clone();
-    let job_id = record_start(store.as_ref(), backend.model(), u32::from(command.count())).await?;
-    let result = execute(backend.as_ref(), &limits, inputs, &command, negative).await;
-    let outcome = match &result {
-        Ok(d) => Ok((d.images.len() as u32, d.request_id.clone())),
-        Err(reason) => Err(reason.code()),
-    };
-    match outcome {
-        Ok((images, request_id)) => {
-            let request_id = request_id.as_deref();
+    Ok(command)
+}
+
+/// Records how a CLI edit ended: delivered (charged what was made) or failed.
+async fn record_end(
+    store: &dyn Store,
+    job_id: &str,
+    result: &Result<Delivery, FailureReason>,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(d) => {
+            let (images, request_id) = (d.images.len() as u32, d.request_id.as_deref());
             store
-                .deliver(&job_id, images, request_id, None, Utc::now())
+                .deliver(job_id, images, request_id, None, Utc::now())
                 .await
         }
-        Err(code) => {
-            let failed = JobStatus::Failed;
+        Err(reason) => {
+            let (failed, code) = (JobStatus::Failed, reason.code());
             store
-                .finish(&job_id, failed, None, Some(&code), Utc::now())
+                .finish(job_id, failed, None, Some(&code), Utc::now())
                 .await
         }
     }?;
-    let delivery = result.map_err(|reason| {
-        let text = messages::failure_reason(Lang::En, &reason);
-        anyhow::anyhow!("{text} ({reason})")
-    })?;
-    let paths = output_paths(&args.out, delivery.images.len());
-    for (path, bytes) in paths.iter().zip(&delivery.images) {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(id) = &delivery.request_id {
-        eprintln!("request id: {id}");
-    }
-    Ok(paths)
+    Ok(())
 }
 
 /// Records a CLI edit in the ledger (it costs money like any other), outside every quota.

@@ -232,8 +232,21 @@ async fn open_modal(dc: &Discord, cmd: &CommandInteraction) {
     }
 }
 
-async fn modal_submit(dc: &Discord, modal: &ModalInteraction) {
+/// The text the user typed into the modal's field `id`.
+fn modal_field(modal: &ModalInteraction, id: &str) -> Option<String> {
     use serenity::all::ActionRowComponent;
+    modal
+        .data
+        .components
+        .iter()
+        .flat_map(|row| &row.components)
+        .find_map(|c| match c {
+            ActionRowComponent::InputText(t) if t.custom_id == id => t.value.clone(),
+            _ => None,
+        })
+}
+
+async fn modal_submit(dc: &Discord, modal: &ModalInteraction) {
     let lang = lang_of(&modal.locale, modal.guild_locale.as_deref());
     let Some(rest) = modal.data.custom_id.strip_prefix("edit:") else {
         return;
@@ -244,20 +257,9 @@ async fn modal_submit(dc: &Discord, modal: &ModalInteraction) {
         return;
     };
     let channel = modal.channel_id.get();
-    let field = |id: &str| {
-        modal
-            .data
-            .components
-            .iter()
-            .flat_map(|row| &row.components)
-            .find_map(|c| match c {
-                ActionRowComponent::InputText(t) if t.custom_id == id => t.value.clone(),
-                _ => None,
-            })
-    };
     let (prompt, negative) = (
-        field("prompt").unwrap_or_default(),
-        field("negative").filter(|s| !s.trim().is_empty()),
+        modal_field(modal, "prompt").unwrap_or_default(),
+        modal_field(modal, "negative").filter(|s| !s.trim().is_empty()),
     );
     let command = match EditCommand::from_parts(&prompt, negative.as_deref(), None, None) {
         Ok(c) => c,

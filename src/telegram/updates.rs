@@ -62,17 +62,7 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             Ok(updates) => {
                 failures = 0;
                 tg.metrics.health.set_telegram(true);
-                let mut fresh = false;
-                for update in updates {
-                    let past = i32::try_from(update.id.0)
-                        .unwrap_or(i32::MAX)
-                        .saturating_add(1);
-                    next = next.max(past);
-                    if seen.insert(update.id.0) {
-                        fresh = true;
-                        intake.dispatch(update);
-                    }
-                }
+                let fresh = take(&intake, updates, &mut next, &mut seen);
                 if !fresh && intake.confirmable(next) < next {
                     // Only updates still being handled came back: wait for one to finish.
                     let handled = intake.handled.notified();
@@ -86,10 +76,7 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             Err(e) => {
                 failures += 1;
                 tg.metrics.health.set_telegram(false);
-                let wait = match &e {
-                    RequestError::RetryAfter(s) => s.duration(),
-                    _ => Duration::from_millis(250 << failures.min(6)),
-                };
+                let wait = wait_after(&e, failures);
                 tracing::warn!(error = %safe_error(&e), wait_ms = wait.as_millis() as u64, "getUpdates failed");
                 tokio::select! {
                     _ = &mut shutdown => break,
@@ -98,8 +85,43 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             }
         }
     }
-    // Let the updates being handled finish (their jobs reach the store), then confirm them so a
-    // restart does not see them again.
+    drain_and_confirm(&intake, next).await;
+}
+
+/// Hands the updates not seen yet to their chats' workers; moves `next` past all of them.
+/// Returns whether any was new.
+fn take(
+    intake: &Arc<Intake>,
+    updates: Vec<Update>,
+    next: &mut i32,
+    seen: &mut HashSet<u32>,
+) -> bool {
+    let mut fresh = false;
+    for update in updates {
+        let past = i32::try_from(update.id.0)
+            .unwrap_or(i32::MAX)
+            .saturating_add(1);
+        *next = (*next).max(past);
+        if seen.insert(update.id.0) {
+            fresh = true;
+            intake.dispatch(update);
+        }
+    }
+    fresh
+}
+
+/// How long to wait after the `failures`-th failed `getUpdates` in a row: what a 429 asks, or
+/// a doubling pause from 0.5 s up to 16 s.
+fn wait_after(e: &RequestError, failures: u32) -> Duration {
+    match e {
+        RequestError::RetryAfter(s) => s.duration(),
+        _ => Duration::from_millis(250 << failures.min(6)),
+    }
+}
+
+/// Lets the updates being handled finish (their jobs reach the store), then confirms them so a
+/// restart does not see them again.
+async fn drain_and_confirm(intake: &Arc<Intake>, next: i32) {
     let drained = async {
         while intake.confirmable(next) < next {
             let handled = intake.handled.notified();
@@ -112,7 +134,8 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
     let _ = tokio::time::timeout(Duration::from_secs(10), drained).await;
     let offset = intake.confirmable(next);
     if offset > 0 {
-        let _ = tg
+        let _ = intake
+            .tg
             .bot
             .get_updates()
             .offset(offset)

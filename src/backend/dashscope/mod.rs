@@ -15,15 +15,14 @@ use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::errors::classify;
 use crate::core::image::InputRules;
 use crate::core::ports::BoxFuture;
 use crate::core::ports::model::{Answer, BackendError, EditRequest, EditService, ModelCaps};
 
 mod rules;
+mod wire;
 
 pub use rules::{INPUT_RULES, caps_of, data_uri};
 
@@ -130,7 +129,7 @@ impl DashScope {
 
     /// Runs one edit, retrying what is worth retrying.
     async fn edit_with_retries(&self, req: &EditRequest) -> Result<Answer, BackendError> {
-        let body = Bytes::from(self.body(req)?);
+        let body = Bytes::from(wire::body(&self.opts, req)?);
         let mut attempt = 1;
         loop {
             let result = self.attempt(body.clone()).await;
@@ -184,7 +183,7 @@ impl DashScope {
             .await
             .map_err(|e| self.transport_error(e))?
             .ok_or_else(|| BackendError::Malformed("response too large".into()))?;
-        parse_response(status, &bytes, retry_after)
+        wire::parse_response(status, &bytes, retry_after)
     }
 
     fn transport_error(&self, e: reqwest::Error) -> BackendError {
@@ -194,43 +193,6 @@ impl DashScope {
             // Without the URL: it is ours, and some deployments put tokens in query strings.
             BackendError::Network(e.without_url().to_string())
         }
-    }
-
-    fn body(&self, req: &EditRequest) -> Result<Vec<u8>, BackendError> {
-        let caps = caps_of(&self.opts.model);
-        let uris: Vec<String> = req.images.iter().map(data_uri).collect();
-        let mut content: Vec<Part<'_>> = uris
-            .iter()
-            .map(|u| Part {
-                image: Some(u),
-                text: None,
-            })
-            .collect();
-        content.push(Part {
-            image: None,
-            text: Some(&req.prompt),
-        });
-        let wire = WireRequest {
-            model: &self.opts.model,
-            input: WireInput {
-                messages: [WireMessage {
-                    role: "user",
-                    content,
-                }],
-            },
-            parameters: WireParams {
-                n: req.n.clamp(1, caps.max_n),
-                negative_prompt: req.negative.as_deref().filter(|s| !s.trim().is_empty()),
-                seed: req.seed,
-                watermark: self.opts.watermark,
-                prompt_extend: caps.prompt_extend.then_some(self.opts.prompt_extend),
-                size: req
-                    .size
-                    .filter(|_| caps.size_sides.is_some())
-                    .map(|s| s.wire()),
-            },
-        };
-        serde_json::to_vec(&wire).map_err(|e| BackendError::Malformed(e.to_string()))
     }
 
     /// Downloads one result image of at most `limit` bytes (no API key is sent). Only `https`
@@ -328,120 +290,4 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())))
-}
-
-fn parse_response(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-) -> Result<Answer, BackendError> {
-    let parsed: Result<WireResponse, _> = serde_json::from_slice(body);
-    let Ok(resp) = parsed else {
-        if status == 200 {
-            return Err(BackendError::Malformed("the body is not JSON".into()));
-        }
-        return Err(classify(status, "", "", retry_after));
-    };
-    let code = resp.code.as_deref().unwrap_or("");
-    let message = resp
-        .message
-        .as_deref()
-        .or(resp.msg.as_deref())
-        .unwrap_or("");
-    if status != 200 || (!code.is_empty() && resp.output.is_none()) {
-        // DashScope support asks for the request id of a failed call.
-        tracing::warn!(
-            status,
-            code,
-            request_id = resp.request_id.as_deref().unwrap_or(""),
-            "the backend answered with an error"
-        );
-        return Err(classify(status, code, message, retry_after));
-    }
-    let urls: Vec<String> = resp
-        .output
-        .into_iter()
-        .flat_map(|o| o.choices)
-        .flat_map(|c| c.message.content)
-        .filter_map(|p| p.image)
-        .collect();
-    if urls.is_empty() {
-        return Err(BackendError::Malformed("no image in the response".into()));
-    }
-    Ok(Answer {
-        request_id: resp.request_id,
-        parts: urls,
-    })
-}
-
-#[derive(Serialize)]
-struct WireRequest<'a> {
-    model: &'a str,
-    input: WireInput<'a>,
-    parameters: WireParams<'a>,
-}
-
-#[derive(Serialize)]
-struct WireInput<'a> {
-    messages: [WireMessage<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'static str,
-    content: Vec<Part<'a>>,
-}
-
-#[derive(Serialize)]
-struct Part<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    image: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct WireParams<'a> {
-    n: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    negative_prompt: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u32>,
-    watermark: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt_extend: Option<bool>,
-    /// `"W*H"` (an asterisk, not an x).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireResponse {
-    output: Option<WireOutput>,
-    request_id: Option<String>,
-    code: Option<String>,
-    message: Option<String>,
-    msg: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireOutput {
-    #[serde(default)]
-    choices: Vec<WireChoice>,
-}
-
-#[derive(Deserialize)]
-struct WireChoice {
-    message: WireChoiceMessage,
-}
-
-#[derive(Deserialize)]
-struct WireChoiceMessage {
-    #[serde(default)]
-    content: Vec<WirePart>,
-}
-
-#[derive(Deserialize)]
-struct WirePart {
-    image: Option<String>,
 }

@@ -11,7 +11,7 @@ use super::{Delivery, Engine, JobEvent, JobSpec, MAX_RUNS, Outcome, Queued};
 use crate::core::error::{Failure, FailureReason};
 use crate::core::pipeline::{call, fit_all, redeem_all};
 use crate::core::ports::model::{Answer, BackendError};
-use crate::core::ports::store::JobStatus;
+use crate::core::ports::store::{JobStatus, Unfinished};
 use crate::core::quota::Granted;
 
 /// How long a claim on unfinished jobs holds before another replica may take them over.
@@ -160,53 +160,57 @@ impl Engine {
         };
         let mut queued = 0;
         for u in unfinished {
-            let Some(spec) = u.spec.as_deref().and_then(JobSpec::from_stored) else {
-                // Nobody to tell: the description (with the chat) is gone.
-                tracing::warn!(job_id = %u.id, "unfinished job without its description; refunded");
-                let _ = self.quotas.refund(&u.id, "lost").await;
-                let _ = self.quotas.told(&u.id).await;
-                continue;
-            };
-            if !self.chats.contains_key(&spec.route.platform) {
-                continue;
+            if let Some(job) = self.resumed(u).await {
+                self.queue.requeue(&job.spec.user(), job);
+                queued += 1;
             }
-            let answered = (u.status == JobStatus::Ready && !u.parts.is_empty()).then(|| Answer {
-                request_id: u.request_id.clone(),
-                parts: u.parts.clone(),
-            });
-            // A running job is run once more after a restart; cut off again, it is given up
-            // (it may be what brings the process down).
-            let given_up = answered.is_none() && u.attempts >= MAX_RUNS;
-            let failed_before = (u.status == JobStatus::Failed)
-                .then(|| u.error.clone().unwrap_or_else(|| "failed".into()));
-            // What is left is said under a result; a job that only fails needs no store read.
-            let remaining = match given_up || failed_before.is_some() {
-                true => 0,
-                false => self
-                    .quotas
-                    .show(&spec.user())
-                    .await
-                    .map_or(0, |q| q.remaining()),
-            };
-            let granted = Granted {
-                remaining,
-                limit: 0,
-                resets_at: self.quotas.now(),
-            };
-            tracing::info!(job_id = %spec.id, status = u.status.as_str(), "resuming job");
-            let user = spec.user();
-            self.queue.requeue(
-                &user,
-                Queued {
-                    spec,
-                    granted,
-                    answered,
-                    given_up,
-                    failed_before,
-                },
-            );
-            queued += 1;
         }
         queued
+    }
+
+    /// One unfinished job as it goes back in the queue; `None` when it stays in the store (its
+    /// platform is not running) or cannot be resumed (its description is lost: refunded).
+    async fn resumed(&self, u: Unfinished) -> Option<Queued> {
+        let Some(spec) = u.spec.as_deref().and_then(JobSpec::from_stored) else {
+            // Nobody to tell: the description (with the chat) is gone.
+            tracing::warn!(job_id = %u.id, "unfinished job without its description; refunded");
+            let _ = self.quotas.refund(&u.id, "lost").await;
+            let _ = self.quotas.told(&u.id).await;
+            return None;
+        };
+        if !self.chats.contains_key(&spec.route.platform) {
+            return None;
+        }
+        let answered = (u.status == JobStatus::Ready && !u.parts.is_empty()).then(|| Answer {
+            request_id: u.request_id.clone(),
+            parts: u.parts.clone(),
+        });
+        // A running job is run once more after a restart; cut off again, it is given up
+        // (it may be what brings the process down).
+        let given_up = answered.is_none() && u.attempts >= MAX_RUNS;
+        let failed_before = (u.status == JobStatus::Failed)
+            .then(|| u.error.clone().unwrap_or_else(|| "failed".into()));
+        // What is left is said under a result; a job that only fails needs no store read.
+        let remaining = match given_up || failed_before.is_some() {
+            true => 0,
+            false => self
+                .quotas
+                .show(&spec.user())
+                .await
+                .map_or(0, |q| q.remaining()),
+        };
+        let granted = Granted {
+            remaining,
+            limit: 0,
+            resets_at: self.quotas.now(),
+        };
+        tracing::info!(job_id = %spec.id, status = u.status.as_str(), "resuming job");
+        Some(Queued {
+            spec,
+            granted,
+            answered,
+            given_up,
+            failed_before,
+        })
     }
 }
