@@ -289,7 +289,7 @@ fn check_config(path: &Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
-    let problems = settings.problems();
+    let problems = qwen_edit_bot::app::problems(&settings);
     if problems.is_empty() {
         print!("{}", settings.redacted());
         print!("{}", cli::places_report(&settings));

@@ -56,7 +56,7 @@ pub fn existing_quotas(settings: &Settings) -> anyhow::Result<Arc<Quotas>> {
     )))
 }
 
-pub use registry::backend;
+pub use registry::{backend, problems};
 
 /// The service's input rules, with `backend.max_input_side` as the useful side.
 pub fn fit_limits(settings: &Settings, service: &dyn EditService) -> FitLimits {
@@ -78,7 +78,7 @@ pub fn engine_config(settings: &Settings, service: &dyn EditService) -> EngineCo
         default_negative: c.backend.default_negative_prompt.clone(),
         fetch_timeout: Duration::from_secs(60),
         download_timeout: Duration::from_secs(c.backend.timeout_secs.max(1)),
-        default_size: c.default_size().ok().flatten(),
+        default_size: c.backend.default_size().ok().flatten(),
     }
 }
 
@@ -173,7 +173,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let problems = settings.problems();
+    let problems = registry::problems(&settings);
     if let Some(first) = problems.first() {
         bail!("{first}{}", more(problems.len()));
     }

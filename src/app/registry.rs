@@ -11,6 +11,24 @@ use crate::config::Settings;
 use crate::core::jobs::Engine;
 use crate::metrics::Metrics;
 
+/// Every problem that stops `run`, one line each: the ones no adapter owns, then each
+/// adapter's own (its section and secrets). Empty means the settings are usable;
+/// `check-config` prints exactly these.
+pub fn problems(settings: &Settings) -> Vec<String> {
+    let (c, s) = (&settings.config, &settings.secrets);
+    let mut out = settings.common_problems();
+    match c.backend.kind.as_str() {
+        "dashscope" => crate::backend::dashscope::check::problems(&c.backend, s, &mut out),
+        other => out.push(format!(
+            "backend.kind = {other:?}: only \"dashscope\" is supported"
+        )),
+    }
+    crate::telegram::check::problems(&c.telegram, s, &mut out);
+    crate::discord::check::problems(&c.discord, s, &mut out);
+    crate::store::problems(&c.quota.database, &mut out);
+    out
+}
+
 /// The DashScope client from `[backend]` and `DASHSCOPE_API_KEY`.
 pub fn backend(settings: &Settings) -> anyhow::Result<Arc<DashScope>> {
     let Some(key) = settings.secrets.dashscope_api_key.clone() else {

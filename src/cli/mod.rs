@@ -95,7 +95,7 @@ fn command_of(
     }
     command.size = command
         .size
-        .or(settings.config.default_size().ok().flatten());
+        .or(settings.config.backend.default_size().ok().flatten());
     let caps = backend.caps();
     if command.count() > caps.max_n {
         bail!(

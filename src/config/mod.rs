@@ -4,7 +4,7 @@
 //! `NAME` or from the file named by `NAME_FILE` (the Docker secrets convention), and is kept in a
 //! [`SecretString`] so it cannot end up in a `Debug` print or a log line.
 
-mod check;
+pub mod check;
 mod load;
 
 use std::fmt::Write as _;

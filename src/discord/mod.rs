@@ -6,6 +6,7 @@
 
 mod answer;
 pub mod chat;
+pub mod check;
 mod commands;
 mod intake;
 mod places;

@@ -8,6 +8,17 @@ use std::sync::Arc;
 
 use crate::core::ports::store::{Store, StoreError};
 
+/// What makes `quota.database` unusable, one line each.
+pub fn problems(database: &str, out: &mut Vec<String>) {
+    if database.trim().is_empty() {
+        out.push("quota.database is empty".into());
+    } else if database.contains("://") {
+        out.push(format!(
+            "quota.database = {database:?}: only a SQLite file path is supported in this version"
+        ));
+    }
+}
+
 /// Opens the store named by `quota.database`.
 pub fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
     if database.contains("://") {

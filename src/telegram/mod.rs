@@ -5,6 +5,7 @@
 mod admin;
 mod album;
 pub mod chat;
+pub mod check;
 mod handler;
 mod places;
 mod route;

@@ -51,7 +51,7 @@ fn the_example_config_loads_with_every_spec_key_and_its_defaults() {
         (20, Window::Day, 200)
     );
     assert_eq!(c.http.listen, "127.0.0.1:9464");
-    assert_eq!(s.problems(), Vec::<String>::new());
+    assert_eq!(qwen_edit_bot::app::problems(&s), Vec::<String>::new());
     // The example shows the defaults: an empty file means the same thing (parsed as text:
     // loading makes the relative database path absolute, beside the file).
     let c = &Config::parse(&std::fs::read_to_string(example()).unwrap()).unwrap();
@@ -120,7 +120,7 @@ fn missing_secrets_and_bad_values_are_each_one_problem_line() {
     )
     .unwrap();
     let s = Settings::load_with_env(&path, env(&[])).unwrap();
-    let problems = s.problems();
+    let problems = qwen_edit_bot::app::problems(&s);
     for needle in [
         "max_concurrent",
         "base_url",

@@ -21,6 +21,7 @@ use crate::core::image::InputRules;
 use crate::core::ports::BoxFuture;
 use crate::core::ports::model::{Answer, BackendError, EditRequest, EditService, ModelCaps};
 
+pub mod check;
 mod rules;
 mod wire;
 

@@ -1,0 +1,75 @@
+//! The `[backend]` section for DashScope and its API key: what makes them unusable, one line
+//! each.
+
+use super::caps_of;
+use crate::config::check::url_problem;
+use crate::config::{BackendConfig, Secrets};
+use crate::core::command::MAX_NEGATIVE_CHARS;
+use crate::core::ports::model::SizeRejection;
+
+/// Every problem of the DashScope settings.
+pub fn problems(b: &BackendConfig, secrets: &Secrets, out: &mut Vec<String>) {
+    if secrets.dashscope_api_key.is_none() {
+        out.push("DASHSCOPE_API_KEY is not set (nor DASHSCOPE_API_KEY_FILE)".into());
+    }
+    url_problem(out, "backend.base_url", &b.base_url, &["http", "https"]);
+    if !b.model.starts_with("qwen-image") {
+        out.push(format!(
+            "backend.model = {:?} is not a Qwen-Image-Edit model (qwen-image-edit, qwen-image-edit-plus, qwen-image-edit-max, or their dated snapshots)",
+            b.model
+        ));
+    }
+    let checks = [
+        (
+            b.timeout_secs == 0,
+            "backend.timeout_secs must be at least 1",
+        ),
+        (
+            b.max_concurrent == 0,
+            "backend.max_concurrent must be at least 1",
+        ),
+        (
+            !(b.max_requests_per_second.is_finite() && b.max_requests_per_second > 0.0),
+            "backend.max_requests_per_second must be a positive number",
+        ),
+        (
+            b.max_attempts == 0 || b.max_attempts > 10,
+            "backend.max_attempts must be between 1 and 10",
+        ),
+        (
+            b.default_negative_prompt.chars().count() > MAX_NEGATIVE_CHARS,
+            "backend.default_negative_prompt is longer than 500 characters",
+        ),
+        (
+            !(384..=3072).contains(&b.max_input_side),
+            "backend.max_input_side must be between 384 and 3072",
+        ),
+    ];
+    out.extend(
+        checks
+            .iter()
+            .filter(|(bad, _)| *bad)
+            .map(|(_, p)| p.to_string()),
+    );
+    if let Err(problem) = default_size(b) {
+        out.push(problem);
+    }
+}
+
+/// `backend.default_size`, checked against the model's rules.
+fn default_size(b: &BackendConfig) -> Result<(), String> {
+    let Some(size) = b.default_size()? else {
+        return Ok(());
+    };
+    match caps_of(&b.model).check_size(size) {
+        Ok(()) => Ok(()),
+        Err(SizeRejection::NotSupported) => Err(format!(
+            "backend.default_size: the model {} takes no output size (use qwen-image-edit-plus or -max, or leave it empty)",
+            b.model
+        )),
+        Err(SizeRejection::OutOfRange { min, max }) => Err(format!(
+            "backend.default_size = {:?}: each side must be from {min} to {max}",
+            b.default_size
+        )),
+    }
+}
