@@ -33,53 +33,6 @@ struct ConfigArg {
     config: PathBuf,
 }
 
-/// The arguments of `edit`.
-#[derive(clap::Args)]
-struct EditFlags {
-    /// 1 to 3 input images (JPEG, PNG, WEBP, GIF, BMP, TIFF).
-    #[arg(required = true, num_args = 1..=3)]
-    images: Vec<PathBuf>,
-    /// The edit instruction (at most 800 characters).
-    #[arg(long)]
-    prompt: String,
-    /// What to avoid (at most 500 characters).
-    #[arg(long)]
-    negative: Option<String>,
-    /// Seed, 0 to 2147483647.
-    #[arg(long, allow_hyphen_values = true)]
-    seed: Option<String>,
-    /// Number of images, 1 to 6 (plus/max models).
-    #[arg(short = 'n', long = "n", allow_hyphen_values = true)]
-    n: Option<String>,
-    /// Output size WxH, each side 512 to 2048 (plus/max models), e.g. 1024x1536.
-    #[arg(long)]
-    size: Option<String>,
-    /// Output path; with several results, -1, -2, … are added to the name.
-    #[arg(long, default_value = "edited.png")]
-    out: PathBuf,
-    #[command(flatten)]
-    config: ConfigArg,
-}
-
-/// The arguments of `usage`.
-#[derive(clap::Args)]
-struct UsageFlags {
-    /// First day to include, YYYY-MM-DD (default: the first of this month, UTC).
-    #[arg(long)]
-    since: Option<String>,
-    /// Last day to include, YYYY-MM-DD (default: up to now).
-    #[arg(long)]
-    until: Option<String>,
-    /// Group rows by user, chat or day.
-    #[arg(long, default_value = "day", value_parser = cli::report_by)]
-    by: qwen_edit_bot::core::ports::store::ReportBy,
-    /// `table`, `json` or `csv` (a header row, no total).
-    #[arg(long, default_value = "table", value_parser = cli::format)]
-    format: Format,
-    #[command(flatten)]
-    config: ConfigArg,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run the bot: every enabled platform, the job workers and the HTTP endpoint.
@@ -88,7 +41,12 @@ enum Command {
         config: ConfigArg,
     },
     /// One edit through the configured backend, no chat platform; writes the PNG(s).
-    Edit(EditFlags),
+    Edit {
+        #[command(flatten)]
+        args: EditArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the config and environment exactly as `run` does; print the effective config
     /// with secrets redacted, and where the bot answers.
     CheckConfig {
@@ -114,7 +72,12 @@ enum Command {
         config: ConfigArg,
     },
     /// Usage and cost report from the job ledger.
-    Usage(UsageFlags),
+    Usage {
+        #[command(flatten)]
+        args: UsageArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Probe a running daemon's GET /livez (exit 0 when it answers 200): Docker's HEALTHCHECK.
     Health {
         /// The URL to probe (default: /livez on http.listen of the config).
@@ -205,7 +168,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => qwen_edit_bot::app::run(load(&config.config)?).await?,
         Command::CheckConfig { config } => return Ok(check_config(&config.config)),
-        Command::Edit(flags) => edit(flags).await?,
+        Command::Edit { args, config } => {
+            for path in cli::edit(&load(&config.config)?, args).await? {
+                println!("{}", path.display());
+            }
+        }
         Command::Quota {
             action,
             format,
@@ -224,7 +191,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             print!("{}", cli::allow(&settings, action).await?);
         }
-        Command::Usage(flags) => usage(flags).await?,
+        Command::Usage { args, config } => {
+            print!("{}", cli::usage(&load(&config.config)?, args).await?);
+        }
         Command::Health { url, config } => return cli::health(&config.config, url).await,
         Command::Completions { shell } => {
             let mut command = Cli::command();
@@ -232,37 +201,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `edit`: the paths of the results, one a line.
-async fn edit(flags: EditFlags) -> anyhow::Result<()> {
-    let settings = load(&flags.config.config)?;
-    let args = EditArgs {
-        images: flags.images,
-        prompt: flags.prompt,
-        negative: flags.negative,
-        seed: flags.seed,
-        n: flags.n,
-        size: flags.size,
-        out: flags.out,
-    };
-    for path in cli::edit(&settings, args).await? {
-        println!("{}", path.display());
-    }
-    Ok(())
-}
-
-/// `usage`: the report, as asked.
-async fn usage(flags: UsageFlags) -> anyhow::Result<()> {
-    let settings = load(&flags.config.config)?;
-    let args = UsageArgs {
-        since: flags.since,
-        until: flags.until,
-        by: flags.by,
-        format: flags.format,
-    };
-    print!("{}", cli::usage(&settings, args).await?);
-    Ok(())
 }
 
 fn quota_action(action: QuotaCommand) -> anyhow::Result<(String, QuotaAction)> {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use chrono::Utc;
 
 use crate::config::Settings;
-use crate::core::command::EditCommand;
+use crate::core::command::{EditCommand, MAX_PROMPT_CHARS};
 use crate::core::error::FailureReason;
 use crate::core::jobs::{Delivery, MAX_INPUTS};
 use crate::core::model::{Platform, UserRef};
@@ -26,16 +26,29 @@ use crate::core::ports::store::{JobStatus, Store};
 use crate::core::quota::{Limits, Reservation, Window};
 use crate::messages::{self, Lang};
 
-/// Arguments of `edit`.
-#[derive(Debug, Clone)]
+/// Arguments of `edit` (its command-line options).
+#[derive(Debug, Clone, clap::Args)]
 pub struct EditArgs {
+    /// 1 to 3 input images (JPEG, PNG, WEBP, GIF, BMP, TIFF).
+    #[arg(required = true, num_args = 1..=3)]
     pub images: Vec<PathBuf>,
+    /// The edit instruction (at most 800 characters).
+    #[arg(long)]
     pub prompt: String,
+    /// What to avoid (at most 500 characters).
+    #[arg(long)]
     pub negative: Option<String>,
+    /// Seed, 0 to 2147483647.
+    #[arg(long, allow_hyphen_values = true)]
     pub seed: Option<String>,
+    /// Number of images, 1 to 6 (plus/max models).
+    #[arg(short = 'n', long = "n", allow_hyphen_values = true)]
     pub n: Option<String>,
-    /// Output size `WxH`; default: `backend.default_size`, else the model's.
+    /// Output size WxH, each side 512 to 2048 (plus/max models), e.g. 1024x1536.
+    #[arg(long)]
     pub size: Option<String>,
+    /// Output path; with several results, -1, -2, … are added to the name.
+    #[arg(long, default_value = "edited.png")]
     pub out: PathBuf,
 }
 
@@ -91,7 +104,7 @@ fn command_of(
     .and_then(|c| c.with_size(args.size.as_deref()))
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     if command.truncated {
-        eprintln!("note: the prompt was cut to 800 characters");
+        eprintln!("note: the prompt was cut to {MAX_PROMPT_CHARS} characters");
     }
     command.size = command
         .size

@@ -39,14 +39,20 @@ pub fn report_by(s: &str) -> Result<ReportBy, String> {
     }
 }
 
-/// What `usage` reports.
-#[derive(Debug, Clone, Default)]
+/// What `usage` reports (its command-line options).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct UsageArgs {
-    /// First day, `YYYY-MM-DD` (default: the first of this month, UTC).
+    /// First day to include, YYYY-MM-DD (default: the first of this month, UTC).
+    #[arg(long)]
     pub since: Option<String>,
-    /// Last day included, `YYYY-MM-DD` (default: up to now).
+    /// Last day to include, YYYY-MM-DD (default: up to now).
+    #[arg(long)]
     pub until: Option<String>,
+    /// Group rows by user, chat or day.
+    #[arg(long, default_value = "day", value_parser = report_by)]
     pub by: ReportBy,
+    /// `table`, `json` or `csv` (a header row, no total).
+    #[arg(long, default_value = "table", value_parser = format)]
     pub format: Format,
 }
 

@@ -1,7 +1,7 @@
 //! The `[backend]` section for DashScope and its API key: what makes them unusable, one line
 //! each.
 
-use super::caps_of;
+use super::{INPUT_RULES, caps_of};
 use crate::config::check::url_problem;
 use crate::config::{BackendConfig, Secrets};
 use crate::core::command::MAX_NEGATIVE_CHARS;
@@ -40,10 +40,6 @@ pub fn problems(b: &BackendConfig, secrets: &Secrets, out: &mut Vec<String>) {
             b.default_negative_prompt.chars().count() > MAX_NEGATIVE_CHARS,
             "backend.default_negative_prompt is longer than 500 characters",
         ),
-        (
-            !(384..=3072).contains(&b.max_input_side),
-            "backend.max_input_side must be between 384 and 3072",
-        ),
     ];
     out.extend(
         checks
@@ -51,6 +47,12 @@ pub fn problems(b: &BackendConfig, secrets: &Secrets, out: &mut Vec<String>) {
             .filter(|(bad, _)| *bad)
             .map(|(_, p)| p.to_string()),
     );
+    let (min, max) = (INPUT_RULES.min_side, INPUT_RULES.max_side);
+    if !(min..=max).contains(&b.max_input_side) {
+        out.push(format!(
+            "backend.max_input_side must be between {min} and {max}"
+        ));
+    }
     if let Err(problem) = default_size(b) {
         out.push(problem);
     }
