@@ -138,3 +138,44 @@ fn missing_secrets_and_bad_values_are_each_one_problem_line() {
     }
     assert!(problems.iter().all(|p| !p.contains('\n')));
 }
+
+#[test]
+fn each_adapter_checks_its_own_section_and_an_unknown_service_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[backend]\nkind = \"comfyui\"\nmax_input_side = 5000\n[telegram]\nenabled = true\n\
+         [quota]\ndatabase = \"redis://x\"\n",
+    )
+    .unwrap();
+    let s = Settings::load_with_env(
+        &path,
+        env(&[("DASHSCOPE_API_KEY", "k"), ("TELEGRAM_BOT_TOKEN", "1:t")]),
+    )
+    .unwrap();
+    let problems = qwen_edit_bot::app::problems(&s);
+    assert_eq!(
+        problems,
+        [
+            "backend.kind = \"comfyui\": only \"dashscope\" is supported".to_string(),
+            "quota.database = \"redis://x\": only a SQLite file path is supported in this version"
+                .to_string(),
+        ],
+        "an unknown service is not checked as DashScope (its max_input_side is not judged)"
+    );
+    std::fs::write(
+        &path,
+        "[backend]\nmax_input_side = 5000\n[telegram]\nenabled = true\n",
+    )
+    .unwrap();
+    let s = Settings::load_with_env(
+        &path,
+        env(&[("DASHSCOPE_API_KEY", "k"), ("TELEGRAM_BOT_TOKEN", "1:t")]),
+    )
+    .unwrap();
+    assert_eq!(
+        qwen_edit_bot::app::problems(&s),
+        ["backend.max_input_side must be between 384 and 3072"]
+    );
+}

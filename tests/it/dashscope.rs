@@ -348,3 +348,33 @@ async fn the_api_key_never_appears_in_an_error() {
     assert!(matches!(err, BackendError::Network(_)));
     assert!(!format!("{err} {err:?}").contains(API_KEY));
 }
+
+#[test]
+fn the_file_limit_dashscope_states_keeps_every_data_uri_within_10_mb_and_no_more_than_needed() {
+    use qwen_edit_bot::backend::dashscope::data_uri;
+    use qwen_edit_bot::core::image::{Fitted, Format};
+    let uri_of = |format: Format, len: usize| {
+        data_uri(&Fitted {
+            bytes: Bytes::from(vec![0u8; len]),
+            format,
+            width: 1024,
+            height: 1024,
+            passthrough: false,
+        })
+        .len()
+    };
+    let (limit, max) = (INPUT_RULES.max_file_bytes, 10 * 1024 * 1024);
+    for format in [
+        Format::Jpeg,
+        Format::Png,
+        Format::Gif,
+        Format::Bmp,
+        Format::Tiff,
+        Format::WebP,
+    ] {
+        assert!(uri_of(format, limit) <= max, "{format:?} at the limit");
+    }
+    // One base64 quantum more would not fit as JPEG: the limit gives nothing away.
+    assert!(uri_of(Format::Jpeg, limit + 3) > max);
+    assert_eq!((INPUT_RULES.min_side, INPUT_RULES.max_side), (384, 3072));
+}
