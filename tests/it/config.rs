@@ -179,3 +179,33 @@ fn each_adapter_checks_its_own_section_and_an_unknown_service_is_named() {
         ["backend.max_input_side must be between 384 and 3072"]
     );
 }
+
+#[test]
+fn a_base_url_that_already_names_the_endpoint_is_refused_with_the_url_to_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let keys = [("DASHSCOPE_API_KEY", "k"), ("TELEGRAM_BOT_TOKEN", "1:t")];
+    std::fs::write(
+        &path,
+        "[backend]\nbase_url = \"https://api.302.ai/aliyun/api/v1/services/aigc/multimodal-generation/generation\"\n\
+         [telegram]\nenabled = true\n",
+    )
+    .unwrap();
+    let s = Settings::load_with_env(&path, env(&keys)).unwrap();
+    assert_eq!(
+        qwen_edit_bot::app::problems(&s),
+        [
+            "backend.base_url = \"https://api.302.ai/aliyun/api/v1/services/aigc/multimodal-generation/generation\" \
+             names the endpoint too: the bot adds /services/aigc/multimodal-generation/generation itself; \
+             set backend.base_url = \"https://api.302.ai/aliyun/api/v1\""
+        ]
+    );
+    // 302.AI's base URL as the README gives it is fine.
+    std::fs::write(
+        &path,
+        "[backend]\nbase_url = \"https://api.302.ai/aliyun/api/v1\"\n[telegram]\nenabled = true\n",
+    )
+    .unwrap();
+    let s = Settings::load_with_env(&path, env(&keys)).unwrap();
+    assert_eq!(qwen_edit_bot::app::problems(&s), Vec::<String>::new());
+}

@@ -1,7 +1,7 @@
 //! The `[backend]` section for DashScope and its API key: what makes them unusable, one line
 //! each.
 
-use super::{INPUT_RULES, caps_of};
+use super::{EDIT_PATH, INPUT_RULES, caps_of};
 use crate::config::check::url_problem;
 use crate::config::{BackendConfig, Secrets};
 use crate::core::command::MAX_NEGATIVE_CHARS;
@@ -13,6 +13,14 @@ pub fn problems(b: &BackendConfig, secrets: &Secrets, out: &mut Vec<String>) {
         out.push("DASHSCOPE_API_KEY is not set (nor DASHSCOPE_API_KEY_FILE)".into());
     }
     url_problem(out, "backend.base_url", &b.base_url, &["http", "https"]);
+    if let Some(at) = b.base_url.find("/services/") {
+        out.push(format!(
+            "backend.base_url = {:?} names the endpoint too: the bot adds {EDIT_PATH} itself; \
+             set backend.base_url = {:?}",
+            b.base_url,
+            &b.base_url[..at]
+        ));
+    }
     if !b.model.starts_with("qwen-image") {
         out.push(format!(
             "backend.model = {:?} is not a Qwen-Image-Edit model (qwen-image-edit, qwen-image-edit-plus, qwen-image-edit-max, or their dated snapshots)",

@@ -25,7 +25,7 @@ pub mod check;
 mod rules;
 mod wire;
 
-pub use rules::{INPUT_RULES, caps_of, data_uri};
+pub use rules::{EDIT_PATH, INPUT_RULES, caps_of, data_uri};
 
 /// Largest JSON answer we read from the API.
 const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
@@ -111,10 +111,7 @@ impl DashScope {
             .user_agent(concat!("qwen-edit-bot/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BackendError::Network(e.to_string()))?;
-        let endpoint = format!(
-            "{}/services/aigc/multimodal-generation/generation",
-            opts.base_url.trim_end_matches('/')
-        );
+        let endpoint = format!("{}{EDIT_PATH}", opts.base_url.trim_end_matches('/'));
         let period = Duration::from_secs_f64(1.0 / opts.max_requests_per_second.max(0.001));
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))

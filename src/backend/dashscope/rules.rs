@@ -6,6 +6,9 @@ use base64::Engine as _;
 use crate::core::image::{Fitted, Format, InputRules};
 use crate::core::ports::model::ModelCaps;
 
+/// The edit endpoint, after `backend.base_url` (the same on DashScope's regions and on 302.AI).
+pub const EDIT_PATH: &str = "/services/aigc/multimodal-generation/generation";
+
 /// Largest data URI the API takes (10 MB).
 const MAX_DATA_URI: usize = 10 * 1024 * 1024;
 
