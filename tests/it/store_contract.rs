@@ -33,6 +33,11 @@ async fn sqlite_keeps_the_store_contract() {
     contract(&store).await;
 }
 
+/// Whether the store lists job `id` as unfinished.
+async fn is_listed(store: &dyn Store, id: &str) -> bool {
+    store.unfinished().await.unwrap().iter().any(|u| u.id == id)
+}
+
 fn now() -> chrono::DateTime<chrono::Utc> {
     at(2026, 12, 2, 12, 0)
 }
@@ -125,14 +130,7 @@ async fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dy
         JobStatus::Delivered,
         "stays finished"
     );
-    assert!(
-        store
-            .unfinished()
-            .await
-            .unwrap()
-            .iter()
-            .all(|u| u.id != "r1")
-    );
+    assert!(!is_listed(store, "r1").await);
 }
 
 async fn failures_refund_and_stay_listed_until_told(store: &dyn Store) {
@@ -164,14 +162,7 @@ async fn failures_refund_and_stay_listed_until_told(store: &dyn Store) {
         (JobStatus::Failed, Some("InternalError"))
     );
     store.mark_told("f1").await.unwrap();
-    assert!(
-        store
-            .unfinished()
-            .await
-            .unwrap()
-            .iter()
-            .all(|u| u.id != "f1")
-    );
+    assert!(!is_listed(store, "f1").await);
 }
 
 async fn results_the_chat_refused_are_charged(store: &dyn Store) {

@@ -69,7 +69,7 @@ impl Engine {
     async fn deliver(&self, chat: &dyn Chat, outcome: &Outcome, delivery: &Delivery) -> bool {
         let (job, reply) = (&outcome.job, &outcome.job.route);
         let fitted = match chat.upload_limit(reply).await {
-            Some(limit) => fit_to(&delivery.images, limit as usize).await,
+            Some(limit) => fit_to(&delivery.images, limit as usize, &self.cfg.fit).await,
             None => Ok(as_they_are(&delivery.images)),
         };
         let (images, compressed) = match fitted {
@@ -177,18 +177,26 @@ fn as_they_are(images: &[Bytes]) -> (Vec<ResultImage>, bool) {
     (images, false)
 }
 
-/// Fits every result under the upload limit (one message's files together must fit too).
-async fn fit_to(images: &[Bytes], limit: usize) -> Result<(Vec<ResultImage>, bool), FailureReason> {
+/// Fits every result under the upload limit (one message's files together must fit too), within
+/// the decode bounds and the one decode budget the inputs' fits use (`inputs`), without the
+/// service's input rules.
+async fn fit_to(
+    images: &[Bytes],
+    limit: usize,
+    inputs: &FitLimits,
+) -> Result<(Vec<ResultImage>, bool), FailureReason> {
     let each = (limit / images.len().max(1)).saturating_sub(UPLOAD_MARGIN);
+    let limits = FitLimits {
+        rules: InputRules::NONE,
+        ..inputs.clone()
+    };
     let mut fitted = Vec::with_capacity(images.len());
     let mut compressed = false;
     for bytes in images {
-        let bytes = bytes.clone();
-        let upload = tokio::task::spawn_blocking(move || {
-            fit_upload(bytes, each, &FitLimits::new(InputRules::NONE))
-        })
-        .await
-        .map_err(|_| FailureReason::Internal)??;
+        let (bytes, limits) = (bytes.clone(), limits.clone());
+        let upload = tokio::task::spawn_blocking(move || fit_upload(bytes, each, &limits))
+            .await
+            .map_err(|_| FailureReason::Internal)??;
         compressed |= upload.compressed;
         fitted.push(ResultImage {
             bytes: upload.bytes,
