@@ -1,6 +1,9 @@
-//! Image-edit backends. DashScope is the one implemented; its wire types stay private.
+//! Image-edit services: DashScope (and 302.AI, which proxies its body), ComfyUI and
+//! OpenAI-compatible servers. Each adapter's wire types stay private to it.
 
+pub mod client;
 pub mod dashscope;
 mod errors;
 
-pub use dashscope::{DashScope, DashScopeOptions, Sleeper};
+pub use client::{CallPolicy, Sleeper};
+pub use dashscope::{DashScope, DashScopeOptions};
