@@ -52,6 +52,11 @@ enum Command {
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also call each model service once in a way that costs nothing (ComfyUI
+        /// /system_stats, OpenAI /models, DashScope an authenticated task lookup) and say what
+        /// it found; fails when one cannot be reached or refuses the key.
+        #[arg(long)]
+        probe: bool,
     },
     /// Show or change a user's quota. USER is platform:id, e.g. telegram:12345.
     Quota {
@@ -167,7 +172,9 @@ fn load(path: &Path) -> anyhow::Result<Settings> {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => qwen_edit_bot::app::run(load(&config.config)?).await?,
-        Command::CheckConfig { config } => return Ok(check_config(&config.config)),
+        Command::CheckConfig { config, probe } => {
+            return Ok(check_config(&config.config, probe).await);
+        }
         Command::Edit { args, config } => {
             for path in cli::edit(&load(&config.config)?, args).await? {
                 println!("{}", path.display());
@@ -222,7 +229,7 @@ fn parse_limit(s: &str) -> anyhow::Result<Option<u32>> {
         .map_err(|_| anyhow::anyhow!("limit {s:?}: give a whole number, or \"default\""))
 }
 
-fn check_config(path: &Path) -> ExitCode {
+async fn check_config(path: &Path, probe: bool) -> ExitCode {
     let settings = match Settings::load(path) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
@@ -231,7 +238,20 @@ fn check_config(path: &Path) -> ExitCode {
     if problems.is_empty() {
         print!("{}", settings.redacted());
         print!("{}", cli::places_report(&settings));
-        return ExitCode::SUCCESS;
+        if !probe {
+            return ExitCode::SUCCESS;
+        }
+        let mut code = ExitCode::SUCCESS;
+        for (name, said) in qwen_edit_bot::app::probe(&settings).await {
+            match said {
+                Ok(found) => println!("probe {name}: {found}"),
+                Err(e) => {
+                    eprintln!("error: probe {name}: {e}");
+                    code = ExitCode::FAILURE;
+                }
+            }
+        }
+        return code;
     }
     for p in &problems {
         eprintln!("error: {p}");

@@ -14,7 +14,7 @@ use self::shutdown::Signals;
 use crate::config::Settings;
 use crate::core::access::{Access, DiscordPlaces, TelegramPlaces};
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::image::{FitLimits, InputRules};
+use crate::core::image::FitLimits;
 use crate::core::jobs::{Engine, EngineConfig};
 use crate::core::ports::model::EditService;
 use crate::core::ports::store::StoreError;
@@ -56,29 +56,30 @@ pub fn existing_quotas(settings: &Settings) -> anyhow::Result<Arc<Quotas>> {
     )))
 }
 
-pub use registry::{backend, problems};
+pub use registry::{backend, probe, problems};
 
-/// The service's input rules, with `backend.max_input_side` as the useful side.
-pub fn fit_limits(settings: &Settings, service: &dyn EditService) -> FitLimits {
-    FitLimits::new(InputRules {
-        useful_side: settings.config.backend.max_input_side,
-        ..service.input_rules()
-    })
+/// The service's input rules (each adapter applies its own `backend.max_input_side`).
+pub fn fit_limits(service: &dyn EditService) -> FitLimits {
+    FitLimits::new(service.input_rules())
 }
 
 /// Engine settings from the config.
 pub fn engine_config(settings: &Settings, service: &dyn EditService) -> EngineConfig {
     let c = &settings.config;
+    let (primary, all) = (c.backend.primary(), c.backend.all());
     EngineConfig {
         max_queue: c.quota.max_queue,
         max_in_flight_per_user: c.quota.max_in_flight_per_user,
-        workers: c.backend.max_concurrent,
-        fit: fit_limits(settings, service),
+        // As many jobs at once as the widest service takes (each limits its own calls).
+        workers: all.iter().map(|b| b.max_concurrent).max().unwrap_or(1),
+        fit: fit_limits(service),
         store_prompts: c.quota.store_prompts,
-        default_negative: c.backend.default_negative_prompt.clone(),
+        default_negative: primary.default_negative_prompt.clone(),
         fetch_timeout: Duration::from_secs(60),
-        download_timeout: Duration::from_secs(c.backend.timeout_secs.max(1)),
-        default_size: c.backend.default_size().ok().flatten(),
+        download_timeout: Duration::from_secs(
+            all.iter().map(|b| b.timeout_secs).max().unwrap_or(1).max(1),
+        ),
+        default_size: primary.default_size().ok().flatten(),
     }
 }
 

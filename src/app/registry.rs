@@ -1,14 +1,16 @@
 //! The only place that names concrete adapters: the chat platforms that run (Telegram,
-//! Discord) and the model service (DashScope). A new adapter is one line here.
+//! Discord) and the model services (DashScope, ComfyUI, OpenAI-compatible). A new adapter is
+//! one line in each match here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::bail;
 
-use crate::backend::{DashScope, DashScopeOptions};
-use crate::config::Settings;
+use crate::backend::{DashScope, DashScopeOptions, Member, OpenAi, OpenAiOptions, Services};
+use crate::config::{BackendConfig, Settings};
 use crate::core::jobs::Engine;
+use crate::core::ports::model::EditService;
 use crate::metrics::Metrics;
 
 /// Every problem that stops `run`, one line each: the ones no adapter owns, then each
@@ -17,25 +19,115 @@ use crate::metrics::Metrics;
 pub fn problems(settings: &Settings) -> Vec<String> {
     let (c, s) = (&settings.config, &settings.secrets);
     let mut out = settings.common_problems();
-    match c.backend.kind.as_str() {
-        "dashscope" => crate::backend::dashscope::check::problems(&c.backend, s, &mut out),
-        other => out.push(format!(
-            "backend.kind = {other:?}: only \"dashscope\" is supported"
-        )),
+    let several = c.backend.all().len() > 1;
+    for b in c.backend.all() {
+        let mut own = Vec::new();
+        match b.kind.as_str() {
+            "dashscope" => crate::backend::dashscope::check::problems(b, s, &mut own),
+            "openai" => crate::backend::openai::check::problems(b, &mut own),
+            other => own.push(format!(
+                "backend.kind = {other:?}: use \"dashscope\", \"comfyui\" or \"openai\""
+            )),
+        }
+        // With several services, each line names the one it is about.
+        out.extend(own.into_iter().map(|p| match several {
+            true => format!("[backend {:?}] {p}", b.label()),
+            false => p,
+        }));
     }
+    service_list_problems(c.backend.all(), &mut out);
     crate::telegram::check::problems(&c.telegram, s, &mut out);
     crate::discord::check::problems(&c.discord, s, &mut out);
     crate::store::problems(&c.quota.database, &mut out);
     out
 }
 
-/// The DashScope client from `[backend]` and `DASHSCOPE_API_KEY`.
-pub fn backend(settings: &Settings) -> anyhow::Result<Arc<DashScope>> {
-    let Some(key) = settings.secrets.dashscope_api_key.clone() else {
-        bail!("DASHSCOPE_API_KEY is not set (nor DASHSCOPE_API_KEY_FILE)");
-    };
-    let opts = DashScopeOptions::from_config(&settings.config.backend, key);
-    Ok(Arc::new(DashScope::new(opts)?))
+/// Names must tell the services apart (the ledger records them).
+fn service_list_problems(all: &[BackendConfig], out: &mut Vec<String>) {
+    for (i, b) in all.iter().enumerate() {
+        let label = b.label();
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            out.push(format!(
+                "backend.name = {label:?}: use letters, digits, '-', '_' and '.' only"
+            ));
+        }
+        if all[..i].iter().any(|o| o.label() == label) {
+            out.push(format!(
+                "two services are named {label:?}: give each [[backend]] its own name"
+            ));
+        }
+    }
+}
+
+/// One configured service's client.
+fn service(settings: &Settings, b: &BackendConfig) -> anyhow::Result<Arc<dyn EditService>> {
+    let key = settings.secrets.key_for(b).cloned();
+    let variable = b.key_variable();
+    Ok(match b.kind.as_str() {
+        "dashscope" => {
+            let Some(key) = key else {
+                bail!("{variable} is not set (nor {variable}_FILE)");
+            };
+            let opts = DashScopeOptions::from_config(b, key);
+            Arc::new(DashScope::new(opts)?.with_useful_side(b.max_input_side))
+        }
+        "openai" => Arc::new(OpenAi::new(OpenAiOptions::from_config(b, key))?),
+        other => bail!("backend.kind = {other:?} is not a service this bot speaks"),
+    })
+}
+
+/// The configured services behind one [`EditService`], tried in priority order with failover.
+pub fn backend(settings: &Settings) -> anyhow::Result<Arc<Services>> {
+    let members = settings
+        .config
+        .backend
+        .all()
+        .iter()
+        .map(|b| {
+            Ok(Member {
+                name: b.label().to_owned(),
+                service: service(settings, b)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Arc::new(Services::with_defaults(members)))
+}
+
+/// What each configured service says to a call that costs nothing (`check-config --probe`):
+/// one line per service.
+pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
+    let mut out = Vec::new();
+    for b in settings.config.backend.all() {
+        let said = match probe_one(settings, b).await {
+            Ok(found) => Ok(found),
+            Err(e) => Err(e.to_string()),
+        };
+        out.push((b.label().to_owned(), said));
+    }
+    out
+}
+
+async fn probe_one(settings: &Settings, b: &BackendConfig) -> anyhow::Result<String> {
+    let key = settings.secrets.key_for(b).cloned();
+    Ok(match b.kind.as_str() {
+        "dashscope" => {
+            let Some(key) = key else {
+                bail!("{} is not set", b.key_variable());
+            };
+            DashScope::new(DashScopeOptions::from_config(b, key))?
+                .probe()
+                .await?
+        }
+        "openai" => {
+            OpenAi::new(OpenAiOptions::from_config(b, key))?
+                .probe()
+                .await?
+        }
+        other => bail!("backend.kind = {other:?} is not a service this bot speaks"),
+    })
 }
 
 /// The enabled chat platforms, prepared (clients built) but not connected.

@@ -4,6 +4,10 @@
 pub mod client;
 pub mod dashscope;
 mod errors;
+pub mod failover;
+pub mod openai;
 
 pub use client::{CallPolicy, Sleeper};
 pub use dashscope::{DashScope, DashScopeOptions};
+pub use failover::{Member, Services};
+pub use openai::{OpenAi, OpenAiOptions};

@@ -59,17 +59,29 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     }
     let backend = crate::app::backend(settings)?;
     let command = command_of(settings, &args, backend.as_ref())?;
-    let limits = crate::app::fit_limits(settings, backend.as_ref());
+    let limits = crate::app::fit_limits(backend.as_ref());
     let mut inputs = Vec::with_capacity(args.images.len());
     for path in &args.images {
         inputs.push(read_input(path, limits.max_input_bytes)?);
     }
     let negative = command.negative.clone().or_else(|| {
-        Some(settings.config.backend.default_negative_prompt.clone()).filter(|s| !s.is_empty())
+        Some(
+            settings
+                .config
+                .backend
+                .primary()
+                .default_negative_prompt
+                .clone(),
+        )
+        .filter(|s| !s.is_empty())
     });
     let store = crate::app::quotas(settings)?.store().clone();
     let job_id = record_start(store.as_ref(), backend.model(), u32::from(command.count())).await?;
-    let result = execute(backend.as_ref(), &limits, inputs, &command, negative).await;
+    let (service, store_ref) = (backend.as_ref(), store.as_ref());
+    let result = execute(
+        service, &limits, inputs, &command, negative, store_ref, &job_id,
+    )
+    .await;
     record_end(store.as_ref(), &job_id, &result).await?;
     let delivery = result.map_err(|reason| {
         let text = messages::failure_reason(Lang::En, &reason);
@@ -106,9 +118,13 @@ fn command_of(
     if command.truncated {
         eprintln!("note: the prompt was cut to {MAX_PROMPT_CHARS} characters");
     }
-    command.size = command
-        .size
-        .or(settings.config.backend.default_size().ok().flatten());
+    command.size = command.size.or(settings
+        .config
+        .backend
+        .primary()
+        .default_size()
+        .ok()
+        .flatten());
     let caps = backend.caps();
     if command.count() > caps.max_n {
         bail!(

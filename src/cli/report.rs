@@ -35,7 +35,8 @@ pub fn report_by(s: &str) -> Result<ReportBy, String> {
         "user" => Ok(ReportBy::User),
         "chat" => Ok(ReportBy::Chat),
         "day" => Ok(ReportBy::Day),
-        other => Err(format!("--by {other:?}: use user, chat or day")),
+        "service" => Ok(ReportBy::Service),
+        other => Err(format!("--by {other:?}: use user, chat, day or service")),
     }
 }
 
@@ -48,7 +49,8 @@ pub struct UsageArgs {
     /// Last day to include, YYYY-MM-DD (default: up to now).
     #[arg(long)]
     pub until: Option<String>,
-    /// Group rows by user, chat or day.
+    /// Group rows by user, chat, day or service (the model service that made the images, each
+    /// priced at its own `backend.price_per_image`).
     #[arg(long, default_value = "day", value_parser = report_by)]
     pub by: ReportBy,
     /// `table`, `json` or `csv` (a header row, no total).
@@ -120,6 +122,19 @@ pub async fn usage(settings: &Settings, args: UsageArgs) -> anyhow::Result<Strin
     let store = crate::app::existing_quotas(settings)?.store().clone();
     let rows = store.report(since_t, until_t, by, None).await?;
     let price = settings.config.quota.price_per_image;
+    // A service's own price applies to its rows; other groupings mix services and use
+    // quota.price_per_image.
+    let price_of = |r: &ReportRow| match by {
+        ReportBy::Service => settings
+            .config
+            .backend
+            .all()
+            .iter()
+            .find(|b| b.label() == r.key)
+            .and_then(|b| b.price_per_image)
+            .unwrap_or(price),
+        _ => price,
+    };
     let mut total = ReportRow {
         key: "total".into(),
         jobs: 0,
@@ -139,9 +154,14 @@ pub async fn usage(settings: &Settings, args: UsageArgs) -> anyhow::Result<Strin
         ReportBy::User => "user",
         ReportBy::Chat => "chat",
         ReportBy::Day => "day",
+        ReportBy::Service => "service",
     };
-    let rows: Vec<Row<'_>> = rows.iter().map(|r| Row::of(r, price)).collect();
-    let total = Row::of(&total, price);
+    let rows: Vec<Row<'_>> = rows.iter().map(|r| Row::of(r, price_of(r))).collect();
+    let mut total = Row::of(&total, price);
+    if by == ReportBy::Service {
+        total.cost = round2(rows.iter().map(|r| r.cost).sum());
+        total.lost = round2(rows.iter().map(|r| r.lost).sum());
+    }
     Ok(match args.format {
         Format::Table => table(head, since, until, &rows, &total),
         Format::Csv => csv(head, &rows),

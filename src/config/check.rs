@@ -52,6 +52,44 @@ impl Config {
 }
 
 impl BackendConfig {
+    /// The settings every kind of service shares: call limits and request defaults.
+    pub fn call_problems(&self, out: &mut Vec<String>) {
+        let checks = [
+            (
+                self.timeout_secs == 0,
+                "backend.timeout_secs must be at least 1",
+            ),
+            (
+                self.max_concurrent == 0,
+                "backend.max_concurrent must be at least 1",
+            ),
+            (
+                !(self.max_requests_per_second.is_finite() && self.max_requests_per_second > 0.0),
+                "backend.max_requests_per_second must be a positive number",
+            ),
+            (
+                self.max_attempts == 0 || self.max_attempts > 10,
+                "backend.max_attempts must be between 1 and 10",
+            ),
+            (
+                self.default_negative_prompt.chars().count()
+                    > crate::core::command::MAX_NEGATIVE_CHARS,
+                "backend.default_negative_prompt is longer than 500 characters",
+            ),
+            (
+                self.price_per_image
+                    .is_some_and(|p| !(p.is_finite() && p >= 0.0)),
+                "backend.price_per_image must be zero or more",
+            ),
+        ];
+        out.extend(
+            checks
+                .iter()
+                .filter(|(bad, _)| *bad)
+                .map(|(_, p)| p.to_string()),
+        );
+    }
+
     /// `backend.default_size` as a size; the service's adapter checks it against the model.
     pub fn default_size(&self) -> Result<Option<Size>, String> {
         if self.default_size.trim().is_empty() {

@@ -58,7 +58,23 @@ impl Settings {
             .try_into()
             .map_err(|e: toml::de::Error| parse(e.message().trim().to_owned()))?;
         config.quota.database = beside(path, &config.quota.database);
-        let secrets = Secrets::from_env(&env)?;
+        let db_dir = Path::new(&config.quota.database)
+            .parent()
+            .map(Path::to_owned);
+        for b in config.backend.all_mut() {
+            b.spool_dir = match (b.spool_dir.is_empty(), &db_dir) {
+                (true, Some(dir)) if !config.quota.database.contains("://") => {
+                    dir.join("results").display().to_string()
+                }
+                (true, _) => beside(path, "results"),
+                (false, _) => beside(path, &b.spool_dir),
+            };
+            if !b.workflow.is_empty() {
+                b.workflow = beside(path, &b.workflow);
+            }
+        }
+        let mut secrets = Secrets::from_env(&env)?;
+        secrets.read_service_keys(&env, &config.backend)?;
         Ok(Self {
             config,
             secrets,

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Seconds running jobs get to finish at SIGINT/SIGTERM (the rest resume next start).
     pub shutdown_grace_secs: u64,
-    pub backend: BackendConfig,
+    /// One `[backend]`, or several `[[backend]]` tried in `priority` order (failover).
+    pub backend: Backends,
     pub telegram: TelegramConfig,
     pub discord: DiscordConfig,
     pub quota: QuotaConfig,
@@ -30,7 +31,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             shutdown_grace_secs: 60,
-            backend: BackendConfig::default(),
+            backend: Backends::default(),
             telegram: TelegramConfig::default(),
             discord: DiscordConfig::default(),
             quota: QuotaConfig::default(),
@@ -39,10 +40,77 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The configured model services, highest priority first; never empty. The first one's
+/// request-wide settings (`default_negative_prompt`, `default_size`) apply to every job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backends(Vec<BackendConfig>);
+
+impl Backends {
+    /// Several services, put in `priority` order (a stable sort: equal priorities keep the file's
+    /// order). `None` when the list is empty.
+    pub fn new(mut list: Vec<BackendConfig>) -> Option<Self> {
+        list.sort_by_key(|b| b.priority);
+        (!list.is_empty()).then_some(Self(list))
+    }
+
+    /// The service tried first, whose request-wide settings apply.
+    pub fn primary(&self) -> &BackendConfig {
+        &self.0[0]
+    }
+
+    /// Every service, in the order they are tried.
+    pub fn all(&self) -> &[BackendConfig] {
+        &self.0
+    }
+
+    /// Every service, to change in place (paths resolved at load, tests).
+    pub fn all_mut(&mut self) -> &mut [BackendConfig] {
+        &mut self.0
+    }
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Self(vec![BackendConfig::default()])
+    }
+}
+
+impl<'de> Deserialize<'de> for Backends {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Not an untagged enum: it would hide the inner error, and a bad key must be named.
+        let value = toml::Value::deserialize(d)?;
+        let list = match value {
+            toml::Value::Array(_) => Vec::<BackendConfig>::deserialize(value),
+            other => BackendConfig::deserialize(other).map(|b| vec![b]),
+        }
+        .map_err(serde::de::Error::custom)?;
+        Backends::new(list).ok_or_else(|| serde::de::Error::custom("give at least one [[backend]]"))
+    }
+}
+
+impl Serialize for Backends {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
+    /// `dashscope` (also 302.AI), `comfyui` or `openai` (an OpenAI-compatible images API).
     pub kind: String,
+    /// How the ledger and `usage --by service` name this service; default: its `kind`.
+    pub name: String,
+    /// Lower is tried first; equal priorities keep the file's order.
+    pub priority: i32,
+    /// Price of one image made by this service; unset: `quota.price_per_image`.
+    pub price_per_image: Option<f64>,
+    /// The environment variable holding this service's key (also read from `NAME_FILE`);
+    /// default: `DASHSCOPE_API_KEY`, `OPENAI_API_KEY` or `COMFYUI_AUTH` by kind.
+    pub api_key_env: String,
     pub base_url: String,
     pub model: String,
     pub timeout_secs: u64,
@@ -56,8 +124,52 @@ pub struct BackendConfig {
     /// Output size (`WxH`) of requests that name none; empty: the model's default.
     pub default_size: String,
     /// Inputs are reduced to at most this many pixels a side (the service makes nothing larger
-    /// from them); 384 to 3072.
+    /// from them); 384 to 3072 for DashScope.
     pub max_input_side: u32,
+    /// `openai` and `comfyui`: the largest input file sent, in MB (larger ones are re-encoded).
+    pub max_file_mb: u32,
+    /// `openai`: where images answered inline (`b64_json`) wait until delivered; relative to
+    /// the config file's folder. Default: `results` beside the database.
+    pub spool_dir: String,
+    /// `comfyui`: the header that carries the `api_key_env` secret, for a reverse proxy in
+    /// front of ComfyUI (the secret is the whole value, e.g. `Bearer …`).
+    pub auth_header: String,
+    /// `comfyui`: an API-format workflow file; empty: the built-in Qwen-Image-Edit-2509 one
+    /// (`examples/comfyui/qwen-image-edit-2509.json`) with its own node mapping.
+    pub workflow: String,
+    /// `comfyui`: `node.input` that receives each input image (the first image, the second, …).
+    pub image_inputs: Vec<String>,
+    /// `comfyui`: `node.input` that receives the prompt.
+    pub prompt_input: String,
+    /// `comfyui`: `node.input` for the negative prompt; empty: none.
+    pub negative_input: String,
+    /// `comfyui`: `node.input` for the seed; empty: none.
+    pub seed_input: String,
+    /// `comfyui`: `node.input` for the number of images; empty: one image per request.
+    pub batch_input: String,
+    /// `comfyui`: the node whose images are the result; empty: every image the workflow saves.
+    pub output_node: String,
+}
+
+impl BackendConfig {
+    /// The name the ledger records: `name`, or the kind.
+    pub fn label(&self) -> &str {
+        if self.name.is_empty() {
+            &self.kind
+        } else {
+            &self.name
+        }
+    }
+
+    /// The variable that holds this service's key.
+    pub fn key_variable(&self) -> &str {
+        match (self.api_key_env.as_str(), self.kind.as_str()) {
+            ("", "openai") => "OPENAI_API_KEY",
+            ("", "comfyui") => "COMFYUI_AUTH",
+            ("", _) => "DASHSCOPE_API_KEY",
+            (named, _) => named,
+        }
+    }
 }
 
 impl Default for BackendConfig {
@@ -75,6 +187,20 @@ impl Default for BackendConfig {
             max_attempts: 4,
             default_size: String::new(),
             max_input_side: 2048,
+            name: String::new(),
+            priority: 0,
+            price_per_image: None,
+            api_key_env: String::new(),
+            max_file_mb: 20,
+            spool_dir: String::new(),
+            auth_header: "Authorization".into(),
+            workflow: String::new(),
+            image_inputs: Vec::new(),
+            prompt_input: String::new(),
+            negative_input: String::new(),
+            seed_input: String::new(),
+            batch_input: String::new(),
+            output_node: String::new(),
         }
     }
 }
@@ -224,6 +350,9 @@ pub struct Secrets {
     pub telegram_bot_token: Option<SecretString>,
     pub discord_token: Option<SecretString>,
     pub telegram_webhook_secret: Option<SecretString>,
+    /// Keys of model services, by the variable that holds them (`backend.api_key_env`), other
+    /// than `DASHSCOPE_API_KEY`.
+    pub service_keys: std::collections::BTreeMap<String, SecretString>,
 }
 
 /// Config file plus secrets: everything the process is started with.
@@ -251,17 +380,25 @@ impl Settings {
         let mut out = toml::to_string_pretty(&self.config).unwrap_or_default();
         let s = &self.secrets;
         out.push_str("\n# secrets (from the environment)\n");
-        for (name, value) in [
-            ("DASHSCOPE_API_KEY", &s.dashscope_api_key),
-            ("TELEGRAM_BOT_TOKEN", &s.telegram_bot_token),
-            ("DISCORD_TOKEN", &s.discord_token),
-            ("TELEGRAM_WEBHOOK_SECRET", &s.telegram_webhook_secret),
-        ] {
-            let state = if value.is_some() {
-                "set (redacted)"
-            } else {
-                "not set"
-            };
+        let fixed = [
+            ("DASHSCOPE_API_KEY", s.dashscope_api_key.is_some()),
+            ("TELEGRAM_BOT_TOKEN", s.telegram_bot_token.is_some()),
+            ("DISCORD_TOKEN", s.discord_token.is_some()),
+            (
+                "TELEGRAM_WEBHOOK_SECRET",
+                s.telegram_webhook_secret.is_some(),
+            ),
+        ];
+        let services = self.config.backend.all().iter().map(|b| b.key_variable());
+        let services = services
+            .filter(|v| *v != "DASHSCOPE_API_KEY")
+            .map(|v| (v, s.service_keys.contains_key(v)));
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, set) in fixed.into_iter().chain(services) {
+            if !seen.insert(name) {
+                continue;
+            }
+            let state = if set { "set (redacted)" } else { "not set" };
             let _ = writeln!(out, "# {name} = {state}");
         }
         out
@@ -276,7 +413,34 @@ impl Secrets {
             telegram_bot_token: secret(env, "TELEGRAM_BOT_TOKEN")?,
             discord_token: secret(env, "DISCORD_TOKEN")?,
             telegram_webhook_secret: secret(env, "TELEGRAM_WEBHOOK_SECRET")?,
+            service_keys: Default::default(),
         })
+    }
+
+    /// Reads the key of every configured service that names its own variable.
+    pub fn read_service_keys(
+        &mut self,
+        env: &impl Fn(&str) -> Option<String>,
+        backends: &Backends,
+    ) -> Result<(), ConfigError> {
+        for b in backends.all() {
+            let name = b.key_variable();
+            if name != "DASHSCOPE_API_KEY"
+                && !self.service_keys.contains_key(name)
+                && let Some(value) = secret(env, name)?
+            {
+                self.service_keys.insert(name.to_owned(), value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key of service `b`, if set.
+    pub fn key_for(&self, b: &BackendConfig) -> Option<&SecretString> {
+        match b.key_variable() {
+            "DASHSCOPE_API_KEY" => self.dashscope_api_key.as_ref(),
+            other => self.service_keys.get(other),
+        }
     }
 }
 

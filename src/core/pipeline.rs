@@ -10,6 +10,7 @@ use super::error::FailureReason;
 use super::image::{FitLimits, Fitted, ImageRejection, fit};
 use super::jobs::Delivery;
 use super::ports::model::{Answer, BackendError, EditRequest, EditService};
+use super::ports::store::Store;
 
 /// Watches what happens (metrics, health); every method defaults to doing nothing, and `()`
 /// ignores everything.
@@ -30,16 +31,28 @@ pub trait Observer: Send + Sync {
 impl Observer for () {}
 
 /// Fits the inputs, runs the edit and downloads every result.
+/// The answer is recorded in `store` for `job_id` before its images are fetched (what the
+/// service made is spent money, fetched or not; `usage --by service` reads who made it).
 pub async fn execute(
     backend: &dyn EditService,
     limits: &FitLimits,
     inputs: Vec<Bytes>,
     command: &EditCommand,
     negative: Option<String>,
+    store: &dyn Store,
+    job_id: &str,
 ) -> Result<Delivery, FailureReason> {
     let images = fit_all(inputs, limits).await?;
     let mut resp = call(backend, &(), images, command, negative).await?;
     resp.parts.truncate(usize::from(command.count()));
+    let (request, service) = (resp.request_id.as_deref(), resp.service.as_deref());
+    let now = chrono::Utc::now();
+    if let Err(e) = store
+        .save_result(job_id, request, &resp.parts, service, now)
+        .await
+    {
+        tracing::warn!(job_id, error = %e, "cannot record the answer");
+    }
     let images = redeem_all(backend, &resp.parts, DOWNLOAD_TIMEOUT).await?;
     Ok(Delivery {
         images,

@@ -30,15 +30,21 @@ fn the_example_config_loads_with_every_spec_key_and_its_defaults() {
     .unwrap();
     let c = &s.config;
     assert_eq!(
-        c.backend.base_url,
+        c.backend.primary().base_url,
         "https://dashscope-intl.aliyuncs.com/api/v1"
     );
     assert_eq!(
-        (c.backend.model.as_str(), c.backend.timeout_secs),
+        (
+            c.backend.primary().model.as_str(),
+            c.backend.primary().timeout_secs
+        ),
         ("qwen-image-edit-plus", 300)
     );
     assert_eq!(
-        (c.backend.max_concurrent, c.backend.max_requests_per_second),
+        (
+            c.backend.primary().max_concurrent,
+            c.backend.primary().max_requests_per_second
+        ),
         (4, 2.0)
     );
     assert!(c.telegram.enabled && !c.discord.enabled);
@@ -145,7 +151,7 @@ fn each_adapter_checks_its_own_section_and_an_unknown_service_is_named() {
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        "[backend]\nkind = \"comfyui\"\nmax_input_side = 5000\n[telegram]\nenabled = true\n\
+        "[backend]\nkind = \"stable-horde\"\nmax_input_side = 5000\n[telegram]\nenabled = true\n\
          [quota]\ndatabase = \"redis://x\"\n",
     )
     .unwrap();
@@ -158,7 +164,8 @@ fn each_adapter_checks_its_own_section_and_an_unknown_service_is_named() {
     assert_eq!(
         problems,
         [
-            "backend.kind = \"comfyui\": only \"dashscope\" is supported".to_string(),
+            "backend.kind = \"stable-horde\": use \"dashscope\", \"comfyui\" or \"openai\""
+                .to_string(),
             "quota.database = \"redis://x\": only a SQLite file path is supported in this version"
                 .to_string(),
         ],

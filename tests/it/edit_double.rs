@@ -49,6 +49,7 @@ impl EditService for MemoryService {
             max_side: 4096,
             useful_side: 4096,
             max_file_bytes: 20 << 20,
+            formats: qwen_edit_bot::core::image::ALL_FORMATS,
         }
     }
 
@@ -72,6 +73,7 @@ impl EditService for MemoryService {
             Ok(Answer {
                 request_id: Some(format!("mem-{call}")),
                 parts: refs,
+                service: None,
             })
         })
     }

@@ -547,6 +547,7 @@ async fn after_a_restart_waiting_jobs_run_and_answered_jobs_are_delivered_withou
         let answer = qwen_edit_bot::core::ports::model::Answer {
             request_id: Some("req-before".into()),
             parts,
+            service: None,
         };
         quotas.save_result("answered", &answer).await.unwrap();
         assert_eq!(engine.close(), 2, "both handed back to the store");
@@ -807,10 +808,11 @@ impl Store for Flaky {
         id: &str,
         req: Option<&str>,
         urls: &[String],
+        service: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         fails(&self.saves_to_fail)?;
-        self.inner.save_result(id, req, urls, now).await
+        self.inner.save_result(id, req, urls, service, now).await
     }
     async fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
         self.inner.unfinished().await

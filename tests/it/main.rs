@@ -15,5 +15,6 @@ mod fitting;
 mod jobs;
 mod pillow;
 mod quota;
+mod services;
 mod store_contract;
 mod telegram;

@@ -490,6 +490,7 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
     let answer = |n: usize| qwen_edit_bot::core::ports::model::Answer {
         request_id: None,
         parts: (0..n).map(|i| format!("https://r/{i}.png")).collect(),
+        service: None,
     };
     // Made and refused by the user's chat: charged what the backend made.
     q.reserve(reservation("a", "1", None, 4))

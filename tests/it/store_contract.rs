@@ -93,7 +93,7 @@ async fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dy
         "https://results/2.png".into(),
     ];
     store
-        .save_result("r1", Some("req-1"), &urls, now())
+        .save_result("r1", Some("req-1"), &urls, None, now())
         .await
         .unwrap();
     let r1 = store
@@ -180,6 +180,7 @@ async fn results_the_chat_refused_are_charged(store: &dyn Store) {
                 "https://results/x.png".into(),
                 "https://results/y.png".into(),
             ],
+            None,
             now(),
         )
         .await

@@ -4,7 +4,6 @@
 use super::{EDIT_PATH, INPUT_RULES, caps_of};
 use crate::config::check::url_problem;
 use crate::config::{BackendConfig, Secrets};
-use crate::core::command::MAX_NEGATIVE_CHARS;
 use crate::core::ports::model::SizeRejection;
 
 /// Every problem of the DashScope settings.
@@ -27,34 +26,7 @@ pub fn problems(b: &BackendConfig, secrets: &Secrets, out: &mut Vec<String>) {
             b.model
         ));
     }
-    let checks = [
-        (
-            b.timeout_secs == 0,
-            "backend.timeout_secs must be at least 1",
-        ),
-        (
-            b.max_concurrent == 0,
-            "backend.max_concurrent must be at least 1",
-        ),
-        (
-            !(b.max_requests_per_second.is_finite() && b.max_requests_per_second > 0.0),
-            "backend.max_requests_per_second must be a positive number",
-        ),
-        (
-            b.max_attempts == 0 || b.max_attempts > 10,
-            "backend.max_attempts must be between 1 and 10",
-        ),
-        (
-            b.default_negative_prompt.chars().count() > MAX_NEGATIVE_CHARS,
-            "backend.default_negative_prompt is longer than 500 characters",
-        ),
-    ];
-    out.extend(
-        checks
-            .iter()
-            .filter(|(bad, _)| *bad)
-            .map(|(_, p)| p.to_string()),
-    );
+    b.call_problems(out);
     let (min, max) = (INPUT_RULES.min_side, INPUT_RULES.max_side);
     if !(min..=max).contains(&b.max_input_side) {
         out.push(format!(

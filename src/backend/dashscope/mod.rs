@@ -82,6 +82,7 @@ pub struct DashScope {
     client: Client,
     opts: DashScopeOptions,
     endpoint: String,
+    rules: InputRules,
 }
 
 impl DashScope {
@@ -90,7 +91,42 @@ impl DashScope {
             client: Client::new(opts.policy())?,
             endpoint: format!("{}{EDIT_PATH}", opts.base_url.trim_end_matches('/')),
             opts,
+            rules: INPUT_RULES,
         })
+    }
+
+    /// With `side` (`backend.max_input_side`) as the largest side worth sending.
+    pub fn with_useful_side(mut self, side: u32) -> Self {
+        self.rules.useful_side = side;
+        self
+    }
+
+    /// A call that costs nothing: `GET {base_url}/tasks/{random id}` is authenticated (a
+    /// refused key answers 401) and makes no image. Says what it found.
+    pub async fn probe(&self) -> Result<String, BackendError> {
+        let base = self.opts.base_url.trim_end_matches('/');
+        let url = format!("{base}/tasks/{}", uuid::Uuid::new_v4());
+        let resp = self
+            .client
+            .http
+            .get(url)
+            .bearer_auth(crate::config::expose(&self.opts.api_key))
+            .send()
+            .await
+            .map_err(|e| self.client.transport_error(e))?;
+        let (status, retry_after, bytes) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+        match status {
+            200 | 400 | 404 => Ok(format!(
+                "reachable, key accepted (a task lookup answered HTTP {status}); model {}",
+                self.opts.model
+            )),
+            _ => Err(wire::parse_response(status, &bytes, retry_after)
+                .err()
+                .unwrap_or(BackendError::Unavailable {
+                    status,
+                    code: String::new(),
+                })),
+        }
     }
 
     /// Runs one edit, retrying what is worth retrying.
@@ -141,7 +177,7 @@ impl EditService for DashScope {
     }
 
     fn input_rules(&self) -> InputRules {
-        INPUT_RULES
+        self.rules
     }
 
     fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<Answer, BackendError>> {

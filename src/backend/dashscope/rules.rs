@@ -23,6 +23,7 @@ pub const INPUT_RULES: InputRules = InputRules {
     max_side: 3072,
     useful_side: 2048,
     max_file_bytes: (MAX_DATA_URI - DATA_URI_FRAME) / 4 * 3,
+    formats: crate::core::image::ALL_FORMATS,
 };
 
 /// What a DashScope model accepts (docs/DASHSCOPE.md §1.3), by its name.

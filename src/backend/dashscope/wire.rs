@@ -90,6 +90,7 @@ pub(super) fn parse_response(
     Ok(Answer {
         request_id: resp.request_id,
         parts: urls,
+        service: None,
     })
 }
 

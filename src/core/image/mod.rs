@@ -37,7 +37,20 @@ pub struct InputRules {
     /// Largest image file the service takes, in bytes before any encoding its adapter adds
     /// (DashScope's data-URI limit, turned into file bytes by its adapter).
     pub max_file_bytes: usize,
+    /// Formats the service takes as they come; a picture in any other is re-encoded (JPEG or
+    /// PNG, which every service takes).
+    pub formats: &'static [Format],
 }
+
+/// Every format [`sniff`] recognises.
+pub const ALL_FORMATS: &[Format] = &[
+    Format::Jpeg,
+    Format::Png,
+    Format::Gif,
+    Format::Bmp,
+    Format::Tiff,
+    Format::WebP,
+];
 
 impl InputRules {
     /// No rule at all: for fitting results to a chat's upload limit, where only the decoding
@@ -47,6 +60,7 @@ impl InputRules {
         max_side: u32::MAX,
         useful_side: u32::MAX,
         max_file_bytes: usize::MAX,
+        formats: ALL_FORMATS,
     };
 }
 
@@ -202,6 +216,7 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
         && bytes.len() <= limits.passthrough_max_bytes
         && bytes.len() <= limits.rules.max_file_bytes
         && p.format != Format::Gif // animated GIFs: we pick the first frame ourselves
+        && limits.rules.formats.contains(&p.format)
         && as_is_ok(&bytes, p);
     if sendable {
         return Ok(Fitted {

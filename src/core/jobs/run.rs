@@ -184,6 +184,7 @@ impl Engine {
         let answered = (u.status == JobStatus::Ready && !u.parts.is_empty()).then(|| Answer {
             request_id: u.request_id.clone(),
             parts: u.parts.clone(),
+            service: None,
         });
         // A running job is run once more after a restart; cut off again, it is given up
         // (it may be what brings the process down).

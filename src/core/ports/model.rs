@@ -32,6 +32,9 @@ pub struct EditRequest {
 pub struct Answer {
     pub request_id: Option<String>,
     pub parts: Vec<String>,
+    /// The configured service that made it (`backend.name`), when several are configured; the
+    /// ledger records it so `usage --by service` prices each service's images.
+    pub service: Option<String>,
 }
 
 /// What a model accepts (docs/DASHSCOPE.md §1.3).

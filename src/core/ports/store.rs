@@ -99,6 +99,8 @@ pub enum ReportBy {
     Chat,
     #[default]
     Day,
+    /// The service that made the images (`backend.name`; the model for jobs that name none).
+    Service,
 }
 
 /// One line of the usage report.
@@ -151,12 +153,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Result<Granted, QuotaRejection>, StoreError>;
     async fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Records the service's answer (its opaque parts) before they are redeemed for images;
-    /// its images count as generated from here on.
+    /// its images count as generated from here on, made by `service` (`backend.name`) when
+    /// several are configured.
     async fn save_result(
         &self,
         job_id: &str,
         request_id: Option<&str>,
         parts: &[String],
+        service: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
     /// Jobs not yet delivered or failed, and failed jobs whose user was not told yet, oldest

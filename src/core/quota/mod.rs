@@ -131,8 +131,13 @@ impl Quotas {
     pub async fn save_result(&self, job_id: &str, answer: &Answer) -> Result<(), StoreError> {
         let (now, request_id) = (self.clock.now(), answer.request_id.as_deref());
         self.persist("the backend's answer", job_id, || {
-            self.store
-                .save_result(job_id, request_id, &answer.parts, now)
+            self.store.save_result(
+                job_id,
+                request_id,
+                &answer.parts,
+                answer.service.as_deref(),
+                now,
+            )
         })
         .await
     }

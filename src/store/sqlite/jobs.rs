@@ -27,6 +27,7 @@ impl Db {
         job_id: &str,
         request_id: Option<&str>,
         parts: &[String],
+        service: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let count = parts.len() as i64;
@@ -34,9 +35,9 @@ impl Db {
         self.conn()
             .execute(
                 "UPDATE jobs SET status = 'ready', result_urls = ?2, request_id = ?3,
-                    started_at = COALESCE(started_at, ?4), generated = ?5
+                    started_at = COALESCE(started_at, ?4), generated = ?5, service = ?6
                  WHERE id = ?1 AND status IN ('queued','running')",
-                params![job_id, parts, request_id, ms(now), count],
+                params![job_id, parts, request_id, ms(now), count, service],
             )
             .map_err(db)?;
         Ok(())

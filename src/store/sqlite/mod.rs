@@ -90,14 +90,16 @@ impl Store for SqliteStore {
         job_id: &str,
         request_id: Option<&str>,
         parts: &[String],
+        service: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (id, request, parts) = (
+        let (id, request, parts, service) = (
             job_id.to_owned(),
             request_id.map(str::to_owned),
             parts.to_vec(),
+            service.map(str::to_owned),
         );
-        self.run(move |db| db.save_result(&id, request.as_deref(), &parts, now))
+        self.run(move |db| db.save_result(&id, request.as_deref(), &parts, service.as_deref(), now))
             .await
     }
 

@@ -94,6 +94,8 @@ impl Db {
             ReportBy::User => "platform || ':' || user_id",
             ReportBy::Chat => "platform || ':' || chat_id",
             ReportBy::Day => "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')",
+            // Jobs without a recorded service (one service configured, or before 0.2): its model.
+            ReportBy::Service => "COALESCE(service, model)",
         };
         let sql = format!(
             "SELECT {key} AS k,

@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- the unguessable id in the result's 🔁 button, and the message that carries it
     token          TEXT,
     result_chat    TEXT,
-    result_message TEXT
+    result_message TEXT,
+    -- the configured service (backend.name) that made the images, when several are configured
+    service        TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('queued','running','ready');
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at INTEGER NOT NULL);
@@ -87,6 +89,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("token", "TEXT"),
         ("result_chat", "TEXT"),
         ("result_message", "TEXT"),
+        ("service", "TEXT"),
     ] {
         if !has("jobs", column)? {
             conn.execute_batch(&format!(

@@ -79,14 +79,20 @@ pub struct FakeDashScope {
 
 impl FakeDashScope {
     pub async fn start() -> Self {
+        Self::start_at("/api/v1").await
+    }
+
+    /// A fake whose API is under `prefix` (DashScope's `/api/v1`, 302.AI's `/aliyun/api/v1`).
+    pub async fn start_at(prefix: &str) -> Self {
         let inner = Arc::new(Inner::default());
         *inner.model.lock().unwrap() = "qwen-image-edit-plus".into();
         *inner.result_size.lock().unwrap() = (64, 48);
         let app = Router::new()
             .route(
-                "/api/v1/services/aigc/multimodal-generation/generation",
+                &format!("{prefix}/services/aigc/multimodal-generation/generation"),
                 post(generate),
             )
+            .route(&format!("{prefix}/tasks/{{id}}"), get(task))
             .route("/results/{name}", get(result))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(inner.clone());
@@ -94,7 +100,7 @@ impl FakeDashScope {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
-            base_url: format!("http://{addr}/api/v1"),
+            base_url: format!("http://{addr}{prefix}"),
             inner,
         }
     }
@@ -390,4 +396,19 @@ async fn result(
     let (w, h) = *s.result_size.lock().unwrap();
     let png = super::images::png_solid(w, h, [index.wrapping_mul(40), 120, 200]);
     ([(header::CONTENT_TYPE, "image/png")], png).into_response()
+}
+
+/// `GET /tasks/{id}`: DashScope answers an unknown task with `UNKNOWN` (key checked first).
+async fn task(Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("Bearer {API_KEY}")) {
+        let body = json!({"code": "InvalidApiKey", "message": "Invalid API-key provided.",
+            "request_id": "probe-req"});
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    axum::Json(json!({"request_id": "probe-req",
+        "output": {"task_id": id, "task_status": "UNKNOWN"}}))
+    .into_response()
 }

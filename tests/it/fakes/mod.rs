@@ -4,4 +4,5 @@ pub mod dashscope;
 pub mod discord;
 pub mod images;
 pub mod multipart;
+pub mod openai;
 pub mod telegram;
