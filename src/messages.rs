@@ -439,6 +439,15 @@ pub fn working(lang: Lang) -> String {
     pick(lang, "🎨 Editing…".into(), "🎨 正在编辑…".into())
 }
 
+/// Status of a running job whose service reports how far it is.
+pub fn working_progress(lang: Lang, percent: u8) -> String {
+    pick(
+        lang,
+        format!("🎨 Editing… {percent}%"),
+        format!("🎨 正在编辑… {percent}%"),
+    )
+}
+
 /// Status where a reaction could not be set.
 pub fn accepted(lang: Lang) -> String {
     pick(

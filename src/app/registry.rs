@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::bail;
 
+use crate::backend::comfyui::{ComfyOptions, ComfyUi};
 use crate::backend::{DashScope, DashScopeOptions, Member, OpenAi, OpenAiOptions, Services};
 use crate::config::{BackendConfig, Settings};
 use crate::core::jobs::Engine;
@@ -25,6 +26,9 @@ pub fn problems(settings: &Settings) -> Vec<String> {
         match b.kind.as_str() {
             "dashscope" => crate::backend::dashscope::check::problems(b, s, &mut own),
             "openai" => crate::backend::openai::check::problems(b, &mut own),
+            "comfyui" => {
+                crate::backend::comfyui::check::problems(b, s.key_for(b).is_some(), &mut own)
+            }
             other => own.push(format!(
                 "backend.kind = {other:?}: use \"dashscope\", \"comfyui\" or \"openai\""
             )),
@@ -75,6 +79,10 @@ fn service(settings: &Settings, b: &BackendConfig) -> anyhow::Result<Arc<dyn Edi
             Arc::new(DashScope::new(opts)?.with_useful_side(b.max_input_side))
         }
         "openai" => Arc::new(OpenAi::new(OpenAiOptions::from_config(b, key))?),
+        "comfyui" => {
+            let opts = ComfyOptions::from_config(b, key).map_err(anyhow::Error::msg)?;
+            Arc::new(ComfyUi::new(opts)?)
+        }
         other => bail!("backend.kind = {other:?} is not a service this bot speaks"),
     })
 }
@@ -125,6 +133,10 @@ async fn probe_one(settings: &Settings, b: &BackendConfig) -> anyhow::Result<Str
             OpenAi::new(OpenAiOptions::from_config(b, key))?
                 .probe()
                 .await?
+        }
+        "comfyui" => {
+            let opts = ComfyOptions::from_config(b, key).map_err(anyhow::Error::msg)?;
+            ComfyUi::new(opts)?.probe().await?
         }
         other => bail!("backend.kind = {other:?} is not a service this bot speaks"),
     })

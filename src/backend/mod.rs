@@ -2,6 +2,7 @@
 //! OpenAI-compatible servers. Each adapter's wire types stay private to it.
 
 pub mod client;
+pub mod comfyui;
 pub mod dashscope;
 mod errors;
 pub mod failover;

@@ -9,7 +9,7 @@ use super::command::EditCommand;
 use super::error::FailureReason;
 use super::image::{FitLimits, Fitted, ImageRejection, fit};
 use super::jobs::Delivery;
-use super::ports::model::{Answer, BackendError, EditRequest, EditService};
+use super::ports::model::{Answer, BackendError, EditRequest, EditService, Progress};
 use super::ports::store::Store;
 
 /// Watches what happens (metrics, health); every method defaults to doing nothing, and `()`
@@ -43,7 +43,7 @@ pub async fn execute(
     job_id: &str,
 ) -> Result<Delivery, FailureReason> {
     let images = fit_all(inputs, limits).await?;
-    let mut resp = call(backend, &(), images, command, negative).await?;
+    let mut resp = call(backend, &(), images, command, negative, None).await?;
     resp.parts.truncate(usize::from(command.count()));
     let (request, service) = (resp.request_id.as_deref(), resp.service.as_deref());
     let now = chrono::Utc::now();
@@ -76,6 +76,7 @@ pub async fn call(
     images: Vec<Fitted>,
     command: &EditCommand,
     negative: Option<String>,
+    progress: Option<Progress>,
 ) -> Result<Answer, FailureReason> {
     let req = EditRequest {
         images,
@@ -84,6 +85,7 @@ pub async fn call(
         seed: command.seed,
         n: command.count(),
         size: command.size,
+        progress,
     };
     let started = Instant::now();
     let result = backend.edit(&req).await;

@@ -594,3 +594,58 @@ async fn chat_calls_wait_what_the_platform_asked_back_off_otherwise_and_stop_at_
         )
     );
 }
+
+#[tokio::test]
+async fn a_waiting_jobs_status_shows_the_progress_comfyui_reports() {
+    let comfy = crate::fakes::comfyui::FakeComfy::start().await;
+    let delays = Default::default();
+    let service =
+        qwen_edit_bot::backend::comfyui::ComfyUi::new(super::comfyui::options(&comfy, &delays))
+            .unwrap();
+    let r = rig_with(1, Arc::new(service), FakeDashScope::start().await);
+    r.engine.spawn_workers();
+    r.engine
+        .request(job("first", reply("1", 10), &["photo"], "/edit a"))
+        .await;
+    r.engine
+        .request(job("second", reply("2", 20), &["photo"], "/edit b"))
+        .await;
+    r.chat.posts(2).await;
+    settled(&r.quotas, "second", JobStatus::Delivered).await;
+    r.chat
+        .wait_for(1, |c| *c == Call::Mark(Some(20), Mark::Done))
+        .await;
+    let status = r.chat.answers().iter().find_map(|c| match c {
+        Call::Say(text) if *text == messages::queued(Lang::En, 0) => Some(()),
+        _ => None,
+    });
+    assert!(
+        status.is_some(),
+        "the second job waited with a status message"
+    );
+    let edits: Vec<String> = r
+        .chat
+        .answers()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Edit(Shown::Message(_), text) => Some(text),
+            _ => None,
+        })
+        .collect();
+    // The fake reports 25, 50, 75 and 100 % within milliseconds: one edit shows the latest
+    // value pending when the display looks; the rest fall within 3 s of it.
+    let progress: Vec<String> = [25, 50, 75, 100]
+        .map(|p| messages::working_progress(Lang::En, p))
+        .into();
+    assert_eq!(edits.len(), 2, "{edits:?}");
+    assert_eq!(edits[0], messages::working(Lang::En));
+    assert!(progress.contains(&edits[1]), "{edits:?}");
+    assert_eq!(comfy.prompts().len(), 2, "one ComfyUI run per job");
+    let first = r.chat.answers();
+    assert!(
+        !first
+            .iter()
+            .any(|c| matches!(c, Call::Say(t) if t.contains('%'))),
+        "progress never becomes a new message: {first:?}"
+    );
+}

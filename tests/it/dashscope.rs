@@ -48,6 +48,7 @@ fn request(n: u8) -> EditRequest {
         seed: Some(42),
         n,
         size: None,
+        progress: None,
     }
 }
 

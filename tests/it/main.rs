@@ -3,6 +3,7 @@
 mod access;
 mod chat_double;
 mod cli;
+mod comfyui;
 mod command;
 mod config;
 mod conversation;

@@ -70,6 +70,7 @@ fn request(images: usize, n: u8, rules: InputRules) -> EditRequest {
         seed: Some(5),
         n,
         size: None,
+        progress: None,
     }
 }
 

@@ -220,6 +220,38 @@ impl Engine {
         }
     }
 
+    /// Shows a running job's progress (from services that report it) in place of its status
+    /// text, at most once per [`POSITION_EVERY`] per message, while `progress` has a sender.
+    /// Jobs without a status message of ours (only a mark) get no new message for it.
+    pub(crate) async fn show_progress(
+        &self,
+        spec: &JobSpec,
+        mut progress: watch::Receiver<Option<u8>>,
+    ) {
+        let reply = &spec.route;
+        let mut shown_at: Option<tokio::time::Instant> = None;
+        let mut last = None;
+        while progress.changed().await.is_ok() {
+            let Some(percent) = *progress.borrow_and_update() else {
+                continue;
+            };
+            if last == Some(percent) || shown_at.is_some_and(|t| t.elapsed() < POSITION_EVERY) {
+                continue;
+            }
+            let status = self
+                .talks
+                .get(&spec.id)
+                .and_then(|t| t.written.then_some(t.status).flatten());
+            let (Some(shown), Some(chat)) = (status, self.chat(reply)) else {
+                continue;
+            };
+            shown_at = Some(tokio::time::Instant::now());
+            last = Some(percent);
+            let text = messages::working_progress(reply.lang, percent);
+            let _ = chat.edit(reply, shown, &text).await;
+        }
+    }
+
     /// Every few seconds, tells waiting jobs their new place in the queue (one ticker for all
     /// platforms). Ends when the engine is dropped.
     pub fn spawn_position_ticker(self: &Arc<Self>) {

@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 use super::{Delivery, Engine, JobEvent, JobSpec, MAX_RUNS, Outcome, Queued};
 use crate::core::error::{Failure, FailureReason};
 use crate::core::pipeline::{call, fit_all, redeem_all};
-use crate::core::ports::model::{Answer, BackendError};
+use crate::core::ports::model::{Answer, BackendError, Progress};
 use crate::core::ports::store::{JobStatus, Unfinished};
 use crate::core::quota::Granted;
 
@@ -117,14 +117,21 @@ impl Engine {
                 Some(self.cfg.default_negative.clone()).filter(|s| !s.trim().is_empty())
             });
         let images = fit_all(inputs, &self.cfg.fit).await?;
-        let mut resp = call(
+        let (told, progress) = tokio::sync::watch::channel(None);
+        let told = Progress::new(move |percent| {
+            told.send_replace(Some(percent));
+        });
+        let answered = call(
             self.backend.as_ref(),
             self.observer(),
             images,
             &spec.command,
             negative,
-        )
-        .await?;
+            Some(told),
+        );
+        // The call owns the only sender: when it returns, the progress display ends too.
+        let (answered, ()) = tokio::join!(answered, self.show_progress(spec, progress));
+        let mut resp = answered?;
         // More than asked for is not delivered (nor charged); fewer is charged as delivered.
         resp.parts.truncate(usize::from(spec.command.count()));
         if let Err(e) = self.quotas.save_result(&spec.id, &resp).await {

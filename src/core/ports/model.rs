@@ -4,6 +4,7 @@
 //! vendor codes here: the adapter maps its service's errors to [`BackendError`] and
 //! [`OperatorProblem`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,30 @@ pub struct EditRequest {
     pub n: u8,
     /// Output size (checked against [`ModelCaps::check_size`]); `None`: the model's default.
     pub size: Option<Size>,
+    /// Where a service that reports progress (ComfyUI) tells it; `None`: nobody listens.
+    pub progress: Option<Progress>,
+}
+
+/// Told how far a running edit is, in percent. Cheap to call often: the listener keeps only
+/// the latest value and decides when to show it.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(u8) + Send + Sync>);
+
+impl Progress {
+    pub fn new(tell: impl Fn(u8) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(tell))
+    }
+
+    /// Reports `percent` (at most 100).
+    pub fn report(&self, percent: u8) {
+        (self.0)(percent.min(100));
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// A service's answer to one edit, in a form the store keeps: one opaque part per image, which

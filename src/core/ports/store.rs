@@ -99,7 +99,8 @@ pub enum ReportBy {
     Chat,
     #[default]
     Day,
-    /// The service that made the images (`backend.name`; the model for jobs that name none).
+    /// The service that made the images (`backend.name`); `(no image)` for jobs that made none,
+    /// and the model for images made before services were recorded.
     Service,
 }
 

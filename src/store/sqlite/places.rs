@@ -94,8 +94,12 @@ impl Db {
             ReportBy::User => "platform || ':' || user_id",
             ReportBy::Chat => "platform || ':' || chat_id",
             ReportBy::Day => "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')",
-            // Jobs without a recorded service (one service configured, or before 0.2): its model.
-            ReportBy::Service => "COALESCE(service, model)",
+            // Jobs that made no image belong to no service; images made before services were
+            // recorded are listed under their model.
+            ReportBy::Service => {
+                "COALESCE(service, CASE WHEN generated > 0 OR status = 'delivered' THEN model \
+                 ELSE '(no image)' END)"
+            }
         };
         let sql = format!(
             "SELECT {key} AS k,

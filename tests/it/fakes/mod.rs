@@ -1,5 +1,6 @@
 //! Local stand-ins that speak the real wire protocols.
 
+pub mod comfyui;
 pub mod dashscope;
 pub mod discord;
 pub mod images;
