@@ -51,7 +51,24 @@ impl Config {
     }
 }
 
+/// Largest `backend.max_file_mb` accepted.
+const MAX_FILE_MB: u32 = 100;
+
 impl BackendConfig {
+    /// `max_input_side` within `min..=max`, and `max_file_mb` (services that take files).
+    pub fn input_problems(&self, min: u32, max: u32, out: &mut Vec<String>) {
+        if !(min..=max).contains(&self.max_input_side) {
+            out.push(format!(
+                "backend.max_input_side must be between {min} and {max}"
+            ));
+        }
+        if !(1..=MAX_FILE_MB).contains(&self.max_file_mb) {
+            out.push(format!(
+                "backend.max_file_mb must be between 1 and {MAX_FILE_MB}"
+            ));
+        }
+    }
+
     /// The settings every kind of service shares: call limits and request defaults.
     pub fn call_problems(&self, out: &mut Vec<String>) {
         let checks = [

@@ -24,25 +24,13 @@ const SECRET: &str = "comfy-secret-0123456789abcdef";
 type Delays = Arc<Mutex<Vec<Duration>>>;
 
 pub fn options(fake: &FakeComfy, delays: &Delays) -> ComfyOptions {
-    let delays = delays.clone();
     ComfyOptions {
         base_url: fake.base_url.clone(),
         auth: None,
         workflow: serde_json::from_str(BUILTIN_WORKFLOW).unwrap(),
         mapping: Mapping::builtin(),
         model: "qwen-image-edit-2509".into(),
-        policy: CallPolicy {
-            timeout: Duration::from_secs(10),
-            max_concurrent: 4,
-            max_requests_per_second: 1000.0,
-            max_attempts: 4,
-            base_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-            sleeper: Arc::new(move |d| {
-                delays.lock().unwrap().push(d);
-                Box::pin(async {})
-            }),
-        },
+        policy: crate::services::policy(4, delays),
         max_input_side: 2048,
         max_file_bytes: 20 << 20,
         history_poll: Duration::from_millis(20),

@@ -13,9 +13,17 @@ use secrecy::SecretString;
 use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
 use crate::fakes::images;
 
+/// A sleeper that records each wait in `delays` instead of waiting.
+pub fn recording(delays: &Arc<Mutex<Vec<Duration>>>) -> qwen_edit_bot::backend::Sleeper {
+    let delays = delays.clone();
+    Arc::new(move |d| {
+        delays.lock().unwrap().push(d);
+        Box::pin(async {})
+    })
+}
+
 /// Client options for the fake; sleeps are recorded, not waited for.
 pub fn options(fake: &FakeDashScope, delays: &Arc<Mutex<Vec<Duration>>>) -> DashScopeOptions {
-    let delays = delays.clone();
     DashScopeOptions {
         base_url: fake.base_url.clone(),
         model: "qwen-image-edit-plus".into(),
@@ -28,10 +36,7 @@ pub fn options(fake: &FakeDashScope, delays: &Arc<Mutex<Vec<Duration>>>) -> Dash
         max_attempts: 4,
         base_backoff: Duration::from_secs(1),
         max_backoff: Duration::from_secs(30),
-        sleeper: Arc::new(move |d| {
-            delays.lock().unwrap().push(d);
-            Box::pin(async {})
-        }),
+        sleeper: recording(delays),
     }
 }
 

@@ -23,19 +23,16 @@ use crate::fakes::openai::{API_KEY, FakeOpenAi, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qwen-edit-bot");
 
-fn policy(attempts: u32, delays: &Arc<Mutex<Vec<Duration>>>) -> CallPolicy {
-    let delays = delays.clone();
+/// Call limits for tests: `attempts` tries, waits recorded in `delays` instead of slept.
+pub fn policy(attempts: u32, delays: &Arc<Mutex<Vec<Duration>>>) -> CallPolicy {
     CallPolicy {
         timeout: Duration::from_secs(10),
-        max_concurrent: 2,
+        max_concurrent: 4,
         max_requests_per_second: 1000.0,
         max_attempts: attempts,
         base_backoff: Duration::from_secs(1),
         max_backoff: Duration::from_secs(30),
-        sleeper: Arc::new(move |d| {
-            delays.lock().unwrap().push(d);
-            Box::pin(async {})
-        }),
+        sleeper: crate::dashscope::recording(delays),
     }
 }
 
@@ -460,6 +457,16 @@ fn two_services(primary: &FakeDashScope, second: &FakeOpenAi, db: &std::path::Pa
     )
 }
 
+/// Both fakes, and a folder with [`two_services`]' config for them.
+async fn two_services_configured() -> (FakeDashScope, FakeOpenAi, tempfile::TempDir) {
+    let (primary, second) = (FakeDashScope::start().await, FakeOpenAi::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data/q.sqlite3");
+    let config = two_services(&primary, &second, &db);
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    (primary, second, dir)
+}
+
 async fn run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(BIN)
         .args(args)
@@ -481,14 +488,7 @@ fn text(b: &[u8]) -> String {
 
 #[tokio::test]
 async fn edit_works_through_an_openai_server_and_usage_prices_each_service() {
-    let (primary, second) = (FakeDashScope::start().await, FakeOpenAi::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("data/q.sqlite3");
-    std::fs::write(
-        dir.path().join("config.toml"),
-        two_services(&primary, &second, &db),
-    )
-    .unwrap();
+    let (primary, second, dir) = two_services_configured().await;
     std::fs::write(dir.path().join("a.png"), images::png(600, 600)).unwrap();
     let edit = |n: &'static str, out: &'static str| {
         let d = dir.path().to_owned();
@@ -564,14 +564,7 @@ async fn edit_works_through_an_openai_server_and_usage_prices_each_service() {
 
 #[tokio::test]
 async fn check_config_probes_each_service_without_spending() {
-    let (primary, second) = (FakeDashScope::start().await, FakeOpenAi::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("q.sqlite3");
-    std::fs::write(
-        dir.path().join("config.toml"),
-        two_services(&primary, &second, &db),
-    )
-    .unwrap();
+    let (primary, second, dir) = two_services_configured().await;
     let out = run(dir.path(), &["check-config", "--probe"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);

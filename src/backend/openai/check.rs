@@ -23,11 +23,6 @@ pub fn problems(b: &BackendConfig, out: &mut Vec<String>) {
                 .into(),
         );
     }
-    if !(64..=8192).contains(&b.max_input_side) {
-        out.push("backend.max_input_side must be between 64 and 8192".into());
-    }
-    if b.max_file_mb == 0 || b.max_file_mb > 100 {
-        out.push("backend.max_file_mb must be between 1 and 100".into());
-    }
     b.call_problems(out);
+    b.input_problems(64, 8192, out);
 }
