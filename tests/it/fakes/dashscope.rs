@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -94,11 +94,8 @@ impl FakeDashScope {
             )
             .route(&format!("{prefix}/tasks/{{id}}"), get(task))
             .route("/results/{name}", get(result))
-            .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = super::serve(app).await;
         Self {
             base_url: format!("http://{addr}{prefix}"),
             inner,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -86,11 +86,8 @@ impl FakeOpenAi {
             .route("/v1/images/edits", post(edit))
             .route("/v1/models", get(models))
             .route("/files/{name}", get(file))
-            .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = super::serve(app).await;
         Self {
             base_url: format!("http://{addr}/v1"),
             inner,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -147,11 +147,8 @@ impl FakeTelegram {
             .route("/{bot}/{method}", any(api))
             .route("/{via}/file/{bot}/{*path}", get(download_via))
             .route("/{via}/{bot}/{method}", any(api_via))
-            .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = super::serve(app).await;
         Self {
             url: format!("http://{addr}"),
             inner,
