@@ -126,6 +126,9 @@ fn watch_store(
     access: Arc<Access>,
     database: String,
 ) -> tokio::task::JoinHandle<()> {
+    if crate::store::is_postgres(&database) {
+        return watch_postgres(quotas, access, database);
+    }
     tokio::spawn(async move {
         let mut seen = crate::store::stamp_of(&database);
         let mut every = tokio::time::interval(STORE_WATCH);
@@ -137,6 +140,31 @@ fn watch_store(
                 continue;
             }
             seen = now;
+            quotas.forget_all();
+            if let Err(e) = load_places(&quotas, &access).await {
+                tracing::warn!(error = %e, "cannot reload the allowed places");
+            }
+        }
+    })
+}
+
+/// [`watch_store`] on PostgreSQL: every change notice (`NOTIFY` from an admin command on any
+/// machine) drops the cached settings and reloads the places at once.
+fn watch_postgres(
+    quotas: Arc<Quotas>,
+    access: Arc<Access>,
+    database: String,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::store::postgres::listen_for_changes(
+        database,
+        move || {
+            let _ = tx.send(());
+        },
+    ));
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            while rx.try_recv().is_ok() {}
             quotas.forget_all();
             if let Err(e) = load_places(&quotas, &access).await {
                 tracing::warn!(error = %e, "cannot reload the allowed places");
@@ -181,7 +209,7 @@ pub async fn serve(
     let c = &settings.config;
     let quotas = quotas(&settings)?;
     // One daemon per store: a second one (a rolling deploy) would run the same jobs again.
-    let _lock = crate::store::lock(&c.quota.database)?;
+    let _lock = crate::store::lock(&c.quota.database).await?;
     let metrics = Arc::new(Metrics::new());
     let platforms = registry::Platforms::prepare(&settings)?;
     // An enabled platform is reported down by /healthz until it has connected.

@@ -32,7 +32,7 @@ pub async fn allow(settings: &Settings, action: AllowAction) -> anyhow::Result<S
             listed(settings, platform) || before.iter().any(|(p, _)| *p == platform);
         let changed = quotas.store().set_allowed(platform, &id, add).await?;
         if changed {
-            crate::store::mark_changed(&settings.config.quota.database);
+            crate::store::mark_changed(&settings.config.quota.database).await;
         }
         out.push_str(&match (add, changed) {
             (true, true) => format!("{place} is allowed now"),

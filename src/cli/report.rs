@@ -258,7 +258,7 @@ pub async fn quota(
         QuotaAction::Unblock => quotas.set_blocked(&user, false).await?,
     }
     if !matches!(action, QuotaAction::Show) {
-        crate::store::mark_changed(&settings.config.quota.database);
+        crate::store::mark_changed(&settings.config.quota.database).await;
     }
     let q = quotas.show(&user).await?;
     let window = settings.config.quota.window.as_str();

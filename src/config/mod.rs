@@ -470,6 +470,32 @@ pub fn expose(secret: &SecretString) -> &str {
     secret.expose_secret()
 }
 
+/// A URL as messages may show it: the password (in the user part or as a `password` option)
+/// replaced by `***`; a URL that does not parse is not shown at all.
+pub fn without_password(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "the URL in the config".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
 /// The host of a configured URL, for log lines (never the path, which may hold a token).
 pub fn host_of(url: &str) -> String {
     reqwest::Url::parse(url)

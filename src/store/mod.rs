@@ -1,6 +1,7 @@
-//! Durable stores behind the core's [`Store`] port. SQLite is embedded; a store several replicas
-//! share is added here, beside it, without touching callers.
+//! Durable stores behind the core's [`Store`] port: SQLite (a file path, the embedded default)
+//! or PostgreSQL (`quota.database = "postgres://…"`), chosen here from `quota.database`.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -8,22 +9,34 @@ use std::sync::Arc;
 
 use crate::core::ports::store::{Store, StoreError};
 
+/// Whether `quota.database` names a PostgreSQL server rather than a SQLite file.
+pub fn is_postgres(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
 /// What makes `quota.database` unusable, one line each.
 pub fn problems(database: &str, out: &mut Vec<String>) {
     if database.trim().is_empty() {
         out.push("quota.database is empty".into());
+    } else if is_postgres(database) {
+        postgres::problems(database, out);
     } else if database.contains("://") {
         out.push(format!(
-            "quota.database = {database:?}: only a SQLite file path is supported in this version"
+            "quota.database = {:?}: use a SQLite file path or a postgres:// URL",
+            crate::config::without_password(database)
         ));
     }
 }
 
-/// Opens the store named by `quota.database`.
+/// Opens the store named by `quota.database` (creating or migrating its schema).
 pub fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if is_postgres(database) {
+        return Ok(Arc::new(postgres::open(database)?));
+    }
     if database.contains("://") {
         return Err(StoreError(format!(
-            "{database}: only a SQLite file path is supported in this version"
+            "{}: use a SQLite file path or a postgres:// URL",
+            crate::config::without_password(database)
         )));
     }
     Ok(Arc::new(sqlite::SqliteStore::open(Path::new(database))?))
@@ -31,6 +44,9 @@ pub fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// Opens the store named by `quota.database` only if it exists (admin commands).
 pub fn open_existing(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if is_postgres(database) {
+        return Ok(Arc::new(postgres::open_existing(database)?));
+    }
     Ok(Arc::new(sqlite::SqliteStore::open_existing(Path::new(
         database,
     ))?))
@@ -51,8 +67,16 @@ pub fn change_stamp(database: &str) -> PathBuf {
     beside(database, "changed")
 }
 
-/// Stamps the store as changed by an admin command; a running daemon reloads within a second.
-pub fn mark_changed(database: &str) {
+/// Tells running daemons that an admin command changed the store: a stamp file beside a SQLite
+/// database (read four times a second), a `NOTIFY` on PostgreSQL (heard at once by every
+/// replica).
+pub async fn mark_changed(database: &str) {
+    if is_postgres(database) {
+        if let Err(e) = postgres::notify_changed(database).await {
+            tracing::warn!(error = %e, "cannot notify running daemons of the change; they see it within 10 s");
+        }
+        return;
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -76,13 +100,22 @@ pub fn stamp_of(database: &str) -> Option<u128> {
 /// Held while a daemon runs on a store; dropping it (or the process ending, however it ends)
 /// lets the next daemon in.
 #[derive(Debug)]
-pub struct StoreLock {
-    _file: std::fs::File,
+pub enum StoreLock {
+    /// An exclusive lock on `<database>.lock`.
+    File(std::fs::File),
+    /// A PostgreSQL session advisory lock, held by this connection while it lives.
+    Postgres(postgres::SessionLock),
 }
 
-/// Takes the one-daemon-per-store lock: an exclusive lock on `<database>.lock`. Another daemon
-/// holding it is an error naming the file. Report commands (`usage`, `quota`) do not take it.
-pub fn lock(database: &str) -> anyhow::Result<StoreLock> {
+/// Takes the one-daemon-per-store lock: an exclusive lock on `<database>.lock`, or on a
+/// PostgreSQL database a session advisory lock. Another daemon holding it is an error naming
+/// the store. Report commands (`usage`, `quota`) do not take it.
+pub async fn lock(database: &str) -> anyhow::Result<StoreLock> {
+    if is_postgres(database) {
+        return Ok(StoreLock::Postgres(
+            postgres::SessionLock::take(database).await?,
+        ));
+    }
     let path = beside(database, "lock");
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -95,7 +128,7 @@ pub fn lock(database: &str) -> anyhow::Result<StoreLock> {
         .open(&path)
         .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(StoreLock { _file: file }),
+        Ok(()) => Ok(StoreLock::File(file)),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
             "another qwen-edit-bot is already running on the store {database} (it holds {}); \
              stop it first, or give this one its own quota.database",

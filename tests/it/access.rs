@@ -146,9 +146,9 @@ async fn the_store_keeps_allowed_places_and_admin_commands_stamp_their_changes()
     assert_eq!(daemon.allowed_places().await.unwrap().len(), 2);
     // The stamp a running daemon looks at: absent, then moved by every change.
     assert_eq!(qwen_edit_bot::store::stamp_of(database), None);
-    qwen_edit_bot::store::mark_changed(database);
+    qwen_edit_bot::store::mark_changed(database).await;
     let first = qwen_edit_bot::store::stamp_of(database).expect("stamped");
     assert!(qwen_edit_bot::store::change_stamp(database).ends_with("q.sqlite3.changed"));
-    qwen_edit_bot::store::mark_changed(database);
+    qwen_edit_bot::store::mark_changed(database).await;
     assert_ne!(qwen_edit_bot::store::stamp_of(database), Some(first));
 }

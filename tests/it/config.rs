@@ -166,7 +166,7 @@ fn each_adapter_checks_its_own_section_and_an_unknown_service_is_named() {
         [
             "backend.kind = \"stable-horde\": use \"dashscope\", \"comfyui\" or \"openai\""
                 .to_string(),
-            "quota.database = \"redis://x\": only a SQLite file path is supported in this version"
+            "quota.database = \"redis://x\": use a SQLite file path or a postgres:// URL"
                 .to_string(),
         ],
         "an unknown service is not checked as DashScope (its max_input_side is not judged)"

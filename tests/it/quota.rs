@@ -568,19 +568,24 @@ async fn undelivered_images_are_charged_and_every_generated_one_counts_for_the_d
     assert!(later.is_empty(), "--until cuts: {later:?}");
 }
 
-#[test]
-fn a_second_daemon_on_the_same_store_is_refused_until_the_first_one_stops() {
+#[tokio::test]
+async fn a_second_daemon_on_the_same_store_is_refused_until_the_first_one_stops() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.sqlite3");
     let db = db.to_str().unwrap();
-    let first = qwen_edit_bot::store::lock(db).unwrap();
-    let second = qwen_edit_bot::store::lock(db).unwrap_err().to_string();
+    let first = qwen_edit_bot::store::lock(db).await.unwrap();
+    let second = qwen_edit_bot::store::lock(db)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         second.contains("another qwen-edit-bot is already running") && second.contains("q.sqlite3"),
         "{second}"
     );
     drop(first);
-    qwen_edit_bot::store::lock(db).expect("free again once the first one stopped");
+    qwen_edit_bot::store::lock(db)
+        .await
+        .expect("free again once the first one stopped");
 }
 
 #[tokio::test]

@@ -380,3 +380,155 @@ async fn claims_list_the_unfinished_and_reports_group_usage(store: &dyn Store) {
     let who = UserRef::new(Platform::Telegram, "15").to_string();
     assert_eq!((&rows[0].key, rows[0].jobs, rows[0].images), (&who, 1, 1));
 }
+
+#[tokio::test]
+async fn postgres_keeps_the_store_contract() {
+    let Some(url) = super::pg::database("postgres_keeps_the_store_contract").await else {
+        return;
+    };
+    let store = qwen_edit_bot::store::postgres::open(&url).unwrap();
+    contract(&store).await;
+    // Opening again finds the schema made and migrated: the same jobs, nothing created twice.
+    let again = qwen_edit_bot::store::postgres::open_existing(&url).unwrap();
+    assert_eq!(
+        again.unfinished().await.unwrap(),
+        store.unfinished().await.unwrap()
+    );
+    let Some(empty) = super::pg::database("postgres_open_existing_refuses_an_empty_db").await
+    else {
+        return;
+    };
+    let Err(refused) = qwen_edit_bot::store::postgres::open_existing(&empty) else {
+        panic!("an empty database is not a store");
+    };
+    assert!(refused.0.contains("no qwen-edit-bot schema"), "{refused}");
+}
+
+#[tokio::test]
+async fn postgres_jobs_are_claimed_by_one_owner_until_its_lease_ends() {
+    let Some(url) = super::pg::database("postgres_jobs_are_claimed_by_one_owner").await else {
+        return;
+    };
+    let (a, b) = (
+        qwen_edit_bot::store::postgres::open(&url).unwrap(),
+        qwen_edit_bot::store::postgres::open(&url).unwrap(),
+    );
+    let l = limits(10);
+    for id in ["j1", "j2"] {
+        a.reserve(&reservation(id, "30", None, 1), &l, now())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let real_now = chrono::Utc::now();
+    let ids = |v: Vec<qwen_edit_bot::core::ports::store::Unfinished>| {
+        v.into_iter().map(|u| u.id).collect::<Vec<_>>()
+    };
+    let by_a = a
+        .claim_unfinished("a", real_now + Duration::minutes(10))
+        .await
+        .unwrap();
+    assert_eq!(ids(by_a), ["j1", "j2"], "oldest first");
+    let by_b = b
+        .claim_unfinished("b", real_now + Duration::minutes(10))
+        .await
+        .unwrap();
+    assert!(by_b.is_empty(), "held by a: {:?}", ids(by_b));
+    assert_eq!(
+        a.renew("a", real_now + Duration::minutes(20))
+            .await
+            .unwrap(),
+        2
+    );
+    a.deliver("j1", 1, None, None, now()).await.unwrap();
+    assert_eq!(
+        a.renew("a", real_now + Duration::minutes(20))
+            .await
+            .unwrap(),
+        1
+    );
+    // a dies: its lease runs out (here: renewed into the past), and b takes what is left.
+    a.renew("a", real_now - Duration::seconds(1)).await.unwrap();
+    let by_b = b
+        .claim_unfinished("b", real_now + Duration::minutes(10))
+        .await
+        .unwrap();
+    assert_eq!(ids(by_b), ["j2"]);
+    assert!(
+        a.claim_unfinished("a", real_now + Duration::minutes(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn postgres_quotas_hold_across_replicas_racing_for_them() {
+    let Some(url) = super::pg::database("postgres_quotas_hold_across_replicas").await else {
+        return;
+    };
+    // Three "replicas": each its own pool on the same database.
+    let replicas: Vec<std::sync::Arc<dyn Store>> = (0..3)
+        .map(|_| {
+            std::sync::Arc::new(qwen_edit_bot::store::postgres::open(&url).unwrap())
+                as std::sync::Arc<dyn Store>
+        })
+        .collect();
+    let race = |limits: qwen_edit_bot::core::quota::Limits, prefix: &'static str, group: bool| {
+        let replicas = replicas.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (r, store) in replicas.iter().enumerate() {
+                for i in 0..50 {
+                    let store = store.clone();
+                    // One user per round for per_user; a user each for per_chat and global.
+                    let who = if prefix == "u" {
+                        "77".to_owned()
+                    } else {
+                        format!("{prefix}{r}-{i}")
+                    };
+                    let chat = group.then_some("-500");
+                    let res = reservation(&format!("{prefix}{r}-{i}"), &who, chat, 1);
+                    tasks.spawn(async move { store.reserve(&res, &limits, now()).await.unwrap() });
+                }
+            }
+            let mut granted = 0;
+            while let Some(v) = tasks.join_next().await {
+                granted += usize::from(v.unwrap().is_ok());
+            }
+            granted
+        }
+    };
+    let per_user = limits(10);
+    assert_eq!(
+        race(per_user, "u", false).await,
+        10,
+        "per_user = 10 across 150 requests"
+    );
+    let per_chat = qwen_edit_bot::core::quota::Limits {
+        per_chat: 7,
+        ..limits(100)
+    };
+    assert_eq!(race(per_chat, "c", true).await, 7, "per_chat = 7");
+    // The global budget counts what is already spent today (10 + 7).
+    let global = qwen_edit_bot::core::quota::Limits {
+        global_per_day: 25,
+        ..limits(100)
+    };
+    assert_eq!(
+        race(global, "g", false).await,
+        8,
+        "global_per_day = 25, 17 spent"
+    );
+    let used = replicas[1]
+        .used(
+            &UserRef::new(Platform::Telegram, "77"),
+            now() - Duration::days(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        used, 10,
+        "no drift: the ledger holds exactly what was granted"
+    );
+}

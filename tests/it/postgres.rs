@@ -1,0 +1,150 @@
+//! The daemon and the admin commands on a PostgreSQL store: an edit is reserved, delivered and
+//! charged there; a second daemon on the same database is refused; a block set from the CLI is
+//! in force on the running daemon at once (NOTIFY, not the 10 s settings cache).
+
+use std::time::{Duration, Instant};
+
+use qwen_edit_bot::config::Settings;
+
+use crate::fakes::dashscope::{API_KEY, FakeDashScope};
+use crate::fakes::images;
+use crate::fakes::telegram::{self as tg, FakeTelegram, TOKEN};
+
+fn config(tg: &FakeTelegram, ds: &FakeDashScope, database: &str) -> String {
+    format!(
+        "[backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\n\
+         [telegram]\nenabled = true\napi_url = {:?}\npoll_timeout_secs = 1\n\
+         [quota]\ndatabase = {database:?}\nper_user = 5\n[http]\nlisten = \"\"\n",
+        ds.base_url, tg.url,
+    )
+}
+
+fn env(k: &str) -> Option<String> {
+    match k {
+        "DASHSCOPE_API_KEY" => Some(API_KEY.into()),
+        "TELEGRAM_BOT_TOKEN" => Some(TOKEN.into()),
+        _ => None,
+    }
+}
+
+fn photo(telegram: &FakeTelegram, id: i32, user: i64) -> serde_json::Value {
+    let file = format!("photo-{id}");
+    telegram.add_file(&file, images::jpeg(800, 600));
+    tg::message_update(tg::photo_message(
+        id,
+        tg::private_chat(user),
+        tg::user(user, "en"),
+        &file,
+        Some("/edit make it night"),
+    ))
+}
+
+/// The first sendMessage whose text contains `needle`, within 10 s.
+async fn said(telegram: &FakeTelegram, needle: &str) -> serde_json::Value {
+    let wait = async {
+        loop {
+            let found = telegram.calls_to("sendmessage").into_iter().find(|c| {
+                c.params["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(needle))
+            });
+            if let Some(c) = found {
+                return c.params;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("nothing said containing {needle:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_on_postgres_alone_and_hears_cli_changes_at_once() {
+    let Some(url) = super::pg::database("the_daemon_runs_on_postgres").await else {
+        return;
+    };
+    let (telegram, dashscope) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config(&telegram, &dashscope, &url)).unwrap();
+    let settings = Settings::load_with_env(&path, env).unwrap();
+    assert_eq!(
+        qwen_edit_bot::app::problems(&settings),
+        Vec::<String>::new()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(qwen_edit_bot::app::serve(settings.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    telegram.push_update(photo(&telegram, 10, 42));
+    telegram.wait_for("sendphoto", 1, 20).await;
+
+    // A second daemon on the same database (a second replica) is refused, naming the store.
+    let second = qwen_edit_bot::app::serve(settings, async {}).await;
+    let second = second.expect_err("one daemon per database").to_string();
+    assert!(second.contains("already running"), "{second}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "no SQLite file was made beside it"
+    );
+
+    let cli = |args: &'static [&'static str]| {
+        let path = path.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_qwen-edit-bot"))
+                .args(args)
+                .arg("--config")
+                .arg(&path)
+                .env_clear()
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let blocked = cli(&["quota", "block", "telegram:42"]).await;
+    assert!(
+        blocked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&blocked.stderr)
+    );
+    // The daemon saw user 42 a moment ago (its settings are cached for 10 s): only the notice
+    // can make the block count now.
+    let asked = Instant::now();
+    telegram.push_update(photo(&telegram, 11, 42));
+    let refused = said(&telegram, "not allowed to use this bot").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(refused["chat_id"], 42);
+    assert_eq!(dashscope.calls(), 1, "the blocked request reached no model");
+
+    let usage = cli(&[
+        "usage",
+        "--since",
+        "2026-01-01",
+        "--by",
+        "user",
+        "--format",
+        "json",
+    ])
+    .await;
+    assert!(
+        usage.status.success(),
+        "{}",
+        String::from_utf8_lossy(&usage.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    assert_eq!(report["rows"][0]["key"], "telegram:42");
+    assert_eq!(report["rows"][0]["delivered"], 1);
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
