@@ -91,10 +91,29 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Move the store: copy a SQLite store into an empty PostgreSQL database.
+    Store {
+        #[command(subcommand)]
+        action: StoreCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the ledger, settings, allowed places and albums of a SQLite store into an empty
+    /// PostgreSQL database, in one transaction; refused while a bot runs on the file.
+    Copy {
+        /// The SQLite file (quota.database of the old install).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database, postgres://user:password@host:port/db.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -202,6 +221,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", cli::usage(&load(&config.config)?, args).await?);
         }
         Command::Health { url, config } => return cli::health(&config.config, url).await,
+        Command::Store {
+            action: StoreCommand::Copy { from, to },
+        } => {
+            for (table, rows) in qwen_edit_bot::store::copy::copy(&from, &to).await? {
+                println!("{table}: {rows} rows");
+            }
+        }
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "qwen-edit-bot", &mut std::io::stdout());

@@ -1,6 +1,7 @@
 //! Durable stores behind the core's [`Store`] port: SQLite (a file path, the embedded default)
 //! or PostgreSQL (`quota.database = "postgres://…"`), chosen here from `quota.database`.
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 

@@ -154,3 +154,132 @@ async fn the_daemon_runs_on_postgres_alone_and_hears_cli_changes_at_once() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn store_copy_moves_a_sqlite_install_to_postgres_whole() {
+    use qwen_edit_bot::core::model::{Platform, UserRef};
+    use qwen_edit_bot::core::ports::store::{JobStatus, ReportBy, ResultAt, Store};
+    use qwen_edit_bot::store::sqlite::SqliteStore;
+
+    use super::quota::{at, limits, reservation, user};
+    let Some(url) = super::pg::database("store_copy_moves_a_sqlite_install").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old.sqlite3");
+    let old = SqliteStore::open(&file).unwrap();
+    let now = at(2026, 12, 3, 9, 0);
+    let l = limits(10);
+    for (id, who, group) in [("a", "1", None), ("b", "1", Some("-7")), ("c", "2", None)] {
+        let mut r = reservation(id, who, group, 2);
+        r.token = Some(format!("tok-{id}"));
+        r.spec = Some(format!("{{\"job\":\"{id}\"}}"));
+        old.reserve(&r, &l, now).await.unwrap().unwrap();
+    }
+    let parts = ["https://r/1.png".to_string()];
+    old.save_result("a", Some("req-a"), &parts, Some("cloud"), now)
+        .await
+        .unwrap();
+    let at_msg = ResultAt {
+        chat: "1".into(),
+        message: "55".into(),
+    };
+    old.deliver("a", 1, None, Some(&at_msg), now).await.unwrap();
+    old.finish("b", JobStatus::Failed, None, Some("timeout"), now)
+        .await
+        .unwrap();
+    old.set_limit(&user("2"), None, Some(4)).await.unwrap();
+    old.set_blocked(&user("3"), Some("-7"), true).await.unwrap();
+    old.reset_usage(&user("1")).await.unwrap();
+    old.set_allowed(Platform::Telegram, "-7", true)
+        .await
+        .unwrap();
+    old.save_album_part("g1", "m1", "{\"p\":1}").await.unwrap();
+
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_qwen-edit-bot"))
+            .args(args)
+            .env_clear()
+            .output()
+            .await
+            .unwrap()
+    };
+    let args = vec![
+        "store".into(),
+        "copy".into(),
+        "--from".into(),
+        file.display().to_string(),
+        "--to".into(),
+        url.clone(),
+    ];
+    // Not while a bot holds the file.
+    let held = qwen_edit_bot::store::lock(file.to_str().unwrap())
+        .await
+        .unwrap();
+    let out = run(args.clone()).await;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("stop it before copying"), "{said}");
+    drop(held);
+
+    let out = run(args.clone()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        printed.contains("jobs: 3 rows") && printed.contains("users: 3 rows"),
+        "{printed}"
+    );
+
+    let new = qwen_edit_bot::store::postgres::open_existing(&url).unwrap();
+    let since = now - chrono::Duration::days(1);
+    for by in [ReportBy::User, ReportBy::Day, ReportBy::Service] {
+        assert_eq!(
+            new.report(since, None, by, None).await.unwrap(),
+            old.report(since, None, by, None).await.unwrap()
+        );
+    }
+    assert_eq!(
+        new.unfinished().await.unwrap(),
+        old.unfinished().await.unwrap()
+    );
+    for (who, group) in [("1", None), ("2", None), ("3", Some("-7"))] {
+        assert_eq!(
+            new.settings(&user(who), group).await.unwrap(),
+            old.settings(&user(who), group).await.unwrap()
+        );
+        assert_eq!(
+            new.used(&user(who), since).await.unwrap(),
+            old.used(&user(who), since).await.unwrap()
+        );
+    }
+    assert_eq!(new.job("a").await.unwrap(), old.job("a").await.unwrap());
+    assert_eq!(
+        new.by_token("tok-a").await.unwrap(),
+        old.by_token("tok-a").await.unwrap()
+    );
+    assert_eq!(
+        new.allowed_places().await.unwrap(),
+        old.allowed_places().await.unwrap()
+    );
+    assert_eq!(new.album_parts("g1").await.unwrap(), ["{\"p\":1}"]);
+    // The sequence goes on after the copied rows (a restarted one would collide with job 1).
+    let one = UserRef::new(Platform::Telegram, "1");
+    let before = new.used(&one, since).await.unwrap();
+    new.reserve(&reservation("d", "1", None, 1), &l, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.used(&one, since).await.unwrap(), before + 1);
+
+    let again = run(args).await;
+    assert!(
+        !again.status.success(),
+        "a second copy would merge two ledgers"
+    );
+    let said = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(said.contains("copy into an empty database"), "{said}");
+}
