@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::core::model::UserRef;
-use crate::core::ports::store::{ReportBy, ReportRow};
+use crate::core::ports::store::{ReportBy, ReportRow, ServiceUse};
 use crate::core::quota::UserQuota;
 use crate::messages;
 
@@ -58,8 +58,8 @@ pub struct UsageArgs {
     pub format: Format,
 }
 
-/// One row as scripts read it: counts, and the money (generated × price, of it lost =
-/// undelivered × price).
+/// One row as scripts read it: counts, and the money (each service's generated images × its
+/// price, of it lost = its undelivered images × its price).
 #[derive(Debug, Serialize)]
 struct Row<'a> {
     key: &'a str,
@@ -73,7 +73,15 @@ struct Row<'a> {
 }
 
 impl<'a> Row<'a> {
-    fn of(r: &'a ReportRow, price: f64) -> Self {
+    fn of(r: &'a ReportRow, price_of: &impl Fn(&str) -> f64) -> Self {
+        let money = |count: fn(&ServiceUse) -> u64| {
+            let sum: f64 = r
+                .by_service
+                .iter()
+                .map(|s| count(s) as f64 * price_of(&s.service))
+                .sum();
+            round2(sum)
+        };
         Row {
             key: &r.key,
             jobs: r.jobs,
@@ -81,10 +89,45 @@ impl<'a> Row<'a> {
             undelivered: r.undelivered,
             failed: r.failed,
             generated: r.generated,
-            cost: round2(r.generated as f64 * price),
-            lost: round2(r.undelivered as f64 * price),
+            cost: money(|s| s.generated),
+            lost: money(|s| s.undelivered),
         }
     }
+}
+
+/// Every row summed, its services' images too.
+fn total_of(rows: &[ReportRow]) -> ReportRow {
+    let mut total = ReportRow {
+        key: "total".into(),
+        jobs: 0,
+        images: 0,
+        failed: 0,
+        generated: 0,
+        undelivered: 0,
+        by_service: Vec::new(),
+    };
+    let mut shares: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for r in rows {
+        total.jobs += r.jobs;
+        total.images += r.images;
+        total.failed += r.failed;
+        total.generated += r.generated;
+        total.undelivered += r.undelivered;
+        for s in &r.by_service {
+            let share = shares.entry(&s.service).or_default();
+            share.0 += s.generated;
+            share.1 += s.undelivered;
+        }
+    }
+    total.by_service = shares
+        .into_iter()
+        .map(|(service, (generated, undelivered))| ServiceUse {
+            service: service.to_owned(),
+            generated,
+            undelivered,
+        })
+        .collect();
+    total
 }
 
 fn round2(v: f64) -> f64 {
@@ -122,46 +165,27 @@ pub async fn usage(settings: &Settings, args: UsageArgs) -> anyhow::Result<Strin
     let store = crate::app::existing_quotas(settings)?.store().clone();
     let rows = store.report(since_t, until_t, by, None).await?;
     let price = settings.config.quota.price_per_image;
-    // A service's own price applies to its rows; other groupings mix services and use
-    // quota.price_per_image.
-    let price_of = |r: &ReportRow| match by {
-        ReportBy::Service => settings
+    // Each service's images at its own price; images of services no longer configured (and
+    // of jobs from before services were recorded) at quota.price_per_image.
+    let price_of = |service: &str| {
+        settings
             .config
             .backend
             .all()
             .iter()
-            .find(|b| b.label() == r.key)
+            .find(|b| b.label() == service)
             .and_then(|b| b.price_per_image)
-            .unwrap_or(price),
-        _ => price,
+            .unwrap_or(price)
     };
-    let mut total = ReportRow {
-        key: "total".into(),
-        jobs: 0,
-        images: 0,
-        failed: 0,
-        generated: 0,
-        undelivered: 0,
-    };
-    for r in &rows {
-        total.jobs += r.jobs;
-        total.images += r.images;
-        total.failed += r.failed;
-        total.generated += r.generated;
-        total.undelivered += r.undelivered;
-    }
+    let total = total_of(&rows);
     let head = match by {
         ReportBy::User => "user",
         ReportBy::Chat => "chat",
         ReportBy::Day => "day",
         ReportBy::Service => "service",
     };
-    let rows: Vec<Row<'_>> = rows.iter().map(|r| Row::of(r, price_of(r))).collect();
-    let mut total = Row::of(&total, price);
-    if by == ReportBy::Service {
-        total.cost = round2(rows.iter().map(|r| r.cost).sum());
-        total.lost = round2(rows.iter().map(|r| r.lost).sum());
-    }
+    let rows: Vec<Row<'_>> = rows.iter().map(|r| Row::of(r, &price_of)).collect();
+    let total = Row::of(&total, &price_of);
     Ok(match args.format {
         Format::Table => table(head, since, until, &rows, &total),
         Format::Csv => csv(head, &rows),

@@ -10,6 +10,12 @@ use std::sync::Arc;
 
 use crate::core::ports::store::{Store, StoreError};
 
+/// The service a job's images are counted under in reports (the same SQL in both stores): its
+/// recorded service; jobs that made no image belong to none; images made before services were
+/// recorded are listed under their model.
+pub(crate) const SERVICE_OF_JOB: &str = "COALESCE(service, CASE WHEN generated > 0 OR status = 'delivered' \
+     THEN model ELSE '(no image)' END)";
+
 /// Whether `quota.database` names a PostgreSQL server rather than a SQLite file.
 pub fn is_postgres(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")

@@ -560,6 +560,29 @@ async fn edit_works_through_an_openai_server_and_usage_prices_each_service() {
         (Some(3), Some(0.0))
     );
     assert_eq!(report["total"]["cost"].as_f64(), Some(0.4));
+    // Grouped otherwise, a row that mixes services still prices each at its own price (not 5
+    // images at quota.price_per_image = 0.25).
+    let out = run(
+        dir.path(),
+        &[
+            "usage",
+            "--since",
+            "2026-01-01",
+            "--by",
+            "user",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli = &report["rows"][0];
+    assert_eq!(cli["key"], "cli:local");
+    assert_eq!(
+        (cli["generated"].as_u64(), cli["cost"].as_f64()),
+        (Some(5), Some(0.4))
+    );
+    assert_eq!(report["total"]["cost"].as_f64(), Some(0.4));
 }
 
 #[tokio::test]

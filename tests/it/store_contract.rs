@@ -379,6 +379,15 @@ async fn claims_list_the_unfinished_and_reports_group_usage(store: &dyn Store) {
     assert_eq!(rows.len(), 1);
     let who = UserRef::new(Platform::Telegram, "15").to_string();
     assert_eq!((&rows[0].key, rows[0].jobs, rows[0].images), (&who, 1, 1));
+    // Delivered with no service recorded (one service, or an older release): its model's.
+    assert_eq!(
+        rows[0].by_service,
+        [qwen_edit_bot::core::ports::store::ServiceUse {
+            service: "qwen-image-edit-plus".into(),
+            generated: 1,
+            undelivered: 0,
+        }]
+    );
 }
 
 #[tokio::test]

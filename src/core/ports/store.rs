@@ -118,6 +118,46 @@ pub struct ReportRow {
     pub generated: u64,
     /// Images the backend made that did not reach the chat.
     pub undelivered: u64,
+    /// The same images by the service that made them (each priced at its own price), in name
+    /// order.
+    pub by_service: Vec<ServiceUse>,
+}
+
+/// One service's share of a report row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUse {
+    /// As [`ReportBy::Service`] names it.
+    pub service: String,
+    pub generated: u64,
+    pub undelivered: u64,
+}
+
+/// Report rows from a store's rows grouped by key and service (in key order): one row per key,
+/// its counts summed and its images kept apart by service.
+pub fn merge_by_service(parts: impl IntoIterator<Item = (ReportRow, String)>) -> Vec<ReportRow> {
+    let mut out: Vec<ReportRow> = Vec::new();
+    for (part, service) in parts {
+        let share = ServiceUse {
+            service,
+            generated: part.generated,
+            undelivered: part.undelivered,
+        };
+        match out.last_mut() {
+            Some(row) if row.key == part.key => {
+                row.jobs += part.jobs;
+                row.images += part.images;
+                row.failed += part.failed;
+                row.generated += part.generated;
+                row.undelivered += part.undelivered;
+                row.by_service.push(share);
+            }
+            _ => out.push(ReportRow {
+                by_service: vec![share],
+                ..part
+            }),
+        }
+    }
+    out
 }
 
 /// The message that carries a result's 🔁 button.

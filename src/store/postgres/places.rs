@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use crate::core::model::Platform;
-use crate::core::ports::store::{ReportBy, ReportRow, StoreError};
+use crate::core::ports::store::{ReportBy, ReportRow, StoreError, merge_by_service};
 
 use super::{PgStore, get, ms, pg, unsigned};
 
@@ -119,27 +119,25 @@ fn key_of(by: ReportBy) -> &'static str {
             "to_char(to_timestamp(created_at::DOUBLE PRECISION / 1000) AT TIME ZONE 'UTC', \
              'YYYY-MM-DD')"
         }
-        // Jobs that made no image belong to no service; images made before services were
-        // recorded are listed under their model.
-        ReportBy::Service => {
-            "COALESCE(service, CASE WHEN generated > 0 OR status = 'delivered' THEN model \
-             ELSE '(no image)' END)"
-        }
+        ReportBy::Service => crate::store::SERVICE_OF_JOB,
     }
 }
 
-fn report_row(r: &Row) -> Result<ReportRow, StoreError> {
+/// One (key, service) row of the report query.
+fn report_row(r: &Row) -> Result<(ReportRow, String), StoreError> {
     let (jobs, images, failed, generated): (i64, i64, i64, i64) =
-        (get(r, 1)?, get(r, 2)?, get(r, 3)?, get(r, 4)?);
+        (get(r, 2)?, get(r, 3)?, get(r, 4)?, get(r, 5)?);
     let (images, generated) = (unsigned(images), unsigned(generated));
-    Ok(ReportRow {
+    let row = ReportRow {
         key: get(r, 0)?,
         jobs: unsigned(jobs),
         images,
         failed: unsigned(failed),
         generated,
         undelivered: generated.saturating_sub(images),
-    })
+        by_service: Vec::new(),
+    };
+    Ok((row, get(r, 1)?))
 }
 
 pub(super) async fn report(
@@ -150,7 +148,7 @@ pub(super) async fn report(
     within: Option<(Platform, &str)>,
 ) -> Result<Vec<ReportRow>, StoreError> {
     let sql = format!(
-        "SELECT ({key}) COLLATE \"C\" AS k,
+        "SELECT ({key}) COLLATE \"C\" AS k, ({service}) COLLATE \"C\" AS s,
                 SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END)::BIGINT,
                 COALESCE(SUM(CASE WHEN status = 'delivered' THEN cost END), 0)::BIGINT,
                 SUM(CASE WHEN status IN ('failed','undelivered') THEN 1 ELSE 0 END)::BIGINT,
@@ -158,8 +156,9 @@ pub(super) async fn report(
                     CASE WHEN status = 'delivered' THEN cost ELSE 0 END)), 0)::BIGINT
          FROM jobs WHERE created_at >= $1 AND ($4::BIGINT IS NULL OR created_at < $4)
              AND ($2::TEXT IS NULL OR (platform = $2 AND group_id = $3::TEXT))
-         GROUP BY k ORDER BY k",
-        key = key_of(by)
+         GROUP BY k, s ORDER BY k, s",
+        key = key_of(by),
+        service = crate::store::SERVICE_OF_JOB,
     );
     let (platform, group) = (within.map(|(p, _)| p.as_str()), within.map(|(_, g)| g));
     let (since, until) = (ms(since), until.map(ms));
@@ -169,5 +168,6 @@ pub(super) async fn report(
         .query(&sql, &[&since, &platform, &group, &until])
         .await
         .map_err(pg)?;
-    rows.iter().map(report_row).collect()
+    let parts = rows.iter().map(report_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(merge_by_service(parts))
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 
 use crate::core::model::Platform;
-use crate::core::ports::store::{ReportBy, ReportRow, StoreError};
+use crate::core::ports::store::{ReportBy, ReportRow, StoreError, merge_by_service};
 
 use super::db::{Db, db, ms};
 
@@ -94,22 +94,18 @@ impl Db {
             ReportBy::User => "platform || ':' || user_id",
             ReportBy::Chat => "platform || ':' || chat_id",
             ReportBy::Day => "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')",
-            // Jobs that made no image belong to no service; images made before services were
-            // recorded are listed under their model.
-            ReportBy::Service => {
-                "COALESCE(service, CASE WHEN generated > 0 OR status = 'delivered' THEN model \
-                 ELSE '(no image)' END)"
-            }
+            ReportBy::Service => crate::store::SERVICE_OF_JOB,
         };
+        let service = crate::store::SERVICE_OF_JOB;
         let sql = format!(
-            "SELECT {key} AS k,
+            "SELECT {key} AS k, {service} AS s,
                     SUM(status = 'delivered'),
                     COALESCE(SUM(CASE WHEN status = 'delivered' THEN cost END), 0),
                     SUM(status IN ('failed','undelivered')),
                     COALESCE(SUM(MAX(generated, CASE WHEN status = 'delivered' THEN cost ELSE 0 END)), 0)
              FROM jobs WHERE created_at >= ?1 AND (?4 IS NULL OR created_at < ?4)
                  AND (?2 IS NULL OR (platform = ?2 AND group_id = ?3))
-             GROUP BY k ORDER BY k"
+             GROUP BY k, s ORDER BY k, s"
         );
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql).map_err(db)?;
@@ -122,18 +118,21 @@ impl Db {
                     until.map(ms)
                 ],
                 |r| {
-                    let (images, generated): (u64, u64) = (r.get(2)?, r.get(4)?);
-                    Ok(ReportRow {
+                    let (images, generated): (u64, u64) = (r.get(3)?, r.get(5)?);
+                    let row = ReportRow {
                         key: r.get(0)?,
-                        jobs: r.get(1)?,
+                        jobs: r.get(2)?,
                         images,
-                        failed: r.get(3)?,
+                        failed: r.get(4)?,
                         generated,
                         undelivered: generated.saturating_sub(images),
-                    })
+                        by_service: Vec::new(),
+                    };
+                    Ok((row, r.get::<_, String>(1)?))
                 },
             )
             .map_err(db)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        let parts = rows.collect::<Result<Vec<_>, _>>().map_err(db)?;
+        Ok(merge_by_service(parts))
     }
 }
