@@ -109,37 +109,13 @@ pub fn backend(settings: &Settings) -> anyhow::Result<Arc<Services>> {
 pub async fn probe(settings: &Settings) -> Vec<(String, Result<String, String>)> {
     let mut out = Vec::new();
     for b in settings.config.backend.all() {
-        let said = match probe_one(settings, b).await {
-            Ok(found) => Ok(found),
+        let said = match service(settings, b) {
+            Ok(service) => service.probe().await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         out.push((b.label().to_owned(), said));
     }
     out
-}
-
-async fn probe_one(settings: &Settings, b: &BackendConfig) -> anyhow::Result<String> {
-    let key = settings.secrets.key_for(b).cloned();
-    Ok(match b.kind.as_str() {
-        "dashscope" => {
-            let Some(key) = key else {
-                bail!("{} is not set", b.key_variable());
-            };
-            DashScope::new(DashScopeOptions::from_config(b, key))?
-                .probe()
-                .await?
-        }
-        "openai" => {
-            OpenAi::new(OpenAiOptions::from_config(b, key))?
-                .probe()
-                .await?
-        }
-        "comfyui" => {
-            let opts = ComfyOptions::from_config(b, key).map_err(anyhow::Error::msg)?;
-            ComfyUi::new(opts)?.probe().await?
-        }
-        other => bail!("backend.kind = {other:?} is not a service this bot speaks"),
-    })
 }
 
 /// The enabled chat platforms, prepared (clients built) but not connected.

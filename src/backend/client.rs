@@ -20,6 +20,8 @@ use crate::core::ports::model::BackendError;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Redirects followed, within the same host only.
 const MAX_REDIRECTS: usize = 5;
+/// Largest result image downloaded from any service.
+const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
 /// A sleep function; tests inject one that records instead of waiting.
 pub type Sleeper = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -93,13 +95,23 @@ impl Client {
 
     /// Waits for a free slot and the rate limit; the slot is held while the permit lives.
     pub async fn slot(&self) -> Result<SemaphorePermit<'_>, BackendError> {
-        let permit = self
-            .slots
+        let permit = self.permit().await?;
+        self.pace().await;
+        Ok(permit)
+    }
+
+    /// A free slot alone (a service that holds it for a whole job and paces its calls with
+    /// [`Client::pace`]).
+    pub async fn permit(&self) -> Result<SemaphorePermit<'_>, BackendError> {
+        self.slots
             .acquire()
             .await
-            .map_err(|_| BackendError::Network("closed".into()))?;
+            .map_err(|_| BackendError::Network("closed".into()))
+    }
+
+    /// Waits until the rate limit lets one more call start.
+    pub async fn pace(&self) {
         self.rate.until_ready().await;
-        Ok(permit)
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the attempts are used up.
@@ -148,12 +160,45 @@ impl Client {
         }
     }
 
-    /// GETs one result image of at most `limit` bytes and checks that it is an image.
+    /// Sends `req` (waiting for no slot: callers that make paid calls take [`Client::slot`]
+    /// first) and reads the answer's status, `Retry-After` and body (at most `limit` bytes).
+    pub async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<(u16, Option<Duration>, Bytes), BackendError> {
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
+        let bytes = read_limited(resp, limit)
+            .await
+            .map_err(|e| self.transport_error(e))?
+            .ok_or_else(|| BackendError::Malformed("response too large".into()))?;
+        Ok((status, retry_after, bytes))
+    }
+
+    /// Downloads a result URL the API at `base_url` answered with (no credentials are sent):
+    /// only `https`, or `http` when the API itself is plain `http` (a local server).
+    pub async fn download_url(
+        &self,
+        base_url: &str,
+        url: &str,
+        limit: usize,
+    ) -> Result<Bytes, BackendError> {
+        if !result_url_allowed(base_url, url) {
+            return Err(BackendError::Download("the result URL is not https".into()));
+        }
+        self.download(self.http.get(url), limit).await
+    }
+
+    /// GETs one result image of at most `limit` bytes (and at most [`MAX_RESULT_BYTES`]) and
+    /// checks that it is an image.
     pub async fn download(
         &self,
         req: reqwest::RequestBuilder,
         limit: usize,
     ) -> Result<Bytes, BackendError> {
+        let limit = limit.min(MAX_RESULT_BYTES);
         let resp = req.send().await.map_err(|e| {
             BackendError::Download(if e.is_timeout() {
                 "timed out".into()
@@ -196,7 +241,7 @@ fn same_host_redirects() -> reqwest::redirect::Policy {
 }
 
 /// Reads at most `limit` bytes of a body; `None` when it is longer.
-pub async fn read_limited(
+async fn read_limited(
     mut resp: reqwest::Response,
     limit: usize,
 ) -> Result<Option<Bytes>, reqwest::Error> {
@@ -213,23 +258,8 @@ pub async fn read_limited(
     Ok(Some(Bytes::from(buf)))
 }
 
-/// A response's status, `Retry-After` and body (at most `limit` bytes).
-pub async fn answer(
-    client: &Client,
-    resp: reqwest::Response,
-    limit: usize,
-) -> Result<(u16, Option<Duration>, Bytes), BackendError> {
-    let status = resp.status().as_u16();
-    let retry_after = retry_after(resp.headers());
-    let bytes = read_limited(resp, limit)
-        .await
-        .map_err(|e| client.transport_error(e))?
-        .ok_or_else(|| BackendError::Malformed("response too large".into()))?;
-    Ok((status, retry_after, bytes))
-}
-
 /// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`].
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim()
         .parse::<f64>()

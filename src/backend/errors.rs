@@ -1,4 +1,5 @@
-//! DashScope's status and `code` (docs/DASHSCOPE.md §1.7) → [`BackendError`].
+//! Statuses and service codes → [`BackendError`]: DashScope's codes (docs/DASHSCOPE.md §1.7),
+//! and the plain HTTP meaning every other service shares ([`by_status`]).
 
 use std::time::Duration;
 
@@ -75,4 +76,33 @@ fn operator_problem(status: u16, code: &str) -> Option<OperatorProblem> {
         _ if matches!(status, 401 | 403) => OperatorProblem::Permission,
         _ => return None,
     })
+}
+
+/// What a failed HTTP status means when the service says no more (OpenAI-style bodies, ComfyUI):
+/// 401 the key, 403 permission, 404 no such model or API, 429 throttled, 408/5xx unavailable,
+/// any other 4xx a refused request. `code` empty: `http_<status>`.
+pub(crate) fn by_status(
+    status: u16,
+    code: &str,
+    message: String,
+    retry_after: Option<Duration>,
+) -> BackendError {
+    let code = if code.is_empty() {
+        format!("http_{status}")
+    } else {
+        code.to_owned()
+    };
+    let operator = |problem| BackendError::Operator {
+        problem,
+        code: code.clone(),
+        message: message.clone(),
+    };
+    match status {
+        401 => operator(OperatorProblem::Key),
+        403 => operator(OperatorProblem::Permission),
+        404 => operator(OperatorProblem::Model),
+        429 => BackendError::Throttled { code, retry_after },
+        400..=499 if status != 408 => BackendError::Rejected { code, message },
+        _ => BackendError::Unavailable { status, code },
+    }
 }

@@ -38,6 +38,12 @@ struct Circuit {
     open_until: Option<Instant>,
 }
 
+impl Circuit {
+    fn is_open(&self, now: Instant) -> bool {
+        self.open_until.is_some_and(|t| now < t)
+    }
+}
+
 /// The configured services, tried in order.
 pub struct Services {
     members: Vec<(Member, Mutex<Circuit>)>,
@@ -75,25 +81,20 @@ impl Services {
         Self::new(members, Duration::from_secs(30), Arc::new(Instant::now))
     }
 
-    /// The services' names, in the order they are tried.
-    pub fn names(&self) -> Vec<&str> {
-        self.members.iter().map(|(m, _)| m.name.as_str()).collect()
-    }
-
     /// Whether `name`'s circuit is open now (jobs skip it).
     pub fn is_open(&self, name: &str) -> bool {
         let now = (self.clock)();
         self.members
             .iter()
             .find(|(m, _)| m.name == name)
-            .is_some_and(|(_, c)| lock(c).open_until.is_some_and(|t| now < t))
+            .is_some_and(|(_, c)| lock(c).is_open(now))
     }
 
     /// The order to try the services in for one job: closed (or cooled-down) circuits first, in
     /// priority order; open ones after them, so a job still runs when every circuit is open.
     fn order(&self) -> Vec<usize> {
         let now = (self.clock)();
-        let open = |i: usize| lock(&self.members[i].1).open_until.is_some_and(|t| now < t);
+        let open = |i: usize| lock(&self.members[i].1).is_open(now);
         let (mut usable, skipped): (Vec<usize>, Vec<usize>) =
             (0..self.members.len()).partition(|&i| !open(i));
         usable.extend(skipped);
@@ -155,14 +156,7 @@ impl Services {
 /// Whether an error says the service is down (another one may serve the job), rather than
 /// answering it.
 pub fn is_down(e: &BackendError) -> bool {
-    matches!(
-        e,
-        BackendError::Throttled { .. }
-            | BackendError::Unavailable { .. }
-            | BackendError::Timeout(_)
-            | BackendError::Network(_)
-            | BackendError::Operator { .. }
-    )
+    e.is_retryable() || matches!(e, BackendError::Operator { .. })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

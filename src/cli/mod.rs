@@ -77,9 +77,14 @@ pub async fn edit(settings: &Settings, args: EditArgs) -> anyhow::Result<Vec<Pat
     });
     let store = crate::app::quotas(settings)?.store().clone();
     let job_id = record_start(store.as_ref(), backend.model(), u32::from(command.count())).await?;
-    let (service, store_ref) = (backend.as_ref(), store.as_ref());
     let result = execute(
-        service, &limits, inputs, &command, negative, store_ref, &job_id,
+        backend.as_ref(),
+        &limits,
+        inputs,
+        &command,
+        negative,
+        store.as_ref(),
+        &job_id,
     )
     .await;
     record_end(store.as_ref(), &job_id, &result).await?;

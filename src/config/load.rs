@@ -58,16 +58,17 @@ impl Settings {
             .try_into()
             .map_err(|e: toml::de::Error| parse(e.message().trim().to_owned()))?;
         config.quota.database = beside(path, &config.quota.database);
-        let db_dir = Path::new(&config.quota.database)
-            .parent()
-            .map(Path::to_owned);
+        // Inline results wait beside a SQLite database, or beside the config.
+        let results = match Path::new(&config.quota.database).parent() {
+            Some(dir) if !config.quota.database.contains("://") => {
+                dir.join("results").display().to_string()
+            }
+            _ => beside(path, "results"),
+        };
         for b in config.backend.all_mut() {
-            b.spool_dir = match (b.spool_dir.is_empty(), &db_dir) {
-                (true, Some(dir)) if !config.quota.database.contains("://") => {
-                    dir.join("results").display().to_string()
-                }
-                (true, _) => beside(path, "results"),
-                (false, _) => beside(path, &b.spool_dir),
+            b.spool_dir = match b.spool_dir.is_empty() {
+                true => results.clone(),
+                false => beside(path, &b.spool_dir),
             };
             if !b.workflow.is_empty() {
                 b.workflow = beside(path, &b.workflow);

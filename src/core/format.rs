@@ -23,6 +23,18 @@ impl Format {
         }
     }
 
+    /// The usual file extension, for files we name.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Gif => "gif",
+            Format::Bmp => "bmp",
+            Format::Tiff => "tiff",
+            Format::WebP => "webp",
+        }
+    }
+
     /// The format's usual name, for messages.
     pub fn name(self) -> &'static str {
         match self {

@@ -263,21 +263,27 @@ async fn a_workflow_comfyui_refuses_is_the_operators_to_fix() {
 }
 
 #[tokio::test]
-async fn a_busy_server_is_retried_and_the_uploads_reuse_their_names() {
+async fn a_busy_server_is_retried_without_uploading_or_connecting_again() {
     let (fake, client, delays) = setup().await;
     fake.fail_prompts(2);
     let answer = client.edit(&request(1, 1)).await.unwrap();
     assert_eq!(answer.parts.len(), 1);
     assert_eq!(fake.prompt_calls(), 3);
-    assert_eq!(delays.lock().unwrap().len(), 2);
-    let uploads = fake.uploads();
-    assert_eq!(uploads.len(), 3);
-    assert!(uploads.iter().all(|u| u.filename == uploads[0].filename));
+    let waits = delays.lock().unwrap().clone();
+    assert_eq!(waits.len(), 2);
+    // Jittered exponential backoff: the second wait's range (1–2 s) starts where the first's
+    // (0.5–1 s) ends.
+    assert!(waits[0] <= waits[1], "{waits:?}");
+    assert_eq!(fake.uploads().len(), 1, "the image was uploaded once");
+    let sockets = fake.sockets();
+    assert_eq!(sockets.len(), 1, "one socket for the job");
+    let prompts = fake.prompts();
     assert_eq!(
-        fake.prompts().len(),
+        prompts.len(),
         1,
         "only the accepted attempt reached validation"
     );
+    assert_eq!(prompts[0].body["client_id"], sockets[0].client_id.as_str());
 }
 
 #[tokio::test]
@@ -292,7 +298,8 @@ async fn the_auth_header_goes_on_every_request_and_the_socket_and_never_into_err
     let client = ComfyUi::new(opts).unwrap();
     let answer = client.edit(&request(1, 1)).await.unwrap();
     assert_redeems(&client, &answer.parts).await;
-    assert!(client.probe().await.is_ok());
+    let found = client.probe().await.unwrap();
+    assert!(found.starts_with("ComfyUI "), "{found}");
     let http = fake.http_auth();
     assert!(http.len() >= 5, "{http:?}");
     assert!(
@@ -359,6 +366,23 @@ async fn without_a_batch_input_a_run_makes_one_image() {
     assert_eq!(
         wf["120"]["inputs"]["amount"], 1,
         "the workflow's own count is kept"
+    );
+    // An unmapped count the workflow sets itself is left alone, whatever n was asked.
+    let mut workflow: Value = serde_json::from_str(BUILTIN_WORKFLOW).unwrap();
+    workflow["120"]["inputs"]["amount"] = json!(2);
+    let two = ComfyUi::new(ComfyOptions {
+        workflow,
+        mapping: Mapping {
+            batch: None,
+            ..Mapping::builtin()
+        },
+        ..options(&fake, &delays)
+    })
+    .unwrap();
+    two.edit(&request(1, 3)).await.unwrap();
+    assert_eq!(
+        fake.prompts()[1].body["prompt"]["120"]["inputs"]["amount"],
+        2
     );
 }
 

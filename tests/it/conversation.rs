@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qwen_edit_bot::backend::DashScope;
 use qwen_edit_bot::backend::dashscope::INPUT_RULES;
-use qwen_edit_bot::backend::{DashScope, DashScopeOptions};
 use qwen_edit_bot::core::command::{ParseContext, parse};
 use qwen_edit_bot::core::conversation::retrying;
 use qwen_edit_bot::core::error::{Failure, FailureReason, Rejection};
@@ -52,10 +52,8 @@ pub fn engine_config(workers: usize) -> EngineConfig {
 async fn rig(workers: usize) -> Rig {
     let fake = FakeDashScope::start().await;
     let delays = Arc::new(Mutex::new(Vec::new()));
-    let opts = DashScopeOptions {
-        max_concurrent: workers,
-        ..super::dashscope::options(&fake, &delays)
-    };
+    let mut opts = super::dashscope::options(&fake, &delays);
+    opts.policy.max_concurrent = workers;
     let backend = Arc::new(DashScope::new(opts).unwrap());
     rig_with(workers, backend, fake)
 }

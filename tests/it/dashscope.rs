@@ -28,15 +28,9 @@ pub fn options(fake: &FakeDashScope, delays: &Arc<Mutex<Vec<Duration>>>) -> Dash
         base_url: fake.base_url.clone(),
         model: "qwen-image-edit-plus".into(),
         api_key: SecretString::from(API_KEY),
-        timeout: Duration::from_secs(10),
-        max_concurrent: 4,
-        max_requests_per_second: 1000.0,
         watermark: false,
         prompt_extend: true,
-        max_attempts: 4,
-        base_backoff: Duration::from_secs(1),
-        max_backoff: Duration::from_secs(30),
-        sleeper: recording(delays),
+        policy: crate::services::policy(4, delays),
     }
 }
 
@@ -262,11 +256,8 @@ async fn a_hanging_backend_is_cut_by_the_timeout() {
     let fake = FakeDashScope::start().await;
     fake.script([Reply::Hang, Reply::Hang]);
     let delays = Arc::new(Mutex::new(Vec::new()));
-    let opts = DashScopeOptions {
-        timeout: Duration::from_millis(300),
-        max_attempts: 2,
-        ..options(&fake, &delays)
-    };
+    let mut opts = options(&fake, &delays);
+    (opts.policy.timeout, opts.policy.max_attempts) = (Duration::from_millis(300), 2);
     let client = DashScope::new(opts).unwrap();
     let started = std::time::Instant::now();
     let err = client.edit(&request(1)).await.unwrap_err();
@@ -284,10 +275,8 @@ async fn no_more_than_max_concurrent_calls_are_in_flight() {
     let fake = FakeDashScope::start().await;
     fake.set_latency(Duration::from_millis(150));
     let delays = Arc::new(Mutex::new(Vec::new()));
-    let opts = DashScopeOptions {
-        max_concurrent: 3,
-        ..options(&fake, &delays)
-    };
+    let mut opts = options(&fake, &delays);
+    opts.policy.max_concurrent = 3;
     let client = Arc::new(DashScope::new(opts).unwrap());
     let req = Arc::new(request(1));
     let tasks: Vec<_> = (0..10)
@@ -307,10 +296,8 @@ async fn no_more_than_max_concurrent_calls_are_in_flight() {
 async fn calls_are_spaced_by_the_rate_limit() {
     let fake = FakeDashScope::start().await;
     let delays = Arc::new(Mutex::new(Vec::new()));
-    let opts = DashScopeOptions {
-        max_requests_per_second: 20.0,
-        ..options(&fake, &delays)
-    };
+    let mut opts = options(&fake, &delays);
+    opts.policy.max_requests_per_second = 20.0;
     let client = Arc::new(DashScope::new(opts).unwrap());
     let req = Arc::new(request(1));
     let tasks: Vec<_> = (0..5)
@@ -344,12 +331,12 @@ async fn the_api_key_never_appears_in_an_error() {
     }]);
     let err = client.edit(&request(1)).await.unwrap_err();
     assert!(!format!("{err} {err:?}").contains(API_KEY));
-    let unreachable = DashScope::new(DashScopeOptions {
+    let mut opts = DashScopeOptions {
         base_url: "http://127.0.0.1:9/api/v1".into(),
-        max_attempts: 1,
         ..options(&fake, &Arc::new(Mutex::new(Vec::new())))
-    })
-    .unwrap();
+    };
+    opts.policy.max_attempts = 1;
+    let unreachable = DashScope::new(opts).unwrap();
     let err = unreachable.edit(&request(1)).await.unwrap_err();
     assert!(matches!(err, BackendError::Network(_)));
     assert!(!format!("{err} {err:?}").contains(API_KEY));

@@ -66,11 +66,11 @@ async fn rig(o: RigOptions) -> Rig {
     fake.set_model(o.model);
     fake.set_latency(o.latency);
     let delays = Arc::new(Mutex::new(Vec::new()));
-    let opts = DashScopeOptions {
+    let mut opts = DashScopeOptions {
         model: o.model.into(),
-        max_concurrent: o.workers,
         ..super::dashscope::options(&fake, &delays)
     };
+    opts.policy.max_concurrent = o.workers;
     let backend = Arc::new(DashScope::new(opts).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(

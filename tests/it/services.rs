@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use qwen_edit_bot::backend::openai::{FORMATS, OpenAiOptions};
+use qwen_edit_bot::backend::openai::OpenAiOptions;
 use qwen_edit_bot::backend::{CallPolicy, DashScope, Member, OpenAi, Services};
 use qwen_edit_bot::core::command::Size;
+use qwen_edit_bot::core::image::WEB_FORMATS as FORMATS;
 use qwen_edit_bot::core::image::{FitLimits, InputRules, fit};
 use qwen_edit_bot::core::ports::model::{BackendError, EditRequest, EditService, OperatorProblem};
 use secrecy::SecretString;
@@ -304,7 +305,7 @@ async fn a_down_service_fails_over_once_its_circuit_opens_and_closes_when_it_rec
     let (primary, second) = (FakeDashScope::start().await, FakeOpenAi::start().await);
     let delays = Arc::new(Mutex::new(Vec::new()));
     let mut opts = dashscope_options(&primary, &delays);
-    opts.max_attempts = 1;
+    opts.policy.max_attempts = 1;
     let dir = tempfile::tempdir().unwrap();
     let (offset, clock) = manual_clock();
     let services = Services::new(

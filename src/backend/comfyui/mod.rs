@@ -15,9 +15,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::SecretString;
 use serde_json::Value;
 
-use super::client::{CallPolicy, Client, answer};
+use super::client::{CallPolicy, Client};
 use crate::config::BackendConfig;
-use crate::core::image::{Format, InputRules};
+use crate::core::image::{InputRules, WEB_FORMATS};
 use crate::core::ports::BoxFuture;
 use crate::core::ports::model::{
     Answer, BackendError, EditRequest, EditService, ModelCaps, OperatorProblem,
@@ -26,24 +26,20 @@ use crate::core::ports::model::{
 pub mod check;
 mod run;
 mod socket;
-pub mod wire;
-pub mod workflow;
+mod wire;
+mod workflow;
 
-pub use wire::ImageRef;
+use wire::ImageRef;
 pub use workflow::{BUILTIN_WORKFLOW, InputRef, Mapping};
 
 /// Largest JSON answer we read (a `/history` entry repeats the whole workflow).
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
-/// Largest result image we download.
-const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 /// Most images one run may hand back.
 const MAX_IMAGES: usize = 16;
 /// Sides smaller than this make no sense to a diffusion model.
 pub const MIN_INPUT_SIDE: u32 = 64;
-/// Formats `LoadImage` reads as they are; others are re-encoded before upload.
-pub const FORMATS: &[Format] = &[Format::Png, Format::Jpeg, Format::WebP];
 /// Images per run when the workflow has a batch input.
-pub const MAX_N: u8 = 6;
+const MAX_N: u8 = 6;
 
 /// How the adapter is set up.
 #[derive(Clone)]
@@ -152,13 +148,9 @@ impl ComfyUi {
     }
 
     /// One line about the server (`GET /system_stats`), for `check-config --probe`.
-    pub async fn probe(&self) -> Result<String, BackendError> {
-        let resp = self
-            .authed(self.client.http.get(self.endpoint("system_stats")))
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, retry_after, body) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+    async fn system_stats(&self) -> Result<String, BackendError> {
+        let req = self.authed(self.client.http.get(self.endpoint("system_stats")));
+        let (status, retry_after, body) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         if status != 200 {
             return Err(wire::status_error(status, retry_after, "/system_stats"));
         }
@@ -181,14 +173,6 @@ impl ComfyUi {
         }
     }
 
-    /// The header name and secret for the websocket handshake.
-    fn ws_auth(&self) -> Option<(&str, &str)> {
-        self.opts
-            .auth
-            .as_ref()
-            .map(|(name, secret)| (name.as_str(), crate::config::expose(secret)))
-    }
-
     /// Downloads one result image (`GET /view`) of at most `limit` bytes.
     async fn fetch_result(&self, part: &str, limit: usize) -> Result<Bytes, BackendError> {
         let image = ImageRef::from_part(part)?;
@@ -198,7 +182,7 @@ impl ComfyUi {
             .append_pair("subfolder", &image.subfolder)
             .append_pair("type", &image.kind);
         let req = self.authed(self.client.http.get(url));
-        self.client.download(req, limit.min(MAX_RESULT_BYTES)).await
+        self.client.download(req, limit).await
     }
 }
 
@@ -226,7 +210,7 @@ impl EditService for ComfyUi {
             max_side: self.opts.max_input_side.max(MIN_INPUT_SIDE),
             useful_side: self.opts.max_input_side.max(MIN_INPUT_SIDE),
             max_file_bytes: self.opts.max_file_bytes,
-            formats: FORMATS,
+            formats: WEB_FORMATS,
         }
     }
 
@@ -241,5 +225,9 @@ impl EditService for ComfyUi {
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.fetch_result(part, limit))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(self.system_stats())
     }
 }

@@ -1,6 +1,6 @@
-//! One job on ComfyUI: upload, queue, follow, collect. The submission is retried as a whole
-//! (uploads overwrite their own names, so a second attempt leaves nothing behind); the run is
-//! not. Its end is always read from `/history`: the websocket only says when to look, and a
+//! One job on ComfyUI: upload, queue, follow, collect. Each upload and the `/prompt` call are
+//! retried on their own (an upload overwrites its own name, so a retry leaves nothing behind,
+//! and nothing done is done again); the run is not. Its end is always read from `/history`: the websocket only says when to look, and a
 //! socket that drops or falls silent sends us polling `/history` instead, so a finished image
 //! is never lost to it.
 
@@ -13,30 +13,33 @@ use super::socket::{self, Event, Socket};
 use super::wire::{self, Finished, ImageRef};
 use super::workflow::{self, JobInputs};
 use super::{ComfyUi, MAX_IMAGES, MAX_RESPONSE_BYTES};
-use crate::backend::client::answer;
-use crate::core::image::{Fitted, Format};
+use crate::core::image::Fitted;
 use crate::core::ports::model::{
     Answer, BackendError, EditRequest, EditService as _, OperatorProblem, Progress,
 };
+use bytes::Bytes;
 
 /// Silence on the socket, in history polls, after which `/history` is asked anyway.
 const QUIET_POLLS: u32 = 10;
 /// Longest wait for the websocket handshake; without it we poll.
 const SOCKET_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A prompt ComfyUI accepted, and the socket that reports on it (if it opened).
-struct Submitted {
-    prompt_id: String,
-    socket: Option<Socket>,
-}
-
 /// How following the socket ended.
 enum Followed {
-    /// The prompt finished (or `/history` says it did): read `/history`.
+    /// The socket says the prompt finished: read `/history`.
     Done,
+    /// `/history` already says how it ended (read while the socket was quiet).
+    Ended(Finished),
     Failed(BackendError),
     /// The socket closed or broke: poll `/history`.
     Lost,
+}
+
+/// The `/prompt` body: the filled workflow and the socket's client id.
+#[derive(serde::Serialize)]
+struct PromptBody<'a> {
+    prompt: &'a serde_json::Value,
+    client_id: &'a str,
 }
 
 impl ComfyUi {
@@ -56,56 +59,45 @@ impl ComfyUi {
         let n = req.n.clamp(1, self.caps().max_n);
         let seed = req.seed.unwrap_or_else(|| rand::rng().random::<u32>());
         let job = uuid::Uuid::new_v4().simple().to_string();
-        let _slot = self.client.slot().await?;
-        let mut sub = self
-            .client
-            .retrying(|| self.submit(req, &job, n, u64::from(seed)))
-            .await?;
-        tracing::info!(prompt_id = %sub.prompt_id, images = req.images.len(), n, "ComfyUI prompt queued");
-        let limit = self.client.timeout();
-        let socket = sub.socket.take();
-        let told = req.progress.as_ref();
-        let outcome = self.outcome(&sub.prompt_id, socket, told);
-        let images = match tokio::time::timeout(limit, outcome).await {
-            Ok(result) => result?,
-            Err(_) => {
-                self.forget(&sub.prompt_id).await;
-                return Err(BackendError::Timeout(limit));
-            }
-        };
-        Ok(Answer {
-            request_id: Some(sub.prompt_id),
-            parts: images.iter().map(ImageRef::to_part).collect(),
-            service: None,
-        })
-    }
-
-    /// One submission attempt: the uploads, the socket, then the prompt.
-    async fn submit(
-        &self,
-        req: &EditRequest,
-        job: &str,
-        n: u8,
-        seed: u64,
-    ) -> Result<Submitted, BackendError> {
+        let _slot = self.client.permit().await?;
         let mut names = Vec::with_capacity(req.images.len());
         for (i, image) in req.images.iter().enumerate() {
-            let name = format!("qeb-{job}-{i}.{}", extension(image.format));
-            names.push(self.upload(image, &name).await?);
+            let name = format!("qeb-{job}-{i}.{}", image.format.extension());
+            names.push(self.client.retrying(|| self.upload(image, &name)).await?);
         }
         let inputs = JobInputs {
             images: &names,
             prompt: &req.prompt,
             negative: req.negative.as_deref(),
-            seed,
+            seed: u64::from(seed),
             n,
         };
         let prompt = workflow::build(&self.opts.workflow, &self.opts.mapping, &inputs)?;
         let client_id = uuid::Uuid::new_v4().simple().to_string();
         // Opened first: ComfyUI sends a prompt's messages only to sockets already there.
         let socket = self.open_socket(&client_id).await;
-        let prompt_id = self.queue(&prompt, &client_id).await?;
-        Ok(Submitted { prompt_id, socket })
+        let body = serde_json::to_vec(&PromptBody {
+            prompt: &prompt,
+            client_id: &client_id,
+        })
+        .map_err(|e| BackendError::Malformed(e.to_string()))?;
+        let body = Bytes::from(body);
+        let prompt_id = self.client.retrying(|| self.queue(body.clone())).await?;
+        tracing::info!(%prompt_id, images = req.images.len(), n, "ComfyUI prompt queued");
+        let limit = self.client.timeout();
+        let outcome = self.outcome(&prompt_id, socket, req.progress.as_ref());
+        let images = match tokio::time::timeout(limit, outcome).await {
+            Ok(result) => result?,
+            Err(_) => {
+                self.forget(&prompt_id).await;
+                return Err(BackendError::Timeout(limit));
+            }
+        };
+        Ok(Answer {
+            request_id: Some(prompt_id),
+            parts: images.iter().map(ImageRef::to_part).collect(),
+            service: None,
+        })
     }
 
     /// `POST /upload/image` into ComfyUI's input folder, under our own unique name.
@@ -119,13 +111,10 @@ impl ComfyUi {
             .part("image", part)
             .text("type", "input")
             .text("overwrite", "true");
-        let resp = self
+        let req = self
             .authed(self.client.http.post(self.endpoint("upload/image")))
-            .multipart(form)
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, retry_after, body) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+            .multipart(form);
+        let (status, retry_after, body) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         if status != 200 {
             return Err(wire::status_error(status, retry_after, "the image upload"));
         }
@@ -133,21 +122,14 @@ impl ComfyUi {
     }
 
     /// `POST /prompt`; its id.
-    async fn queue(
-        &self,
-        prompt: &serde_json::Value,
-        client_id: &str,
-    ) -> Result<String, BackendError> {
-        let body = serde_json::to_vec(&json!({ "prompt": prompt, "client_id": client_id }))
-            .map_err(|e| BackendError::Malformed(e.to_string()))?;
-        let resp = self
+    /// Each attempt waits for the rate limit: it is the call that starts GPU work.
+    async fn queue(&self, body: Bytes) -> Result<String, BackendError> {
+        self.client.pace().await;
+        let req = self
             .authed(self.client.http.post(self.endpoint("prompt")))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, retry_after, body) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+            .body(body);
+        let (status, retry_after, body) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         match status {
             200 => wire::prompt_id(&body),
             400 => Err(wire::invalid_workflow(&body)),
@@ -159,7 +141,7 @@ impl ComfyUi {
     async fn open_socket(&self, client_id: &str) -> Option<Socket> {
         let url = socket::url(&self.base, client_id)?;
         let wait = SOCKET_CONNECT_TIMEOUT.min(self.client.timeout());
-        match tokio::time::timeout(wait, socket::connect(&url, self.ws_auth())).await {
+        match tokio::time::timeout(wait, socket::connect(&url, self.auth.as_ref())).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(reason)) => {
                 tracing::warn!(%reason, "ComfyUI websocket not opened; polling /history instead");
@@ -182,6 +164,7 @@ impl ComfyUi {
         if let Some(mut ws) = socket {
             match self.follow(&mut ws, prompt_id, told).await {
                 Followed::Failed(e) => return Err(e),
+                Followed::Ended(finished) => return self.finished(finished),
                 Followed::Done => {}
                 Followed::Lost => {
                     tracing::warn!(prompt_id, "ComfyUI websocket lost; polling /history");
@@ -198,12 +181,12 @@ impl ComfyUi {
         loop {
             let next = match tokio::time::timeout(quiet, ws.next()).await {
                 Ok(next) => next,
-                Err(_) => {
-                    if matches!(self.history_once(prompt_id).await, Ok(Some(_))) {
-                        return Followed::Done;
-                    }
-                    continue;
-                }
+                Err(_) => match self.history_once(prompt_id).await {
+                    Ok(Some(finished)) => return Followed::Ended(finished),
+                    Ok(None) => continue,
+                    Err(e) if e.is_retryable() => continue,
+                    Err(e) => return Followed::Failed(e),
+                },
             };
             let text = match next {
                 Some(Ok(Message::Text(text))) => text,
@@ -224,8 +207,7 @@ impl ComfyUi {
     async fn poll_history(&self, prompt_id: &str) -> Result<Vec<ImageRef>, BackendError> {
         loop {
             match self.history_once(prompt_id).await {
-                Ok(Some(Finished::Images(images))) => return self.usable(images),
-                Ok(Some(Finished::Failed(e))) => return Err(e),
+                Ok(Some(finished)) => return self.finished(finished),
                 Ok(None) => {}
                 Err(e) if e.is_retryable() => {
                     tracing::debug!(code = %e.code(), "ComfyUI /history not reachable; asking again");
@@ -239,12 +221,8 @@ impl ComfyUi {
     /// `GET /history/{prompt_id}`, read.
     async fn history_once(&self, prompt_id: &str) -> Result<Option<Finished>, BackendError> {
         let url = self.endpoint(&format!("history/{prompt_id}"));
-        let resp = self
-            .authed(self.client.http.get(url))
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, retry_after, body) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+        let req = self.authed(self.client.http.get(url));
+        let (status, retry_after, body) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         if status != 200 {
             return Err(wire::status_error(status, retry_after, "/history"));
         }
@@ -252,7 +230,11 @@ impl ComfyUi {
     }
 
     /// A finished run's images; none at all means the mapping points at the wrong node.
-    fn usable(&self, mut images: Vec<ImageRef>) -> Result<Vec<ImageRef>, BackendError> {
+    fn finished(&self, finished: Finished) -> Result<Vec<ImageRef>, BackendError> {
+        let mut images = match finished {
+            Finished::Images(images) => images,
+            Finished::Failed(e) => return Err(e),
+        };
         if images.is_empty() {
             let at = self
                 .opts
@@ -282,18 +264,6 @@ impl ComfyUi {
         if let Err(e) = sent {
             tracing::debug!(error = %e.without_url(), "could not delete the prompt from the ComfyUI queue");
         }
-    }
-}
-
-/// The file extension ComfyUI's `LoadImage` expects for `format`.
-fn extension(format: Format) -> &'static str {
-    match format {
-        Format::Png => "png",
-        Format::Jpeg => "jpg",
-        Format::WebP => "webp",
-        Format::Gif => "gif",
-        Format::Bmp => "bmp",
-        Format::Tiff => "tiff",
     }
 }
 

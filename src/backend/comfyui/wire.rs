@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::backend::errors::by_status;
 use crate::core::ports::model::{BackendError, OperatorProblem};
 
 /// Longest message we keep from the server, in characters.
@@ -53,41 +54,20 @@ pub fn short(s: &str) -> String {
     one_line.chars().take(MAX_MESSAGE_CHARS).collect()
 }
 
-/// A status that is not a success, for any call (the `/prompt` 400 has its own reader).
+/// A status that is not a success, for any call (the `/prompt` 400 has its own reader): the
+/// shared HTTP meaning, with ComfyUI's own for 405 (a server that is not ComfyUI's API).
 pub fn status_error(status: u16, retry_after: Option<Duration>, what: &str) -> BackendError {
-    match status {
-        401 => BackendError::Operator {
-            problem: OperatorProblem::Key,
-            code: "http_401".into(),
-            message: format!("ComfyUI (or its proxy) refused the credentials on {what}"),
-        },
-        403 => BackendError::Operator {
-            problem: OperatorProblem::Permission,
-            code: "http_403".into(),
-            message: format!("ComfyUI (or its proxy) forbade {what}"),
-        },
-        404 | 405 => BackendError::Operator {
-            problem: OperatorProblem::Model,
-            code: format!("http_{status}"),
-            message: format!("no ComfyUI API at backend.base_url ({what} answered {status})"),
-        },
-        429 => BackendError::Throttled {
-            code: "http_429".into(),
-            retry_after,
-        },
-        413 => BackendError::Rejected {
-            code: "too_large".into(),
-            message: format!("ComfyUI refused {what} as too large"),
-        },
-        408 | 500..=599 => BackendError::Unavailable {
-            status,
-            code: String::new(),
-        },
-        _ => BackendError::Rejected {
-            code: format!("http_{status}"),
-            message: format!("ComfyUI refused {what}"),
-        },
-    }
+    let message = match status {
+        404 | 405 => format!("no ComfyUI API at backend.base_url ({what} answered {status})"),
+        _ => format!("ComfyUI (or its proxy) answered HTTP {status} to {what}"),
+    };
+    // 405: the path exists but not as ComfyUI's API — the same fix as a 404.
+    by_status(
+        if status == 405 { 404 } else { status },
+        "",
+        message,
+        retry_after,
+    )
 }
 
 /// The stored name of an uploaded image, as a `LoadImage` input takes it.

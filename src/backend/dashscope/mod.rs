@@ -3,13 +3,12 @@
 //!
 //! Limits and retries are the shared ones of [`super::client`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use secrecy::SecretString;
 
-use super::client::{CallPolicy, Client, Sleeper, answer, real_sleep};
+use super::client::{CallPolicy, Client};
 use crate::core::image::InputRules;
 use crate::core::ports::BoxFuture;
 use crate::core::ports::model::{Answer, BackendError, EditRequest, EditService, ModelCaps};
@@ -23,8 +22,6 @@ pub use rules::{EDIT_PATH, INPUT_RULES, caps_of, data_uri};
 
 /// Largest JSON answer we read from the API.
 const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
-/// Largest result image we download.
-const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
 /// How the client is set up.
 #[derive(Clone)]
@@ -32,17 +29,10 @@ pub struct DashScopeOptions {
     pub base_url: String,
     pub model: String,
     pub api_key: SecretString,
-    pub timeout: Duration,
-    pub max_concurrent: usize,
-    pub max_requests_per_second: f64,
     pub watermark: bool,
     pub prompt_extend: bool,
-    /// Attempts per call, first included.
-    pub max_attempts: u32,
-    /// First backoff step; doubles per attempt up to `max_backoff`.
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
-    pub sleeper: Sleeper,
+    /// Timeout, limits and retries of every call.
+    pub policy: CallPolicy,
 }
 
 impl DashScopeOptions {
@@ -52,27 +42,9 @@ impl DashScopeOptions {
             base_url: c.base_url.clone(),
             model: c.model.clone(),
             api_key,
-            timeout: Duration::from_secs(c.timeout_secs),
-            max_concurrent: c.max_concurrent,
-            max_requests_per_second: c.max_requests_per_second,
             watermark: c.watermark,
             prompt_extend: c.prompt_extend,
-            max_attempts: c.max_attempts,
-            base_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-            sleeper: real_sleep(),
-        }
-    }
-
-    fn policy(&self) -> CallPolicy {
-        CallPolicy {
-            timeout: self.timeout,
-            max_concurrent: self.max_concurrent,
-            max_requests_per_second: self.max_requests_per_second,
-            max_attempts: self.max_attempts,
-            base_backoff: self.base_backoff,
-            max_backoff: self.max_backoff,
-            sleeper: Arc::clone(&self.sleeper),
+            policy: CallPolicy::from_config(c),
         }
     }
 }
@@ -88,7 +60,7 @@ pub struct DashScope {
 impl DashScope {
     pub fn new(opts: DashScopeOptions) -> Result<Self, BackendError> {
         Ok(Self {
-            client: Client::new(opts.policy())?,
+            client: Client::new(opts.policy.clone())?,
             endpoint: format!("{}{EDIT_PATH}", opts.base_url.trim_end_matches('/')),
             opts,
             rules: INPUT_RULES,
@@ -103,18 +75,12 @@ impl DashScope {
 
     /// A call that costs nothing: `GET {base_url}/tasks/{random id}` is authenticated (a
     /// refused key answers 401) and makes no image. Says what it found.
-    pub async fn probe(&self) -> Result<String, BackendError> {
+    async fn task_lookup(&self) -> Result<String, BackendError> {
         let base = self.opts.base_url.trim_end_matches('/');
         let url = format!("{base}/tasks/{}", uuid::Uuid::new_v4());
-        let resp = self
-            .client
-            .http
-            .get(url)
-            .bearer_auth(crate::config::expose(&self.opts.api_key))
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, retry_after, bytes) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+        let req = self.client.http.get(url);
+        let req = req.bearer_auth(crate::config::expose(&self.opts.api_key));
+        let (status, retry_after, bytes) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         match status {
             200 | 400 | 404 => Ok(format!(
                 "reachable, key accepted (a task lookup answered HTTP {status}); model {}",
@@ -142,28 +108,15 @@ impl DashScope {
 
     async fn attempt(&self, body: Bytes) -> Result<Answer, BackendError> {
         let _slot = self.client.slot().await?;
-        let resp = self
+        let req = self
             .client
             .http
             .post(&self.endpoint)
             .bearer_auth(crate::config::expose(&self.opts.api_key))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, retry_after, bytes) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+            .body(body);
+        let (status, retry_after, bytes) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         wire::parse_response(status, &bytes, retry_after)
-    }
-
-    /// Downloads one result image of at most `limit` bytes (no API key is sent). Only `https`
-    /// URLs are taken, or `http` when the API itself is (a local test server).
-    async fn fetch_result(&self, url: &str, limit: usize) -> Result<Bytes, BackendError> {
-        if !result_url_allowed(&self.opts.base_url, url) {
-            return Err(BackendError::Download("the result URL is not https".into()));
-        }
-        let limit = limit.min(MAX_RESULT_BYTES);
-        self.client.download(self.client.http.get(url), limit).await
     }
 }
 
@@ -190,6 +143,10 @@ impl EditService for DashScope {
         part: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
-        Box::pin(self.fetch_result(part, limit))
+        Box::pin(self.client.download_url(&self.opts.base_url, part, limit))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(self.task_lookup())
     }
 }

@@ -17,19 +17,15 @@ use base64::Engine as _;
 use bytes::Bytes;
 use secrecy::SecretString;
 
-use super::client::{CallPolicy, Client, answer, result_url_allowed};
-use crate::core::image::{Format, InputRules};
+use super::client::{CallPolicy, Client};
+use crate::core::image::{InputRules, WEB_FORMATS};
 use crate::core::ports::BoxFuture;
 use crate::core::ports::model::{Answer, BackendError, EditRequest, EditService, ModelCaps};
 
 /// Largest answer read (several inline images, base64).
 const MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
-/// Largest result image downloaded.
-const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 /// How long an inline image waits in the spool for its delivery.
 pub const SPOOL_KEEP: Duration = Duration::from_secs(48 * 3600);
-/// The formats the images API takes.
-pub const FORMATS: &[Format] = &[Format::Png, Format::Jpeg, Format::WebP];
 /// The prefix of a part that names a spooled file.
 const SPOOLED: &str = "spool:";
 
@@ -87,13 +83,10 @@ impl OpenAi {
     async fn attempt(&self, req: &EditRequest) -> Result<Vec<wire::Image>, BackendError> {
         let _slot = self.client.slot().await?;
         let url = format!("{}/images/edits", self.opts.base_url);
-        let resp = self
+        let req = self
             .authorized(self.client.http.post(url))
-            .multipart(wire::form(&self.opts.model, req))
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, retry_after, bytes) = answer(&self.client, resp, MAX_RESPONSE_BYTES).await?;
+            .multipart(wire::form(&self.opts.model, req));
+        let (status, retry_after, bytes) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         wire::parse(status, &bytes, retry_after)
     }
 
@@ -121,8 +114,7 @@ impl OpenAi {
             .map_err(|_| BackendError::Malformed("b64_json is not base64".into()))?;
         let format = crate::core::image::sniff(&bytes)
             .map_err(|_| BackendError::Malformed("b64_json is not an image".into()))?;
-        let ext = format.name().to_ascii_lowercase();
-        let name = format!("{}.{ext}", uuid::Uuid::new_v4());
+        let name = format!("{}.{}", uuid::Uuid::new_v4(), format.extension());
         let dir = &self.opts.spool_dir;
         let write = async {
             tokio::fs::create_dir_all(dir).await?;
@@ -155,34 +147,23 @@ impl OpenAi {
     }
 
     async fn fetch(&self, part: &str, limit: usize) -> Result<Bytes, BackendError> {
-        let limit = limit.min(MAX_RESULT_BYTES);
-        if let Some(name) = part.strip_prefix(SPOOLED) {
-            return read_spooled(&self.opts.spool_dir, name, limit).await;
+        match part.strip_prefix(SPOOLED) {
+            Some(name) => read_spooled(&self.opts.spool_dir, name, limit).await,
+            None => {
+                self.client
+                    .download_url(&self.opts.base_url, part, limit)
+                    .await
+            }
         }
-        if !result_url_allowed(&self.opts.base_url, part) {
-            return Err(BackendError::Download("the result URL is not https".into()));
-        }
-        self.client
-            .download(self.client.http.get(part), limit)
-            .await
     }
 
     /// `GET {base_url}/models`: whether the key is taken and the model is served.
-    pub async fn probe(&self) -> Result<String, BackendError> {
+    async fn list_models(&self) -> Result<String, BackendError> {
         let url = format!("{}/models", self.opts.base_url);
-        let resp = self
-            .authorized(self.client.http.get(url))
-            .send()
-            .await
-            .map_err(|e| self.client.transport_error(e))?;
-        let (status, _, body) = answer(&self.client, resp, 4 * 1024 * 1024).await?;
+        let req = self.authorized(self.client.http.get(url));
+        let (status, _, body) = self.client.exchange(req, MAX_RESPONSE_BYTES).await?;
         if status != 200 {
-            return Err(wire::parse(status, &body, None).err().unwrap_or(
-                BackendError::Unavailable {
-                    status,
-                    code: String::new(),
-                },
-            ));
+            return Err(wire::error(status, &body, None));
         }
         let ids: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -269,7 +250,7 @@ impl EditService for OpenAi {
             max_side: self.opts.max_input_side.max(64),
             useful_side: self.opts.max_input_side.max(64),
             max_file_bytes: self.opts.max_file_bytes,
-            formats: FORMATS,
+            formats: WEB_FORMATS,
         }
     }
 
@@ -283,5 +264,9 @@ impl EditService for OpenAi {
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.fetch(part, limit))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(self.list_models())
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::backend::errors::by_status;
 use crate::core::ports::model::{BackendError, EditRequest, OperatorProblem};
 
 /// The multipart form of one edit: `model`, one `image[]` part per input, `prompt`, `n`,
@@ -12,11 +13,7 @@ use crate::core::ports::model::{BackendError, EditRequest, OperatorProblem};
 pub(super) fn form(model: &str, req: &EditRequest) -> reqwest::multipart::Form {
     let mut form = reqwest::multipart::Form::new().text("model", model.to_owned());
     for (i, image) in req.images.iter().enumerate() {
-        let ext = match image.format.mime() {
-            "image/png" => "png",
-            "image/webp" => "webp",
-            _ => "jpg",
-        };
+        let ext = image.format.extension();
         let body = reqwest::Body::from(image.bytes.clone());
         let part = reqwest::multipart::Part::stream_with_length(body, image.bytes.len() as u64)
             .file_name(format!("input-{}.{ext}", i + 1))
@@ -71,11 +68,7 @@ pub(super) fn parse(
     retry_after: Option<Duration>,
 ) -> Result<Vec<Image>, BackendError> {
     if status != 200 {
-        let error = serde_json::from_slice::<WireErrorBody>(body)
-            .ok()
-            .and_then(|b| b.error)
-            .unwrap_or_default();
-        return Err(classify(status, &error, retry_after));
+        return Err(error(status, body, retry_after));
     }
     let answer: WireAnswer = serde_json::from_slice(body)
         .map_err(|_| BackendError::Malformed("the body is not the images JSON".into()))?;
@@ -93,6 +86,15 @@ pub(super) fn parse(
         return Err(BackendError::Malformed("no image in the response".into()));
     }
     Ok(images)
+}
+
+/// The error a non-200 answer stands for, from its OpenAI-style body (if it has one).
+pub(super) fn error(status: u16, body: &[u8], retry_after: Option<Duration>) -> BackendError {
+    let error = serde_json::from_slice::<WireErrorBody>(body)
+        .ok()
+        .and_then(|b| b.error)
+        .unwrap_or_default();
+    classify(status, &error, retry_after)
 }
 
 /// Maps an OpenAI-style error (status, `error.type`, `error.code`) to the same errors and
@@ -118,36 +120,17 @@ fn classify(status: u16, e: &WireError, retry_after: Option<Duration>) -> Backen
     ]
     .iter()
     .any(|m| code.contains(m) || kind.contains(m));
-    let operator = |problem| BackendError::Operator {
-        problem,
-        code: or_status(&code, status),
-        message: message.clone(),
-    };
-    match status {
-        _ if moderated => BackendError::Moderated { code },
-        401 => operator(OperatorProblem::Key),
-        403 => operator(OperatorProblem::Permission),
-        404 => operator(OperatorProblem::Model),
-        429 if code == "insufficient_quota" || code == "billing_hard_limit_reached" => {
-            operator(OperatorProblem::Billing)
-        }
-        429 => BackendError::Throttled {
-            code: or_status(&code, status),
-            retry_after,
-        },
-        408 | 500..=599 => BackendError::Unavailable { status, code },
-        400..=499 => BackendError::Rejected {
-            code: or_status(&code, status),
+    let billing =
+        status == 429 && (code == "insufficient_quota" || code == "billing_hard_limit_reached");
+    if moderated {
+        BackendError::Moderated { code }
+    } else if billing {
+        BackendError::Operator {
+            problem: OperatorProblem::Billing,
+            code,
             message,
-        },
-        _ => BackendError::Unavailable { status, code },
-    }
-}
-
-fn or_status(code: &str, status: u16) -> String {
-    if code.is_empty() {
-        format!("http_{status}")
+        }
     } else {
-        code.to_owned()
+        by_status(status, &code, message, retry_after)
     }
 }

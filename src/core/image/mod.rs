@@ -42,6 +42,9 @@ pub struct InputRules {
     pub formats: &'static [Format],
 }
 
+/// What web image APIs take as they are (OpenAI-compatible servers, ComfyUI's `LoadImage`).
+pub const WEB_FORMATS: &[Format] = &[Format::Png, Format::Jpeg, Format::WebP];
+
 /// Every format [`sniff`] recognises.
 pub const ALL_FORMATS: &[Format] = &[
     Format::Jpeg,

@@ -111,6 +111,11 @@ pub trait EditService: Send + Sync + 'static {
         part: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>>;
+    /// One call that costs nothing and makes no image (`check-config --probe`): whether the
+    /// service is reachable and takes the key, and what it said, in a line.
+    fn probe(&self) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(async { Ok("this service has no probe".to_owned()) })
+    }
 }
 
 /// What the operator must fix when the service refuses the bot itself; the service's adapter
