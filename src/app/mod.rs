@@ -155,16 +155,16 @@ fn watch_postgres(
     access: Arc<Access>,
     database: String,
 ) -> tokio::task::JoinHandle<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Notices that arrive while a reload runs are one more reload, not one each.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&changed);
     tokio::spawn(crate::store::postgres::listen_for_changes(
         database,
-        move || {
-            let _ = tx.send(());
-        },
+        move || notify.notify_one(),
     ));
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            while rx.try_recv().is_ok() {}
+        loop {
+            changed.notified().await;
             quotas.forget_all();
             if let Err(e) = load_places(&quotas, &access).await {
                 tracing::warn!(error = %e, "cannot reload the allowed places");

@@ -7,7 +7,6 @@ use anyhow::bail;
 
 use crate::config::Settings;
 use crate::core::model::Platform;
-use crate::store::sqlite::SqliteStore;
 
 /// What `allow` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,15 +101,19 @@ fn allowed_by_config(settings: &Settings, platform: Platform, id: &str) -> bool 
     }
 }
 
-/// Where the bot answers, for `check-config`: the config's lists merged with the store's (when
-/// the database exists; it is not created here).
-pub fn places_report(settings: &Settings) -> String {
+/// Where the bot answers, for `check-config`: the config's lists merged with the store's (a
+/// SQLite file only when it exists; nothing is created here).
+pub async fn places_report(settings: &Settings) -> String {
     let access = crate::app::access(settings);
-    let database = Path::new(&settings.config.quota.database);
+    let database = &settings.config.quota.database;
     let mut out =
         String::from("\n# where the bot answers (config lists merged with `allow add`)\n");
-    if database.exists() {
-        match SqliteStore::open(database).and_then(|s| s.allowed_places_now()) {
+    if crate::store::is_postgres(database) || Path::new(database).exists() {
+        let stored = match crate::store::open_existing(database) {
+            Ok(store) => store.allowed_places().await,
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(places) => access.set_stored(&places),
             Err(e) => out.push_str(&format!("# cannot read the stored places: {e}\n")),
         }

@@ -20,10 +20,9 @@ enum Kind {
     Bool,
 }
 
-/// One table: its name, the column that orders it, and its columns.
+/// One table: its name and its columns.
 struct Table {
     name: &'static str,
-    order: &'static str,
     columns: &'static [(&'static str, Kind)],
 }
 
@@ -32,7 +31,6 @@ use Kind::{Bool, Int, Text};
 const TABLES: &[Table] = &[
     Table {
         name: "jobs",
-        order: "seq",
         columns: &[
             ("seq", Int),
             ("id", Text),
@@ -62,7 +60,6 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "users",
-        order: "platform, user_id, scope",
         columns: &[
             ("platform", Text),
             ("user_id", Text),
@@ -75,12 +72,10 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "allowed_places",
-        order: "platform, place",
         columns: &[("platform", Text), ("place", Text)],
     },
     Table {
         name: "album_parts",
-        order: "seq",
         columns: &[
             ("seq", Int),
             ("group_key", Text),
@@ -102,11 +97,10 @@ pub async fn copy(from: &Path, to: &str) -> anyhow::Result<Copied> {
     let _held = super::lock(&shown).await.map_err(|_| {
         anyhow::anyhow!("a qwen-edit-bot is running on {shown}: stop it before copying its store")
     })?;
-    super::postgres::open(to)?;
-    let (mut client, connection) = tokio_postgres::connect(to, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let target = super::postgres::open(to)?;
+    let mut client = target.client().await?;
     let tx = client.transaction().await?;
-    for t in TABLES.iter().filter(|t| t.name != "album_parts") {
+    for t in TABLES {
         let row = tx
             .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", t.name), &[])
             .await?;
@@ -140,7 +134,8 @@ pub async fn copy(from: &Path, to: &str) -> anyhow::Result<Copied> {
 /// Rows read from SQLite and written to PostgreSQL per round.
 const CHUNK: i64 = 1000;
 
-/// Copies one table, [`CHUNK`] rows at a time (memory stays bounded however large the ledger).
+/// Copies one table, [`CHUNK`] rows at a time in rowid order (memory stays bounded, and each
+/// chunk starts where the last ended, however large the ledger).
 async fn copy_table(
     sqlite: &Connection,
     tx: &tokio_postgres::Transaction<'_>,
@@ -148,10 +143,9 @@ async fn copy_table(
 ) -> anyhow::Result<u64> {
     let names: Vec<&str> = t.columns.iter().map(|(n, _)| *n).collect();
     let select = format!(
-        "SELECT {} FROM {} ORDER BY {} LIMIT ?1 OFFSET ?2",
+        "SELECT rowid, {} FROM {} WHERE rowid > ?2 ORDER BY rowid LIMIT ?1",
         names.join(", "),
-        t.name,
-        t.order
+        t.name
     );
     let marks: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
     let insert = tx
@@ -162,13 +156,14 @@ async fn copy_table(
             marks.join(", ")
         ))
         .await?;
-    let mut done = 0u64;
+    let (mut done, mut after) = (0u64, 0i64);
     loop {
-        let rows = read_chunk(sqlite, &select, t, done as i64)?;
-        if rows.is_empty() {
+        let rows = read_chunk(sqlite, &select, t, after)?;
+        let Some((last, _)) = rows.last() else {
             return Ok(done);
-        }
-        for row in &rows {
+        };
+        after = *last;
+        for (_, row) in &rows {
             let params: Vec<&(dyn ToSql + Sync)> = row.iter().map(Cell::as_sql).collect();
             tx.execute(&insert, &params).await?;
         }
@@ -193,25 +188,29 @@ impl Cell {
     }
 }
 
+/// Up to [`CHUNK`] rows after rowid `after`, each with its rowid.
 fn read_chunk(
     sqlite: &Connection,
     select: &str,
     t: &Table,
-    offset: i64,
-) -> rusqlite::Result<Vec<Vec<Cell>>> {
+    after: i64,
+) -> rusqlite::Result<Vec<(i64, Vec<Cell>)>> {
     let mut stmt = sqlite.prepare_cached(select)?;
-    let rows = stmt.query_map([CHUNK, offset], |r| {
-        t.columns
+    let rows = stmt.query_map([CHUNK, after], |r| {
+        let cells = t
+            .columns
             .iter()
             .enumerate()
             .map(|(i, (_, kind))| {
+                let i = i + 1;
                 Ok(match kind {
                     Kind::Int => Cell::Int(r.get(i)?),
                     Kind::Text => Cell::Text(r.get(i)?),
                     Kind::Bool => Cell::Bool(r.get::<_, Option<i64>>(i)?.unwrap_or(0) != 0),
                 })
             })
-            .collect()
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((r.get(0)?, cells))
     })?;
     rows.collect()
 }

@@ -16,6 +16,30 @@ use crate::core::ports::store::{Store, StoreError};
 pub(crate) const SERVICE_OF_JOB: &str = "COALESCE(service, CASE WHEN generated > 0 OR status = 'delivered' \
      THEN model ELSE '(no image)' END)";
 
+/// Statuses whose cost counts against quotas (SQL shared by both stores).
+pub(crate) const CHARGED: &str = "status IN ('queued','running','ready','delivered','undelivered')";
+
+/// Statuses a job can still leave.
+pub(crate) const OPEN: &str = "status IN ('queued','running','ready')";
+
+/// What `Store::unfinished` lists: open jobs, and failed ones whose user was not told yet.
+pub(crate) const UNFINISHED: &str =
+    "(status IN ('queued','running','ready') OR (status = 'failed' AND NOT told))";
+
+/// A time as both stores keep it: milliseconds since the epoch.
+pub(crate) fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored time back (a value out of range reads as the epoch).
+pub(crate) fn time(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone as _;
+    chrono::Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+}
+
 /// Whether `quota.database` names a PostgreSQL server rather than a SQLite file.
 pub fn is_postgres(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")

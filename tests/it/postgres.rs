@@ -86,9 +86,21 @@ async fn the_daemon_runs_on_postgres_alone_and_hears_cli_changes_at_once() {
     let second = qwen_edit_bot::app::serve(settings, async {}).await;
     let second = second.expect_err("one daemon per database").to_string();
     assert!(second.contains("already running"), "{second}");
-    assert!(
-        !dir.path().join("data").exists(),
-        "no SQLite file was made beside it"
+    // The edit is in PostgreSQL's ledger (not in a file a wrong dispatch would have made).
+    let ledger = qwen_edit_bot::store::postgres::open_existing(&url).unwrap();
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let rows = {
+        use qwen_edit_bot::core::ports::store::{ReportBy, Store};
+        ledger
+            .report(since, None, ReportBy::User, None)
+            .await
+            .unwrap()
+    };
+    assert_eq!((rows.len(), rows[0].images), (1, 1), "{rows:?}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "only config.toml"
     );
 
     let cli = |args: &'static [&'static str]| {
@@ -266,6 +278,12 @@ async fn store_copy_moves_a_sqlite_install_to_postgres_whole() {
         old.allowed_places().await.unwrap()
     );
     assert_eq!(new.album_parts("g1").await.unwrap(), ["{\"p\":1}"]);
+    // The album sequence goes on too: a part saved now comes after the copied one.
+    new.save_album_part("g1", "m2", "{\"p\":2}").await.unwrap();
+    assert_eq!(
+        new.album_parts("g1").await.unwrap(),
+        ["{\"p\":1}", "{\"p\":2}"]
+    );
     // The sequence goes on after the copied rows (a restarted one would collide with job 1).
     let one = UserRef::new(Platform::Telegram, "1");
     let before = new.used(&one, since).await.unwrap();

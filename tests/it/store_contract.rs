@@ -403,6 +403,26 @@ async fn postgres_keeps_the_store_contract() {
         again.unfinished().await.unwrap(),
         store.unfinished().await.unwrap()
     );
+    qwen_edit_bot::store::postgres::open(&url).unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        versions,
+        [1],
+        "each migration recorded once, however often opened"
+    );
     let Some(empty) = super::pg::database("postgres_open_existing_refuses_an_empty_db").await
     else {
         return;

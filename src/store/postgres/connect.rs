@@ -1,13 +1,13 @@
 //! Opening a PostgreSQL store: checking the URL, building the pool, migrating the schema, and
 //! turning driver errors into [`StoreError`]s that name the server but never the password.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
+use crate::config::without_password;
 use crate::core::ports::store::StoreError;
 
 use super::{PgStore, schema};
@@ -40,37 +40,57 @@ pub fn problems(url: &str, out: &mut Vec<String>) {
         )),
         Ok(u) if !matches!(u.scheme(), "postgres" | "postgresql") => out.push(format!(
             "quota.database = {:?}: a PostgreSQL URL starts with postgres:// or postgresql://",
-            redacted(url)
+            without_password(url)
         )),
         Ok(u) if u.host_str().is_none_or(str::is_empty) => out.push(format!(
             "quota.database = {:?}: the URL names no host; write it as {EXAMPLE}",
-            redacted(url)
+            without_password(url)
         )),
         Ok(_) if url.parse::<tokio_postgres::Config>().is_err() => out.push(format!(
             "quota.database = {:?}: PostgreSQL does not accept this URL (check the port and \
              the options after '?')",
-            redacted(url)
+            without_password(url)
         )),
         Ok(_) => {}
     }
 }
 
-/// `url` as messages may show it (no password).
-pub(super) fn redacted(url: &str) -> String {
-    crate::config::without_password(url)
-}
-
-fn open_with(url: &str, create: bool) -> Result<PgStore, StoreError> {
+/// The connection settings of `url`, with our connect timeout unless it sets one, and the
+/// server as messages name it.
+fn config_of(url: &str) -> Result<(tokio_postgres::Config, String), StoreError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
         StoreError(format!(
             "{} is not a PostgreSQL connection URL (quota.database)",
-            redacted(url)
+            without_password(url)
         ))
     })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     let target = target_of(&config);
+    Ok((config, target))
+}
+
+/// One connection of its own (the run lock, change notices, `store copy`), outside the pool,
+/// with the pool's timeout and error messages; the caller drives (or spawns) the connection.
+pub(crate) async fn session(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    StoreError,
+> {
+    let (config, target) = config_of(url)?;
+    config
+        .connect(NoTls)
+        .await
+        .map_err(|e| StoreError(format!("cannot connect to {target}: {}", message(&e))))
+}
+
+fn open_with(url: &str, create: bool) -> Result<PgStore, StoreError> {
+    let (config, target) = config_of(url)?;
     on_own_runtime(prepare(&config, &target, create))?;
     let manager = Manager::from_config(
         config,
@@ -90,7 +110,6 @@ fn open_with(url: &str, create: bool) -> Result<PgStore, StoreError> {
     Ok(PgStore {
         pool,
         target: target.into(),
-        holder: Arc::default(),
     })
 }
 

@@ -10,14 +10,8 @@ use crate::core::ports::store::{
     AgainSource, JobRecord, JobStatus, ResultAt, StoreError, Unfinished,
 };
 
-use super::{PgStore, get, ms, pg, small, time};
-
-/// Statuses a job can still leave.
-const OPEN: &str = "status IN ('queued','running','ready')";
-
-/// What [`unfinished`] lists: open jobs, and failed ones whose user was not told yet.
-const UNFINISHED: &str =
-    "(status IN ('queued','running','ready') OR (status = 'failed' AND NOT told))";
+use super::{PgStore, get, pg, small};
+use crate::store::{OPEN, UNFINISHED, ms, time};
 
 /// The columns [`unfinished_of`] reads, in its order.
 const UNFINISHED_COLUMNS: &str = "id, status, spec, request_id, result_urls, attempts, error";
@@ -97,7 +91,8 @@ pub(super) async fn claim_unfinished(
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<Unfinished>, StoreError> {
     let (lease, now) = (ms(lease_until), ms(Utc::now()));
-    db.hold(owner, lease);
+    // RETURNING keeps no order: the claimed rows are listed by job sequence, as `unfinished`
+    // lists them.
     let sql = format!(
         "WITH claimable AS (
              SELECT seq FROM jobs
@@ -106,11 +101,12 @@ pub(super) async fn claim_unfinished(
                     OR lease_until < $3::BIGINT)
              ORDER BY seq
              FOR UPDATE SKIP LOCKED
+         ), claimed AS (
+             UPDATE jobs SET owner = $1::TEXT, lease_until = $2::BIGINT
+             FROM claimable WHERE jobs.seq = claimable.seq
+             RETURNING jobs.*
          )
-         UPDATE jobs SET owner = $1::TEXT, lease_until = $2::BIGINT
-         FROM claimable WHERE jobs.seq = claimable.seq
-         RETURNING jobs.id, jobs.status, jobs.spec, jobs.request_id, jobs.result_urls,
-                   jobs.attempts, jobs.error, jobs.seq"
+         SELECT {UNFINISHED_COLUMNS} FROM claimed ORDER BY seq"
     );
     let rows = db
         .client()
@@ -118,13 +114,7 @@ pub(super) async fn claim_unfinished(
         .query(&sql, &[&owner, &lease, &now])
         .await
         .map_err(pg)?;
-    // RETURNING keeps no order: sort by the job sequence, as `unfinished` lists them.
-    let mut claimed = rows
-        .iter()
-        .map(|r| -> Result<(i64, Unfinished), StoreError> { Ok((get(r, 7)?, unfinished_of(r)?)) })
-        .collect::<Result<Vec<_>, _>>()?;
-    claimed.sort_by_key(|(seq, _)| *seq);
-    Ok(claimed.into_iter().map(|(_, u)| u).collect())
+    rows.iter().map(unfinished_of).collect()
 }
 
 /// Extends `owner`'s lease on its unfinished jobs (claimed, or reserved since it claimed).
@@ -134,7 +124,6 @@ pub(super) async fn renew(
     lease_until: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let lease = ms(lease_until);
-    db.hold(owner, lease);
     let sql = format!("UPDATE jobs SET lease_until = $2 WHERE owner = $1 AND {UNFINISHED}");
     let renewed = db
         .client()

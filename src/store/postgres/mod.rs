@@ -17,9 +17,9 @@ mod quota;
 mod schema;
 mod session;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
@@ -42,33 +42,15 @@ pub struct PgStore {
     pool: Pool,
     /// The server and database, for messages (never the password).
     target: Arc<str>,
-    /// The owner this process last claimed or renewed jobs as, and its lease (ms): the jobs it
-    /// reserves from then on are its own, so no other replica resumes them while it works.
-    holder: Arc<Mutex<Option<(String, i64)>>>,
 }
 
 impl PgStore {
     /// A pooled connection; failing to get one names the server.
-    async fn client(&self) -> Result<Object, StoreError> {
+    pub(crate) async fn client(&self) -> Result<Object, StoreError> {
         self.pool
             .get()
             .await
             .map_err(|e| pool_error(&self.target, e))
-    }
-
-    /// Who this process works as, and until when, once it has claimed jobs.
-    fn holder(&self) -> (Option<String>, Option<i64>) {
-        let held = self.holder.lock().unwrap_or_else(|e| e.into_inner());
-        match held.as_ref() {
-            Some((owner, until)) => (Some(owner.clone()), Some(*until)),
-            None => (None, None),
-        }
-    }
-
-    /// Remembers `owner`'s lease for the jobs this process reserves next.
-    fn hold(&self, owner: &str, lease_until: i64) {
-        let mut held = self.holder.lock().unwrap_or_else(|e| e.into_inner());
-        *held = Some((owner.to_owned(), lease_until));
     }
 }
 
@@ -77,13 +59,7 @@ fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T, StoreError> {
     row.try_get(idx).map_err(pg)
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
+use crate::store::ms;
 
 /// A count or an image number as the port has it (the columns are BIGINT).
 fn small(n: i64) -> u32 {

@@ -10,10 +10,8 @@ use crate::core::ports::store::StoreError;
 use crate::core::quota::policy::{Standing, decide, in_force};
 use crate::core::quota::{Limits, QuotaRejection, Reservation, UserSettings, Window};
 
-use super::{PgStore, Verdict, get, ms, pg, small};
-
-/// Statuses whose cost counts against quotas.
-pub(super) const CHARGED: &str = "status IN ('queued','running','ready','delivered','undelivered')";
+use super::{PgStore, Verdict, get, pg, small};
+use crate::store::{CHARGED, ms};
 
 /// What a job costs the operator's daily budget: its reserve or charge, or what the backend made
 /// when that is more (a refunded job whose images were made still cost money).
@@ -148,33 +146,21 @@ async fn standing_of(
     })
 }
 
-/// Records the reserved job as queued; once this process has claimed jobs, as its own.
+/// Records the reserved job as queued (unowned: with one daemon per database, its engine
+/// claims every unfinished job at start and holds them).
 async fn insert_job(
     tx: &Transaction<'_>,
     r: &Reservation,
     now: DateTime<Utc>,
-    holder: (Option<String>, Option<i64>),
 ) -> Result<(), StoreError> {
     let (platform, cost, created) = (r.user.platform.as_str(), i64::from(r.cost), ms(now));
-    let (owner, lease_until) = holder;
     tx.execute(
         "INSERT INTO jobs (id, platform, user_id, chat_id, group_id, model, cost, status,
-                           created_at, prompt, spec, token, owner, lease_until)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, $13)",
+                           created_at, prompt, spec, token)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)",
         &[
-            &r.job_id,
-            &platform,
-            &r.user.id,
-            &r.chat,
-            &r.group,
-            &r.model,
-            &cost,
-            &created,
-            &r.prompt,
-            &r.spec,
-            &r.token,
-            &owner,
-            &lease_until,
+            &r.job_id, &platform, &r.user.id, &r.chat, &r.group, &r.model, &cost, &created,
+            &r.prompt, &r.spec, &r.token,
         ],
     )
     .await
@@ -207,7 +193,7 @@ pub(super) async fn reserve(
         decide(limits, &standing, r.cost, r.group.is_some(), now)
     };
     if verdict.is_ok() {
-        insert_job(&tx, r, now, db.holder()).await?;
+        insert_job(&tx, r, now).await?;
     }
     tx.commit().await.map_err(pg)?;
     Ok(verdict)

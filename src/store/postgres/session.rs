@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::without_password;
 
@@ -15,11 +15,9 @@ const RUN_LOCK: i64 = 0x0071_6562_2d72_756e;
 /// The channel admin commands notify after a write.
 const CHANGED: &str = "qeb_changed";
 
-/// One connection, its driver task running.
+/// One connection of its own, its driver task running.
 async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", without_password(url)))?;
+    let (client, connection) = super::connect::session(url).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL session ended");
@@ -76,9 +74,7 @@ pub async fn listen_for_changes(url: String, changed: impl Fn() + Send + 'static
 }
 
 async fn listen_once(url: &str, changed: &impl Fn()) -> anyhow::Result<()> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", without_password(url)))?;
+    let (client, mut connection) = super::connect::session(url).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::core::model::UserRef;
@@ -14,17 +14,11 @@ use crate::core::quota::{Granted, Limits, QuotaRejection, Reservation, UserSetti
 
 use super::schema::{SCHEMA, migrate};
 
-/// Statuses whose cost counts against quotas.
-pub(super) const CHARGED: &str = "status IN ('queued','running','ready','delivered','undelivered')";
-
 /// What a job costs the operator's daily budget: its reserve or charge, or what the backend made
 /// when that is more (a refunded job whose images were made still cost money).
 pub(super) const SPENT: &str =
     "MAX(CASE WHEN status IN ('queued','running','ready','delivered','undelivered')
                       THEN cost ELSE 0 END, generated)";
-
-/// Statuses a job can still leave.
-pub(super) const OPEN: &str = "status IN ('queued','running','ready')";
 
 /// One SQLite connection, used by one blocking call at a time.
 pub(super) struct Db {
@@ -91,13 +85,7 @@ pub(super) fn db(e: rusqlite::Error) -> StoreError {
     StoreError(e.to_string())
 }
 
-pub(super) fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-pub(super) fn time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
+pub(super) use crate::store::{CHARGED, ms, time};
 
 /// The user's bot-wide settings and, in `group`, that group's own.
 fn settings_of(

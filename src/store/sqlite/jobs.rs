@@ -8,7 +8,8 @@ use crate::core::ports::store::{
     AgainSource, JobRecord, JobStatus, ResultAt, StoreError, Unfinished,
 };
 
-use super::db::{Db, OPEN, db, ms, time};
+use super::db::{Db, db, ms, time};
+use crate::store::{OPEN, UNFINISHED};
 
 impl Db {
     pub(super) fn mark_running(&self, job_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -46,11 +47,10 @@ impl Db {
     pub(super) fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT id, status, spec, request_id, result_urls, attempts, error FROM jobs
-                 WHERE status IN ('queued','running','ready') OR (status = 'failed' AND told = 0)
-                 ORDER BY seq",
-            )
+                 WHERE {UNFINISHED} ORDER BY seq"
+            ))
             .map_err(db)?;
         let rows = stmt
             .query_map([], |r| {

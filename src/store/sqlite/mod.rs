@@ -49,11 +49,6 @@ impl SqliteStore {
         })
     }
 
-    /// The places allowed from the CLI, read without a runtime (`check-config`).
-    pub fn allowed_places_now(&self) -> Result<Vec<(Platform, String)>, StoreError> {
-        self.db.allowed_places()
-    }
-
     /// Runs `f` on the database on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
