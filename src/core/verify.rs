@@ -62,6 +62,21 @@ fn tiff_whole(bytes: &[u8]) -> bool {
     seen > 0
 }
 
+/// The values of `tags` in a TIFF's first directory (empty where absent), and where each tag's
+/// value field lies in the file; `None` when the header or directory cannot be read.
+pub fn tiff_tags(bytes: &[u8], tags: &[u16]) -> Option<Vec<(Vec<u64>, Option<usize>)>> {
+    let t = Tiff::of(bytes)?;
+    let (entries, _) = t.ifd(t.first_ifd())?;
+    Some(
+        tags.iter()
+            .map(|&tag| {
+                let at = entries.iter().find(|e| e.tag == tag).map(|e| e.at);
+                (t.values(&entries, tag), at)
+            })
+            .collect(),
+    )
+}
+
 /// A TIFF header read: byte order and classic or big.
 struct Tiff<'a> {
     bytes: &'a [u8],
@@ -259,6 +274,27 @@ fn jpeg_whole(bytes: &[u8]) -> bool {
                     scanned = true;
                     at = next;
                 }
+            }
+        }
+    }
+}
+
+/// The JPEG's frame marker (`C0`–`CF` but `C4`, `C8`, `CC`): which coding the file uses.
+/// `None` when no frame header comes before the first scan.
+pub fn jpeg_frame(bytes: &[u8]) -> Option<u8> {
+    let mut at = 2;
+    loop {
+        let (&0xFF, &marker) = (bytes.get(at)?, bytes.get(at + 1)?) else {
+            return None;
+        };
+        match marker {
+            0xFF => at += 1,
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => return Some(marker),
+            0xDA | 0xD9 => return None,
+            0x01 | 0xD0..=0xD7 => at += 2,
+            _ => {
+                let len = bytes.get(at + 2..at + 4)?;
+                at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
             }
         }
     }

@@ -40,14 +40,10 @@ pub(super) fn decode_cost(p: Probe, decoded: u64, limits: &FitLimits) -> u64 {
 
 /// Whether the file can go out as it is, by its headers: upright (a rotated or mirrored photo
 /// is turned here, as not every service reads EXIF — WebP's is commonly ignored), not a BMP
-/// with an alpha channel (often unused, all zero: decoded to tell), not a BigTIFF.
+/// with an alpha channel (often unused, all zero: decoded to tell), a plain TIFF.
 pub(super) fn as_is_ok(bytes: &[u8], p: Probe) -> bool {
-    if p.format == Format::Tiff
-        && bytes
-            .get(2..4)
-            .is_some_and(|m| m == [43, 0] || m == [0, 43])
-    {
-        return false;
+    if p.format == Format::Tiff {
+        return super::tiff::plain(bytes);
     }
     let Ok(mut decoder) =
         ImageReader::with_format(Cursor::new(bytes), p.format.codec()).into_decoder()
@@ -66,6 +62,9 @@ pub(super) fn decode_upright<'l>(
     p: Probe,
     limits: &'l FitLimits,
 ) -> Result<(DynamicImage, Reserved<'l>), ImageRejection> {
+    if p.format == Format::Tiff {
+        return super::tiff::decode(bytes, p, limits);
+    }
     let map = |e| map_decode_error(e, p, limits);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), p.format.codec());
     let mut decode_limits = image::Limits::default();
@@ -125,11 +124,6 @@ pub(super) fn feature(u: &image::error::UnsupportedError, format: Format) -> Str
     use image::error::UnsupportedErrorKind as Kind;
     let name = format.name();
     match u.kind() {
-        Kind::GenericFeature(f) if f.contains("RGBPalette") => format!("{name} palette colours"),
-        Kind::GenericFeature(f) if f.contains("CIELab") => format!("{name} CIELab colours"),
-        Kind::GenericFeature(f) if f.contains("Planar") || f.contains("planar") => {
-            format!("{name} planar layout")
-        }
         Kind::GenericFeature(f) => format!("{name}: {}", f.chars().take(120).collect::<String>()),
         Kind::Color(image::ExtendedColorType::Unknown(bits)) => {
             format!("{name} {bits}-bit samples")
@@ -155,4 +149,30 @@ pub(super) fn normalize(img: DynamicImage, format: Format) -> DynamicImage {
         DynamicImage::ImageRgb8(_) => img,
         other => DynamicImage::ImageRgb8(other.into_rgb8()),
     }
+}
+
+/// The size of a BMP's info header (40 Windows, 12 or 64 OS/2, more for later Windows ones).
+pub(super) fn bmp_header_size(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(14..18)?.try_into().ok()?))
+}
+
+/// An OS/2 2.x BMP (64-byte info header), which the BMP decoder does not know, as the Windows
+/// BMP it is laid out like: the first 40 bytes of its header are a BITMAPINFOHEADER's and its
+/// palette has the same 4-byte entries. `None` for any other file, and for OS/2's own
+/// compressions (Huffman, RLE24), which have no Windows equivalent.
+pub(super) fn os2_bmp_as_windows(bytes: &[u8]) -> Option<Vec<u8>> {
+    const DROPPED: u32 = 64 - 40;
+    let word = |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    if !bytes.starts_with(b"BM") || bmp_header_size(bytes)? != 64 || word(bytes, 30)? > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() - DROPPED as usize);
+    out.extend_from_slice(bytes.get(..14 + 40)?);
+    out.extend_from_slice(bytes.get(14 + 64..)?);
+    let size = word(&out, 2)?.saturating_sub(DROPPED);
+    let pixels = word(&out, 10)?.checked_sub(DROPPED)?;
+    out[2..6].copy_from_slice(&size.to_le_bytes());
+    out[10..14].copy_from_slice(&pixels.to_le_bytes());
+    out[14..18].copy_from_slice(&40u32.to_le_bytes());
+    Some(out)
 }

@@ -18,6 +18,7 @@ pub use super::format::Format;
 
 mod decode;
 mod encode;
+mod tiff;
 
 use decode::{as_is_ok, decode_upright, feature, normalize, reduced};
 use encode::encode_within;
@@ -188,13 +189,21 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageRejection> {
 /// Sniffs the format and reads the dimensions from the header, without decoding pixels.
 pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     let format = sniff(bytes)?;
-    let reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
-    let (width, height) = reader.into_dimensions().map_err(|e| match e {
-        image::ImageError::Unsupported(u) => {
-            ImageRejection::UnsupportedFeature(feature(&u, format))
-        }
-        _ => ImageRejection::Corrupt,
-    })?;
+    if let Some(coding) = unsupported_coding(format, bytes) {
+        return Err(ImageRejection::UnsupportedFeature(coding.into()));
+    }
+    let (width, height) = if format == Format::Tiff {
+        // Our own TIFF reading takes more colour models than the codec would probe.
+        tiff::dimensions(bytes).ok_or(ImageRejection::Corrupt)?
+    } else {
+        let reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
+        reader.into_dimensions().map_err(|e| match e {
+            image::ImageError::Unsupported(u) => {
+                ImageRejection::UnsupportedFeature(feature(&u, format))
+            }
+            _ => ImageRejection::Corrupt,
+        })?
+    };
     if width == 0 || height == 0 || !super::verify::whole(format, bytes) {
         return Err(ImageRejection::Corrupt);
     }
@@ -205,6 +214,30 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     })
 }
 
+/// A coding of the format that no decoder here reads, named for the user.
+fn unsupported_coding(format: Format, bytes: &[u8]) -> Option<&'static str> {
+    match format {
+        Format::Jpeg => match super::verify::jpeg_frame(bytes)? {
+            0xC3 | 0xC7 | 0xCB | 0xCF => Some("lossless JPEG"),
+            0xC5 | 0xC6 => Some("hierarchical JPEG"),
+            0xC9 | 0xCA => Some("arithmetic-coded JPEG"),
+            _ => None,
+        },
+        Format::Bmp if decode::bmp_header_size(bytes)? == 64 => match bytes.get(30..34)? {
+            [3, 0, 0, 0] => Some("OS/2 BMP Huffman compression"),
+            [4, 0, 0, 0] => Some("OS/2 BMP RLE24 compression"),
+            _ => None,
+        },
+        // RLE rows run bottom-up only; the decoder refuses a negative height with them.
+        Format::Bmp if decode::bmp_header_size(bytes)? >= 40 => {
+            let top_down = i32::from_le_bytes(bytes.get(22..26)?.try_into().ok()?) < 0;
+            let rle = matches!(bytes.get(30..34)?, [1 | 2, 0, 0, 0]);
+            (top_down && rle).then_some("top-down RLE BMP")
+        }
+        _ => None,
+    }
+}
+
 /// Fits one input image to the API's rules. CPU-bound when the image must be re-encoded.
 pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
     if bytes.len() > limits.max_input_bytes {
@@ -212,6 +245,7 @@ pub fn fit(bytes: Bytes, limits: &FitLimits) -> Result<Fitted, ImageRejection> {
             limit_mb: limits.max_input_bytes >> 20,
         });
     }
+    let bytes = decode::os2_bmp_as_windows(&bytes).map_or(bytes, Bytes::from);
     let p = probe(&bytes)?;
     let in_range = |s: u32| (limits.rules.min_side..=limits.useful()).contains(&s);
     let sendable = in_range(p.width)
