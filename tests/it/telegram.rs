@@ -363,6 +363,57 @@ async fn an_image_document_is_sniffed_and_a_non_image_refunded() {
 }
 
 #[tokio::test]
+async fn damaged_but_plausible_files_never_reach_the_model_and_cost_nothing() {
+    let mut bot = Bot::start("").await;
+    // An in-range PNG with one byte of its pixels changed (its CRC no longer matches), and an
+    // in-range JPEG cut before its end: both have headers good enough to pass a header check.
+    let mut png = images::png(800, 600);
+    let idat = png.windows(4).position(|w| w == b"IDAT").unwrap();
+    png[idat + 40] ^= 0x55;
+    let jpeg = images::jpeg(1280, 960);
+    let cut = jpeg[..jpeg.len() * 2 / 3].to_vec();
+    for (i, (id, bytes)) in [("broken-png", png), ("broken-jpeg", cut)]
+        .into_iter()
+        .enumerate()
+    {
+        bot.tg.add_file(id, bytes);
+        let doc = document_message(
+            60 + i as i32,
+            private_chat(42),
+            user(42, "en"),
+            id,
+            "image/png",
+            "photo.png",
+            Some("/edit brighter"),
+        );
+        bot.tg.push_update(message_update(doc));
+    }
+    let damaged = |c: &tg::Call| {
+        c.params["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("damaged or incomplete"))
+    };
+    let mut replies = Vec::new();
+    for _ in 0..500 {
+        replies = bot.tg.calls_to("sendmessage");
+        replies.retain(damaged);
+        if replies.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut targets: Vec<i64> = replies.iter().map(|r| reply_target(&r.params)).collect();
+    targets.sort();
+    assert_eq!(targets, [60, 61], "one answer to each request");
+    for reply in &replies {
+        let text = reply.params["text"].as_str().unwrap();
+        assert!(text.contains("refunded"), "{text}");
+    }
+    bot.stop().await;
+    assert_eq!((bot.used(42).await, bot.ds.calls()), (0, 0));
+}
+
+#[tokio::test]
 async fn an_album_with_an_edit_caption_is_one_request_with_up_to_three_images() {
     let mut bot = Bot::start("").await;
     for (i, w) in [(60, 500), (61, 600), (62, 700), (63, 800)] {
