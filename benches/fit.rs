@@ -18,13 +18,16 @@ use image::{DynamicImage, ImageBuffer, Rgb};
 use qwen_edit_bot::backend::dashscope::{INPUT_RULES, data_uri};
 use qwen_edit_bot::core::image::{FitLimits, Format, fit};
 
-fn photo(w: u32, h: u32) -> Vec<u8> {
+/// A photo-like JPEG (quality 92): gradients plus per-pixel noise of `noise` levels. With 64
+/// levels a 12 MP picture takes 7.8 MB, more than any camera makes (the worst case); with 32,
+/// 4.4 MB, as a 12 MP phone photo.
+fn photo_with(w: u32, h: u32, noise: u32) -> Vec<u8> {
     let mut seed = 0x1234_5678u32;
     let img = ImageBuffer::from_fn(w, h, |x, y| {
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
-        let noise = (seed & 0x3f) as u8;
+        let noise = (seed % noise) as u8;
         Rgb([
             ((x * 200 / w) as u8).wrapping_add(noise),
             ((y * 180 / h) as u8).wrapping_add(noise / 2),
@@ -35,6 +38,10 @@ fn photo(w: u32, h: u32) -> Vec<u8> {
     let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92);
     enc.encode_image(&DynamicImage::ImageRgb8(img)).unwrap();
     out.into_inner()
+}
+
+fn photo(w: u32, h: u32) -> Vec<u8> {
+    photo_with(w, h, 64)
 }
 
 fn measure(name: &str, runs: usize, input: &Bytes, expect_passthrough: bool) {
@@ -96,6 +103,14 @@ fn main() {
         status_mib("VmRSS:")
     );
     drop(twelve_mp);
+    let camera = Bytes::from(photo_with(4000, 3000, 32));
+    measure(
+        "fit 4000x3000 camera-like JPEG -> 2000x1500",
+        runs(15),
+        &camera,
+        false,
+    );
+    drop(camera);
     let small = Bytes::from(photo(200, 150));
     measure("fit 200x150 JPEG -> 512x384", runs(50), &small, false);
     bombs();
@@ -237,55 +252,52 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// `STAGES=1`: each step of the 12 MP fit alone, median of 9 (`NOISE=32` for the camera-like
+/// photo).
 fn stages() {
-    let input = photo(4000, 3000);
+    let noise = std::env::var("NOISE").map_or(64, |n| n.parse().expect("NOISE is a number"));
+    let input = photo_with(4000, 3000, noise);
+    let median = |name: &str, f: &mut dyn FnMut()| {
+        let mut times: Vec<Duration> = (0..9)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!("{name:<40} {:>8.2} ms", times[4].as_secs_f64() * 1000.0);
+    };
+    println!("4000x3000 JPEG of {:.2} MB", input.len() as f64 / 1e6);
+    let mut half = Vec::new();
     for scale in [1u16, 2, 4] {
-        let t = Instant::now();
-        let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(&input));
-        let got = d.scale(4000 / scale, 3000 / scale).unwrap();
-        let px = d.decode().unwrap();
-        println!(
-            "jpeg-decoder 1/{scale} -> {got:?} {} bytes in {:?}",
-            px.len(),
-            t.elapsed()
-        );
-        if scale == 2 {
-            let t = Instant::now();
-            let mut out = Vec::new();
-            jpeg_encoder::Encoder::new(&mut out, 90)
-                .encode(&px, got.0, got.1, jpeg_encoder::ColorType::Rgb)
-                .unwrap();
-            println!("encode 1/2 q90 {:?} -> {} bytes", t.elapsed(), out.len());
-            let t = Instant::now();
-            let mut out = Vec::new();
-            jpeg_encoder::Encoder::new(&mut out, 85)
-                .encode(&px, got.0, got.1, jpeg_encoder::ColorType::Rgb)
-                .unwrap();
-            println!("encode 1/2 q85 {:?} -> {} bytes", t.elapsed(), out.len());
-        }
+        median(&format!("jpeg-decoder at 1/{scale}"), &mut || {
+            let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(&input));
+            d.scale(4000 / scale, 3000 / scale).unwrap();
+            let px = d.decode().unwrap();
+            if scale == 2 {
+                half = px;
+            }
+        });
     }
-    let t = Instant::now();
-    let img = image::load_from_memory(&input).unwrap();
-    println!("decode {:?}", t.elapsed());
-    let t = Instant::now();
-    let mut dst =
-        fast_image_resize::images::Image::new(3072, 2304, fast_image_resize::PixelType::U8x3);
-    fast_image_resize::Resizer::new()
-        .resize(
-            &img,
-            &mut dst,
-            &fast_image_resize::ResizeOptions::new().resize_alg(
-                fast_image_resize::ResizeAlg::Convolution(
-                    fast_image_resize::FilterType::CatmullRom,
-                ),
-            ),
-        )
-        .unwrap();
-    println!("resize {:?}", t.elapsed());
-    let t = Instant::now();
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(dst.buffer(), 3072, 2304, jpeg_encoder::ColorType::Rgb)
-        .unwrap();
-    println!("encode {:?} -> {} bytes", t.elapsed(), out.len());
+    median("image (zune-jpeg) full decode", &mut || {
+        black_box(image::load_from_memory(&input).unwrap());
+    });
+    for q in [90, 85] {
+        median(&format!("encode 2000x1500 q{q}, one thread"), &mut || {
+            let mut out = Vec::new();
+            let mut e = jpeg_encoder::Encoder::new(&mut out, q);
+            e.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+            e.encode(&half, 2000, 1500, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            black_box(out.len());
+        });
+        median(&format!("encode 2000x1500 q{q}, two halves"), &mut || {
+            black_box(
+                qwen_edit_bot::core::image::jpeg(&half, 2000, 1500, q)
+                    .unwrap()
+                    .len(),
+            );
+        });
+    }
 }

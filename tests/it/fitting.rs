@@ -437,3 +437,34 @@ fn a_large_jpeg_is_decoded_at_a_reduced_scale_with_the_same_picture() {
     let cmyk = fit_default(images::cmyk_jpeg(4000, 3000)).unwrap();
     assert_eq!((cmyk.width, cmyk.height), (2048, 1536));
 }
+
+#[test]
+fn a_jpeg_encoded_in_two_halves_at_once_is_the_file_one_encoder_makes() {
+    // Heights around MCU rows and the restart numbering's cycle of 8 (upper halves of 8, 9,
+    // 15 and 16 rows of MCUs), widths that are and are not a whole number of MCUs.
+    for (w, h) in [
+        (2000, 1500),
+        (1001, 257),
+        (640, 480),
+        (777, 512),
+        (300, 288),
+    ] {
+        let img = images::rgb(w, h).into_rgb8();
+        let ours = qwen_edit_bot::core::image::jpeg(img.as_raw(), w, h, 90).unwrap();
+        let mut single = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut single, 90);
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+        encoder.set_restart_interval(w.div_ceil(16) as u16);
+        encoder
+            .encode(
+                img.as_raw(),
+                w as u16,
+                h as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .unwrap();
+        assert!(ours == single, "{w}x{h}: the joined file differs");
+        let decoded = image::load_from_memory(&ours).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (w, h));
+    }
+}

@@ -84,16 +84,8 @@ pub(super) fn encode(
         .write_image(img.as_bytes(), w, h, image::ExtendedColorType::Rgba8)
         .map_err(|_| ImageRejection::Corrupt)
     } else {
-        // jpeg-encoder (SIMD) is several times faster than the image crate's encoder.
-        let (w16, h16) = (u16::try_from(w), u16::try_from(h));
-        let (Ok(w16), Ok(h16)) = (w16, h16) else {
-            return Err(ImageRejection::Corrupt);
-        };
-        let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
-        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
-        encoder
-            .encode(img.as_bytes(), w16, h16, jpeg_encoder::ColorType::Rgb)
-            .map_err(|_| ImageRejection::Corrupt)
+        out = jpeg(img.as_bytes(), w, h, quality).ok_or(ImageRejection::Corrupt)?;
+        Ok(())
     };
     result?;
     Ok((if alpha { Format::Png } else { Format::Jpeg }, out))
@@ -146,4 +138,91 @@ pub fn fit_upload(
     Err(ImageRejection::FileTooBig {
         limit_mb: limit >> 20,
     })
+}
+
+/// Rows of pixels in one 4:2:0 MCU: the unit a JPEG can be cut at.
+const MCU: u32 = 16;
+
+/// 8-bit RGB as a baseline 4:2:0 JPEG (jpeg-encoder, SIMD: several times faster than the image
+/// crate's encoder), with a restart marker after every row of MCUs. A picture of 256 rows or
+/// more is encoded as two halves at once, on two threads, and the halves joined at a restart
+/// marker: the file is byte for byte the one a single encoder makes, in about half the time.
+pub fn jpeg(rgb: &[u8], width: u32, height: u32, quality: u8) -> Option<Vec<u8>> {
+    let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    let top = (height / 2).next_multiple_of(MCU);
+    if !parallel || height < 256 || top >= height {
+        return jpeg_part(rgb, width, height, quality);
+    }
+    let cut = usize::try_from(width).ok()? * 3 * usize::try_from(top).ok()?;
+    let (upper, lower) = rgb.split_at_checked(cut)?;
+    let (upper, lower) = std::thread::scope(|s| {
+        let lower = s.spawn(|| jpeg_part(lower, width, height - top, quality));
+        (
+            jpeg_part(upper, width, top, quality),
+            lower.join().ok().flatten(),
+        )
+    });
+    join(&upper?, &lower?, u16::try_from(height).ok()?, top / MCU)
+}
+
+/// One encoder's file, restarting after each row of MCUs.
+fn jpeg_part(rgb: &[u8], width: u32, height: u32, quality: u8) -> Option<Vec<u8>> {
+    let (w, h) = (u16::try_from(width).ok()?, u16::try_from(height).ok()?);
+    let mut out = Vec::with_capacity(rgb.len() / 8);
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    encoder.set_restart_interval(w.div_ceil(MCU as u16));
+    encoder
+        .encode(rgb, w, h, jpeg_encoder::ColorType::Rgb)
+        .ok()?;
+    Some(out)
+}
+
+/// The upper file, its height set to the whole picture's, then the restart marker that ends
+/// its last row (`upper_rows` rows of MCUs), then the lower file's scan with its restart
+/// markers numbered on from there, and the end marker. Both files share their tables.
+fn join(upper: &[u8], lower: &[u8], height: u16, upper_rows: u32) -> Option<Vec<u8>> {
+    let (height_at, _) = frame_and_scan(upper)?;
+    let (_, scan) = frame_and_scan(lower)?;
+    let (upper, lower) = (
+        upper.strip_suffix(&[0xFF, 0xD9])?,
+        lower.strip_suffix(&[0xFF, 0xD9])?,
+    );
+    let step = u8::try_from(upper_rows % 8).ok()?;
+    let mut out = Vec::with_capacity(upper.len() + lower.len() + 4);
+    out.extend_from_slice(upper);
+    out[height_at..height_at + 2].copy_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&[0xFF, 0xD0 + (step + 7) % 8]);
+    let mut data = lower.get(scan..)?;
+    while let Some(i) = memchr::memchr(0xFF, data) {
+        let marker = *data.get(i + 1)?;
+        out.extend_from_slice(&data[..=i]);
+        out.push(match marker {
+            0xD0..=0xD7 => 0xD0 + (marker - 0xD0 + step) % 8,
+            other => other,
+        });
+        data = &data[i + 2..];
+    }
+    out.extend_from_slice(data);
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    Some(out)
+}
+
+/// Where a JPEG's frame header keeps the picture's height, and where its scan data starts.
+fn frame_and_scan(jpeg: &[u8]) -> Option<(usize, usize)> {
+    let (mut at, mut height) = (2, None);
+    loop {
+        let (0xFF, marker) = (*jpeg.get(at)?, *jpeg.get(at + 1)?) else {
+            return None;
+        };
+        let len = usize::from(u16::from_be_bytes(
+            jpeg.get(at + 2..at + 4)?.try_into().ok()?,
+        ));
+        match marker {
+            0xC0 => height = Some(at + 5),
+            0xDA => return Some((height?, at + 2 + len)),
+            _ => {}
+        }
+        at += 2 + len;
+    }
 }

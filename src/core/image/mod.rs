@@ -22,7 +22,7 @@ mod tiff;
 
 use decode::{as_is_ok, decode_upright, feature, normalize, reduced};
 use encode::encode_within;
-pub use encode::{Upload, fit_upload};
+pub use encode::{Upload, fit_upload, jpeg};
 
 /// What a model service takes as input. Its adapter says (`EditService::input_rules`); `fit`
 /// makes nothing outside them, so no service receives an image it must reject.
