@@ -263,6 +263,7 @@ async fn check_config(path: &Path, probe: bool) -> ExitCode {
     let problems = qwen_edit_bot::app::problems(&settings);
     if problems.is_empty() {
         print!("{}", settings.redacted());
+        print!("{}", cli::replicas_report(&settings));
         print!("{}", cli::places_report(&settings).await);
         if !probe {
             return ExitCode::SUCCESS;

@@ -41,8 +41,10 @@ pub fn quotas_with_clock(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<Quotas>> {
-    let ledger = crate::store::open(&settings.config.quota.database)
-        .with_context(|| format!("cannot open the store {}", settings.config.quota.database))?;
+    let q = &settings.config.quota;
+    let lease = Duration::from_secs(q.job_lease_secs);
+    let ledger = crate::store::open_leased(&q.database, lease)
+        .with_context(|| format!("cannot open the store {}", q.database))?;
     Ok(Arc::new(Quotas::new(ledger, clock, limits(settings))))
 }
 
@@ -71,7 +73,11 @@ pub fn engine_config(settings: &Settings, service: &dyn EditService) -> EngineCo
         max_queue: c.quota.max_queue,
         max_in_flight_per_user: c.quota.max_in_flight_per_user,
         // As many jobs at once as the widest service takes (each limits its own calls).
-        workers: all.iter().map(|b| b.max_concurrent).max().unwrap_or(1),
+        workers: all
+            .iter()
+            .map(|b| b.max_concurrent_per_replica(c.quota.replicas))
+            .max()
+            .unwrap_or(1),
         fit: fit_limits(service),
         store_prompts: c.quota.store_prompts,
         default_negative: primary.default_negative_prompt.clone(),
@@ -208,7 +214,8 @@ pub async fn serve(
     }
     let c = &settings.config;
     let quotas = quotas(&settings)?;
-    // One daemon per store: a second one (a rolling deploy) would run the same jobs again.
+    // One daemon per SQLite store: a second one (a rolling deploy) would run the same jobs
+    // again. On PostgreSQL replicas share the store, each holding its jobs by lease.
     let _lock = crate::store::lock(&c.quota.database).await?;
     let metrics = Arc::new(Metrics::new());
     let platforms = registry::Platforms::prepare(&settings)?;
@@ -240,6 +247,7 @@ pub async fn serve(
     ];
     let failure = platforms.run(&engine, &metrics, &settings, shutdown).await;
     shutdown::drain(&engine, workers, Duration::from_secs(c.shutdown_grace_secs)).await;
+    engine.release().await;
     background.iter().for_each(|task| task.abort());
     let _ = ops_stop.send(());
     if let Some(ops) = ops {

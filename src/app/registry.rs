@@ -66,8 +66,10 @@ fn service_list_problems(all: &[BackendConfig], out: &mut Vec<String>) {
     }
 }
 
-/// One configured service's client.
+/// One configured service's client, calling within this replica's share of its limits (the
+/// whole of them with `quota.replicas = 1`).
 fn service(settings: &Settings, b: &BackendConfig) -> anyhow::Result<Arc<dyn EditService>> {
+    let b = &b.for_replica(settings.config.quota.replicas);
     let key = settings.secrets.key_for(b).cloned();
     let variable = b.key_variable();
     Ok(match b.kind.as_str() {
@@ -89,12 +91,23 @@ fn service(settings: &Settings, b: &BackendConfig) -> anyhow::Result<Arc<dyn Edi
 
 /// The configured services behind one [`EditService`], tried in priority order with failover.
 pub fn backend(settings: &Settings) -> anyhow::Result<Arc<Services>> {
+    let replicas = settings.config.quota.replicas;
     let members = settings
         .config
         .backend
         .all()
         .iter()
         .map(|b| {
+            if replicas > 1 {
+                let share = crate::config::per_replica(b.call_limits(), replicas);
+                tracing::info!(
+                    service = b.label(),
+                    replicas,
+                    max_concurrent = share.max_concurrent,
+                    max_requests_per_second = share.max_requests_per_second,
+                    "calling the service within this replica's share of its limits"
+                );
+            }
             Ok(Member {
                 name: b.label().to_owned(),
                 service: service(settings, b)?,

@@ -3,10 +3,12 @@
 
 mod allow;
 mod health;
+mod replicas;
 mod report;
 
 pub use allow::{AllowAction, allow, places_report};
 pub use health::health;
+pub use replicas::replicas_report;
 pub use report::{Format, QuotaAction, UsageArgs, format, quota, report_by, usage};
 
 use std::path::{Path, PathBuf};

@@ -48,8 +48,30 @@ impl Config {
                 q.price_per_image
             ));
         }
+        if q.replicas == 0 {
+            out.push("quota.replicas must be at least 1".into());
+        } else if q.replicas > 1 && !crate::store::is_postgres(&q.database) {
+            // A SQLite file is one process's (its run lock refuses a second).
+            out.push(format!(
+                "quota.replicas = {}: quota.replicas > 1 needs a postgres:// quota.database \
+                 (a SQLite file serves one process); set quota.replicas = 1",
+                q.replicas
+            ));
+        }
+        if !(MIN_JOB_LEASE_SECS..=MAX_JOB_LEASE_SECS).contains(&q.job_lease_secs) {
+            out.push(format!(
+                "quota.job_lease_secs = {} must be between {MIN_JOB_LEASE_SECS} and \
+                 {MAX_JOB_LEASE_SECS}",
+                q.job_lease_secs
+            ));
+        }
     }
 }
+
+/// Shortest `quota.job_lease_secs` accepted: a lease must outlast a renewal's round trip.
+const MIN_JOB_LEASE_SECS: u64 = 3;
+/// Longest `quota.job_lease_secs` accepted: a crashed replica's jobs wait at most this long.
+const MAX_JOB_LEASE_SECS: u64 = 3600;
 
 /// Largest `backend.max_file_mb` accepted.
 const MAX_FILE_MB: u32 = 100;

@@ -161,6 +161,31 @@ impl BackendConfig {
         }
     }
 
+    /// The service's call limits as configured (for the whole account).
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            max_concurrent: self.max_concurrent,
+            max_requests_per_second: self.max_requests_per_second,
+        }
+    }
+
+    /// Calls to this service one of `replicas` processes makes at once (also how many jobs
+    /// it runs at once for it).
+    pub fn max_concurrent_per_replica(&self, replicas: u32) -> usize {
+        per_replica(self.call_limits(), replicas).max_concurrent
+    }
+
+    /// This service as one of `replicas` processes calls it: the same settings, with
+    /// `max_concurrent` and `max_requests_per_second` cut to the replica's share.
+    pub fn for_replica(&self, replicas: u32) -> Self {
+        let share = per_replica(self.call_limits(), replicas);
+        Self {
+            max_concurrent: share.max_concurrent,
+            max_requests_per_second: share.max_requests_per_second,
+            ..self.clone()
+        }
+    }
+
     /// The variable that holds this service's key.
     pub fn key_variable(&self) -> &str {
         match (self.api_key_env.as_str(), self.kind.as_str()) {
@@ -169,6 +194,24 @@ impl BackendConfig {
             ("", _) => "DASHSCOPE_API_KEY",
             (named, _) => named,
         }
+    }
+}
+
+/// A service's call limits: calls in flight at once, and calls started per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallLimits {
+    pub max_concurrent: usize,
+    pub max_requests_per_second: f64,
+}
+
+/// One replica's share of a service's `limits` when `replicas` bot processes call the same
+/// account (`quota.replicas`): ceil(max_concurrent / replicas) calls at once, at least 1, and
+/// max_requests_per_second / replicas calls started a second. `replicas` 0 counts as 1.
+pub fn per_replica(limits: CallLimits, replicas: u32) -> CallLimits {
+    let n = replicas.max(1);
+    CallLimits {
+        max_concurrent: limits.max_concurrent.div_ceil(n as usize).max(1),
+        max_requests_per_second: limits.max_requests_per_second / f64::from(n),
     }
 }
 
@@ -303,6 +346,12 @@ pub struct QuotaConfig {
     pub store_prompts: bool,
     /// Price of one image, for the `usage` report (your billing currency).
     pub price_per_image: f64,
+    /// Bot processes sharing `database` (a PostgreSQL one): each calls every service within
+    /// its even share of the service's limits ([`per_replica`]).
+    pub replicas: u32,
+    /// Seconds a replica's claim on a job holds without renewal before another replica may
+    /// take the job over (PostgreSQL only).
+    pub job_lease_secs: u64,
 }
 
 impl Default for QuotaConfig {
@@ -317,6 +366,8 @@ impl Default for QuotaConfig {
             max_queue: 200,
             store_prompts: false,
             price_per_image: 0.05,
+            replicas: 1,
+            job_lease_secs: 30,
         }
     }
 }

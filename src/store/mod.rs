@@ -61,8 +61,17 @@ pub fn problems(database: &str, out: &mut Vec<String>) {
 
 /// Opens the store named by `quota.database` (creating or migrating its schema).
 pub fn open(database: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_leased(database, postgres::DEFAULT_LEASE)
+}
+
+/// [`open`], with the jobs a replica holds on a shared store leased `lease` at a time
+/// (`quota.job_lease_secs`; a store of one process's own holds no leases).
+pub fn open_leased(
+    database: &str,
+    lease: std::time::Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
     if is_postgres(database) {
-        return Ok(Arc::new(postgres::open(database)?));
+        return Ok(Arc::new(postgres::open(database)?.with_lease(lease)));
     }
     if database.contains("://") {
         return Err(StoreError(format!(
@@ -134,18 +143,16 @@ pub fn stamp_of(database: &str) -> Option<u128> {
 pub enum StoreLock {
     /// An exclusive lock on `<database>.lock`.
     File(std::fs::File),
-    /// A PostgreSQL session advisory lock, held by this connection while it lives.
-    Postgres(postgres::SessionLock),
+    /// A PostgreSQL store is shared: replicas run side by side, each holding its jobs by lease.
+    Shared,
 }
 
-/// Takes the one-daemon-per-store lock: an exclusive lock on `<database>.lock`, or on a
-/// PostgreSQL database a session advisory lock. Another daemon holding it is an error naming
-/// the store. Report commands (`usage`, `quota`) do not take it.
+/// Takes the one-daemon-per-store lock of a SQLite store: an exclusive lock on
+/// `<database>.lock`; another daemon holding it is an error naming the store. A PostgreSQL
+/// store takes any number of replicas. Report commands (`usage`, `quota`) do not take it.
 pub async fn lock(database: &str) -> anyhow::Result<StoreLock> {
     if is_postgres(database) {
-        return Ok(StoreLock::Postgres(
-            postgres::SessionLock::take(database).await?,
-        ));
+        return Ok(StoreLock::Shared);
     }
     let path = beside(database, "lock");
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -169,4 +176,33 @@ pub async fn lock(database: &str) -> anyhow::Result<StoreLock> {
             anyhow::bail!("cannot lock {}: {e}", path.display())
         }
     }
+}
+
+/// A role one replica plays at a time (polling Telegram, where a second poller would be
+/// refused).
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    TelegramPolling,
+}
+
+impl Role {
+    /// Its advisory lock key on PostgreSQL ("qeb-tgpo").
+    fn key(self) -> i64 {
+        match self {
+            Role::TelegramPolling => 0x7165_622d_7467_706f,
+        }
+    }
+}
+
+/// Whether this process plays `role`: always on a SQLite store (one daemon per file); on
+/// PostgreSQL elected among the replicas ([`postgres::elect`]), and taken over by another
+/// replica within seconds when the one playing it dies.
+pub fn leader(database: &str, role: Role) -> tokio::sync::watch::Receiver<bool> {
+    if is_postgres(database) {
+        return postgres::elect(database.to_owned(), role.key());
+    }
+    let (tx, rx) = tokio::sync::watch::channel(true);
+    // Nothing ever changes it; the receiver reads `true` after the sender is gone.
+    drop(tx);
+    rx
 }

@@ -172,7 +172,9 @@ async fn dispatch(
         };
         updates::webhook(tg, hook, shutdown).await
     } else {
-        updates::poll(tg, cfg.poll_timeout_secs, shutdown).await;
+        let database = &settings.config.quota.database;
+        let leader = crate::store::leader(database, crate::store::Role::TelegramPolling);
+        updates::poll(tg, cfg.poll_timeout_secs, leader, shutdown).await;
         Ok(())
     }
 }

@@ -30,7 +30,15 @@ const ALLOWED: [AllowedUpdate; 2] = [AllowedUpdate::Message, AllowedUpdate::Call
 /// Long polling until `shutdown` resolves. Each update goes to its chat's worker (a chat's
 /// updates in order, chats at once) and the next poll is made at once: it confirms everything
 /// below the oldest update still being handled, and updates fetched again meanwhile are skipped.
-pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Output = ()>) {
+/// Polls while this replica is the poller (`leader`; always, on a store of its own): Telegram
+/// refuses a second `getUpdates` at once, so replicas on a shared store take turns, and another
+/// one takes over within seconds of the poller's end.
+pub async fn poll(
+    tg: Arc<Telegram>,
+    timeout_secs: u32,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
     if let Err(e) = tg.bot.delete_webhook().await {
         tracing::warn!(error = %safe_error(&e), "deleteWebhook failed");
     }
@@ -46,6 +54,14 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
     let mut seen: HashSet<u32> = HashSet::new();
     let mut failures: u32 = 0;
     loop {
+        if !*leader.borrow() {
+            tracing::info!("another replica polls Telegram; this one takes over if it stops");
+            tokio::select! {
+                _ = &mut shutdown => break,
+                elected = leader.wait_for(|l| *l) => if elected.is_err() { break },
+            }
+            tracing::info!("this replica polls Telegram");
+        }
         let offset = intake.confirmable(next);
         seen.retain(|id| i64::from(*id) >= i64::from(offset));
         let request = tg
@@ -56,6 +72,8 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             .allowed_updates(ALLOWED);
         let result = tokio::select! {
             _ = &mut shutdown => break,
+            // Another replica may be elected now: stop asking at once.
+            () = deposed(&mut leader) => continue,
             r = request.send() => r,
         };
         match result {
@@ -85,7 +103,9 @@ pub async fn poll(tg: Arc<Telegram>, timeout_secs: u32, shutdown: impl Future<Ou
             }
         }
     }
-    drain_and_confirm(&intake, next).await;
+    // Confirming is a `getUpdates` too: only the poller may send it.
+    let poller = *leader.borrow();
+    drain_and_confirm(&intake, next, poller).await;
 }
 
 /// Hands the updates not seen yet to their chats' workers; moves `next` past all of them.
@@ -110,6 +130,13 @@ fn take(
     fresh
 }
 
+/// Resolves when this replica stops being the poller (never where nobody elects one).
+async fn deposed(leader: &mut tokio::sync::watch::Receiver<bool>) {
+    if leader.wait_for(|l| !*l).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// How long to wait after the `failures`-th failed `getUpdates` in a row: what a 429 asks, or
 /// a doubling pause from 0.5 s up to 16 s.
 fn wait_after(e: &RequestError, failures: u32) -> Duration {
@@ -121,7 +148,7 @@ fn wait_after(e: &RequestError, failures: u32) -> Duration {
 
 /// Lets the updates being handled finish (their jobs reach the store), then confirms them so a
 /// restart does not see them again.
-async fn drain_and_confirm(intake: &Arc<Intake>, next: i32) {
+async fn drain_and_confirm(intake: &Arc<Intake>, next: i32, confirm: bool) {
     let drained = async {
         while intake.confirmable(next) < next {
             let handled = intake.handled.notified();
@@ -133,7 +160,7 @@ async fn drain_and_confirm(intake: &Arc<Intake>, next: i32) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), drained).await;
     let offset = intake.confirmable(next);
-    if offset > 0 {
+    if confirm && offset > 0 {
         let _ = intake
             .tg
             .bot

@@ -380,6 +380,18 @@ async fn check_config_refuses_exactly_what_run_refuses() {
             "[telegram]\nenabled = true\n[backend]\nmax_input_side = 5000\n",
             "backend.max_input_side",
         ),
+        (
+            "[telegram]\nenabled = true\n[quota]\nreplicas = 2\n",
+            "quota.replicas > 1 needs a postgres:// quota.database",
+        ),
+        (
+            "[telegram]\nenabled = true\n[quota]\nreplicas = 0\n",
+            "quota.replicas must be at least 1",
+        ),
+        (
+            "[telegram]\nenabled = true\n[quota]\njob_lease_secs = 1\n",
+            "quota.job_lease_secs",
+        ),
     ];
     for (config, needle) in broken {
         // Written whole, without Dir's [quota] table (some cases bring their own).
@@ -410,6 +422,70 @@ async fn check_config_refuses_exactly_what_run_refuses() {
             "a refused config creates nothing"
         );
     }
+}
+
+/// With several replicas on one PostgreSQL database, `check-config` says what share of each
+/// service's limits one replica calls it within (no server needed: the port refuses, and the
+/// stored places are then reported as unreadable).
+#[tokio::test]
+async fn check_config_prints_each_service_s_share_of_its_limits_per_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[telegram]\nenabled = true\n\
+         [[backend]]\nname = \"dashscope\"\n\
+         max_concurrent = 5\nmax_requests_per_second = 10.0\n\
+         [[backend]]\nname = \"spare\"\npriority = 1\n\
+         max_concurrent = 1\nmax_requests_per_second = 2.0\n\
+         [quota]\ndatabase = \"postgres://qeb@127.0.0.1:1/qeb\"\nreplicas = 3\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), out)
+        .await
+        .expect("check-config answers without a server")
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{shown}", text(&out.stderr));
+    assert!(shown.contains("replicas = 3"), "{shown}");
+    assert!(
+        shown.contains(
+            "# backend dashscope: each of 3 replicas calls it at most 2 at once and at most \
+             3.333 times a second (of max_concurrent = 5, max_requests_per_second = 10); \
+             together up to 6 at once (each share is rounded up)\n"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "# backend spare: each of 3 replicas calls it at most 1 at once and at most \
+             0.667 times a second (of max_concurrent = 1, max_requests_per_second = 2); \
+             together up to 3 at once (each share is rounded up)\n"
+        ),
+        "{shown}"
+    );
+    // One replica uses the limits as configured, and check-config says nothing about shares.
+    std::fs::write(&path, "[telegram]\nenabled = true\n").unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("per replica"));
 }
 
 #[tokio::test]

@@ -216,3 +216,94 @@ fn a_base_url_that_already_names_the_endpoint_is_refused_with_the_url_to_use() {
     let s = Settings::load_with_env(&path, env(&keys)).unwrap();
     assert_eq!(qwen_edit_bot::app::problems(&s), Vec::<String>::new());
 }
+
+#[test]
+fn each_replica_takes_an_even_share_of_every_service_s_limits() {
+    use qwen_edit_bot::config::{CallLimits, per_replica};
+    let limits = |max_concurrent, max_requests_per_second| CallLimits {
+        max_concurrent,
+        max_requests_per_second,
+    };
+    let share = per_replica(limits(5, 10.0), 3);
+    assert_eq!(share.max_concurrent, 2, "ceil(5 / 3)");
+    assert!((share.max_requests_per_second - 10.0 / 3.0).abs() < 1e-12);
+    assert_eq!(per_replica(limits(1, 2.0), 4).max_concurrent, 1, "never 0");
+    assert_eq!(per_replica(limits(4, 2.0), 1), limits(4, 2.0));
+    assert_eq!(per_replica(limits(6, 3.0), 2), limits(3, 1.5));
+    // The whole config: every [[backend]] is split, nothing else about it changes.
+    let c = Config::parse(
+        "[[backend]]\nname = \"a\"\nmax_concurrent = 5\nmax_requests_per_second = 10.0\n\
+         [[backend]]\nname = \"b\"\nmax_concurrent = 1\nmax_requests_per_second = 0.5\n\
+         [quota]\ndatabase = \"postgres://qeb@db.internal/qeb\"\nreplicas = 3\n",
+    )
+    .unwrap();
+    let [a, b] = c.backend.all() else {
+        panic!("two services")
+    };
+    assert_eq!(
+        (
+            a.max_concurrent_per_replica(3),
+            b.max_concurrent_per_replica(3)
+        ),
+        (2, 1)
+    );
+    let shared = a.for_replica(3);
+    assert_eq!(shared.call_limits(), per_replica(a.call_limits(), 3));
+    assert_eq!(
+        (shared.label(), shared.base_url.as_str()),
+        ("a", a.base_url.as_str())
+    );
+    assert_eq!(a.for_replica(1), *a);
+    assert!(c.common_problems().is_empty(), "{:?}", c.common_problems());
+}
+
+#[test]
+fn replicas_need_postgres_and_the_job_lease_stays_in_bounds() {
+    let defaults = Config::parse("").unwrap();
+    assert_eq!(
+        (defaults.quota.replicas, defaults.quota.job_lease_secs),
+        (1, 30)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let keys = [("DASHSCOPE_API_KEY", "k"), ("TELEGRAM_BOT_TOKEN", "1:t")];
+    let problems = |quota: &str| {
+        std::fs::write(
+            &path,
+            format!("[telegram]\nenabled = true\n[quota]\n{quota}"),
+        )
+        .unwrap();
+        let s = Settings::load_with_env(&path, env(&keys)).unwrap();
+        qwen_edit_bot::app::problems(&s)
+    };
+    let postgres = "database = \"postgres://qeb@db.internal:5432/qeb\"\n";
+    assert_eq!(
+        problems(&format!("{postgres}replicas = 3\njob_lease_secs = 3600\n")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        problems("replicas = 2\n"),
+        [
+            "quota.replicas = 2: quota.replicas > 1 needs a postgres:// quota.database \
+             (a SQLite file serves one process); set quota.replicas = 1"
+        ]
+    );
+    assert_eq!(
+        problems(&format!("{postgres}replicas = 0\n")),
+        ["quota.replicas must be at least 1"]
+    );
+    for lease in [0, 1, 2, 3601] {
+        assert_eq!(
+            problems(&format!("{postgres}job_lease_secs = {lease}\n")),
+            [format!(
+                "quota.job_lease_secs = {lease} must be between 3 and 3600"
+            )]
+        );
+    }
+    assert_eq!(
+        problems("replicas = 1\njob_lease_secs = 3\n"),
+        Vec::<String>::new()
+    );
+    let err = Config::parse("[quota]\nreplicas = -1\n").unwrap_err();
+    assert!(err.contains("replicas"), "{err}");
+}

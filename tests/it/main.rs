@@ -18,6 +18,7 @@ mod pg;
 mod pillow;
 mod postgres;
 mod quota;
+mod replicas;
 mod services;
 mod store_contract;
 mod telegram;

@@ -137,7 +137,6 @@ impl Engine {
     pub fn new(quotas: Arc<Quotas>, backend: Arc<dyn EditService>, cfg: EngineConfig) -> Self {
         Self {
             queue: FairQueue::new(cfg.max_queue, cfg.max_in_flight_per_user),
-            quotas,
             backend,
             chats: HashMap::new(),
             taps: Vec::new(),
@@ -149,7 +148,11 @@ impl Engine {
             refusals: Default::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             closing: tokio_util::sync::CancellationToken::new(),
-            owner: format!("qeb-{}", uuid::Uuid::new_v4().simple()),
+            owner: quotas.store().shared().map_or_else(
+                || format!("qeb-{}", uuid::Uuid::new_v4().simple()),
+                |s| s.owner,
+            ),
+            quotas,
         }
     }
 
@@ -209,6 +212,7 @@ impl Engine {
     /// Starts `cfg.workers` workers; they end when the queue is closed and drained.
     pub fn spawn_workers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         self.spawn_position_ticker();
+        self.spawn_lease_keeper();
         (0..self.workers())
             .map(|_| {
                 let me = Arc::clone(self);

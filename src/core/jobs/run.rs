@@ -14,8 +14,9 @@ use crate::core::ports::model::{Answer, BackendError, Progress};
 use crate::core::ports::store::{JobStatus, Unfinished};
 use crate::core::quota::Granted;
 
-/// How long a claim on unfinished jobs holds before another replica may take them over.
-const LEASE: chrono::Duration = chrono::Duration::minutes(10);
+/// How long a claim on unfinished jobs holds on a store that does not say (one process has it
+/// to itself, so nobody else takes them over anyway).
+const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Engine {
     /// A job ended: observers hear of it, and its conversation ends it (alongside others).
@@ -153,7 +154,7 @@ impl Engine {
     /// jobs run (again); jobs whose backend answer is stored are delivered from it. Jobs of
     /// platforms not running now stay in the store. Returns how many were queued.
     pub async fn resume(&self) -> usize {
-        let lease_until = self.quotas.now() + LEASE;
+        let lease_until = self.quotas.now() + self.lease();
         let claimed = self
             .quotas
             .store()
@@ -173,6 +174,53 @@ impl Engine {
             }
         }
         queued
+    }
+
+    /// How long this replica's claims hold.
+    fn lease(&self) -> chrono::Duration {
+        let lease = self.quotas.store().shared().map_or(LEASE, |s| s.lease);
+        chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// On a store replicas share: every third of a lease, renews the leases of the jobs this
+    /// replica holds (waiting, running or being delivered), and takes over the jobs of replicas
+    /// that stopped renewing theirs (they died) or handed them back (they stopped). Ends when
+    /// the engine closes.
+    pub(crate) fn spawn_lease_keeper(self: &Arc<Self>) {
+        let Some(shared) = self.quotas.store().shared() else {
+            return;
+        };
+        let me = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let mut every = tokio::time::interval(shared.lease / 3);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = me.closing.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let until = me.quotas.now() + me.lease();
+                if let Err(e) = me.quotas.store().renew(&me.owner, until).await {
+                    tracing::warn!(error = %e, "cannot renew this replica's job leases");
+                }
+                let taken = me.resume().await;
+                if taken > 0 {
+                    tracing::info!(taken, "took over jobs another replica left");
+                }
+            }
+        });
+    }
+
+    /// Hands the jobs this replica still holds to the others (it stops): they take them at
+    /// their next look rather than when the leases would have run out.
+    pub async fn release(&self) {
+        match self.quotas.store().release(&self.owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "handed unfinished jobs to the other replicas"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand unfinished jobs back; they are taken over when their leases end")
+            }
+        }
     }
 
     /// One unfinished job as it goes back in the queue; `None` when it stays in the store (its

@@ -176,6 +176,15 @@ pub struct AgainSource {
     pub spec: String,
 }
 
+/// This process among the replicas on a shared store ([`Store::shared`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shared {
+    /// The name its jobs are held in.
+    pub owner: String,
+    /// How long a claim holds without renewal; renewed well within it.
+    pub lease: std::time::Duration,
+}
+
 /// The store failed (disk, database). Internal: logged, never shown verbatim.
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -223,6 +232,17 @@ pub trait Store: Send + Sync + 'static {
     /// many it holds. A single-owner store holds nothing to renew.
     async fn renew(&self, owner: &str, lease_until: DateTime<Utc>) -> Result<usize, StoreError> {
         let _ = (owner, lease_until);
+        Ok(0)
+    }
+    /// Who this process is to a store replicas share, and how long its claims hold; `None` for
+    /// a store one process has to itself.
+    fn shared(&self) -> Option<Shared> {
+        None
+    }
+    /// Ends `owner`'s leases now (it stops, handing its unfinished jobs to the other replicas);
+    /// returns how many jobs it held.
+    async fn release(&self, owner: &str) -> Result<usize, StoreError> {
+        let _ = owner;
         Ok(0)
     }
     /// The user of a failed job has been told (failed jobs are listed as unfinished until then).

@@ -21,6 +21,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens the store at `url`, creating or migrating its schema.
+/// How long a replica's claim on a job holds without renewal (`quota.job_lease_secs`).
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub fn open(url: &str) -> Result<PgStore, StoreError> {
     open_with(url, true)
 }
@@ -110,6 +113,8 @@ fn open_with(url: &str, create: bool) -> Result<PgStore, StoreError> {
     Ok(PgStore {
         pool,
         target: target.into(),
+        owner: format!("qeb-{}", uuid::Uuid::new_v4().simple()).into(),
+        lease: DEFAULT_LEASE,
     })
 }
 

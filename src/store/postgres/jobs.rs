@@ -83,8 +83,9 @@ pub(super) async fn unfinished(db: &PgStore) -> Result<Vec<Unfinished>, StoreErr
     rows.iter().map(unfinished_of).collect()
 }
 
-/// Takes, oldest first, the unfinished jobs nobody else holds a running lease on. `SKIP LOCKED`
-/// leaves rows another replica is claiming at the same moment to it, never to both.
+/// Takes, oldest first, the unfinished jobs nobody holds a running lease on (their holder
+/// stopped or died), never `owner`'s own. `SKIP LOCKED` leaves rows another replica is claiming
+/// at the same moment to it, never to both.
 pub(super) async fn claim_unfinished(
     db: &PgStore,
     owner: &str,
@@ -97,8 +98,8 @@ pub(super) async fn claim_unfinished(
         "WITH claimable AS (
              SELECT seq FROM jobs
              WHERE {UNFINISHED}
-               AND (owner IS NULL OR owner = $1::TEXT OR lease_until IS NULL
-                    OR lease_until < $3::BIGINT)
+               AND owner IS DISTINCT FROM $1::TEXT
+               AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3::BIGINT)
              ORDER BY seq
              FOR UPDATE SKIP LOCKED
          ), claimed AS (
@@ -132,6 +133,19 @@ pub(super) async fn renew(
         .await
         .map_err(pg)?;
     Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
+}
+
+/// Ends `owner`'s leases at once (it stops): another replica takes its unfinished jobs at its
+/// next look instead of when the leases would have run out.
+pub(super) async fn release(db: &PgStore, owner: &str) -> Result<usize, StoreError> {
+    let sql = format!("UPDATE jobs SET lease_until = 0 WHERE owner = $1 AND {UNFINISHED}");
+    let released = db
+        .client()
+        .await?
+        .execute(&sql, &[&owner])
+        .await
+        .map_err(pg)?;
+    Ok(usize::try_from(released).unwrap_or(usize::MAX))
 }
 
 pub(super) async fn mark_told(db: &PgStore, job_id: &str) -> Result<(), StoreError> {

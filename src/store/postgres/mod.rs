@@ -4,8 +4,10 @@
 //!
 //! - Reserves take one transaction-scoped advisory lock, so quota decisions are serialized
 //!   across every process on the database and per-user, per-chat and global limits stay exact.
-//! - Unfinished jobs are leased (`owner`, `lease_until`): a replica resumes only the jobs no
-//!   other one holds a running lease on ([`Store::claim_unfinished`], [`Store::renew`]).
+//! - Jobs are leased (`owner`, `lease_until`): the replica that reserves a job holds it and
+//!   renews its lease while it works ([`Store::renew`]); another replica takes over only jobs
+//!   whose lease ran out, its holder gone ([`Store::claim_unfinished`]), and a replica that
+//!   stops hands its waiting jobs back at once ([`Store::release`]).
 //! - Migrations are versioned and run under an advisory lock, so replicas may start together.
 //!
 //! Every call takes a pooled connection and commits before it returns.
@@ -26,13 +28,14 @@ use tokio_postgres::types::FromSql;
 
 use crate::core::model::{Platform, UserRef};
 use crate::core::ports::store::{
-    AgainSource, JobRecord, JobStatus, ReportBy, ReportRow, ResultAt, Store, StoreError, Unfinished,
+    AgainSource, JobRecord, JobStatus, ReportBy, ReportRow, ResultAt, Shared, Store, StoreError,
+    Unfinished,
 };
 use crate::core::quota::policy::Standing;
 use crate::core::quota::{Granted, Limits, QuotaRejection, Reservation, UserSettings};
 
-pub use connect::{open, open_existing, problems};
-pub use session::{SessionLock, listen_for_changes, notify_changed};
+pub use connect::{DEFAULT_LEASE, open, open_existing, problems};
+pub use session::{elect, listen_for_changes, notify_changed};
 
 use connect::{pg, pool_error};
 
@@ -42,9 +45,23 @@ pub struct PgStore {
     pool: Pool,
     /// The server and database, for messages (never the password).
     target: Arc<str>,
+    /// Who this process is among the replicas: the jobs it reserves or claims are held in this
+    /// name, for [`PgStore::lease`] at a time.
+    owner: Arc<str>,
+    lease: std::time::Duration,
 }
 
 impl PgStore {
+    /// The same store with claims held `lease` at a time (`quota.job_lease_secs`).
+    pub fn with_lease(self, lease: std::time::Duration) -> Self {
+        Self { lease, ..self }
+    }
+
+    /// Until when a claim made at `now` holds.
+    fn lease_from(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX)
+    }
+
     /// A pooled connection; failing to get one names the server.
     pub(crate) async fn client(&self) -> Result<Object, StoreError> {
         self.pool
@@ -112,6 +129,17 @@ impl Store for PgStore {
 
     async fn renew(&self, owner: &str, lease_until: DateTime<Utc>) -> Result<usize, StoreError> {
         jobs::renew(self, owner, lease_until).await
+    }
+
+    fn shared(&self) -> Option<Shared> {
+        Some(Shared {
+            owner: self.owner.to_string(),
+            lease: self.lease,
+        })
+    }
+
+    async fn release(&self, owner: &str) -> Result<usize, StoreError> {
+        jobs::release(self, owner).await
     }
 
     async fn mark_told(&self, job_id: &str) -> Result<(), StoreError> {

@@ -146,21 +146,22 @@ async fn standing_of(
     })
 }
 
-/// Records the reserved job as queued (unowned: with one daemon per database, its engine
-/// claims every unfinished job at start and holds them).
+/// Records the reserved job as queued, held by this replica for one lease.
 async fn insert_job(
+    db: &PgStore,
     tx: &Transaction<'_>,
     r: &Reservation,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (platform, cost, created) = (r.user.platform.as_str(), i64::from(r.cost), ms(now));
+    let (owner, lease) = (&*db.owner, ms(db.lease_from(now)));
     tx.execute(
         "INSERT INTO jobs (id, platform, user_id, chat_id, group_id, model, cost, status,
-                           created_at, prompt, spec, token)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11)",
+                           created_at, prompt, spec, token, owner, lease_until)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, $13)",
         &[
             &r.job_id, &platform, &r.user.id, &r.chat, &r.group, &r.model, &cost, &created,
-            &r.prompt, &r.spec, &r.token,
+            &r.prompt, &r.spec, &r.token, &owner, &lease,
         ],
     )
     .await
@@ -193,7 +194,7 @@ pub(super) async fn reserve(
         decide(limits, &standing, r.cost, r.group.is_some(), now)
     };
     if verdict.is_ok() {
-        insert_job(&tx, r, now).await?;
+        insert_job(db, &tx, r, now).await?;
     }
     tx.commit().await.map_err(pg)?;
     Ok(verdict)

@@ -1,17 +1,14 @@
-//! What a daemon holds on a PostgreSQL store besides its pool: the one-daemon-per-store lock
-//! (a session advisory lock, released by the server when the connection ends, however the
-//! process ends) and the change notices the admin commands send (`NOTIFY`), which a running
-//! daemon hears at once (`LISTEN`) instead of polling a stamp file.
+//! What a daemon holds on a PostgreSQL store besides its pool: roles only one replica plays at
+//! a time (Telegram polling), elected with session advisory locks that the server releases when
+//! a replica's connection ends, however the process ends; and the change notices the admin
+//! commands send (`NOTIFY`), which every running replica hears at once (`LISTEN`) instead of
+//! polling a stamp file.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio_postgres::{AsyncMessage, Client};
 
-use crate::config::without_password;
-
-/// The advisory lock key of the one-daemon-per-store lock ("qeb-run").
-const RUN_LOCK: i64 = 0x0071_6562_2d72_756e;
 /// The channel admin commands notify after a write.
 const CHANGED: &str = "qeb_changed";
 
@@ -26,27 +23,57 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// The one-daemon-per-store lock on a PostgreSQL database, held while this value lives.
-#[derive(Debug)]
-pub struct SessionLock {
-    _client: Client,
+/// How often a replica that is not the leader tries to become it, and how often the leader
+/// checks that its session (and so its lock) is still there.
+const ELECTION: Duration = Duration::from_secs(1);
+
+/// Whether this process holds the role `key` among every replica on the database: a session
+/// advisory lock on a connection of its own. The watch turns true when the lock is taken and
+/// false as soon as the session is found gone (the server then released the lock, and another
+/// replica may take it); until then it is tried again every [`ELECTION`]. The server releases
+/// the lock of a process that dies, however it dies, when its connection closes.
+pub fn elect(url: String, key: i64) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = hold(&url, key, &tx).await {
+                tracing::debug!(error = %e, "leader election: no session");
+            }
+            tx.send_if_modified(|leader| std::mem::replace(leader, false));
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(ELECTION).await;
+        }
+    });
+    rx
 }
 
-impl SessionLock {
-    /// Takes the lock, or says which store another daemon holds.
-    pub async fn take(url: &str) -> anyhow::Result<Self> {
-        let client = connect(url).await?;
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RUN_LOCK])
-            .await?;
-        if !row.get::<_, bool>(0) {
-            anyhow::bail!(
-                "another qwen-edit-bot is already running on the store {} (it holds the \
-                 database's run lock); stop it first, or give this one its own quota.database",
-                without_password(url)
-            );
+/// One session: tries the lock until it is taken, then checks the session while it holds it.
+/// Returns when the session fails or nobody listens any more.
+async fn hold(url: &str, key: i64, tx: &tokio::sync::watch::Sender<bool>) -> anyhow::Result<()> {
+    let client = connect(url).await?;
+    loop {
+        if tx.is_closed() {
+            return Ok(());
         }
-        Ok(Self { _client: client })
+        let took: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await?
+            .get(0);
+        if took {
+            break;
+        }
+        tokio::time::sleep(ELECTION).await;
+    }
+    tracing::info!(role = key, "this replica took its role");
+    tx.send_replace(true);
+    loop {
+        tokio::time::sleep(ELECTION).await;
+        if tx.is_closed() {
+            return Ok(());
+        }
+        client.simple_query("SELECT 1").await?;
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::multipart;
 use std::io::Cursor;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,9 @@ struct Inner {
     members: Mutex<HashMap<(i64, i64), String>>,
     /// Methods whose calls wait (see [`FakeTelegram::hold`]).
     held: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
+    /// `getUpdates` calls being answered now, and those refused because one was.
+    polling: AtomicUsize,
+    conflicts: AtomicUsize,
 }
 
 /// A running fake. It lives until the test's runtime ends.
@@ -141,6 +144,8 @@ impl FakeTelegram {
             faults: Mutex::default(),
             members: Mutex::default(),
             held: Default::default(),
+            polling: AtomicUsize::new(0),
+            conflicts: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/file/{bot}/{*path}", get(download))
@@ -153,6 +158,11 @@ impl FakeTelegram {
             url: format!("http://{addr}"),
             inner,
         }
+    }
+
+    /// `getUpdates` calls refused with 409 because another was being answered (two pollers).
+    pub fn conflicts(&self) -> usize {
+        self.inner.conflicts.load(Ordering::SeqCst)
     }
 
     /// `api_url` for a client whose calls are to carry `via` (see [`Call::via`]).
@@ -347,6 +357,24 @@ async fn handle(
         return fault_response(fault);
     }
     if method == "getupdates" {
+        // Telegram answers a second getUpdates while one is pending with 409 Conflict.
+        if s.polling.fetch_add(1, Ordering::SeqCst) > 0 {
+            s.polling.fetch_sub(1, Ordering::SeqCst);
+            s.conflicts.fetch_add(1, Ordering::SeqCst);
+            return error(
+                409,
+                "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                None,
+            );
+        }
+        // Counted out however the call ends (a client that dies drops it).
+        struct Polling<'a>(&'a AtomicUsize);
+        impl Drop for Polling<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _polling = Polling(&s.polling);
         return s.get_updates(&call.params).await;
     }
     s.answer(&call)
