@@ -58,14 +58,8 @@ pub fn rejection_with(lang: Lang, r: &Rejection, at: &dyn Fn(DateTime<Utc>) -> S
         ),
         Rejection::Image(e) => image(e),
         Rejection::Quota(q) => quota(q, at),
-        Rejection::TooManyInFlight { max } => (
-            format!("You already have {max} edits in progress. Wait for one to finish."),
-            format!("你已有 {max} 个编辑在进行中，请等待完成后再试。"),
-        ),
-        Rejection::QueueFull => (
-            "The bot is busy right now. Try again in a few minutes.".into(),
-            "机器人当前繁忙，请几分钟后再试。".into(),
-        ),
+        Rejection::TooManyInFlight { max } => in_flight(*max),
+        Rejection::QueueFull => busy(),
         Rejection::ShuttingDown => (
             "The bot is restarting. Try again in a minute.".into(),
             "机器人正在重启，请稍后再试。".into(),
@@ -151,8 +145,24 @@ fn image(e: &ImageRejection) -> (String, String) {
     }
 }
 
+fn in_flight(max: u32) -> (String, String) {
+    (
+        format!("You already have {max} edits in progress. Wait for one to finish."),
+        format!("你已有 {max} 个编辑在进行中，请等待完成后再试。"),
+    )
+}
+
+fn busy() -> (String, String) {
+    (
+        "The bot is busy right now. Try again in a few minutes.".into(),
+        "机器人当前繁忙，请几分钟后再试。".into(),
+    )
+}
+
 fn quota(q: &QuotaRejection, when: &dyn Fn(DateTime<Utc>) -> String) -> (String, String) {
     match q {
+        QuotaRejection::TooManyInFlight { max } => in_flight(*max),
+        QuotaRejection::QueueFull => busy(),
         QuotaRejection::Duplicate => (
             "This request was already accepted.".into(),
             "该请求已被接受。".into(),

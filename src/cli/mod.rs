@@ -185,6 +185,7 @@ async fn record_start(store: &dyn Store, model: &str, cost: u32) -> anyhow::Resu
         prompt: None,
         spec: None,
         token: None,
+        admission: crate::core::quota::Admission::NONE,
     };
     let unlimited = Limits {
         per_user: u32::MAX,

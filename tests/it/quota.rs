@@ -38,6 +38,7 @@ pub fn reservation(job: &str, user_id: &str, group: Option<&str>, cost: u32) -> 
         prompt: None,
         spec: None,
         token: None,
+        admission: qwen_edit_bot::core::quota::Admission::NONE,
     }
 }
 

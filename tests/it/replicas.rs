@@ -56,9 +56,9 @@ impl Cluster {
         })
     }
 
-    /// Starts replica `i` with `quota` lines added to `[quota]`; polling Telegram, or taking
-    /// webhooks on a port of its own.
-    fn spawn(&self, i: usize, quota: &str, webhook: bool) -> Replica {
+    /// Starts replica `i` with `quota` lines added to `[quota]` and `workers` jobs at once;
+    /// polling Telegram, or taking webhooks on a port of its own.
+    fn spawn(&self, i: usize, quota: &str, workers: u32, webhook: bool) -> Replica {
         let via = format!("r{i}");
         let port = free_port();
         let mode = if webhook {
@@ -71,11 +71,10 @@ impl Cluster {
         };
         let config = format!(
             "shutdown_grace_secs = 5\n\
-             [backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 4\n\
-             timeout_secs = 30\n\
+             [backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\n\
+             max_concurrent = {workers}\ntimeout_secs = 30\n\
              [telegram]\nenabled = true\napi_url = {:?}\npoll_timeout_secs = 1\n{mode}\
-             [quota]\ndatabase = {:?}\njob_lease_secs = 3\nmax_queue = 1000\n\
-             max_in_flight_per_user = 50\n{quota}\n\
+             [quota]\ndatabase = {:?}\njob_lease_secs = 3\n{quota}\n\
              [http]\nlisten = \"\"\n",
             self.ds.base_url,
             self.tg.url_via(&via),
@@ -208,7 +207,8 @@ async fn race(name: &str, quota: &str, granted: usize, update: impl Fn(&Cluster,
     let Some(cluster) = Cluster::new(name).await else {
         return;
     };
-    let replicas: Vec<Replica> = (0..3).map(|i| cluster.spawn(i, quota, true)).collect();
+    let quota = format!("{quota}\nmax_in_flight_per_user = 50\nmax_queue = 1000");
+    let replicas: Vec<Replica> = (0..3).map(|i| cluster.spawn(i, &quota, 4, true)).collect();
     let client = reqwest::Client::new();
     let updates: Vec<Value> = (0..150)
         .map(|i| json!({ "update_id": 1 + i, "message": update(&cluster, 100 + i) }))
@@ -297,7 +297,7 @@ async fn a_killed_replica_hands_over_its_polling_and_its_jobs() {
         return;
     };
     let mut replicas: Vec<Replica> = (0..3)
-        .map(|i| cluster.spawn(i, "per_user = 10", false))
+        .map(|i| cluster.spawn(i, "per_user = 10", 4, false))
         .collect();
     // Exactly one replica polls, and no getUpdates is ever refused for a second poller.
     let started = Instant::now();
@@ -383,7 +383,7 @@ async fn a_block_and_an_unblock_from_the_cli_hold_on_every_replica_within_a_seco
         return;
     };
     let replicas: Vec<Replica> = (0..2)
-        .map(|i| cluster.spawn(i, "per_user = 10", true))
+        .map(|i| cluster.spawn(i, "per_user = 10", 4, true))
         .collect();
     let client = reqwest::Client::new();
     let update = |id: i32| json!({ "update_id": id, "message": cluster.photo(id, tg::private_chat(77), 77) });
@@ -443,6 +443,64 @@ async fn a_block_and_an_unblock_from_the_cli_hold_on_every_replica_within_a_seco
         2,
         "the blocked request reached no model"
     );
+    for r in replicas {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_limits_hold_for_all_replicas_together() {
+    let Some(cluster) = Cluster::new("replicas_admission").await else {
+        return;
+    };
+    // One job at a time per replica, two waiting at most in all, two per user at most.
+    let quota = "per_user = 100\nmax_in_flight_per_user = 2\nmax_queue = 2";
+    let replicas: Vec<Replica> = (0..2).map(|i| cluster.spawn(i, quota, 1, true)).collect();
+    let client = reqwest::Client::new();
+    let said = |needle: &'static str| {
+        let tg = cluster.tg.clone();
+        move || {
+            tg.calls_to("sendmessage").iter().any(|c| {
+                c.params["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(needle))
+            })
+        }
+    };
+    cluster.ds.hold();
+    // User 1 has one edit at each replica: a third is refused, though each replica alone holds
+    // only one of theirs.
+    for (id, at) in [(1, 0), (2, 1)] {
+        let update =
+            json!({ "update_id": id, "message": cluster.photo(id, tg::private_chat(1), 1) });
+        replicas[at].post(&client, &update).await;
+    }
+    until(20, "both running", || cluster.ds.in_flight() == 2).await;
+    let third = json!({ "update_id": 3, "message": cluster.photo(3, tg::private_chat(1), 1) });
+    replicas[0].post(&client, &third).await;
+    until(
+        10,
+        "the third refused",
+        said("You already have 2 edits in progress"),
+    )
+    .await;
+    // Two more users' edits wait, one at each replica; a third waiting edit is one too many
+    // for the queue of all replicas, though each replica alone holds one.
+    for (id, user, at) in [(4, 2, 0), (5, 3, 1)] {
+        let update =
+            json!({ "update_id": id, "message": cluster.photo(id, tg::private_chat(user), user) });
+        replicas[at].post(&client, &update).await;
+    }
+    let busy = json!({ "update_id": 6, "message": cluster.photo(6, tg::private_chat(4), 4) });
+    replicas[0].post(&client, &busy).await;
+    until(10, "the queue full", said("The bot is busy right now")).await;
+    cluster.ds.release();
+    until(30, "the four admitted edits delivered", || {
+        cluster.photos_in(1) == 2 && cluster.photos_in(2) == 1 && cluster.photos_in(3) == 1
+    })
+    .await;
+    assert_eq!(cluster.photos_in(4), 0);
+    assert_eq!(cluster.ds.calls(), 4, "refused edits reached no model");
     for r in replicas {
         r.stop().await;
     }

@@ -9,7 +9,7 @@ use crate::core::error::Rejection;
 use crate::core::model::Reply;
 use crate::core::ports::model::ModelCaps;
 use crate::core::ports::store::ResultAt;
-use crate::core::quota::{QuotaRejection, Reservation};
+use crate::core::quota::{Admission, QuotaRejection, Reservation};
 
 impl Engine {
     /// Validates, holds a queue place, reserves quota (persisted) and queues the job.
@@ -30,15 +30,25 @@ impl Engine {
             prompt: self.cfg.store_prompts.then(|| spec.command.prompt.clone()),
             spec: serde_json::to_string(&spec).ok(),
             token: spec.token.clone(),
+            admission: Admission {
+                per_user: self.cfg.max_in_flight_per_user,
+                queued: u32::try_from(self.cfg.max_queue).unwrap_or(u32::MAX),
+            },
         };
         let granted = match self.quotas.reserve(reservation).await {
             Ok(Ok(granted)) => granted,
             Ok(Err(no)) => {
                 self.queue.release(hold);
-                if no != QuotaRejection::Duplicate {
-                    self.observer().quota_rejected(quota_reason(&no));
-                }
-                return Err(Rejection::Quota(no));
+                return Err(match no {
+                    // The queue's limits, reached on the replicas together.
+                    QuotaRejection::TooManyInFlight { max } => Rejection::TooManyInFlight { max },
+                    QuotaRejection::QueueFull => Rejection::QueueFull,
+                    QuotaRejection::Duplicate => Rejection::Quota(no),
+                    _ => {
+                        self.observer().quota_rejected(quota_reason(&no));
+                        Rejection::Quota(no)
+                    }
+                });
             }
             Err(e) => {
                 self.queue.release(hold);
@@ -99,6 +109,8 @@ fn quota_reason(q: &QuotaRejection) -> &'static str {
         QuotaRejection::User { .. } => "user",
         QuotaRejection::Chat { .. } => "chat",
         QuotaRejection::Global { .. } => "global",
+        QuotaRejection::TooManyInFlight { .. } => "in_flight",
+        QuotaRejection::QueueFull => "queue_full",
     }
 }
 

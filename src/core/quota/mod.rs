@@ -13,7 +13,9 @@ use dashmap::DashMap;
 pub mod policy;
 pub mod terms;
 
-pub use terms::{Granted, Limits, QuotaRejection, Reservation, UserQuota, UserSettings, Window};
+pub use terms::{
+    Admission, Granted, Limits, QuotaRejection, Reservation, UserQuota, UserSettings, Window,
+};
 
 use super::clock::Clock;
 use super::model::{Platform, UserRef};

@@ -91,6 +91,26 @@ pub struct Reservation {
     /// An unguessable token for the result's 🔁 button (it names the job without revealing or
     /// letting anyone guess its id).
     pub token: Option<String>,
+    /// The queue's admission limits, checked in the reserve by a store replicas share (each
+    /// process's own queue checks them for its jobs alone).
+    pub admission: Admission,
+}
+
+/// `quota.max_in_flight_per_user` and `quota.max_queue`, for every replica together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Jobs of one user waiting or running at once.
+    pub per_user: u32,
+    /// Jobs waiting at once.
+    pub queued: u32,
+}
+
+impl Admission {
+    /// No admission limit (CLI edits, tests of the quota rules alone).
+    pub const NONE: Admission = Admission {
+        per_user: u32::MAX,
+        queued: u32::MAX,
+    };
 }
 
 /// A reserve that went through.
@@ -125,6 +145,12 @@ pub enum QuotaRejection {
     },
     #[error("the bot has reached its daily limit; more from {resets_at}")]
     Global { resets_at: DateTime<Utc> },
+    /// [`Admission::per_user`] jobs of this user wait or run already (on any replica).
+    #[error("{max} edits are in progress already")]
+    TooManyInFlight { max: u32 },
+    /// [`Admission::queued`] jobs wait already (on all replicas together).
+    #[error("the queue is full")]
+    QueueFull,
 }
 
 /// Per-user settings kept by admins, in one scope (bot-wide or one chat).

@@ -8,7 +8,7 @@ use tokio_postgres::types::ToSql;
 use crate::core::model::UserRef;
 use crate::core::ports::store::StoreError;
 use crate::core::quota::policy::{Standing, decide, in_force};
-use crate::core::quota::{Limits, QuotaRejection, Reservation, UserSettings, Window};
+use crate::core::quota::{Admission, Limits, QuotaRejection, Reservation, UserSettings, Window};
 
 use super::{PgStore, Verdict, get, pg, small};
 use crate::store::{CHARGED, ms};
@@ -169,6 +169,35 @@ async fn insert_job(
     Ok(())
 }
 
+/// The queue's limits over every replica: the user's jobs waiting or running anywhere, and all
+/// jobs waiting. Read under the quota lock, so replicas admitting at once cannot both pass.
+async fn admission(
+    tx: &Transaction<'_>,
+    r: &Reservation,
+) -> Result<Option<QuotaRejection>, StoreError> {
+    let a = r.admission;
+    if a == Admission::NONE {
+        return Ok(None);
+    }
+    let row = tx
+        .query_one(
+            "SELECT COUNT(*) FILTER (WHERE platform = $1 AND user_id = $2),
+                    COUNT(*) FILTER (WHERE status = 'queued')
+             FROM jobs WHERE status IN ('queued','running')",
+            &[&r.user.platform.as_str(), &r.user.id],
+        )
+        .await
+        .map_err(pg)?;
+    let (mine, queued): (i64, i64) = (get(&row, 0)?, get(&row, 1)?);
+    Ok(if mine >= i64::from(a.per_user) {
+        Some(QuotaRejection::TooManyInFlight { max: a.per_user })
+    } else if queued >= i64::from(a.queued) {
+        Some(QuotaRejection::QueueFull)
+    } else {
+        None
+    })
+}
+
 /// Check and insert in one transaction, under the quota lock.
 pub(super) async fn reserve(
     db: &PgStore,
@@ -189,6 +218,8 @@ pub(super) async fn reserve(
     let exists: bool = get(&row, 0)?;
     let verdict = if exists {
         Err(QuotaRejection::Duplicate)
+    } else if let Some(full) = admission(&tx, r).await? {
+        Err(full)
     } else {
         let standing = standing_of(&tx, &r.user, r.group.as_deref(), limits, now).await?;
         decide(limits, &standing, r.cost, r.group.is_some(), now)
