@@ -505,3 +505,38 @@ async fn the_queue_limits_hold_for_all_replicas_together() {
         r.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_albums_parts_taken_by_different_replicas_are_one_request() {
+    let Some(cluster) = Cluster::new("replicas_album").await else {
+        return;
+    };
+    let replicas: Vec<Replica> = (0..2)
+        .map(|i| cluster.spawn(i, "per_user = 10", 4, true))
+        .collect();
+    let client = reqwest::Client::new();
+    // Three photos of one album, the captioned one to the first replica, the others to the
+    // second (a load balancer in front of webhooks).
+    for (id, width, at) in [(30, 500, 0), (31, 600, 1), (32, 700, 1)] {
+        let file = format!("album{id}");
+        cluster.tg.add_file(&file, images::jpeg(width, 500));
+        let caption = (id == 30).then_some("/edit put them on a beach");
+        let m = tg::photo_message(id, tg::group_chat(-100), tg::user(7, "en"), &file, caption);
+        let update = json!({ "update_id": id, "message": tg::with_media_group(m, "album-r") });
+        replicas[at].post(&client, &update).await;
+    }
+    until(20, "the album's result", || {
+        cluster.tg.calls_to("sendphoto").len() == 1
+    })
+    .await;
+    // Both replicas' collection timers have run out by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = cluster.ds.seen();
+    assert_eq!(seen.len(), 1, "one request");
+    let widths: Vec<u32> = seen[0].images.iter().map(|i| i.1).collect();
+    assert_eq!(widths, [500, 600, 700]);
+    assert_eq!(cluster.tg.calls_to("sendphoto").len(), 1);
+    for r in replicas {
+        r.stop().await;
+    }
+}
