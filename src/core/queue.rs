@@ -195,6 +195,31 @@ impl<J: Send> FairQueue<J> {
         self.len() == 0
     }
 
+    /// Takes the waiting jobs `gone` says are no longer this queue's (another replica took
+    /// them), as if each had run and finished.
+    pub fn remove(&self, user_of: impl Fn(&J) -> UserRef, gone: impl Fn(&J) -> bool) -> Vec<J> {
+        let mut s = self.lock();
+        let mut removed = Vec::new();
+        let users: Vec<UserRef> = s.waiting.keys().cloned().collect();
+        for user in users {
+            let Some(jobs) = s.waiting.get_mut(&user) else {
+                continue;
+            };
+            let (out, kept): (VecDeque<J>, VecDeque<J>) = jobs.drain(..).partition(|j| gone(j));
+            *jobs = kept;
+            if jobs.is_empty() {
+                s.waiting.remove(&user);
+                s.rotation.retain(|u| *u != user);
+            }
+            for job in out {
+                s.queued -= 1;
+                finish_one(&mut s, &user_of(&job));
+                removed.push(job);
+            }
+        }
+        removed
+    }
+
     /// Unfinished jobs of `user` (held, waiting or running).
     pub fn unfinished(&self, user: &UserRef) -> u32 {
         self.lock().unfinished.get(user).copied().unwrap_or(0)

@@ -540,3 +540,64 @@ async fn an_albums_parts_taken_by_different_replicas_are_one_request() {
         r.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_takes_jobs_waiting_at_the_busy_poller() {
+    let Some(cluster) = Cluster::new("replicas_share").await else {
+        return;
+    };
+    // One job at a time per replica; the poller takes every request.
+    let replicas: Vec<Replica> = (0..2)
+        .map(|i| cluster.spawn(i, "per_user = 10", 1, false))
+        .collect();
+    let started = Instant::now();
+    until(20, "a replica polls", || {
+        !cluster.pollers_since(started).is_empty()
+    })
+    .await;
+    cluster.ds.hold();
+    for user in 1..=4 {
+        let msg = cluster.photo(40 + user as i32, tg::group_chat(-200), user);
+        cluster.tg.push_update(tg::message_update(msg));
+    }
+    // The poller runs one and queues three; the other replica takes one of those.
+    until(15, "a model call from each replica", || {
+        cluster.ds.in_flight() == 2
+    })
+    .await;
+    cluster.ds.release();
+    until(30, "all four delivered", || cluster.photos_in(-200) == 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.photos_in(-200), 4, "each once");
+    assert_eq!(cluster.ds.calls(), 4, "each job called the model once");
+    assert_eq!(cluster.ds.max_in_flight(), 2);
+    for user in 1..=4 {
+        assert_eq!(cluster.used(user).await, 1, "user {user} charged once");
+    }
+    // Every "in the queue" status was deleted, by the replica that ran its job or by the one
+    // that let it go.
+    let deleted: Vec<i64> = cluster
+        .tg
+        .calls_to("deletemessage")
+        .iter()
+        .filter_map(|c| c.params["message_id"].as_i64())
+        .collect();
+    let statuses: Vec<i64> = cluster
+        .tg
+        .sent_messages(-200)
+        .iter()
+        .filter(|m| {
+            m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("queue") || t.contains("Working"))
+        })
+        .filter_map(|m| m["message_id"].as_i64())
+        .collect();
+    assert!(!statuses.is_empty(), "jobs waited with a status message");
+    for id in statuses {
+        assert!(deleted.contains(&id), "status {id} left behind");
+    }
+    for r in replicas {
+        r.stop().await;
+    }
+}

@@ -561,3 +561,79 @@ async fn postgres_quotas_hold_across_replicas_racing_for_them() {
         "no drift: the ledger holds exactly what was granted"
     );
 }
+
+#[tokio::test]
+async fn postgres_idle_replicas_take_waiting_jobs_in_fair_order() {
+    let Some(url) = super::pg::database("postgres_idle_replicas_take_waiting_jobs").await else {
+        return;
+    };
+    let (a, b) = (
+        qwen_edit_bot::store::postgres::open(&url).unwrap(),
+        qwen_edit_bot::store::postgres::open(&url).unwrap(),
+    );
+    let (owner_a, owner_b) = (a.shared().unwrap().owner, b.shared().unwrap().owner);
+    assert_ne!(owner_a, owner_b, "each store is a replica of its own");
+    let l = limits(10);
+    // Waiting at a: three jobs of user 1, one of user 2, two of user 3.
+    for (id, user) in [
+        ("j1", "1"),
+        ("j2", "1"),
+        ("j3", "1"),
+        ("j4", "2"),
+        ("j5", "3"),
+        ("j6", "3"),
+    ] {
+        a.reserve(&reservation(id, user, None, 1), &l, now())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let real_now = chrono::Utc::now();
+    let lease = real_now + Duration::minutes(10);
+    let ids = |v: Vec<qwen_edit_bot::core::ports::store::Unfinished>| {
+        v.into_iter().map(|u| u.id).collect::<Vec<_>>()
+    };
+    // Jobs that have waited only since now are not taken.
+    let fresh = b
+        .take_waiting(&owner_b, lease, now() - Duration::hours(1), 4)
+        .await
+        .unwrap();
+    assert!(fresh.is_empty(), "{:?}", ids(fresh));
+    // b takes four: every user's first, then user 1's second (not user 1's first three).
+    let taken = b.take_waiting(&owner_b, lease, real_now, 4).await.unwrap();
+    assert_eq!(ids(taken), ["j1", "j2", "j4", "j5"]);
+    assert!(
+        !a.start("j1", &owner_a, now()).await.unwrap(),
+        "a let it go"
+    );
+    assert!(b.start("j1", &owner_b, now()).await.unwrap());
+    // A job whose answer is stored starts again (for delivery) without going back to running.
+    b.save_result("j1", Some("r1"), &["part".into()], None, now())
+        .await
+        .unwrap();
+    assert!(b.start("j1", &owner_b, now()).await.unwrap());
+    let j1 = b.job("j1").await.unwrap().unwrap();
+    assert_eq!(
+        j1.status,
+        qwen_edit_bot::core::ports::store::JobStatus::Ready
+    );
+    assert_eq!(
+        a.lost(&owner_a, &["j1".into(), "j3".into(), "j6".into()])
+            .await
+            .unwrap(),
+        ["j1"]
+    );
+    // b never takes its own; what a still holds is all that is left.
+    let rest = b.take_waiting(&owner_b, lease, real_now, 10).await.unwrap();
+    assert_eq!(ids(rest), ["j3", "j6"]);
+    assert!(
+        b.take_waiting(&owner_b, lease, real_now, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A job b cannot run, let go, is a's to claim at once (its lease has ended).
+    b.let_go(&owner_b, "j2").await.unwrap();
+    let claimed = a.claim_unfinished(&owner_a, lease).await.unwrap();
+    assert_eq!(ids(claimed), ["j2"]);
+}

@@ -65,6 +65,21 @@ impl Engine {
         }
     }
 
+    /// The job went to another replica, which answers it from here on: this one's conversation
+    /// ends without a word (its status message, if any, is deleted; the request's mark is left
+    /// for the other replica to turn into the final one).
+    pub(crate) async fn handed_over(&self, job_id: &str) {
+        let Some((_, talk)) = self.talks.remove(job_id) else {
+            return;
+        };
+        if let Some(typing) = &talk.typing {
+            typing.abort();
+        }
+        if let (Some(Shown::Message(status)), Some(chat)) = (talk.status, self.chat(&talk.reply)) {
+            let _ = chat.delete(&talk.reply, status).await;
+        }
+    }
+
     /// Posts the result; commits on success, charges or refunds (and says so) on failure.
     async fn deliver(&self, chat: &dyn Chat, outcome: &Outcome, delivery: &Delivery) -> bool {
         let (job, reply) = (&outcome.job, &outcome.job.route);

@@ -14,6 +14,14 @@ use crate::core::ports::model::{Answer, BackendError, Progress};
 use crate::core::ports::store::{JobStatus, Unfinished};
 use crate::core::quota::Granted;
 
+/// How often a replica on a shared store looks for waiting jobs to take and for its own that
+/// were taken.
+const SHARE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a job waits at a busy replica before an idle one may take it (a job that waits
+/// only until its own replica's next worker is free stays there).
+const WAITED: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a claim on unfinished jobs holds on a store that does not say (one process has it
 /// to itself, so nobody else takes them over anyway).
 const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -47,8 +55,16 @@ impl Engine {
                 return;
             }
             let started = Instant::now();
-            if let Err(e) = self.quotas.mark_running(&q.spec.id).await {
-                tracing::error!(error = %e, "cannot mark the job running");
+            match self.quotas.start(&q.spec.id, &self.owner).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another replica took it while it waited here: it is that one's now.
+                    tracing::info!("job taken over by another replica");
+                    self.queue.done(&q.spec.user());
+                    self.handed_over(&q.spec.id).await;
+                    return;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot mark the job running"),
             }
             self.emit(|| JobEvent::Started(q.spec.clone()));
             self.started(&q.spec).await;
@@ -182,33 +198,81 @@ impl Engine {
         chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// On a store replicas share: every third of a lease, renews the leases of the jobs this
-    /// replica holds (waiting, running or being delivered), and takes over the jobs of replicas
-    /// that stopped renewing theirs (they died) or handed them back (they stopped). Ends when
-    /// the engine closes.
+    /// On a store replicas share, every [`SHARE_EVERY`]: takes jobs that wait at busy replicas
+    /// while this one has workers free, and lets go of its own waiting jobs that another replica
+    /// took; every third of a lease, renews the leases of the jobs it holds (waiting, running or
+    /// being delivered) and takes over the jobs of replicas that stopped renewing theirs (they
+    /// died) or handed them back (they stopped). Ends when the engine closes.
     pub(crate) fn spawn_lease_keeper(self: &Arc<Self>) {
         let Some(shared) = self.quotas.store().shared() else {
             return;
         };
         let me = Arc::clone(self);
         self.tasks.spawn(async move {
-            let mut every = tokio::time::interval(shared.lease / 3);
+            let mut every = tokio::time::interval(SHARE_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut renewed = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     () = me.closing.cancelled() => return,
                     _ = every.tick() => {}
                 }
-                let until = me.quotas.now() + me.lease();
-                if let Err(e) = me.quotas.store().renew(&me.owner, until).await {
-                    tracing::warn!(error = %e, "cannot renew this replica's job leases");
+                if renewed.elapsed() >= shared.lease / 3 {
+                    renewed = tokio::time::Instant::now();
+                    let until = me.quotas.now() + me.lease();
+                    if let Err(e) = me.quotas.store().renew(&me.owner, until).await {
+                        tracing::warn!(error = %e, "cannot renew this replica's job leases");
+                    }
+                    let taken = me.resume().await;
+                    if taken > 0 {
+                        tracing::info!(taken, "took over jobs another replica left");
+                    }
                 }
-                let taken = me.resume().await;
-                if taken > 0 {
-                    tracing::info!(taken, "took over jobs another replica left");
-                }
+                me.share_work().await;
             }
         });
+    }
+
+    /// Lets go of waiting jobs another replica took, and takes waiting jobs of busy replicas
+    /// for the workers that are free here.
+    async fn share_work(&self) {
+        let waiting: Vec<String> = self.positions().into_keys().collect();
+        match self.quotas.store().lost(&self.owner, &waiting).await {
+            Ok(lost) if !lost.is_empty() => {
+                let gone = self
+                    .queue
+                    .remove(|q| q.spec.user(), |q| lost.contains(&q.spec.id));
+                for q in gone {
+                    tracing::info!(job_id = %q.spec.id, "job taken over by another replica");
+                    self.handed_over(&q.spec.id).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check this replica's waiting jobs"),
+        }
+        let free = self
+            .workers()
+            .saturating_sub(self.in_flight() + self.queue_len());
+        if free == 0 || self.is_closed() {
+            return;
+        }
+        let now = self.quotas.now();
+        let since = now - chrono::Duration::from_std(WAITED).unwrap_or_default();
+        let taken = self
+            .quotas
+            .store()
+            .take_waiting(&self.owner, now + self.lease(), since, free)
+            .await;
+        let taken = match taken {
+            Ok(list) => list,
+            Err(e) => return tracing::warn!(error = %e, "cannot take waiting jobs"),
+        };
+        for u in taken {
+            if let Some(job) = self.resumed(u).await {
+                tracing::info!(job_id = %job.spec.id, "took a job waiting at a busy replica");
+                self.queue.requeue(&job.spec.user(), job);
+            }
+        }
     }
 
     /// Hands the jobs this replica still holds to the others (it stops): they take them at
@@ -234,6 +298,11 @@ impl Engine {
             return None;
         };
         if !self.chats.contains_key(&spec.route.platform) {
+            // A replica that runs its platform takes it (on a store of this process's own, it
+            // waits for a run that does).
+            if let Err(e) = self.quotas.store().let_go(&self.owner, &u.id).await {
+                tracing::warn!(job_id = %u.id, error = %e, "cannot hand back a job of a platform not running here");
+            }
             return None;
         }
         let answered = (u.status == JobStatus::Ready && !u.parts.is_empty()).then(|| Answer {

@@ -234,6 +234,42 @@ pub trait Store: Send + Sync + 'static {
         let _ = (owner, lease_until);
         Ok(0)
     }
+    /// Starts job `job_id` for `owner`: running, if `owner` still holds it (another replica may
+    /// have taken it while it waited); returns whether it did. A store of one process's own
+    /// always does.
+    async fn start(
+        &self,
+        job_id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _ = owner;
+        self.mark_running(job_id, now).await.map(|()| true)
+    }
+    /// Takes for `owner`, until `lease_until`, up to `limit` jobs that have waited since before
+    /// `waiting_since` at other replicas (busy ones), one per user in turn, oldest first. A
+    /// store of one process's own has nothing to take.
+    async fn take_waiting(
+        &self,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        waiting_since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Unfinished>, StoreError> {
+        let _ = (owner, lease_until, waiting_since, limit);
+        Ok(Vec::new())
+    }
+    /// Ends `owner`'s lease on one job it cannot run (its platform does not run here), so that
+    /// another replica takes it.
+    async fn let_go(&self, owner: &str, job_id: &str) -> Result<(), StoreError> {
+        let _ = (owner, job_id);
+        Ok(())
+    }
+    /// Of the jobs `ids`, those `owner` no longer holds (another replica took them).
+    async fn lost(&self, owner: &str, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let _ = (owner, ids);
+        Ok(Vec::new())
+    }
     /// Who this process is to a store replicas share, and how long its claims hold; `None` for
     /// a store one process has to itself.
     fn shared(&self) -> Option<Shared> {

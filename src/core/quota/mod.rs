@@ -96,6 +96,11 @@ impl Quotas {
         self.store.mark_running(job_id, self.clock.now()).await
     }
 
+    /// Starts the job for `owner` if it still holds it ([`Store::start`]).
+    pub async fn start(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        self.store.start(job_id, owner, self.clock.now()).await
+    }
+
     /// Runs a write that must not be lost, again after a failure (the store may be busy or
     /// briefly unwritable), until it succeeds or the attempts run out (about 30 s).
     async fn persist<F, Fut>(

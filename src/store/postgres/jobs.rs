@@ -118,6 +118,107 @@ pub(super) async fn claim_unfinished(
     rows.iter().map(unfinished_of).collect()
 }
 
+/// Marks the job running if `owner` still holds it (a job whose answer is stored stays ready:
+/// it is delivered, not run); whether `owner` holds it.
+pub(super) async fn start(
+    db: &PgStore,
+    job_id: &str,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let started = db
+        .client()
+        .await?
+        .execute(
+            "UPDATE jobs SET
+                 status = CASE WHEN status = 'ready' THEN status ELSE 'running' END,
+                 started_at = CASE WHEN status = 'ready' THEN started_at ELSE $3 END,
+                 attempts = CASE WHEN status = 'ready' THEN attempts ELSE attempts + 1 END
+             WHERE id = $1 AND owner = $2 AND status IN ('queued','running','ready')",
+            &[&job_id, &owner, &ms(now)],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(started == 1)
+}
+
+/// Takes jobs waiting at other replicas since before `waiting_since`, in fair order: each
+/// user's oldest first, then their second, and so on. The window function is read in its own
+/// step (row locks cannot be taken beside one); the rows are then locked, skipping those another
+/// replica is taking or starting, and checked again once locked.
+pub(super) async fn take_waiting(
+    db: &PgStore,
+    owner: &str,
+    lease_until: DateTime<Utc>,
+    waiting_since: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Unfinished>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = format!(
+        "WITH turns AS (
+             SELECT seq, row_number() OVER (PARTITION BY platform, user_id ORDER BY seq) AS turn
+             FROM jobs
+             WHERE status = 'queued' AND owner IS DISTINCT FROM $1::TEXT AND created_at < $3
+         ), chosen AS (
+             SELECT jobs.seq FROM jobs JOIN turns ON turns.seq = jobs.seq
+             WHERE jobs.status = 'queued' AND jobs.owner IS DISTINCT FROM $1::TEXT
+             ORDER BY turns.turn, jobs.seq
+             LIMIT $4
+             FOR UPDATE OF jobs SKIP LOCKED
+         ), taken AS (
+             UPDATE jobs SET owner = $1::TEXT, lease_until = $2::BIGINT
+             FROM chosen WHERE jobs.seq = chosen.seq
+             RETURNING jobs.*
+         )
+         SELECT {UNFINISHED_COLUMNS} FROM taken ORDER BY seq"
+    );
+    let rows = db
+        .client()
+        .await?
+        .query(
+            &sql,
+            &[&owner, &ms(lease_until), &ms(waiting_since), &limit],
+        )
+        .await
+        .map_err(pg)?;
+    rows.iter().map(unfinished_of).collect()
+}
+
+/// Ends `owner`'s lease on one job.
+pub(super) async fn let_go(db: &PgStore, owner: &str, job_id: &str) -> Result<(), StoreError> {
+    db.client()
+        .await?
+        .execute(
+            "UPDATE jobs SET lease_until = 0 WHERE id = $1 AND owner = $2",
+            &[&job_id, &owner],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Of `ids`, those no longer held by `owner`.
+pub(super) async fn lost(
+    db: &PgStore,
+    owner: &str,
+    ids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db
+        .client()
+        .await?
+        .query(
+            "SELECT wanted.id FROM unnest($2::TEXT[]) AS wanted(id)
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = wanted.id AND jobs.owner = $1)",
+            &[&owner, &ids],
+        )
+        .await
+        .map_err(pg)?;
+    rows.iter().map(|r| get(r, 0)).collect()
+}
+
 /// Extends `owner`'s lease on its unfinished jobs (claimed, or reserved since it claimed).
 pub(super) async fn renew(
     db: &PgStore,

@@ -131,6 +131,33 @@ impl Store for PgStore {
         jobs::renew(self, owner, lease_until).await
     }
 
+    async fn start(
+        &self,
+        job_id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        jobs::start(self, job_id, owner, now).await
+    }
+
+    async fn take_waiting(
+        &self,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        waiting_since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Unfinished>, StoreError> {
+        jobs::take_waiting(self, owner, lease_until, waiting_since, limit).await
+    }
+
+    async fn let_go(&self, owner: &str, job_id: &str) -> Result<(), StoreError> {
+        jobs::let_go(self, owner, job_id).await
+    }
+
+    async fn lost(&self, owner: &str, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        jobs::lost(self, owner, ids).await
+    }
+
     fn shared(&self) -> Option<Shared> {
         Some(Shared {
             owner: self.owner.to_string(),
