@@ -400,18 +400,7 @@ async fn check_config_refuses_exactly_what_run_refuses() {
         std::fs::write(&path, config).unwrap();
         let mut outputs = Vec::new();
         for command in ["check-config", "run"] {
-            let out = tokio::process::Command::new(BIN)
-                .args([command, "--config"])
-                .arg(&path)
-                .current_dir(dir.path())
-                .env_clear()
-                .env("DASHSCOPE_API_KEY", API_KEY)
-                .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
-                .output();
-            let out = tokio::time::timeout(std::time::Duration::from_secs(20), out)
-                .await
-                .expect("refused at once")
-                .unwrap();
+            let out = with_config(command, &path, "refused at once").await;
             assert!(!out.status.success(), "{command} accepted {config:?}");
             let err = text(&out.stderr);
             assert!(err.contains(needle), "{command} on {config:?}: {err}");
@@ -422,6 +411,23 @@ async fn check_config_refuses_exactly_what_run_refuses() {
             "a refused config creates nothing"
         );
     }
+}
+
+/// `qwen-edit-bot <command> --config <path>` run from the config's folder with the test
+/// secrets only, ended within 30 s (`what` says what was expected otherwise).
+async fn with_config(command: &str, path: &std::path::Path, what: &str) -> std::process::Output {
+    let out = tokio::process::Command::new(BIN)
+        .args([command, "--config"])
+        .arg(path)
+        .current_dir(path.parent().unwrap())
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+        .output();
+    tokio::time::timeout(std::time::Duration::from_secs(30), out)
+        .await
+        .expect(what)
+        .unwrap()
 }
 
 /// With several replicas on one PostgreSQL database, `check-config` says what share of each
@@ -441,18 +447,12 @@ async fn check_config_prints_each_service_s_share_of_its_limits_per_replica() {
          [quota]\ndatabase = \"postgres://qeb@127.0.0.1:1/qeb\"\nreplicas = 3\n",
     )
     .unwrap();
-    let out = tokio::process::Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
-        .env_clear()
-        .env("DASHSCOPE_API_KEY", API_KEY)
-        .env("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(30), out)
-        .await
-        .expect("check-config answers without a server")
-        .unwrap();
+    let out = with_config(
+        "check-config",
+        &path,
+        "check-config answers without a server",
+    )
+    .await;
     let shown = text(&out.stdout);
     assert!(out.status.success(), "{}\n{shown}", text(&out.stderr));
     assert!(shown.contains("replicas = 3"), "{shown}");

@@ -90,12 +90,7 @@ impl Deployment {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let logs = tokio::spawn(async move {
-            let mut out = String::new();
-            let _ = stderr.read_to_string(&mut out).await;
-            out
-        });
+        let logs = collect_logs(&mut child);
         Daemon { child, logs }
     }
 
@@ -127,6 +122,17 @@ impl Deployment {
         }
         panic!("the daemon never became healthy");
     }
+}
+
+/// Reads a child's stderr (its logs) to the end as it comes, so a chatty log never blocks it
+/// on a full pipe; the task gives the whole text.
+pub fn collect_logs(child: &mut Child) -> tokio::task::JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    tokio::spawn(async move {
+        let mut out = String::new();
+        let _ = stderr.read_to_string(&mut out).await;
+        out
+    })
 }
 
 /// A running daemon and its log collector.

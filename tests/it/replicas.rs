@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt as _;
 use tokio::process::{Child, Command};
 
 use crate::fakes::dashscope::{API_KEY, FakeDashScope};
@@ -95,18 +94,20 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let logs = tokio::spawn(async move {
-            let mut out = String::new();
-            let _ = stderr.read_to_string(&mut out).await;
-            out
-        });
+        let logs = super::daemon::collect_logs(&mut child);
         Replica {
             child,
             logs,
             via,
             hook: webhook.then(|| format!("http://127.0.0.1:{port}/tg/hook")),
         }
+    }
+
+    /// Replicas 0..n, started alike (see [`Cluster::spawn`]).
+    fn spawn_all(&self, n: usize, quota: &str, workers: u32, webhook: bool) -> Vec<Replica> {
+        (0..n)
+            .map(|i| self.spawn(i, quota, workers, webhook))
+            .collect()
     }
 
     /// A private-chat photo with `/edit`, as the update Telegram would send.
@@ -208,7 +209,7 @@ async fn race(name: &str, quota: &str, granted: usize, update: impl Fn(&Cluster,
         return;
     };
     let quota = format!("{quota}\nmax_in_flight_per_user = 50\nmax_queue = 1000");
-    let replicas: Vec<Replica> = (0..3).map(|i| cluster.spawn(i, &quota, 4, true)).collect();
+    let replicas = cluster.spawn_all(3, &quota, 4, true);
     let client = reqwest::Client::new();
     let updates: Vec<Value> = (0..150)
         .map(|i| json!({ "update_id": 1 + i, "message": update(&cluster, 100 + i) }))
@@ -296,9 +297,7 @@ async fn a_killed_replica_hands_over_its_polling_and_its_jobs() {
     let Some(cluster) = Cluster::new("replicas_kill").await else {
         return;
     };
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|i| cluster.spawn(i, "per_user = 10", 4, false))
-        .collect();
+    let mut replicas = cluster.spawn_all(3, "per_user = 10", 4, false);
     // Exactly one replica polls, and no getUpdates is ever refused for a second poller.
     let started = Instant::now();
     until(20, "a replica polls", || {
@@ -382,9 +381,7 @@ async fn a_block_and_an_unblock_from_the_cli_hold_on_every_replica_within_a_seco
     let Some(cluster) = Cluster::new("replicas_block").await else {
         return;
     };
-    let replicas: Vec<Replica> = (0..2)
-        .map(|i| cluster.spawn(i, "per_user = 10", 4, true))
-        .collect();
+    let replicas = cluster.spawn_all(2, "per_user = 10", 4, true);
     let client = reqwest::Client::new();
     let update = |id: i32| json!({ "update_id": id, "message": cluster.photo(id, tg::private_chat(77), 77) });
     replicas[0].post(&client, &update(1)).await;
@@ -455,7 +452,7 @@ async fn the_queue_limits_hold_for_all_replicas_together() {
     };
     // One job at a time per replica, two waiting at most in all, two per user at most.
     let quota = "per_user = 100\nmax_in_flight_per_user = 2\nmax_queue = 2";
-    let replicas: Vec<Replica> = (0..2).map(|i| cluster.spawn(i, quota, 1, true)).collect();
+    let replicas = cluster.spawn_all(2, quota, 1, true);
     let client = reqwest::Client::new();
     let said = |needle: &'static str| {
         let tg = cluster.tg.clone();
@@ -511,9 +508,7 @@ async fn an_albums_parts_taken_by_different_replicas_are_one_request() {
     let Some(cluster) = Cluster::new("replicas_album").await else {
         return;
     };
-    let replicas: Vec<Replica> = (0..2)
-        .map(|i| cluster.spawn(i, "per_user = 10", 4, true))
-        .collect();
+    let replicas = cluster.spawn_all(2, "per_user = 10", 4, true);
     let client = reqwest::Client::new();
     // Three photos of one album, the captioned one to the first replica, the others to the
     // second (a load balancer in front of webhooks).
@@ -547,9 +542,7 @@ async fn an_idle_replica_takes_jobs_waiting_at_the_busy_poller() {
         return;
     };
     // One job at a time per replica; the poller takes every request.
-    let replicas: Vec<Replica> = (0..2)
-        .map(|i| cluster.spawn(i, "per_user = 10", 1, false))
-        .collect();
+    let replicas = cluster.spawn_all(2, "per_user = 10", 1, false);
     let started = Instant::now();
     until(20, "a replica polls", || {
         !cluster.pollers_since(started).is_empty()
