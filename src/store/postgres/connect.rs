@@ -74,7 +74,7 @@ fn config_of(url: &str) -> Result<(tokio_postgres::Config, String), StoreError> 
     Ok((config, target))
 }
 
-/// One connection of its own (the run lock, change notices, `store copy`), outside the pool,
+/// One connection of its own (elected roles, change notices, `store copy`), outside the pool,
 /// with the pool's timeout and error messages; the caller drives (or spawns) the connection.
 pub(crate) async fn session(
     url: &str,

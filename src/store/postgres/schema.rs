@@ -12,7 +12,7 @@ use crate::core::ports::store::StoreError;
 use super::connect::message;
 
 /// The advisory lock key migrations run under ("qeb-mig"), apart from the reserve lock and
-/// the daemon's run lock.
+/// the elected roles' locks.
 const MIGRATION_LOCK: i64 = 0x0071_6562_2d6d_6967;
 
 /// Which migrations a database has had.
