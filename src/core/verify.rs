@@ -67,6 +67,12 @@ fn tiff_whole(bytes: &[u8]) -> bool {
 pub fn tiff_tags(bytes: &[u8], tags: &[u16]) -> Option<Vec<(Vec<u64>, Option<usize>)>> {
     let t = Tiff::of(bytes)?;
     let (entries, _) = t.ifd(t.first_ifd())?;
+    // A tag given twice means what each reader makes of it (the first, the last): refused.
+    let mut seen: Vec<u16> = entries.iter().map(|e| e.tag).collect();
+    seen.sort_unstable();
+    if seen.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
     Some(
         tags.iter()
             .map(|&tag| {

@@ -143,8 +143,9 @@ pub fn stamp_of(database: &str) -> Option<u128> {
 pub enum StoreLock {
     /// An exclusive lock on `<database>.lock`.
     File(std::fs::File),
-    /// A PostgreSQL store is shared: replicas run side by side, each holding its jobs by lease.
-    Shared,
+    /// A PostgreSQL store is shared: replicas run side by side, each holding its jobs by lease
+    /// (and together keeping daemons of earlier versions out).
+    Shared(postgres::ReplicaLock),
 }
 
 /// Takes the one-daemon-per-store lock of a SQLite store: an exclusive lock on
@@ -152,7 +153,9 @@ pub enum StoreLock {
 /// store takes any number of replicas. Report commands (`usage`, `quota`) do not take it.
 pub async fn lock(database: &str) -> anyhow::Result<StoreLock> {
     if is_postgres(database) {
-        return Ok(StoreLock::Shared);
+        return Ok(StoreLock::Shared(
+            postgres::refuse_beside_older(database).await?,
+        ));
     }
     let path = beside(database, "lock");
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -468,3 +468,59 @@ fn a_jpeg_encoded_in_two_halves_at_once_is_the_file_one_encoder_makes() {
         assert_eq!((decoded.width(), decoded.height()), (w, h));
     }
 }
+
+/// A little-endian TIFF of one directory with `entries` (tag, SHORT or LONG value; sorted as
+/// given) and `pixels` as its single uncompressed strip.
+fn raw_tiff(entries: &[(u16, u32)], pixels: &[u8]) -> Vec<u8> {
+    let ifd = 8 + pixels.len() as u32;
+    let mut out = b"II*\0".to_vec();
+    out.extend_from_slice(&ifd.to_le_bytes());
+    out.extend_from_slice(pixels);
+    out.extend_from_slice(&(entries.len() as u16 + 2).to_le_bytes());
+    let mut all: Vec<(u16, u32)> = entries.to_vec();
+    all.push((273, 8)); // StripOffsets
+    all.push((279, pixels.len() as u32)); // StripByteCounts
+    all.sort_by_key(|e| e.0);
+    for (tag, value) in all {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes()); // LONG
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out
+}
+
+#[test]
+fn tiff_headers_that_disagree_with_themselves_or_split_bytes_are_refused() {
+    // 64×48 grey; a second ImageWidth/ImageLength pair claims 46000×46000 (one reader takes
+    // the first, another the last: the limits must not be checked on one and decoded on the
+    // other).
+    let grey = vec![128u8; 64 * 48];
+    let base = [
+        (256, 64),
+        (257, 48),
+        (258, 8),
+        (259, 1),
+        (262, 1),
+        (277, 1),
+        (278, 48),
+    ];
+    assert!(
+        fit_default(raw_tiff(&base, &grey)).is_ok(),
+        "the plain file fits"
+    );
+    let mut doubled = base.to_vec();
+    doubled.extend([(256, 46_000), (257, 46_000)]);
+    assert_eq!(
+        fit_default(raw_tiff(&doubled, &grey)).unwrap_err(),
+        ImageRejection::Corrupt
+    );
+    // 3-bit samples cross byte boundaries: named, not misread.
+    let mut three = base.to_vec();
+    three[2] = (258, 3);
+    assert_eq!(
+        fit_default(raw_tiff(&three, &vec![0u8; 64 * 48 * 3 / 8])).unwrap_err(),
+        ImageRejection::UnsupportedFeature("TIFF 3-bit samples".into())
+    );
+}

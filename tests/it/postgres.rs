@@ -297,3 +297,29 @@ async fn store_copy_moves_a_sqlite_install_to_postgres_whole() {
     let said = String::from_utf8_lossy(&again.stderr).into_owned();
     assert!(said.contains("copy into an empty database"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_does_not_start_beside_a_daemon_of_an_earlier_version() {
+    let Some(url) = super::pg::database("a_replica_does_not_start_beside_an_older_daemon").await
+    else {
+        return;
+    };
+    let (telegram, dashscope) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config(&telegram, &dashscope, &url)).unwrap();
+    let settings = Settings::load_with_env(&path, env).unwrap();
+    // An earlier version held this run lock alone while it ran.
+    let (older, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    older
+        .query_one("SELECT pg_advisory_lock($1)", &[&0x0071_6562_2d72_756e_i64])
+        .await
+        .unwrap();
+    let refused = qwen_edit_bot::app::serve(settings, async {}).await;
+    let refused = refused.expect_err("refused beside it").to_string();
+    assert!(refused.contains("earlier version"), "{refused}");
+    assert_eq!(dashscope.calls(), 0);
+}

@@ -159,11 +159,21 @@ impl Replica {
         self.child.kill().await.unwrap();
     }
 
-    /// SIGTERM, then a clean exit within 30 s; returns the logs.
-    async fn stop(mut self) -> String {
+    /// SIGTERM: the replica finishes what it runs, hands the rest over and exits.
+    fn terminate(&self) {
         let pid = self.child.id().expect("running") as libc::pid_t;
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// SIGTERM, then a clean exit within 30 s; returns the logs.
+    async fn stop(self) -> String {
+        self.terminate();
+        self.exited().await
+    }
+
+    /// A clean exit within 30 s (after [`Replica::terminate`]); returns the logs.
+    async fn exited(mut self) -> String {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("stopped in time")
@@ -593,4 +603,31 @@ async fn an_idle_replica_takes_jobs_waiting_at_the_busy_poller() {
     for r in replicas {
         r.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_keeps_the_job_it_finishes_past_its_lease() {
+    let Some(cluster) = Cluster::new("replicas_stop").await else {
+        return;
+    };
+    // Leases of 3 s; the stopping replica has 5 s to finish its job.
+    let replicas = cluster.spawn_all(2, "per_user = 10", 4, true);
+    let client = reqwest::Client::new();
+    cluster.ds.hold();
+    let update = json!({ "update_id": 1, "message": cluster.photo(50, tg::private_chat(9), 9) });
+    replicas[0].post(&client, &update).await;
+    until(20, "the job at the model", || cluster.ds.in_flight() == 1).await;
+    let mut replicas = replicas.into_iter();
+    let (stopping, other) = (replicas.next().unwrap(), replicas.next().unwrap());
+    stopping.terminate();
+    // Longer than a lease: the stopping replica must go on renewing while it finishes.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    cluster.ds.release();
+    stopping.exited().await;
+    until(20, "delivered", || cluster.photos_in(9) == 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(cluster.ds.calls(), 1, "not run again by the other replica");
+    assert_eq!(cluster.photos_in(9), 1);
+    assert_eq!(cluster.used(9).await, 1);
+    other.stop().await;
 }

@@ -562,6 +562,10 @@ async fn postgres_quotas_hold_across_replicas_racing_for_them() {
     );
 }
 
+/// The platform the contract's reservations are of.
+const TG: &[qwen_edit_bot::core::model::Platform] =
+    &[qwen_edit_bot::core::model::Platform::Telegram];
+
 #[tokio::test]
 async fn postgres_idle_replicas_take_waiting_jobs_in_fair_order() {
     let Some(url) = super::pg::database("postgres_idle_replicas_take_waiting_jobs").await else {
@@ -593,14 +597,28 @@ async fn postgres_idle_replicas_take_waiting_jobs_in_fair_order() {
     let ids = |v: Vec<qwen_edit_bot::core::ports::store::Unfinished>| {
         v.into_iter().map(|u| u.id).collect::<Vec<_>>()
     };
-    // Jobs that have waited only since now are not taken.
+    // Nothing of a platform b does not run, nor what has waited only since now.
+    let other = b
+        .take_waiting(
+            &owner_b,
+            lease,
+            real_now,
+            4,
+            &[qwen_edit_bot::core::model::Platform::Discord],
+        )
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "{:?}", ids(other));
     let fresh = b
-        .take_waiting(&owner_b, lease, now() - Duration::hours(1), 4)
+        .take_waiting(&owner_b, lease, now() - Duration::hours(1), 4, TG)
         .await
         .unwrap();
     assert!(fresh.is_empty(), "{:?}", ids(fresh));
     // b takes four: every user's first, then user 1's second (not user 1's first three).
-    let taken = b.take_waiting(&owner_b, lease, real_now, 4).await.unwrap();
+    let taken = b
+        .take_waiting(&owner_b, lease, real_now, 4, TG)
+        .await
+        .unwrap();
     assert_eq!(ids(taken), ["j1", "j2", "j4", "j5"]);
     assert!(
         !a.start("j1", &owner_a, now()).await.unwrap(),
@@ -624,10 +642,13 @@ async fn postgres_idle_replicas_take_waiting_jobs_in_fair_order() {
         ["j1"]
     );
     // b never takes its own; what a still holds is all that is left.
-    let rest = b.take_waiting(&owner_b, lease, real_now, 10).await.unwrap();
+    let rest = b
+        .take_waiting(&owner_b, lease, real_now, 10, TG)
+        .await
+        .unwrap();
     assert_eq!(ids(rest), ["j3", "j6"]);
     assert!(
-        b.take_waiting(&owner_b, lease, real_now, 10)
+        b.take_waiting(&owner_b, lease, real_now, 10, TG)
             .await
             .unwrap()
             .is_empty()

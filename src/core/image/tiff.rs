@@ -36,7 +36,8 @@ pub(super) fn plain(bytes: &[u8]) -> bool {
         return false;
     };
     let value = |i: usize| tags[i].0.as_slice();
-    !big && value(0).iter().all(|&b| b == 8)
+    !big && !value(0).is_empty()
+        && value(0).iter().all(|&b| b == 8)
         && matches!(value(1), [1 | 2])
         && matches!(value(2), [] | [1])
         && matches!(value(3), [] | [1])
@@ -73,7 +74,18 @@ pub(super) fn decode<'l>(
     let mut d = Decoder::new(Cursor::new(&*data))
         .map_err(err)?
         .with_limits(tiff_limits);
+    if d.dimensions().map_err(err)? != (p.width, p.height) {
+        // The decoder read another size than the limits were checked against.
+        return Err(ImageRejection::Corrupt);
+    }
     let colour = d.colortype().map_err(err)?;
+    let bits = colour.bit_depth();
+    if bits < 8 && 8 % bits != 0 {
+        // Samples that cross byte boundaries (3, 5, 6, 7 bits).
+        return Err(ImageRejection::UnsupportedFeature(format!(
+            "TIFF {bits}-bit samples"
+        )));
+    }
     let layout = d.image_buffer_layout().map_err(err)?;
     let too_many = ImageRejection::TooManyPixels {
         width: p.width,

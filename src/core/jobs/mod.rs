@@ -131,6 +131,8 @@ pub struct Engine {
     pub(crate) owner: String,
     /// Cancelled by [`Engine::close`]: the position ticker stops.
     pub(crate) closing: tokio_util::sync::CancellationToken,
+    /// Cancelled by [`Engine::release`]: leases are no longer renewed.
+    pub(crate) released: tokio_util::sync::CancellationToken,
 }
 
 impl Engine {
@@ -148,6 +150,7 @@ impl Engine {
             refusals: Default::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             closing: tokio_util::sync::CancellationToken::new(),
+            released: tokio_util::sync::CancellationToken::new(),
             owner: quotas.store().shared().map_or_else(
                 || format!("qeb-{}", uuid::Uuid::new_v4().simple()),
                 |s| s.owner,

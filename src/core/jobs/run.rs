@@ -64,6 +64,16 @@ impl Engine {
                     self.handed_over(&q.spec.id).await;
                     return;
                 }
+                Err(e) if self.quotas.store().shared().is_some() => {
+                    // Not known to be this replica's: running it could run it twice. It waits
+                    // here again (held by lease) until the store answers.
+                    tracing::error!(error = %e, "cannot start the job; it waits");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let user = q.spec.user();
+                    self.queue.done(&user);
+                    self.queue.requeue(&user, q);
+                    return;
+                }
                 Err(e) => tracing::error!(error = %e, "cannot mark the job running"),
             }
             self.emit(|| JobEvent::Started(q.spec.clone()));
@@ -192,37 +202,55 @@ impl Engine {
         queued
     }
 
+    /// The platforms this replica runs.
+    fn platforms(&self) -> Vec<crate::core::model::Platform> {
+        self.chats.keys().copied().collect()
+    }
+
     /// How long this replica's claims hold.
     fn lease(&self) -> chrono::Duration {
         let lease = self.quotas.store().shared().map_or(LEASE, |s| s.lease);
         chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// On a store replicas share, every [`SHARE_EVERY`]: takes jobs that wait at busy replicas
-    /// while this one has workers free, and lets go of its own waiting jobs that another replica
-    /// took; every third of a lease, renews the leases of the jobs it holds (waiting, running or
-    /// being delivered) and takes over the jobs of replicas that stopped renewing theirs (they
-    /// died) or handed them back (they stopped). Ends when the engine closes.
+    /// On a store replicas share, two tasks. One renews the leases of the jobs this replica
+    /// holds (waiting, running or being delivered) every third of a lease, on its own so that
+    /// nothing slow delays it, until [`Engine::release`] (after the drain at shutdown: a job
+    /// still running then is still this replica's). The other, until the engine closes, takes
+    /// over the jobs of replicas that stopped renewing theirs (they died) or handed them back
+    /// (they stopped), every third of a lease, and every [`SHARE_EVERY`] shares waiting work
+    /// ([`Engine::share_work`]).
     pub(crate) fn spawn_lease_keeper(self: &Arc<Self>) {
         let Some(shared) = self.quotas.store().shared() else {
             return;
         };
         let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(shared.lease / 3);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = me.released.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let until = me.quotas.now() + me.lease();
+                if let Err(e) = me.quotas.store().renew(&me.owner, until).await {
+                    tracing::warn!(error = %e, "cannot renew this replica's job leases");
+                }
+            }
+        });
+        let me = Arc::clone(self);
         self.tasks.spawn(async move {
             let mut every = tokio::time::interval(SHARE_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut renewed = tokio::time::Instant::now();
+            let mut looked = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     () = me.closing.cancelled() => return,
                     _ = every.tick() => {}
                 }
-                if renewed.elapsed() >= shared.lease / 3 {
-                    renewed = tokio::time::Instant::now();
-                    let until = me.quotas.now() + me.lease();
-                    if let Err(e) = me.quotas.store().renew(&me.owner, until).await {
-                        tracing::warn!(error = %e, "cannot renew this replica's job leases");
-                    }
+                if looked.elapsed() >= shared.lease / 3 {
+                    looked = tokio::time::Instant::now();
                     let taken = me.resume().await;
                     if taken > 0 {
                         tracing::info!(taken, "took over jobs another replica left");
@@ -261,7 +289,13 @@ impl Engine {
         let taken = self
             .quotas
             .store()
-            .take_waiting(&self.owner, now + self.lease(), since, free)
+            .take_waiting(
+                &self.owner,
+                now + self.lease(),
+                since,
+                free,
+                &self.platforms(),
+            )
             .await;
         let taken = match taken {
             Ok(list) => list,
@@ -278,6 +312,7 @@ impl Engine {
     /// Hands the jobs this replica still holds to the others (it stops): they take them at
     /// their next look rather than when the leases would have run out.
     pub async fn release(&self) {
+        self.released.cancel();
         match self.quotas.store().release(&self.owner).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "handed unfinished jobs to the other replicas"),

@@ -246,21 +246,22 @@ pub trait Store: Send + Sync + 'static {
         let _ = owner;
         self.mark_running(job_id, now).await.map(|()| true)
     }
-    /// Takes for `owner`, until `lease_until`, up to `limit` jobs that have waited since before
-    /// `waiting_since` at other replicas (busy ones), one per user in turn, oldest first. A
-    /// store of one process's own has nothing to take.
+    /// Takes for `owner`, until `lease_until`, up to `limit` jobs of `platforms` (those it
+    /// runs) that have waited since before `waiting_since` at other replicas (busy ones), one
+    /// per user in turn, oldest first. A store of one process's own has nothing to take.
     async fn take_waiting(
         &self,
         owner: &str,
         lease_until: DateTime<Utc>,
         waiting_since: DateTime<Utc>,
         limit: usize,
+        platforms: &[Platform],
     ) -> Result<Vec<Unfinished>, StoreError> {
-        let _ = (owner, lease_until, waiting_since, limit);
+        let _ = (owner, lease_until, waiting_since, limit, platforms);
         Ok(Vec::new())
     }
-    /// Ends `owner`'s lease on one job it cannot run (its platform does not run here), so that
-    /// another replica takes it.
+    /// Gives up one job `owner` cannot run (its platform does not run here): unowned, another
+    /// replica takes it.
     async fn let_go(&self, owner: &str, job_id: &str) -> Result<(), StoreError> {
         let _ = (owner, job_id);
         Ok(())

@@ -149,9 +149,9 @@ pub(super) async fn start(
 pub(super) async fn take_waiting(
     db: &PgStore,
     owner: &str,
-    lease_until: DateTime<Utc>,
-    waiting_since: DateTime<Utc>,
+    (lease_until, waiting_since): (DateTime<Utc>, DateTime<Utc>),
     limit: usize,
+    platforms: &[&str],
 ) -> Result<Vec<Unfinished>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let sql = format!(
@@ -159,6 +159,7 @@ pub(super) async fn take_waiting(
              SELECT seq, row_number() OVER (PARTITION BY platform, user_id ORDER BY seq) AS turn
              FROM jobs
              WHERE status = 'queued' AND owner IS DISTINCT FROM $1::TEXT AND created_at < $3
+               AND platform = ANY($5::TEXT[])
          ), chosen AS (
              SELECT jobs.seq FROM jobs JOIN turns ON turns.seq = jobs.seq
              WHERE jobs.status = 'queued' AND jobs.owner IS DISTINCT FROM $1::TEXT
@@ -177,19 +178,26 @@ pub(super) async fn take_waiting(
         .await?
         .query(
             &sql,
-            &[&owner, &ms(lease_until), &ms(waiting_since), &limit],
+            &[
+                &owner,
+                &ms(lease_until),
+                &ms(waiting_since),
+                &limit,
+                &platforms,
+            ],
         )
         .await
         .map_err(pg)?;
     rows.iter().map(unfinished_of).collect()
 }
 
-/// Ends `owner`'s lease on one job.
+/// Gives up `owner`'s hold on one job: unowned (so its renewals leave it alone), any other
+/// replica claims it.
 pub(super) async fn let_go(db: &PgStore, owner: &str, job_id: &str) -> Result<(), StoreError> {
     db.client()
         .await?
         .execute(
-            "UPDATE jobs SET lease_until = 0 WHERE id = $1 AND owner = $2",
+            "UPDATE jobs SET owner = NULL, lease_until = 0 WHERE id = $1 AND owner = $2",
             &[&job_id, &owner],
         )
         .await

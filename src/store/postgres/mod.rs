@@ -35,7 +35,7 @@ use crate::core::quota::policy::Standing;
 use crate::core::quota::{Granted, Limits, QuotaRejection, Reservation, UserSettings};
 
 pub use connect::{DEFAULT_LEASE, open, open_existing, problems};
-pub use session::{elect, listen_for_changes, notify_changed};
+pub use session::{ReplicaLock, elect, listen_for_changes, notify_changed, refuse_beside_older};
 
 use connect::{pg, pool_error};
 
@@ -146,8 +146,10 @@ impl Store for PgStore {
         lease_until: DateTime<Utc>,
         waiting_since: DateTime<Utc>,
         limit: usize,
+        platforms: &[Platform],
     ) -> Result<Vec<Unfinished>, StoreError> {
-        jobs::take_waiting(self, owner, lease_until, waiting_since, limit).await
+        let platforms: Vec<&str> = platforms.iter().map(|p| p.as_str()).collect();
+        jobs::take_waiting(self, owner, (lease_until, waiting_since), limit, &platforms).await
     }
 
     async fn let_go(&self, owner: &str, job_id: &str) -> Result<(), StoreError> {

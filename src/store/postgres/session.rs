@@ -53,6 +53,14 @@ pub fn elect(url: String, key: i64) -> tokio::sync::watch::Receiver<bool> {
 /// Returns when the session fails or nobody listens any more.
 async fn hold(url: &str, key: i64, tx: &tokio::sync::watch::Sender<bool>) -> anyhow::Result<()> {
     let client = connect(url).await?;
+    // The server notices a replica that vanished with its host (no FIN, no RST) within about
+    // 25 s and releases its lock, instead of after the system's keepalive of hours.
+    client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+             SET tcp_keepalives_count = 3",
+        )
+        .await?;
     loop {
         if tx.is_closed() {
             return Ok(());
@@ -73,8 +81,41 @@ async fn hold(url: &str, key: i64, tx: &tokio::sync::watch::Sender<bool>) -> any
         if tx.is_closed() {
             return Ok(());
         }
-        client.simple_query("SELECT 1").await?;
+        // A session that does not answer in time is taken as lost: this replica steps down
+        // (dropping the connection, which lets the server release the lock) rather than go on
+        // while another may have been elected.
+        tokio::time::timeout(3 * ELECTION, client.simple_query("SELECT 1"))
+            .await
+            .map_err(|_| anyhow::anyhow!("the session did not answer within 3 s"))??;
     }
+}
+
+/// The advisory lock key of the run lock daemons before replicas held ("qeb-run").
+const OLD_RUN_LOCK: i64 = 0x0071_6562_2d72_756e;
+
+/// Held while a replica runs: the run lock of earlier versions, shared. Replicas share it;
+/// a daemon of an earlier version (which took it alone, and did not hold jobs by lease, so both
+/// would run the same jobs) can neither run beside replicas nor have them start beside it.
+#[derive(Debug)]
+pub struct ReplicaLock {
+    _client: Client,
+}
+
+/// Takes the [`ReplicaLock`], or says that an earlier version runs on the store.
+pub async fn refuse_beside_older(url: &str) -> anyhow::Result<ReplicaLock> {
+    let client = connect(url).await?;
+    let took: bool = client
+        .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&OLD_RUN_LOCK])
+        .await?
+        .get(0);
+    if !took {
+        anyhow::bail!(
+            "a qwen-edit-bot of an earlier version runs on the store {} (it holds the run lock \
+             of versions without replicas); stop it before starting this one",
+            crate::config::without_password(url)
+        );
+    }
+    Ok(ReplicaLock { _client: client })
 }
 
 /// Tells running daemons that the store changed (blocks, limits, allowed places).
