@@ -285,22 +285,47 @@ fn jpeg_whole(bytes: &[u8]) -> bool {
     }
 }
 
-/// The JPEG's frame marker (`C0`–`CF` but `C4`, `C8`, `CC`): which coding the file uses.
-/// `None` when no frame header comes before the first scan.
-pub fn jpeg_frame(bytes: &[u8]) -> Option<u8> {
-    let mut at = 2;
+/// What a JPEG's segments before its first scan say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JpegHeader<'a> {
+    /// The frame marker (`C0`–`CF` but `C4`, `C8`, `CC`): which coding the file uses.
+    pub frame: u8,
+    pub width: u16,
+    pub height: u16,
+    /// The EXIF block (TIFF header on), if an `APP1` segment carries one.
+    pub exif: Option<&'a [u8]>,
+}
+
+/// Reads a JPEG's header segments up to its first scan; `None` when no frame header comes
+/// before it or a segment runs past the end.
+pub fn jpeg_header(bytes: &[u8]) -> Option<JpegHeader<'_>> {
+    let (mut at, mut exif) = (2, None);
     loop {
         let (&0xFF, &marker) = (bytes.get(at)?, bytes.get(at + 1)?) else {
             return None;
         };
         match marker {
             0xFF => at += 1,
-            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => return Some(marker),
             0xDA | 0xD9 => return None,
             0x01 | 0xD0..=0xD7 => at += 2,
             _ => {
                 let len = bytes.get(at + 2..at + 4)?;
-                at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                let body = bytes.get(at + 4..at + 2 + len.max(2))?;
+                match marker {
+                    0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                        let side = |i: usize| Some(u16::from_be_bytes([*body.get(i)?, *body.get(i + 1)?]));
+                        return Some(JpegHeader {
+                            frame: marker,
+                            height: side(1)?,
+                            width: side(3)?,
+                            exif,
+                        });
+                    }
+                    0xE1 if exif.is_none() => exif = body.strip_prefix(b"Exif\0\0"),
+                    _ => {}
+                }
+                at += 2 + len;
             }
         }
     }

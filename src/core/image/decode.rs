@@ -45,6 +45,14 @@ pub(super) fn as_is_ok(bytes: &[u8], p: Probe) -> bool {
     if p.format == Format::Tiff {
         return super::tiff::plain(bytes);
     }
+    if p.format == Format::Jpeg {
+        // Upright by its EXIF, read from the header segments (no decoder, no copy of the file).
+        return crate::core::verify::jpeg_header(bytes).is_some_and(|h| {
+            h.exif
+                .and_then(image::metadata::Orientation::from_exif_chunk)
+                .is_none_or(|o| o == image::metadata::Orientation::NoTransforms)
+        });
+    }
     let Ok(mut decoder) =
         ImageReader::with_format(Cursor::new(bytes), p.format.codec()).into_decoder()
     else {

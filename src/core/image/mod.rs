@@ -195,6 +195,9 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     let (width, height) = if format == Format::Tiff {
         // Our own TIFF reading takes more colour models than the codec would probe.
         tiff::dimensions(bytes).ok_or(ImageRejection::Corrupt)?
+    } else if let Some(h) = super::verify::jpeg_header(bytes).filter(|_| format == Format::Jpeg) {
+        // Read from the frame header itself: the codec would first copy the whole file.
+        (u32::from(h.width), u32::from(h.height))
     } else {
         let reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
         reader.into_dimensions().map_err(|e| match e {
@@ -217,7 +220,7 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
 /// A coding of the format that no decoder here reads, named for the user.
 fn unsupported_coding(format: Format, bytes: &[u8]) -> Option<&'static str> {
     match format {
-        Format::Jpeg => match super::verify::jpeg_frame(bytes)? {
+        Format::Jpeg => match super::verify::jpeg_header(bytes)?.frame {
             0xC3 | 0xC7 | 0xCB | 0xCF => Some("lossless JPEG"),
             0xC5 | 0xC6 => Some("hierarchical JPEG"),
             0xC9 | 0xCA => Some("arithmetic-coded JPEG"),
