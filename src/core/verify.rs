@@ -314,7 +314,8 @@ pub fn jpeg_header(bytes: &[u8]) -> Option<JpegHeader<'_>> {
                 let body = bytes.get(at + 4..at + 2 + len.max(2))?;
                 match marker {
                     0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
-                        let side = |i: usize| Some(u16::from_be_bytes([*body.get(i)?, *body.get(i + 1)?]));
+                        let side =
+                            |i: usize| Some(u16::from_be_bytes([*body.get(i)?, *body.get(i + 1)?]));
                         return Some(JpegHeader {
                             frame: marker,
                             height: side(1)?,
