@@ -40,6 +40,16 @@ fn photo(telegram: &FakeTelegram, id: i32, user: i64) -> serde_json::Value {
     ))
 }
 
+/// The fakes and the settings of a daemon on the database `url` (its config in the folder).
+async fn daemon_on(url: &str) -> (FakeTelegram, FakeDashScope, tempfile::TempDir, Settings) {
+    let (telegram, dashscope) = (FakeTelegram::start().await, FakeDashScope::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config(&telegram, &dashscope, url)).unwrap();
+    let settings = Settings::load_with_env(&path, env).unwrap();
+    (telegram, dashscope, dir, settings)
+}
+
 /// The first sendMessage whose text contains `needle`, within 10 s.
 async fn said(telegram: &FakeTelegram, needle: &str) -> serde_json::Value {
     let wait = async {
@@ -65,11 +75,8 @@ async fn the_daemon_runs_on_postgres_and_hears_cli_changes_at_once() {
     let Some(url) = super::pg::database("the_daemon_runs_on_postgres").await else {
         return;
     };
-    let (telegram, dashscope) = (FakeTelegram::start().await, FakeDashScope::start().await);
-    let dir = tempfile::tempdir().unwrap();
+    let (telegram, dashscope, dir, settings) = daemon_on(&url).await;
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, config(&telegram, &dashscope, &url)).unwrap();
-    let settings = Settings::load_with_env(&path, env).unwrap();
     assert_eq!(
         qwen_edit_bot::app::problems(&settings),
         Vec::<String>::new()
@@ -304,11 +311,7 @@ async fn a_replica_does_not_start_beside_a_daemon_of_an_earlier_version() {
     else {
         return;
     };
-    let (telegram, dashscope) = (FakeTelegram::start().await, FakeDashScope::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config(&telegram, &dashscope, &url)).unwrap();
-    let settings = Settings::load_with_env(&path, env).unwrap();
+    let (_telegram, dashscope, _dir, settings) = daemon_on(&url).await;
     // An earlier version held this run lock alone while it ran.
     let (older, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await

@@ -117,6 +117,11 @@ impl Cluster {
         tg::photo_message(id, chat, tg::user(user, "en"), &file, Some("/edit night"))
     }
 
+    /// [`Cluster::photo`] as update `id`, for a webhook.
+    fn update(&self, id: i32, chat: Value, user: i64) -> Value {
+        json!({ "update_id": id, "message": self.photo(id, chat, user) })
+    }
+
     /// The replicas whose getUpdates calls the fake saw since `since`.
     fn pollers_since(&self, since: Instant) -> Vec<String> {
         let mut vias: Vec<String> = self
@@ -203,6 +208,13 @@ impl Replica {
     }
 }
 
+/// Stops each replica still running, each with a clean exit.
+async fn stop_all(replicas: impl IntoIterator<Item = Replica>) {
+    for r in replicas {
+        r.stop().await;
+    }
+}
+
 /// Waits up to `secs` for `done`.
 async fn until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -264,9 +276,7 @@ async fn race(name: &str, quota: &str, granted: usize, update: impl Fn(&Cluster,
         granted as u64,
         "{name}: charged"
     );
-    for r in replicas {
-        r.stop().await;
-    }
+    stop_all(replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,9 +391,7 @@ async fn a_killed_replica_hands_over_its_polling_and_its_jobs() {
         assert_eq!(cluster.used(user).await, 1, "user {user} charged once");
     }
     assert_eq!(cluster.tg.conflicts(), 0, "never two pollers at once");
-    for r in replicas.into_iter().filter(|r| r.child.id().is_some()) {
-        r.stop().await;
-    }
+    stop_all(replicas.into_iter().filter(|r| r.child.id().is_some())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +401,7 @@ async fn a_block_and_an_unblock_from_the_cli_hold_on_every_replica_within_a_seco
     };
     let replicas = cluster.spawn_all(2, "per_user = 10", 4, true);
     let client = reqwest::Client::new();
-    let update = |id: i32| json!({ "update_id": id, "message": cluster.photo(id, tg::private_chat(77), 77) });
+    let update = |id: i32| cluster.update(id, tg::private_chat(77), 77);
     replicas[0].post(&client, &update(1)).await;
     until(20, "the first edit delivered", || {
         cluster.photos_in(77) == 1
@@ -450,9 +458,7 @@ async fn a_block_and_an_unblock_from_the_cli_hold_on_every_replica_within_a_seco
         2,
         "the blocked request reached no model"
     );
-    for r in replicas {
-        r.stop().await;
-    }
+    stop_all(replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,12 +484,11 @@ async fn the_queue_limits_hold_for_all_replicas_together() {
     // User 1 has one edit at each replica: a third is refused, though each replica alone holds
     // only one of theirs.
     for (id, at) in [(1, 0), (2, 1)] {
-        let update =
-            json!({ "update_id": id, "message": cluster.photo(id, tg::private_chat(1), 1) });
+        let update = cluster.update(id, tg::private_chat(1), 1);
         replicas[at].post(&client, &update).await;
     }
     until(20, "both running", || cluster.ds.in_flight() == 2).await;
-    let third = json!({ "update_id": 3, "message": cluster.photo(3, tg::private_chat(1), 1) });
+    let third = cluster.update(3, tg::private_chat(1), 1);
     replicas[0].post(&client, &third).await;
     until(
         10,
@@ -494,11 +499,10 @@ async fn the_queue_limits_hold_for_all_replicas_together() {
     // Two more users' edits wait, one at each replica; a third waiting edit is one too many
     // for the queue of all replicas, though each replica alone holds one.
     for (id, user, at) in [(4, 2, 0), (5, 3, 1)] {
-        let update =
-            json!({ "update_id": id, "message": cluster.photo(id, tg::private_chat(user), user) });
+        let update = cluster.update(id, tg::private_chat(user), user);
         replicas[at].post(&client, &update).await;
     }
-    let busy = json!({ "update_id": 6, "message": cluster.photo(6, tg::private_chat(4), 4) });
+    let busy = cluster.update(6, tg::private_chat(4), 4);
     replicas[0].post(&client, &busy).await;
     until(10, "the queue full", said("The bot is busy right now")).await;
     cluster.ds.release();
@@ -508,9 +512,7 @@ async fn the_queue_limits_hold_for_all_replicas_together() {
     .await;
     assert_eq!(cluster.photos_in(4), 0);
     assert_eq!(cluster.ds.calls(), 4, "refused edits reached no model");
-    for r in replicas {
-        r.stop().await;
-    }
+    stop_all(replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,9 +543,7 @@ async fn an_albums_parts_taken_by_different_replicas_are_one_request() {
     let widths: Vec<u32> = seen[0].images.iter().map(|i| i.1).collect();
     assert_eq!(widths, [500, 600, 700]);
     assert_eq!(cluster.tg.calls_to("sendphoto").len(), 1);
-    for r in replicas {
-        r.stop().await;
-    }
+    stop_all(replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,9 +600,7 @@ async fn an_idle_replica_takes_jobs_waiting_at_the_busy_poller() {
     for id in statuses {
         assert!(deleted.contains(&id), "status {id} left behind");
     }
-    for r in replicas {
-        r.stop().await;
-    }
+    stop_all(replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,7 +612,7 @@ async fn a_stopping_replica_keeps_the_job_it_finishes_past_its_lease() {
     let replicas = cluster.spawn_all(2, "per_user = 10", 4, true);
     let client = reqwest::Client::new();
     cluster.ds.hold();
-    let update = json!({ "update_id": 1, "message": cluster.photo(50, tg::private_chat(9), 9) });
+    let update = cluster.update(50, tg::private_chat(9), 9);
     replicas[0].post(&client, &update).await;
     until(20, "the job at the model", || cluster.ds.in_flight() == 1).await;
     let mut replicas = replicas.into_iter();

@@ -189,14 +189,19 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, ImageRejection> {
 /// Sniffs the format and reads the dimensions from the header, without decoding pixels.
 pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     let format = sniff(bytes)?;
-    if let Some(coding) = unsupported_coding(format, bytes) {
+    // A JPEG's header segments, walked once: its coding and size (the codec would first copy
+    // the whole file to read them).
+    let jpeg = match format {
+        Format::Jpeg => super::verify::jpeg_header(bytes),
+        _ => None,
+    };
+    if let Some(coding) = unsupported_coding(format, bytes, jpeg.map(|h| h.frame)) {
         return Err(ImageRejection::UnsupportedFeature(coding.into()));
     }
     let (width, height) = if format == Format::Tiff {
         // Our own TIFF reading takes more colour models than the codec would probe.
         tiff::dimensions(bytes).ok_or(ImageRejection::Corrupt)?
-    } else if let Some(h) = super::verify::jpeg_header(bytes).filter(|_| format == Format::Jpeg) {
-        // Read from the frame header itself: the codec would first copy the whole file.
+    } else if let Some(h) = jpeg {
         (u32::from(h.width), u32::from(h.height))
     } else {
         let reader = ImageReader::with_format(Cursor::new(bytes), format.codec());
@@ -217,10 +222,15 @@ pub fn probe(bytes: &[u8]) -> Result<Probe, ImageRejection> {
     })
 }
 
-/// A coding of the format that no decoder here reads, named for the user.
-fn unsupported_coding(format: Format, bytes: &[u8]) -> Option<&'static str> {
+/// A coding of the format that no decoder here reads, named for the user (`jpeg_frame`: a
+/// JPEG's frame marker).
+fn unsupported_coding(
+    format: Format,
+    bytes: &[u8],
+    jpeg_frame: Option<u8>,
+) -> Option<&'static str> {
     match format {
-        Format::Jpeg => match super::verify::jpeg_header(bytes)?.frame {
+        Format::Jpeg => match jpeg_frame? {
             0xC3 | 0xC7 | 0xCB | 0xCF => Some("lossless JPEG"),
             0xC5 | 0xC6 => Some("hierarchical JPEG"),
             0xC9 | 0xCA => Some("arithmetic-coded JPEG"),

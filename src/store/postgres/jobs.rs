@@ -247,14 +247,7 @@ pub(super) async fn renew(
 /// Ends `owner`'s leases at once (it stops): another replica takes its unfinished jobs at its
 /// next look instead of when the leases would have run out.
 pub(super) async fn release(db: &PgStore, owner: &str) -> Result<usize, StoreError> {
-    let sql = format!("UPDATE jobs SET lease_until = 0 WHERE owner = $1 AND {UNFINISHED}");
-    let released = db
-        .client()
-        .await?
-        .execute(&sql, &[&owner])
-        .await
-        .map_err(pg)?;
-    Ok(usize::try_from(released).unwrap_or(usize::MAX))
+    renew(db, owner, time(0)).await
 }
 
 pub(super) async fn mark_told(db: &PgStore, job_id: &str) -> Result<(), StoreError> {
