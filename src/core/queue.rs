@@ -197,7 +197,7 @@ impl<J: Send> FairQueue<J> {
 
     /// Takes the waiting jobs `gone` says are no longer this queue's (another replica took
     /// them), as if each had run and finished.
-    pub fn remove(&self, user_of: impl Fn(&J) -> UserRef, gone: impl Fn(&J) -> bool) -> Vec<J> {
+    pub fn remove(&self, gone: impl Fn(&J) -> bool) -> Vec<J> {
         let mut s = self.lock();
         let mut removed = Vec::new();
         let users: Vec<UserRef> = s.waiting.keys().cloned().collect();
@@ -213,7 +213,7 @@ impl<J: Send> FairQueue<J> {
             }
             for job in out {
                 s.queued -= 1;
-                finish_one(&mut s, &user_of(&job));
+                finish_one(&mut s, &user);
                 removed.push(job);
             }
         }

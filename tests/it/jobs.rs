@@ -437,6 +437,28 @@ fn the_fair_queue_serves_users_in_turn() {
     assert_eq!(q.unfinished(&a), 2);
 }
 
+#[test]
+fn jobs_taken_elsewhere_leave_the_queue_and_their_places() {
+    let q = FairQueue::<&str>::new(4, 100);
+    let (a, b) = (user("a"), user("b"));
+    for (u, job) in [(&a, "a1"), (&a, "a2"), (&b, "b1"), (&b, "b2")] {
+        let hold = q.hold(u).unwrap();
+        q.push(hold, job);
+    }
+    assert!(q.hold(&a).is_err(), "full");
+    let mut gone = q.remove(|j| *j == "a2" || j.starts_with('b'));
+    gone.sort();
+    assert_eq!(gone, ["a2", "b1", "b2"]);
+    assert_eq!((q.len(), q.unfinished(&a), q.unfinished(&b)), (1, 1, 0));
+    // b is out of the rotation and the places are free again.
+    let hold = q.hold(&b).unwrap();
+    q.push(hold, "b3");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(rt.block_on(futures_take(&q, 2)), ["a1", "b3"]);
+}
+
 async fn futures_take(q: &FairQueue<&'static str>, n: usize) -> Vec<&'static str> {
     let mut out = Vec::new();
     for _ in 0..n {

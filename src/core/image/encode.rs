@@ -148,7 +148,11 @@ const MCU: u32 = 16;
 /// more is encoded as two halves at once, on two threads, and the halves joined at a restart
 /// marker: the file is byte for byte the one a single encoder makes, in about half the time.
 pub fn jpeg(rgb: &[u8], width: u32, height: u32, quality: u8) -> Option<Vec<u8>> {
-    let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    // Asked once: on Linux the answer reads the cgroup's CPU quota from files.
+    static PARALLEL: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+    });
+    let parallel = *PARALLEL;
     let top = (height / 2).next_multiple_of(MCU);
     if !parallel || height < 256 || top >= height {
         return jpeg_part(rgb, width, height, quality);

@@ -106,9 +106,9 @@ pub(super) fn decode<'l>(
         // Not every plane fitted the decoder's limit.
         return Err(too_many);
     }
-    let (w, h) = d.dimensions().map_err(err)?;
     let planar = layout.planes > 1;
-    let pixels = Pixels::new(&samples, colour, w, h, planar).ok_or(ImageRejection::Corrupt)?;
+    let pixels =
+        Pixels::new(&samples, colour, p.width, p.height, planar).ok_or(ImageRejection::Corrupt)?;
     let mut img = to_rgb(&pixels, model, &tags).ok_or(ImageRejection::Corrupt)?;
     drop(samples);
     img.apply_orientation(tags.orientation);

@@ -264,20 +264,28 @@ impl Engine {
     /// Lets go of waiting jobs another replica took, and takes waiting jobs of busy replicas
     /// for the workers that are free here.
     async fn share_work(&self) {
+        self.let_go_of_taken().await;
+        self.take_from_busy().await;
+    }
+
+    /// Drops the waiting jobs another replica took from the queue, ending their conversations.
+    async fn let_go_of_taken(&self) {
         let waiting: Vec<String> = self.positions().into_keys().collect();
-        match self.quotas.store().lost(&self.owner, &waiting).await {
-            Ok(lost) if !lost.is_empty() => {
-                let gone = self
-                    .queue
-                    .remove(|q| q.spec.user(), |q| lost.contains(&q.spec.id));
-                for q in gone {
-                    tracing::info!(job_id = %q.spec.id, "job taken over by another replica");
-                    self.handed_over(&q.spec.id).await;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot check this replica's waiting jobs"),
+        let lost = match self.quotas.store().lost(&self.owner, &waiting).await {
+            Ok(lost) => lost,
+            Err(e) => return tracing::warn!(error = %e, "cannot check this replica's waiting jobs"),
+        };
+        if lost.is_empty() {
+            return;
         }
+        for q in self.queue.remove(|q| lost.contains(&q.spec.id)) {
+            tracing::info!(job_id = %q.spec.id, "job taken over by another replica");
+            self.handed_over(&q.spec.id).await;
+        }
+    }
+
+    /// Takes jobs waiting at busy replicas, as many as this one has workers free.
+    async fn take_from_busy(&self) {
         let free = self
             .workers()
             .saturating_sub(self.in_flight() + self.queue_len());
