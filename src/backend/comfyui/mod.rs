@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::client::{CallPolicy, Client};
 use crate::config::BackendConfig;
-use crate::core::image::{InputRules, WEB_FORMATS};
+use crate::core::image::InputRules;
 use crate::core::ports::BoxFuture;
 use crate::core::ports::model::{
     Answer, BackendError, EditRequest, EditService, ModelCaps, OperatorProblem,
@@ -205,13 +205,11 @@ impl EditService for ComfyUi {
     }
 
     fn input_rules(&self) -> InputRules {
-        InputRules {
-            min_side: MIN_INPUT_SIDE,
-            max_side: self.opts.max_input_side.max(MIN_INPUT_SIDE),
-            useful_side: self.opts.max_input_side.max(MIN_INPUT_SIDE),
-            max_file_bytes: self.opts.max_file_bytes,
-            formats: WEB_FORMATS,
-        }
+        InputRules::web(
+            MIN_INPUT_SIDE,
+            self.opts.max_input_side,
+            self.opts.max_file_bytes,
+        )
     }
 
     fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<Answer, BackendError>> {

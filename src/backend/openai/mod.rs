@@ -18,7 +18,7 @@ use bytes::Bytes;
 use secrecy::SecretString;
 
 use super::client::{CallPolicy, Client};
-use crate::core::image::{InputRules, WEB_FORMATS};
+use crate::core::image::InputRules;
 use crate::core::ports::BoxFuture;
 use crate::core::ports::model::{Answer, BackendError, EditRequest, EditService, ModelCaps};
 
@@ -245,13 +245,7 @@ impl EditService for OpenAi {
     }
 
     fn input_rules(&self) -> InputRules {
-        InputRules {
-            min_side: 64,
-            max_side: self.opts.max_input_side.max(64),
-            useful_side: self.opts.max_input_side.max(64),
-            max_file_bytes: self.opts.max_file_bytes,
-            formats: WEB_FORMATS,
-        }
+        InputRules::web(64, self.opts.max_input_side, self.opts.max_file_bytes)
     }
 
     fn edit<'a>(&'a self, req: &'a EditRequest) -> BoxFuture<'a, Result<Answer, BackendError>> {

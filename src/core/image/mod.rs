@@ -57,6 +57,20 @@ pub const ALL_FORMATS: &[Format] = &[
 ];
 
 impl InputRules {
+    /// A web image API's rules: sides from `min_side` up to the operator's
+    /// `backend.max_input_side` (all of it useful), files up to `max_file_bytes`, in
+    /// [`WEB_FORMATS`].
+    pub fn web(min_side: u32, max_input_side: u32, max_file_bytes: usize) -> Self {
+        let max_side = max_input_side.max(min_side);
+        InputRules {
+            min_side,
+            max_side,
+            useful_side: max_side,
+            max_file_bytes,
+            formats: WEB_FORMATS,
+        }
+    }
+
     /// No rule at all: for fitting results to a chat's upload limit, where only the decoding
     /// bounds apply.
     pub const NONE: InputRules = InputRules {
