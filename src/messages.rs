@@ -412,10 +412,7 @@ pub fn quota_status_with(
 
 /// Caption under a result: a short echo of the prompt and what is left.
 pub fn result_caption(lang: Lang, prompt: &str, remaining: u32, truncated: bool) -> String {
-    let mut echo: String = prompt.chars().take(120).collect();
-    if prompt.chars().count() > 120 {
-        echo.push('…');
-    }
+    let echo = echo(prompt);
     let mut text = pick(
         lang,
         format!("“{echo}” · {remaining} edits left"),
@@ -442,6 +439,21 @@ pub fn queued(lang: Lang, ahead: usize) -> String {
         format!("⏳ In the queue: {ahead} ahead of you."),
         format!("⏳ 排队中：前面还有 {ahead} 个。"),
     )
+}
+
+/// A job's placeholder text: the job's `state` (waiting, working, or why it failed) over the
+/// prompt it carries out (shortened as under a result).
+pub fn placeholder(prompt: &str, state: &str) -> String {
+    format!("{state}\n“{}”", echo(prompt))
+}
+
+/// The prompt as a caption quotes it: its first 120 characters.
+fn echo(prompt: &str) -> String {
+    let mut echo: String = prompt.chars().take(120).collect();
+    if prompt.chars().count() > 120 {
+        echo.push('…');
+    }
+    echo
 }
 
 /// Status once a worker has the job.

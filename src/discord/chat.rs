@@ -1,17 +1,18 @@
 //! The Discord [`Chat`]: each core call as one REST request (serenity), and its errors
-//! classified for the core. Results are channel messages replying to the request (or mentioning
-//! the requester) with a 🔁 button; a deferred interaction's answer is edited in place through
-//! its token. Only the requester is ever pinged: a prompt's `@everyone` stays text.
+//! classified for the core. A job's placeholder is a message replying to the request (or
+//! mentioning the requester) that shows the prompt and state, or for an app command the
+//! interaction's own deferred answer; the result is put into it by a multipart edit carrying
+//! the files and a 🔁 button (through the interaction's token while it lives, then as the channel
+//! message it is). Only the requester is ever pinged: a prompt's `@everyone` stays text.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use serenity::all::{
     ButtonStyle, ChannelId, CreateActionRow, CreateAllowedMentions, CreateAttachment, CreateButton,
-    CreateMessage, EditMessage, GuildId, Http, Message, MessageId, MessageReference, Nonce,
-    PremiumTier, ReactionType, UserId,
+    CreateMessage, EditAttachments, EditMessage, GuildId, Http, Message, MessageId,
+    MessageReference, Nonce, PremiumTier, ReactionType, UserId,
 };
 
 use serenity::builder::Builder as _;
@@ -19,7 +20,9 @@ use serenity::builder::Builder as _;
 use super::source::DiscordSource;
 use crate::core::model::{Platform, Reply};
 use crate::core::ports::BoxFuture;
-use crate::core::ports::chat::{Chat, ChatError, ChatStyle, Mark, Posted, ResultPost, Shown, Side};
+use crate::core::ports::chat::{
+    Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Posted, ResultPost, Shown, Side,
+};
 
 /// Reactions on a text request while it waits or runs, then on success or failure.
 pub const MARKS: [&str; 3] = ["⏳", "✅", "❌"];
@@ -27,10 +30,9 @@ pub const MARKS: [&str; 3] = ["⏳", "✅", "❌"];
 /// Default upload limit (boosted servers allow more).
 const DEFAULT_UPLOAD_LIMIT: u64 = 10 * 1024 * 1024;
 
-/// How Discord channels look: typing lasts about 10 s; times are relative timestamps the client
-/// localises; users are mentions.
+/// How Discord channels look: times are relative timestamps the client localises; users are
+/// mentions.
 pub const STYLE: ChatStyle = ChatStyle {
-    typing_every: Duration::from_secs(8),
     eta: true,
     time: crate::messages::discord_time,
     mention,
@@ -136,53 +138,149 @@ impl Chat for DiscordChat {
         })
     }
 
-    fn delete<'a>(&'a self, to: &'a Reply, message: i64) -> BoxFuture<'a, Result<(), ChatError>> {
-        Box::pin(async move {
-            channel_of(to)
-                .delete_message(&self.http, MessageId::new(id_of(message)))
-                .await
-                .map_err(|e| classify(&e))
-        })
-    }
-
-    fn typing<'a>(&'a self, to: &'a Reply) -> BoxFuture<'a, Result<(), ChatError>> {
-        Box::pin(async move {
-            channel_of(to)
-                .broadcast_typing(&self.http)
-                .await
-                .map_err(|e| classify(&e))
-        })
-    }
-
     fn upload_limit<'a>(&'a self, to: &'a Reply) -> BoxFuture<'a, Option<u64>> {
         Box::pin(async move { Some(self.limit_of(to).await) })
     }
 
-    fn post<'a>(
+    fn hold<'a>(
         &'a self,
         to: &'a Reply,
+        hold: &'a Hold<'a>,
+    ) -> BoxFuture<'a, Result<Placeholder, ChatError>> {
+        Box::pin(async move {
+            let sent = match &to.deferred {
+                Some(token) => {
+                    super::edit_response()
+                        .content(hold.text)
+                        .execute(&self.http, token)
+                        .await
+                }
+                None => {
+                    let message = CreateMessage::new()
+                        .content(addressed(to, hold.text))
+                        .nonce(Nonce::String(nonce("p", hold.job_id)))
+                        .enforce_nonce(true);
+                    self.send(to, message).await
+                }
+            };
+            let sent = sent.map_err(|e| {
+                tracing::warn!(error = %e, "posting a placeholder failed");
+                classify(&e)
+            })?;
+            Ok(Placeholder {
+                images: vec![sent.id.get() as i64],
+                caption: None,
+            })
+        })
+    }
+
+    fn show<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>> {
+        Box::pin(async move {
+            let text = addressed(to, text);
+            self.edit_placeholder(to, placeholder, &text, None, Vec::new())
+                .await
+        })
+    }
+
+    fn fill<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
         result: &'a ResultPost,
     ) -> BoxFuture<'a, Result<Posted, ChatError>> {
         Box::pin(async move {
-            let sent = self.send(to, result_message(to, result)).await;
-            let sent = sent.map_err(|e| {
-                tracing::warn!(error = %e, "posting a result failed");
-                classify(&e)
-            })?;
-            let guild = to.group.as_deref().unwrap_or("@me");
-            let link = format!(
-                "https://discord.com/channels/{guild}/{}/{}",
-                sent.channel_id, sent.id
-            );
+            let text = addressed(to, &result.caption);
+            let again = result.again.as_ref().map(|token| {
+                let again = CreateButton::new(format!("again:{token}"))
+                    .label("🔁")
+                    .style(ButtonStyle::Secondary);
+                vec![CreateActionRow::Buttons(vec![again])]
+            });
+            let single = result.images.len() == 1;
+            let files = result.images.iter().enumerate().map(|(i, image)| {
+                let name = match single {
+                    true => format!("edited.{}", image.ext),
+                    false => format!("edited-{}.{}", i + 1, image.ext),
+                };
+                CreateAttachment::bytes(image.bytes.to_vec(), name)
+            });
+            self.edit_placeholder(to, placeholder, &text, again, files.collect())
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "putting a result into its placeholder failed"))?;
             Ok(Posted {
-                button_at: Some(sent.id.get() as i64),
-                link: Some(link),
+                button_at: placeholder.images.first().copied(),
             })
         })
+    }
+
+    fn fail<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>> {
+        self.show(to, placeholder, text)
     }
 }
 
 impl DiscordChat {
+    /// Edits the placeholder to show `text`, the `files` (replacing any it had; none: it keeps
+    /// none) and `buttons`: through the interaction's token while it lives, else (and for text
+    /// requests) as the channel message it is. The same edit twice shows the same message.
+    async fn edit_placeholder(
+        &self,
+        to: &Reply,
+        placeholder: &Placeholder,
+        text: &str,
+        buttons: Option<Vec<CreateActionRow>>,
+        files: Vec<CreateAttachment>,
+    ) -> Result<(), ChatError> {
+        let Some(&message) = placeholder.images.first() else {
+            return Err(ChatError::Gone("an empty placeholder".into()));
+        };
+        let attachments = files
+            .iter()
+            .cloned()
+            .fold(EditAttachments::new(), EditAttachments::add);
+        if let Some(token) = &to.deferred {
+            let mut edit = super::edit_response()
+                .content(text)
+                .attachments(attachments.clone());
+            if let Some(buttons) = buttons.clone() {
+                edit = edit.components(buttons);
+            }
+            match edit.execute(&self.http, token).await {
+                Ok(_) => return Ok(()),
+                // The token lives 15 minutes; after them, the message is edited as any other.
+                Err(e) if matches!(classify(&e), ChatError::Final { .. } | ChatError::Gone(_)) => {
+                    tracing::debug!(error = %e, "the interaction's token no longer edits its answer");
+                }
+                Err(e) => return Err(classify(&e)),
+            }
+        }
+        let mut edit = EditMessage::new()
+            .content(text)
+            .attachments(attachments)
+            .allowed_mentions(
+                CreateAllowedMentions::new()
+                    .users([UserId::new(user_of(to))])
+                    .replied_user(true),
+            );
+        if let Some(buttons) = buttons {
+            edit = edit.components(buttons);
+        }
+        channel_of(to)
+            .edit_message(&self.http, MessageId::new(id_of(message)), edit)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&e))
+    }
+
     /// Sends a message replying to the request (when there is one); only the requester may be
     /// pinged.
     async fn send(&self, to: &Reply, message: CreateMessage) -> serenity::Result<Message> {
@@ -229,32 +327,6 @@ fn addressed(to: &Reply, text: &str) -> String {
     }
 }
 
-/// The result message: caption, files, 🔁, and a nonce Discord de-duplicates by for a few
-/// minutes (a retry, or a resend after a crash between Discord's answer and our commit, returns
-/// the message already posted).
-fn result_message(to: &Reply, result: &ResultPost) -> CreateMessage {
-    let single = result.images.len() == 1;
-    let files = result.images.iter().enumerate().map(|(i, image)| {
-        let name = match single {
-            true => format!("edited.{}", image.ext),
-            false => format!("edited-{}.{}", i + 1, image.ext),
-        };
-        CreateAttachment::bytes(image.bytes.to_vec(), name)
-    });
-    let mut message = CreateMessage::new()
-        .content(addressed(to, &result.caption))
-        .add_files(files)
-        .nonce(Nonce::String(result_nonce(&result.job_id)))
-        .enforce_nonce(true);
-    if let Some(token) = &result.again {
-        let again = CreateButton::new(format!("again:{token}"))
-            .label("🔁")
-            .style(ButtonStyle::Secondary);
-        message = message.components(vec![CreateActionRow::Buttons(vec![again])]);
-    }
-    message
-}
-
 /// How the core should take a failed call. The channel refusing the bot (403: Missing Access
 /// 50001, Missing Permissions 50013, cannot DM the user 50007; or the channel gone, 10003) is
 /// the user's side: a result it refuses is charged. 429s and server or network errors are worth
@@ -265,7 +337,9 @@ fn classify(e: &serenity::Error) -> ChatError {
     match e {
         serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
             let status = r.status_code;
-            if status.as_u16() == 403 || matches!(r.error.code, 50001 | 50007 | 50013 | 10003) {
+            if r.error.code == 10008 {
+                ChatError::Gone(detail)
+            } else if status.as_u16() == 403 || matches!(r.error.code, 50001 | 50007 | 50013 | 10003) {
                 ChatError::Final {
                     side: Side::User,
                     detail,
@@ -281,11 +355,13 @@ fn classify(e: &serenity::Error) -> ChatError {
     }
 }
 
-/// The nonce of a job's result message: at most 25 characters, the same in every process (FNV-1a
-/// of the job id).
-fn result_nonce(job_id: &str) -> String {
+/// The nonce of a job's message of a kind (`p`: its placeholder): at most 25 characters, the same
+/// in every process (FNV-1a of the job id). Discord de-duplicates by it for a few minutes, so a
+/// retry after a lost answer, or a run after a crash before the placeholder was kept, gets the
+/// message already posted.
+fn nonce(kind: &str, job_id: &str) -> String {
     let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    format!("r{hash:016x}")
+    format!("{kind}{hash:016x}")
 }

@@ -1,19 +1,20 @@
 //! The Telegram [`Chat`]: each core call as one Bot API request (teloxide), and its errors
-//! classified for the core. Results go out as a photo, an album (with the caption and 🔁 in a
-//! message of their own) or documents when beyond photo limits. File downloads carry the bot
-//! token in their URL, so nothing of them (nor of teloxide's errors) leaves this module.
+//! classified for the core. A job's placeholder is the request's own input sent back by its
+//! `file_id` (no upload) with the prompt and state as its caption, or for several results an
+//! album of it and a message with the text; the result replaces them with `editMessageMedia`
+//! (a document in place of a photo beyond photo limits). File downloads carry the bot token in
+//! their URL, so nothing of them (nor of teloxide's errors) leaves this module.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use teloxide::RequestError;
 use teloxide::net::Download;
 use teloxide::prelude::*;
 use teloxide::types::{
-    ChatAction, FileId, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia,
-    InputMediaPhoto, MessageId, ReactionType, ReplyParameters,
+    FileId, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia,
+    InputMediaDocument, InputMediaPhoto, MessageId, ReactionType, ReplyParameters,
 };
 use tokio::io::AsyncWrite;
 
@@ -22,16 +23,16 @@ use super::trigger::MAX_DOWNLOAD_BYTES;
 use crate::core::model::{Platform, Reply};
 use crate::core::ports::BoxFuture;
 use crate::core::ports::chat::{
-    Chat, ChatError, ChatStyle, Mark, Posted, ResultImage, ResultPost, Shown, Side,
+    Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Posted, ResultImage, ResultPost, Shown,
+    Side,
 };
 
 /// Reactions while a job waits or runs, then on success or failure (Telegram allows only a
 /// fixed set of emoji; ⏳ is not among them).
 pub const MARKS: [&str; 3] = ["👀", "👌", "💔"];
 
-/// How Telegram chats look: the upload-photo action lasts about 5 s; no expected start times.
+/// How Telegram chats look: no expected start times.
 pub const STYLE: ChatStyle = ChatStyle {
-    typing_every: Duration::from_secs(4),
     eta: false,
     time: crate::messages::when,
     mention: plain,
@@ -118,45 +119,58 @@ impl Chat for TelegramChat {
         })
     }
 
-    fn delete<'a>(&'a self, to: &'a Reply, message: i64) -> BoxFuture<'a, Result<(), ChatError>> {
-        Box::pin(async move {
-            self.bot
-                .delete_message(chat_of(to), message_of(message))
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(&e))
-        })
-    }
-
-    fn typing<'a>(&'a self, to: &'a Reply) -> BoxFuture<'a, Result<(), ChatError>> {
-        Box::pin(async move {
-            self.bot
-                .send_chat_action(chat_of(to), ChatAction::UploadPhoto)
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(&e))
-        })
-    }
-
     fn upload_limit<'a>(&'a self, _to: &'a Reply) -> BoxFuture<'a, Option<u64>> {
         // Results beyond photo limits go out as documents (up to 50 MB), never recompressed.
         Box::pin(async { None })
     }
 
-    fn post<'a>(
+    fn hold<'a>(
         &'a self,
         to: &'a Reply,
+        hold: &'a Hold<'a>,
+    ) -> BoxFuture<'a, Result<Placeholder, ChatError>> {
+        Box::pin(async move {
+            self.post_placeholder(to, hold)
+                .await
+                .map_err(|e| logged(&e, "posting a placeholder failed"))
+        })
+    }
+
+    fn show<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>> {
+        Box::pin(async move { self.show_text(to, placeholder, text, None).await })
+    }
+
+    fn fill<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
         result: &'a ResultPost,
     ) -> BoxFuture<'a, Result<Posted, ChatError>> {
+        Box::pin(self.fill_placeholder(to, placeholder, result))
+    }
+
+    fn fail<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>> {
         Box::pin(async move {
-            let button_at = self.send_result(to, result).await.map_err(|e| {
-                tracing::warn!(error = %safe_error(&e), "posting a result failed");
-                classify(&e)
-            })?;
-            Ok(Posted {
-                button_at: button_at.map(|m| i64::from(m.0)),
-                link: None,
-            })
+            if placeholder.caption.is_some() {
+                // An album of the input has nothing to show for a failure.
+                for &image in &placeholder.images {
+                    let gone = self.bot.delete_message(chat_of(to), message_of(image)).await;
+                    if let Err(e) = gone {
+                        tracing::debug!(error = %safe_error(&e), "cannot delete a placeholder image");
+                    }
+                }
+            }
+            self.show_text(to, placeholder, text, None).await
         })
     }
 }
@@ -183,12 +197,119 @@ impl TelegramChat {
         Ok(Bytes::from(sink.buf))
     }
 
-    /// Posts the images and the caption; returns the message that carries the 🔁 button.
-    async fn send_result(
+    /// The input sent back by its `file_id` as a photo (or, for a file sent as a document, as
+    /// a document) with `hold.text`; for several results an album of it and the text in a
+    /// message of its own (an album cannot carry a button).
+    async fn post_placeholder(
         &self,
         to: &Reply,
+        hold: &Hold<'_>,
+    ) -> Result<Placeholder, RequestError> {
+        let chat = chat_of(to);
+        let input = hold.input.unwrap_or_default();
+        if hold.n <= 1 {
+            let photo = self
+                .bot
+                .send_photo(chat, InputFile::file_id(FileId(input.to_owned())))
+                .caption(hold.text)
+                .reply_parameters(reply_to(to))
+                .await;
+            let sent = match photo {
+                Ok(sent) => sent,
+                Err(RequestError::Api(_)) => {
+                    self.bot
+                        .send_document(chat, InputFile::file_id(FileId(input.to_owned())))
+                        .caption(hold.text)
+                        .reply_parameters(reply_to(to))
+                        .await?
+                }
+                Err(e) => return Err(e),
+            };
+            return Ok(Placeholder {
+                images: vec![i64::from(sent.id.0)],
+                caption: None,
+            });
+        }
+        let album = |document: bool| {
+            (0..hold.n)
+                .map(|_| {
+                    let file = InputFile::file_id(FileId(input.to_owned()));
+                    match document {
+                        false => InputMedia::Photo(InputMediaPhoto::new(file)),
+                        true => InputMedia::Document(InputMediaDocument::new(file)),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let sent = match self
+            .bot
+            .send_media_group(chat, album(false))
+            .reply_parameters(reply_to(to))
+            .await
+        {
+            Ok(sent) => sent,
+            Err(RequestError::Api(_)) => {
+                self.bot
+                    .send_media_group(chat, album(true))
+                    .reply_parameters(reply_to(to))
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        let text = self
+            .bot
+            .send_message(chat, hold.text)
+            .reply_parameters(reply_to(to))
+            .await?;
+        Ok(Placeholder {
+            images: sent.iter().map(|m| i64::from(m.id.0)).collect(),
+            caption: Some(i64::from(text.id.0)),
+        })
+    }
+
+    /// Shows `text` where the placeholder shows its text: the single image's caption, or the
+    /// message of its own beside an album; with `again` as its keyboard when given.
+    async fn show_text(
+        &self,
+        to: &Reply,
+        placeholder: &Placeholder,
+        text: &str,
+        again: Option<InlineKeyboardMarkup>,
+    ) -> Result<(), ChatError> {
+        let chat = chat_of(to);
+        let edited = match (placeholder.caption, placeholder.images.first()) {
+            (Some(message), _) => {
+                let edit = self.bot.edit_message_text(chat, message_of(message), text);
+                match again {
+                    Some(again) => edit.reply_markup(again).await,
+                    None => edit.await,
+                }
+            }
+            (None, Some(&message)) => {
+                let edit = self
+                    .bot
+                    .edit_message_caption(chat, message_of(message))
+                    .caption(text);
+                match again {
+                    Some(again) => edit.reply_markup(again).await,
+                    None => edit.await,
+                }
+            }
+            (None, None) => return Err(ChatError::Gone("an empty placeholder".into())),
+        };
+        edited.map(|_| ()).or_else(|e| unmodified(&e))
+    }
+
+    /// Replaces the placeholder's images by the result's, each a photo (or a document beyond
+    /// photo limits, where the placeholder is not an album), and its text by the caption with
+    /// 🔁. Images the result does not have are deleted. Every step is an edit to the same
+    /// content: done again, it shows the same.
+    async fn fill_placeholder(
+        &self,
+        to: &Reply,
+        placeholder: &Placeholder,
         result: &ResultPost,
-    ) -> Result<Option<MessageId>, RequestError> {
+    ) -> Result<Posted, ChatError> {
         let chat = chat_of(to);
         let again = InlineKeyboardMarkup::new(result.again.as_ref().map(|token| {
             vec![InlineKeyboardButton::callback(
@@ -196,73 +317,83 @@ impl TelegramChat {
                 format!("again:{token}"),
             )]
         }));
-        let images = &result.images;
-        if let [image] = &images[..] {
-            return self.send_one(to, image, &result.caption, again).await;
+        let single = placeholder.caption.is_none();
+        for (i, &message) in placeholder.images.iter().enumerate() {
+            let Some(image) = result.images.get(i) else {
+                let _ = self.bot.delete_message(chat, message_of(message)).await;
+                continue;
+            };
+            let name = match single {
+                true => format!("edited.{}", image.ext),
+                false => format!("edited-{}.{}", i + 1, image.ext),
+            };
+            let caption = single.then_some(result.caption.as_str());
+            let media = media_of(image, name, caption, single);
+            let edit = self.bot.edit_message_media(chat, message_of(message), media);
+            let edited = match single {
+                true => edit.reply_markup(again.clone()).await,
+                false => edit.await,
+            };
+            edited.map(|_| ()).or_else(|e| unmodified(&e)).inspect_err(|e| {
+                tracing::warn!(error = %e, "putting a result into its placeholder failed");
+            })?;
         }
-        if images.iter().all(|i| fits_photo(&i.bytes)) {
-            let media = images
-                .iter()
-                .enumerate()
-                .map(|(i, image)| {
-                    let file = InputFile::memory(image.bytes.clone())
-                        .file_name(format!("edited-{}.png", i + 1));
-                    InputMedia::Photo(InputMediaPhoto::new(file))
-                })
-                .collect::<Vec<_>>();
-            self.bot
-                .send_media_group(chat, media)
-                .reply_parameters(reply_to(to))
-                .await?;
-        } else {
-            for image in images {
-                let file = InputFile::memory(image.bytes.clone()).file_name("edited.png");
-                self.bot
-                    .send_document(chat, file)
-                    .reply_parameters(reply_to(to))
+        let button_at = match placeholder.caption {
+            Some(message) => {
+                let caption = Placeholder {
+                    images: Vec::new(),
+                    caption: Some(message),
+                };
+                self.show_text(to, &caption, &result.caption, Some(again))
                     .await?;
+                message
             }
-        }
-        // Albums cannot carry buttons: the caption and 🔁 follow in a message of their own. The
-        // images are delivered by now, so a failure here does not undo the delivery.
-        let caption = self
-            .bot
-            .send_message(chat, &result.caption)
-            .reply_parameters(reply_to(to))
-            .reply_markup(again);
-        match caption.await {
-            Ok(m) => Ok(Some(m.id)),
-            Err(e) => {
-                tracing::warn!(error = %safe_error(&e), "the caption after an album could not be sent");
-                Ok(None)
-            }
-        }
-    }
-
-    async fn send_one(
-        &self,
-        to: &Reply,
-        image: &ResultImage,
-        caption: &str,
-        again: InlineKeyboardMarkup,
-    ) -> Result<Option<MessageId>, RequestError> {
-        let file = InputFile::memory(image.bytes.clone()).file_name("edited.png");
-        let sent = if fits_photo(&image.bytes) {
-            self.bot
-                .send_photo(chat_of(to), file)
-                .caption(caption)
-                .reply_parameters(reply_to(to))
-                .reply_markup(again)
-                .await?
-        } else {
-            self.bot
-                .send_document(chat_of(to), file)
-                .caption(caption)
-                .reply_parameters(reply_to(to))
-                .reply_markup(again)
-                .await?
+            None => *placeholder.images.first().unwrap_or(&0),
         };
-        Ok(Some(sent.id))
+        Ok(Posted {
+            button_at: Some(button_at),
+        })
+    }
+}
+
+/// One result image as the media of an edit: a photo, or a document where it is beyond photo
+/// limits and `may_be_document` (an album's items stay photos).
+fn media_of(
+    image: &ResultImage,
+    name: String,
+    caption: Option<&str>,
+    may_be_document: bool,
+) -> InputMedia {
+    let file = InputFile::memory(image.bytes.clone()).file_name(name);
+    if may_be_document && !fits_photo(&image.bytes) {
+        let mut media = InputMediaDocument::new(file);
+        if let Some(caption) = caption {
+            media = media.caption(caption);
+        }
+        return InputMedia::Document(media);
+    }
+    let mut media = InputMediaPhoto::new(file);
+    if let Some(caption) = caption {
+        media = media.caption(caption);
+    }
+    InputMedia::Photo(media)
+}
+
+/// An edit Telegram refused because it changes nothing (a repeat) is done; a message it cannot
+/// find is gone; the rest is classified.
+fn unmodified(e: &RequestError) -> Result<(), ChatError> {
+    use teloxide::ApiError as A;
+    match e {
+        RequestError::Api(A::MessageNotModified) => Ok(()),
+        RequestError::Api(A::MessageToEditNotFound | A::MessageIdInvalid) => {
+            Err(ChatError::Gone(safe_error(e)))
+        }
+        RequestError::Api(A::Unknown(text))
+            if text.contains("message to edit not found") || text.contains("MESSAGE_ID_INVALID") =>
+        {
+            Err(ChatError::Gone(safe_error(e)))
+        }
+        _ => Err(classify(e)),
     }
 }
 

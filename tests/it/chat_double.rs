@@ -12,7 +12,7 @@ use bytes::Bytes;
 use qwen_edit_bot::core::model::{Platform, Reply};
 use qwen_edit_bot::core::ports::BoxFuture;
 use qwen_edit_bot::core::ports::chat::{
-    Chat, ChatError, ChatStyle, Mark, Posted, ResultPost, Shown,
+    Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Posted, ResultPost, Shown,
 };
 use tokio::sync::watch;
 
@@ -23,8 +23,20 @@ pub enum Call {
     Mark(Option<i64>, Mark),
     Say(String),
     Edit(Shown, String),
-    Delete(i64),
-    Typing,
+    /// A placeholder posted for a job (as message `message`), replying to `to`.
+    Hold {
+        job: String,
+        to: Option<i64>,
+        input: Option<String>,
+        n: u8,
+        text: String,
+        message: i64,
+    },
+    /// A placeholder's text changed.
+    Show(i64, String),
+    /// A placeholder turned into a failure text.
+    Fail(i64, String),
+    /// A result put into the placeholder `message`.
     Post {
         job: String,
         to: Option<i64>,
@@ -32,7 +44,7 @@ pub enum Call {
         caption: String,
         /// The 🔁 token of the button.
         again: Option<String>,
-        /// The message the result was posted as.
+        /// The placeholder the result was put into.
         message: i64,
     },
 }
@@ -44,8 +56,9 @@ impl Call {
             Call::Mark(..) => "mark",
             Call::Say(_) => "say",
             Call::Edit(..) => "edit",
-            Call::Delete(_) => "delete",
-            Call::Typing => "typing",
+            Call::Hold { .. } => "hold",
+            Call::Show(..) => "show",
+            Call::Fail(..) => "fail",
             Call::Post { .. } => "post",
         }
     }
@@ -106,11 +119,11 @@ impl RecordingChat {
         self.calls.lock().unwrap().clone()
     }
 
-    /// The calls so far, without typing and fetches (which depend on timing).
+    /// The calls so far, without fetches.
     pub fn answers(&self) -> Vec<Call> {
         self.calls()
             .into_iter()
-            .filter(|c| !matches!(c, Call::Typing | Call::Fetch(_)))
+            .filter(|c| !matches!(c, Call::Fetch(_)))
             .collect()
     }
 
@@ -146,9 +159,21 @@ impl RecordingChat {
             .collect()
     }
 
+    /// Waits for the `n` first placeholders turned into failure texts; returns the texts.
+    pub async fn failed(&self, n: usize) -> Vec<String> {
+        let failed = self.wait_for(n, |c| matches!(c, Call::Fail(..))).await;
+        failed
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Fail(_, text) => Some(text),
+                _ => None,
+            })
+            .collect()
+    }
+
     async fn record(&self, call: Call) -> Result<(), ChatError> {
         let kind = call.kind();
-        if matches!(kind, "post" | "say") {
+        if matches!(kind, "post" | "say" | "fail") {
             let mut held = self.held.subscribe();
             let _ = held.wait_for(|h| !*h).await;
         }
@@ -173,7 +198,6 @@ impl Chat for RecordingChat {
 
     fn style(&self) -> ChatStyle {
         ChatStyle {
-            typing_every: Duration::from_secs(4),
             eta: false,
             time: qwen_edit_bot::messages::when,
             mention: str::to_owned,
@@ -210,26 +234,51 @@ impl Chat for RecordingChat {
         Box::pin(self.record(Call::Edit(shown, text.into())))
     }
 
-    fn delete<'a>(&'a self, _to: &'a Reply, message: i64) -> BoxFuture<'a, Result<(), ChatError>> {
-        Box::pin(self.record(Call::Delete(message)))
-    }
-
-    fn typing<'a>(&'a self, _to: &'a Reply) -> BoxFuture<'a, Result<(), ChatError>> {
-        Box::pin(self.record(Call::Typing))
-    }
-
     fn upload_limit<'a>(&'a self, _to: &'a Reply) -> BoxFuture<'a, Option<u64>> {
         let limit = *self.upload_limit.lock().unwrap();
         Box::pin(async move { limit })
     }
 
-    fn post<'a>(
+    fn hold<'a>(
         &'a self,
         to: &'a Reply,
+        hold: &'a Hold<'a>,
+    ) -> BoxFuture<'a, Result<Placeholder, ChatError>> {
+        Box::pin(async move {
+            let message = self.message_id();
+            let call = Call::Hold {
+                job: hold.job_id.to_owned(),
+                to: to.to,
+                input: hold.input.map(str::to_owned),
+                n: hold.n,
+                text: hold.text.to_owned(),
+                message,
+            };
+            self.record(call).await?;
+            Ok(Placeholder {
+                images: vec![message],
+                caption: None,
+            })
+        })
+    }
+
+    fn show<'a>(
+        &'a self,
+        _to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>> {
+        Box::pin(self.record(Call::Show(placeholder.images[0], text.into())))
+    }
+
+    fn fill<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
         result: &'a ResultPost,
     ) -> BoxFuture<'a, Result<Posted, ChatError>> {
         Box::pin(async move {
-            let message = self.message_id();
+            let message = placeholder.images[0];
             let call = Call::Post {
                 job: result.job_id.clone(),
                 to: to.to,
@@ -241,11 +290,16 @@ impl Chat for RecordingChat {
             self.record(call).await?;
             Ok(Posted {
                 button_at: Some(message),
-                link: to
-                    .deferred
-                    .as_ref()
-                    .map(|_| format!("https://chat.example/{message}")),
             })
         })
+    }
+
+    fn fail<'a>(
+        &'a self,
+        _to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>> {
+        Box::pin(self.record(Call::Fail(placeholder.images[0], text.into())))
     }
 }

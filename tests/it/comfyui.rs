@@ -515,7 +515,7 @@ async fn a_telegram_edit_runs_on_comfyui_end_to_end_and_a_failed_run_is_refunded
         ))
     };
     telegram.push_update(photo(10, "/edit make it night --seed 9"));
-    let sent = telegram.wait_for("sendphoto", 1, 20).await;
+    let sent = telegram.wait_results(1, 20).await;
     let result = sent[0].file("photo").expect("an uploaded photo").to_vec();
     assert_eq!(
         images::dims(&result),
@@ -540,7 +540,7 @@ async fn a_telegram_edit_runs_on_comfyui_end_to_end_and_a_failed_run_is_refunded
     };
     let failed = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if let Some(c) = telegram.calls_to("sendmessage").into_iter().find(told) {
+            if let Some(c) = telegram.shown_texts().into_iter().find(told) {
                 return c;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -158,14 +158,24 @@ async fn a_result_is_posted_replying_to_the_request_committed_and_marked() {
         .wait_for(1, |c| *c == Call::Mark(Some(41), Mark::Done))
         .await;
     settled(&r.quotas, "j1", JobStatus::Delivered).await;
+    let placeholder = Call::Hold {
+        job: "j1".into(),
+        to: Some(41),
+        input: Some("photo".into()),
+        n: 1,
+        text: messages::placeholder("make it night", &messages::working(Lang::En)),
+        message: *message,
+    };
     assert_eq!(
         r.chat.answers(),
         [
             Call::Mark(Some(41), Mark::Working),
+            placeholder,
             post.clone(),
             Call::Mark(Some(41), Mark::Done)
         ],
-        "a job that does not wait: the mark, the result, the final mark, nothing else"
+        "a job that does not wait: the mark, the placeholder replying to the request, the \
+         result put into it, the final mark, nothing else"
     );
     assert_eq!(r.quotas.show(&user("7")).await.unwrap().used, 1);
     // 🔁 sits on the result message.
@@ -195,25 +205,26 @@ async fn a_result_is_posted_replying_to_the_request_committed_and_marked() {
 }
 
 #[tokio::test]
-async fn a_waiting_job_shows_its_position_then_working_and_the_status_goes_with_the_result() {
+async fn a_waiting_jobs_placeholder_shows_its_position_then_working_then_becomes_the_result() {
     let r = rig(1).await;
     r.fake.hold();
     r.engine.spawn_workers();
     r.engine
         .request(job("first", reply("1", 10), &["photo"], "/edit a"))
         .await;
-    // The one worker has the first job (it is typing) when the second comes.
-    r.chat.wait_for(1, |c| *c == Call::Typing).await;
+    // The one worker has the first job (the model holds it) when the second comes.
+    r.chat.wait_for(1, |c| matches!(c, Call::Fetch(_))).await;
     r.engine
         .request(job("second", reply("2", 20), &["photo"], "/edit b"))
         .await;
+    let queued = messages::placeholder("b", &messages::queued(Lang::En, 0));
     r.chat
-        .wait_for(1, |c| *c == Call::Say(messages::queued(Lang::En, 0)))
+        .wait_for(1, |c| matches!(c, Call::Hold { text, .. } if *text == queued))
         .await;
     r.fake.release();
     r.chat.posts(2).await;
     settled(&r.quotas, "second", JobStatus::Delivered).await;
-    // The status goes and the mark turns after the commit: wait for the last of them.
+    // The mark turns after the commit: wait for the last call.
     r.chat
         .wait_for(1, |c| *c == Call::Mark(Some(20), Mark::Done))
         .await;
@@ -223,28 +234,27 @@ async fn a_waiting_job_shows_its_position_then_working_and_the_status_goes_with_
         .into_iter()
         .filter(|c| match c {
             Call::Mark(to, _) => *to == Some(20),
-            Call::Post { job, .. } => job == "second",
+            Call::Post { job, .. } | Call::Hold { job, .. } => job == "second",
             _ => true,
         })
         .collect();
-    let status = second
-        .iter()
-        .find_map(|c| match c {
-            Call::Delete(status) => Some(*status),
-            _ => None,
-        })
-        .expect("the waiting job's status message is deleted");
     assert_eq!(second[0], Call::Mark(Some(20), Mark::Working));
-    assert_eq!(second[1], Call::Say(messages::queued(Lang::En, 0)));
-    assert_eq!(
-        second[2],
-        Call::Edit(Shown::Message(status), messages::working(Lang::En))
+    let Call::Hold {
+        to, input, n, message, ..
+    } = &second[1]
+    else {
+        panic!("the placeholder comes second: {second:#?}");
+    };
+    assert_eq!((*to, input.as_deref(), *n), (Some(20), Some("photo"), 1));
+    let working = messages::placeholder("b", &messages::working(Lang::En));
+    assert_eq!(second[2], Call::Show(*message, working));
+    assert!(
+        matches!(&second[3], Call::Post { job, message: into, .. } if job == "second" && into == message),
+        "the result goes into the placeholder: {second:#?}"
     );
-    assert!(matches!(&second[3], Call::Post { job, .. } if job == "second"));
-    assert_eq!(
-        second[4..],
-        [Call::Delete(status), Call::Mark(Some(20), Mark::Done)]
-    );
+    assert_eq!(second[4..], [Call::Mark(Some(20), Mark::Done)]);
+    let kept = r.quotas.store().placeholder("second").await.unwrap();
+    assert_eq!(kept, Some(format!("{{\"images\":[{message}]}}")));
 }
 
 #[tokio::test]
@@ -265,8 +275,12 @@ async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform
         refunded: false,
     };
     assert_eq!(
-        r.chat.said(1).await,
-        [messages::failure(Lang::En, &charged)]
+        r.chat.failed(1).await,
+        [messages::placeholder(
+            "a",
+            &messages::failure(Lang::En, &charged)
+        )],
+        "told on the job's placeholder"
     );
     assert_eq!(
         r.quotas.show(&user("3")).await.unwrap().used,
@@ -285,8 +299,8 @@ async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform
         refunded: true,
     };
     assert_eq!(
-        r.chat.said(2).await[1],
-        messages::failure(Lang::En, &refunded)
+        r.chat.failed(2).await[1],
+        messages::placeholder("b", &messages::failure(Lang::En, &refunded))
     );
     assert_eq!(r.quotas.show(&user("4")).await.unwrap().used, 0);
     assert_eq!(
@@ -345,18 +359,19 @@ async fn each_user_error_is_told_once_and_costs_nothing() {
         .request(job("moderated", reply("6", 71), &["photo"], "/edit a"))
         .await;
     settled(&r.quotas, "moderated", JobStatus::Failed).await;
-    let said = r.chat.said(3).await;
+    let failed = r.chat.failed(2).await;
     let refunded = |reason| {
-        messages::failure(
+        let told = messages::failure(
             Lang::En,
             &Failure {
                 reason,
                 refunded: true,
             },
-        )
+        );
+        messages::placeholder("a", &told)
     };
     assert_eq!(
-        said[1..],
+        failed,
         [
             refunded(FailureReason::Image(
                 qwen_edit_bot::core::image::ImageRejection::NotAnImage
@@ -401,11 +416,21 @@ async fn a_request_the_platform_already_answers_is_told_in_that_answer() {
     let Call::Post { message, .. } = post else {
         unreachable!()
     };
-    let link = messages::result_posted(Lang::En, &format!("https://chat.example/{message}"));
-    r.chat
-        .wait_for(1, |c| *c == Call::Edit(Shown::Deferred, link.clone()))
-        .await;
     settled(&r.quotas, "ok", JobStatus::Delivered).await;
+    let held: Vec<i64> = r
+        .chat
+        .answers()
+        .iter()
+        .filter_map(|c| match c {
+            Call::Hold { message, .. } => Some(*message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        held,
+        [message],
+        "the platform's answer is the placeholder the result goes into"
+    );
     assert!(
         !r.chat
             .answers()
@@ -532,9 +557,9 @@ async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
         .request(job("broke", reply("1", 3), &["photo"], "/edit a"))
         .await;
     settled(quotas, "broke", JobStatus::Failed).await;
-    let said = chat.said(2).await;
-    assert!(said[1].contains("out of credit"), "{said:?}");
-    assert!(!said[1].contains("whatever-the-vendor-says"), "{said:?}");
+    let failed = chat.failed(1).await;
+    assert!(failed[0].contains("out of credit"), "{failed:?}");
+    assert!(!failed[0].contains("whatever-the-vendor-says"), "{failed:?}");
     assert_eq!(quotas.show(&user("1")).await.unwrap().used, 2);
     assert_eq!(
         service.asked(),
@@ -594,7 +619,7 @@ async fn chat_calls_wait_what_the_platform_asked_back_off_otherwise_and_stop_at_
 }
 
 #[tokio::test]
-async fn a_waiting_jobs_status_shows_the_progress_comfyui_reports() {
+async fn a_waiting_jobs_placeholder_shows_the_progress_comfyui_reports() {
     let comfy = crate::fakes::comfyui::FakeComfy::start().await;
     let delays = Default::default();
     let service =
@@ -613,37 +638,38 @@ async fn a_waiting_jobs_status_shows_the_progress_comfyui_reports() {
     r.chat
         .wait_for(1, |c| *c == Call::Mark(Some(20), Mark::Done))
         .await;
+    let queued = messages::placeholder("b", &messages::queued(Lang::En, 0));
     let status = r.chat.answers().iter().find_map(|c| match c {
-        Call::Say(text) if *text == messages::queued(Lang::En, 0) => Some(()),
+        Call::Hold { text, message, .. } if *text == queued => Some(*message),
         _ => None,
     });
-    assert!(
-        status.is_some(),
-        "the second job waited with a status message"
-    );
+    let status = status.expect("the second job waited with a placeholder showing its place");
     let edits: Vec<String> = r
         .chat
         .answers()
         .into_iter()
         .filter_map(|c| match c {
-            Call::Edit(Shown::Message(_), text) => Some(text),
+            Call::Show(message, text) if message == status => Some(text),
             _ => None,
         })
         .collect();
     // The fake reports 25, 50, 75 and 100 % within milliseconds: one edit shows the latest
     // value pending when the display looks; the rest fall within 3 s of it.
     let progress: Vec<String> = [25, 50, 75, 100]
-        .map(|p| messages::working_progress(Lang::En, p))
+        .map(|p| messages::placeholder("b", &messages::working_progress(Lang::En, p)))
         .into();
     assert_eq!(edits.len(), 2, "{edits:?}");
-    assert_eq!(edits[0], messages::working(Lang::En));
+    assert_eq!(
+        edits[0],
+        messages::placeholder("b", &messages::working(Lang::En))
+    );
     assert!(progress.contains(&edits[1]), "{edits:?}");
     assert_eq!(comfy.prompts().len(), 2, "one ComfyUI run per job");
     let first = r.chat.answers();
     assert!(
         !first
             .iter()
-            .any(|c| matches!(c, Call::Say(t) if t.contains('%'))),
+            .any(|c| matches!(c, Call::Say(t) | Call::Hold { text: t, .. } if t.contains('%'))),
         "progress never becomes a new message: {first:?}"
     );
 }

@@ -634,11 +634,12 @@ async fn a_job_cut_off_by_a_restart_runs_once_more_and_a_second_time_it_is_given
     );
     assert_eq!(fake.calls(), 1, "the given-up job did not call the backend");
     chat.posts(1).await;
-    let told = chat.said(1).await;
+    let told = chat.failed(1).await;
+    let failure = qwen_edit_bot::messages::failure(Lang::En, given_up);
     assert_eq!(
         told,
-        [qwen_edit_bot::messages::failure(Lang::En, given_up)],
-        "the given-up job's user is told"
+        [qwen_edit_bot::messages::placeholder("a", &failure)],
+        "the given-up job's user is told, on its placeholder"
     );
     all_told(&quotas).await;
     assert_eq!(quotas.show(&user("2")).await.unwrap().used, 0);
@@ -686,9 +687,15 @@ async fn a_failure_whose_user_was_not_told_before_a_restart_is_told_after_it() {
         (&FailureReason::Earlier("DataInspectionFailed".into()), true)
     );
     assert_eq!(fake.calls(), 1, "no new backend call");
+    // On the placeholder the first run posted (and kept), not on a new one.
+    let told = qwen_edit_bot::messages::failure(Lang::En, failure);
+    chat.wait_for(2, |_| true).await;
     assert_eq!(
-        chat.said(1).await,
-        [qwen_edit_bot::messages::failure(Lang::En, failure)]
+        chat.answers(),
+        [
+            Call::Fail(1000, qwen_edit_bot::messages::placeholder("a", &told)),
+            Call::Mark(Some(99), qwen_edit_bot::core::ports::chat::Mark::Failed)
+        ]
     );
     all_told(&quotas).await;
     assert_eq!(quotas.show(&user("1")).await.unwrap().used, 0);
@@ -841,6 +848,12 @@ impl Store for Flaky {
     }
     async fn mark_told(&self, id: &str) -> Result<(), StoreError> {
         self.inner.mark_told(id).await
+    }
+    async fn set_placeholder(&self, id: &str, placeholder: &str) -> Result<(), StoreError> {
+        self.inner.set_placeholder(id, placeholder).await
+    }
+    async fn placeholder(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.inner.placeholder(id).await
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.inner.check_writable().await

@@ -50,11 +50,12 @@ async fn daemon_on(url: &str) -> (FakeTelegram, FakeDashScope, tempfile::TempDir
     (telegram, dashscope, dir, settings)
 }
 
-/// The first sendMessage whose text contains `needle`, within 10 s.
+/// The first text shown (a message, a caption or an edit of one) containing `needle`, within
+/// 10 s.
 async fn said(telegram: &FakeTelegram, needle: &str) -> serde_json::Value {
     let wait = async {
         loop {
-            let found = telegram.calls_to("sendmessage").into_iter().find(|c| {
+            let found = telegram.shown_texts().into_iter().find(|c| {
                 c.params["text"]
                     .as_str()
                     .is_some_and(|t| t.contains(needle))
@@ -87,7 +88,7 @@ async fn the_daemon_runs_on_postgres_and_hears_cli_changes_at_once() {
     }));
 
     telegram.push_update(photo(&telegram, 10, 42));
-    telegram.wait_for("sendphoto", 1, 20).await;
+    telegram.wait_results(1, 20).await;
 
     // The edit is in PostgreSQL's ledger (not in a file a wrong dispatch would have made).
     let ledger = qwen_edit_bot::store::postgres::open_existing(&url).unwrap();
@@ -136,7 +137,7 @@ async fn the_daemon_runs_on_postgres_and_hears_cli_changes_at_once() {
     let unblocked = cli(&["quota", "unblock", "telegram:42"]).await;
     assert!(unblocked.status.success());
     telegram.push_update(photo(&telegram, 12, 42));
-    telegram.wait_for("sendphoto", 2, 20).await;
+    telegram.wait_results(2, 20).await;
     assert!(
         refused_at.elapsed() < Duration::from_secs(8),
         "served {:?} after the refusal: the cached block was dropped by the notice, not by age",

@@ -84,10 +84,24 @@ async fn reserves_are_atomic_and_counted(store: &dyn Store) {
 }
 
 async fn a_job_goes_queued_running_ready_delivered_and_stays_finished(store: &dyn Store) {
+    assert_eq!(store.placeholder("r1").await.unwrap(), None);
+    store
+        .set_placeholder("r1", r#"{"images":[77]}"#)
+        .await
+        .unwrap();
     store.mark_running("r1", now()).await.unwrap();
     let open = store.unfinished().await.unwrap();
     let r1 = open.iter().find(|u| u.id == "r1").unwrap();
-    assert_eq!((r1.status, r1.attempts), (JobStatus::Running, 1));
+    assert_eq!(
+        (r1.status, r1.attempts, r1.placeholder.as_deref()),
+        (JobStatus::Running, 1, Some(r#"{"images":[77]}"#)),
+        "the placeholder is kept with the job"
+    );
+    assert_eq!(
+        store.placeholder("r1").await.unwrap().as_deref(),
+        Some(r#"{"images":[77]}"#)
+    );
+    assert_eq!(store.placeholder("no-such-job").await.unwrap(), None);
     let urls = vec![
         "https://results/1.png".to_string(),
         "https://results/2.png".into(),
@@ -420,7 +434,7 @@ async fn postgres_keeps_the_store_contract() {
         .collect();
     assert_eq!(
         versions,
-        [1],
+        [1, 2],
         "each migration recorded once, however often opened"
     );
     let Some(empty) = super::pg::database("postgres_open_existing_refuses_an_empty_db").await

@@ -149,10 +149,10 @@ impl Bot {
         )
     }
 
-    /// Texts of every sendMessage so far.
+    /// Every text shown so far: messages, captions, and their edits.
     fn texts(&self) -> Vec<String> {
         self.tg
-            .calls_to("sendmessage")
+            .shown_texts()
             .iter()
             .map(|c| c.params["text"].as_str().unwrap_or("").to_owned())
             .collect()
@@ -160,7 +160,7 @@ impl Bot {
 
     async fn text_containing(&self, needle: &str) -> Value {
         for _ in 0..500 {
-            if let Some(c) = self.tg.calls_to("sendmessage").into_iter().find(|c| {
+            if let Some(c) = self.tg.shown_texts().into_iter().find(|c| {
                 c.params["text"]
                     .as_str()
                     .is_some_and(|t| t.contains(needle))
@@ -202,7 +202,7 @@ async fn a_photo_captioned_edit_comes_back_as_a_photo_replying_to_it() {
         2048,
         1536,
     )));
-    let sent = bot.tg.wait_for("sendphoto", 1, 20).await;
+    let sent = bot.tg.wait_results(1, 20).await;
     let photo = &sent[0];
     assert_eq!(photo.chat_id(), Some(42));
     assert_eq!(reply_target(&photo.params), 10);
@@ -227,11 +227,26 @@ async fn a_photo_captioned_edit_comes_back_as_a_photo_replying_to_it() {
         !seen[0].body.to_string().contains(TOKEN),
         "the token never reaches the backend"
     );
-    // Feedback: 👀 then 👌 on the request, and the upload action while it ran.
+    // Feedback: 👀 then 👌 on the request, and while it ran a placeholder: the request's own
+    // photo sent back by its file_id (no upload), replying to it, showing the prompt and the
+    // state; the result went into that message, which is the only one the bot posted.
     let reactions = bot.tg.wait_for("setmessagereaction", 2, 10).await;
     assert!(reactions[0].params.to_string().contains("👀"));
     assert!(reactions[1].params.to_string().contains("👌"));
-    assert!(!bot.tg.calls_to("sendchataction").is_empty());
+    let held = bot.tg.calls_to("sendphoto");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].str("photo"), Some("photo-10"));
+    assert!(held[0].files.is_empty(), "no upload");
+    assert_eq!(reply_target(&held[0].params), 10);
+    let shown = held[0].params["caption"].as_str().unwrap();
+    assert!(
+        shown.contains("make it night") && shown.contains("Editing"),
+        "{shown}"
+    );
+    let posted = bot.tg.sent_messages(42);
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0]["message_id"], photo.params["message_id"]);
+    assert_eq!(posted[0]["caption"], photo.params["caption"]);
     bot.stop().await;
     assert_eq!(bot.used(42).await, 1);
 }
@@ -249,7 +264,7 @@ async fn a_reply_edit_to_someone_elses_photo_uses_that_photo() {
         Some(theirs),
     );
     bot.tg.push_update(message_update(mine));
-    let sent = bot.tg.wait_for("sendphoto", 1, 20).await;
+    let sent = bot.tg.wait_results(1, 20).await;
     assert_eq!(reply_target(&sent[0].params), 21);
     assert_eq!(
         bot.ds.seen()[0].images,
@@ -287,7 +302,7 @@ async fn commands_for_other_bots_and_plain_group_photos_are_ignored() {
     )));
     bot.text_containing("I edit images").await;
     assert_eq!(bot.ds.calls(), 0);
-    assert!(bot.tg.calls_to("sendphoto").is_empty());
+    assert!(bot.tg.results().is_empty());
     bot.stop().await;
 }
 
@@ -296,7 +311,7 @@ async fn a_captioned_photo_in_a_private_chat_is_an_edit_without_the_command() {
     let mut bot = Bot::start("").await;
     bot.tg
         .push_update(message_update(bot.photo(40, 42, "make it snow", 800, 600)));
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     assert_eq!(
         bot.ds.seen()[0].body["input"]["messages"][0]["content"][1]["text"],
         "make it snow"
@@ -321,7 +336,7 @@ async fn an_image_document_is_sniffed_and_a_non_image_refunded() {
         Some("/edit brighter"),
     );
     bot.tg.push_update(message_update(doc));
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     assert_eq!(
         bot.ds.seen()[0].images,
         vec![("image/jpeg".into(), 2048, 1536)],
@@ -352,7 +367,7 @@ async fn an_image_document_is_sniffed_and_a_non_image_refunded() {
         Some("/edit brighter"),
     );
     bot.tg.push_update(message_update(mislabelled));
-    bot.tg.wait_for("sendphoto", 2, 20).await;
+    bot.tg.wait_results(2, 20).await;
     assert_eq!(
         bot.ds.seen()[1].images,
         vec![("image/png".into(), 800, 600)]
@@ -395,7 +410,7 @@ async fn damaged_but_plausible_files_never_reach_the_model_and_cost_nothing() {
     };
     let mut replies = Vec::new();
     for _ in 0..500 {
-        replies = bot.tg.calls_to("sendmessage");
+        replies = bot.tg.shown_texts();
         replies.retain(damaged);
         if replies.len() >= 2 {
             break;
@@ -429,12 +444,12 @@ async fn an_album_with_an_edit_caption_is_one_request_with_up_to_three_images() 
         bot.tg
             .push_update(message_update(with_media_group(m, "album-1")));
     }
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     let seen = bot.ds.seen();
     assert_eq!(seen.len(), 1);
     let widths: Vec<u32> = seen[0].images.iter().map(|i| i.1).collect();
     assert_eq!(widths, [500, 600, 700]);
-    let caption = bot.tg.calls_to("sendphoto")[0].params["caption"]
+    let caption = bot.tg.results()[0].params["caption"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -479,7 +494,7 @@ async fn over_quota_is_refused_with_the_reset_time() {
     let mut bot = Bot::start("per_user = 1\n").await;
     bot.tg
         .push_update(message_update(bot.photo(80, 42, "/edit a", 800, 600)));
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     bot.tg
         .push_update(message_update(bot.photo(81, 42, "/edit b", 800, 600)));
     let reply = bot.text_containing("of your 1 edits").await;
@@ -534,15 +549,19 @@ async fn backend_failures_are_explained_and_refunded() {
 #[tokio::test]
 async fn a_429_on_send_is_waited_out_without_calling_the_model_again() {
     let mut bot = Bot::start("").await;
-    bot.tg
-        .fail_next("sendphoto", Fault::TooManyRequests { retry_after: 1 }, 1);
+    bot.tg.fail_next(
+        "editmessagemedia",
+        Fault::TooManyRequests { retry_after: 1 },
+        1,
+    );
     bot.tg
         .push_update(message_update(bot.photo(100, 42, "/edit x", 800, 600)));
-    let sent = bot.tg.wait_for("sendphoto", 2, 20).await;
+    let sent = bot.tg.wait_for("editmessagemedia", 2, 20).await;
     assert!(
         sent[1].at.duration_since(sent[0].at) >= Duration::from_millis(900),
         "retry_after honoured"
     );
+    assert_eq!(bot.tg.results().len(), 1, "one result shown");
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 1);
     assert_eq!(bot.used(42).await, 1);
@@ -558,7 +577,7 @@ async fn again_works_after_a_restart_with_a_new_seed() {
         800,
         600,
     )));
-    let first = bot.tg.wait_for("sendphoto", 1, 20).await;
+    let first = bot.tg.wait_results(1, 20).await;
     let data = first[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
         .as_str()
         .unwrap()
@@ -573,7 +592,7 @@ async fn again_works_after_a_restart_with_a_new_seed() {
     let result_id = result_msg["message_id"].as_i64().unwrap();
     bot.tg
         .push_update(callback_update("cb1", user(43, "en"), result_msg, &data));
-    let sent = bot.tg.wait_for("sendphoto", 2, 20).await;
+    let sent = bot.tg.wait_results(2, 20).await;
     assert_eq!(
         reply_target(&sent[1].params),
         result_id,
@@ -635,7 +654,7 @@ async fn admin_commands_are_refused_to_members_and_applied_for_admins() {
     // The chat admin's block is for their chat: elsewhere user 7 may edit.
     let elsewhere = photo_message(125, group_chat(-200), user(7, "en"), "p7", Some("/edit y"));
     bot.tg.push_update(message_update(elsewhere));
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     bot.stop().await;
     use qwen_edit_bot::core::model::{Platform, UserRef};
     use qwen_edit_bot::core::ports::store::Store;
@@ -673,7 +692,7 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
         );
         bot.tg.push_update(message_update(m));
     }
-    let sent = bot.tg.wait_for("sendphoto", 30, 60).await;
+    let sent = bot.tg.wait_results(30, 60).await;
     let mut chats: Vec<i64> = sent.iter().filter_map(|c| c.chat_id()).collect();
     chats.sort();
     chats.dedup();
@@ -755,7 +774,7 @@ async fn webhook_mode_takes_updates_only_with_the_secret() {
         .await
         .unwrap();
     assert!(ok.status().is_success(), "{}", ok.status());
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     assert_eq!(bot.ds.calls(), 1);
     bot.stop().await;
 }
@@ -770,19 +789,27 @@ async fn several_results_come_as_an_album_then_the_caption_with_the_again_button
         800,
         600,
     )));
+    // The placeholder: an album of the request's photo, twice, by file_id, and the text.
     let album = bot.tg.wait_for("sendmediagroup", 1, 20).await;
     let media = album[0].params["media"].as_array().unwrap().clone();
     assert_eq!(media.len(), 2);
     for item in &media {
-        let name = item["media"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("attach://");
-        assert_eq!(images::dims(album[0].attachment(name).unwrap()).1, 64);
+        assert_eq!((item["type"].as_str(), item["media"].as_str()), (Some("photo"), Some("photo-140")));
     }
+    assert!(album[0].files.is_empty(), "no upload");
     assert_eq!(reply_target(&album[0].params), 140);
-    let caption = bot.text_containing("two cats").await;
-    assert!(caption["reply_markup"].to_string().contains("again:"));
+    // The results go into the album's items, then the text becomes the caption with 🔁.
+    let results = bot.tg.wait_results(2, 20).await;
+    for result in &results {
+        assert_eq!(result.method, "sendphoto");
+        assert_eq!(images::dims(result.file("photo").unwrap()).1, 64);
+        assert_eq!(reply_target(&result.params), 140);
+    }
+    let caption = bot.tg.wait_for("editmessagetext", 1, 20).await.remove(0);
+    assert!(caption.params["text"].as_str().unwrap().contains("two cats"));
+    assert!(caption.params["reply_markup"].to_string().contains("again:"));
+    let posted = bot.tg.sent_messages(42);
+    assert_eq!(posted.len(), 3, "two images and the caption, nothing else: {posted:?}");
     assert_eq!(bot.ds.seen()[0].body["parameters"]["n"], 2);
     bot.stop().await;
     assert_eq!(bot.used(42).await, 2);
@@ -799,7 +826,8 @@ async fn a_result_beyond_telegrams_photo_limits_is_sent_as_a_document() {
         800,
         600,
     )));
-    let doc = bot.tg.wait_for("senddocument", 1, 20).await;
+    let doc = bot.tg.wait_results(1, 20).await;
+    assert_eq!(doc[0].method, "senddocument", "the photo placeholder became a document");
     assert_eq!(images::dims(doc[0].file("document").unwrap()).1, 9000);
     assert!(
         doc[0].params["caption"]
@@ -807,7 +835,7 @@ async fn a_result_beyond_telegrams_photo_limits_is_sent_as_a_document() {
             .unwrap()
             .contains("panorama")
     );
-    assert!(bot.tg.calls_to("sendphoto").is_empty());
+    assert_eq!(reply_target(&doc[0].params), 150);
     bot.stop().await;
 }
 
@@ -826,11 +854,14 @@ async fn waiting_jobs_are_told_their_place_in_the_queue() {
         text.contains("ahead of you") || text.contains("you are next"),
         "{text}"
     );
-    bot.tg.wait_for("sendphoto", 5, 30).await;
-    // Status messages are cleaned up once the result is there.
-    let statuses = bot.tg.calls_to("sendmessage").len();
-    let deleted = bot.tg.wait_for("deletemessage", statuses, 10).await;
-    assert_eq!(deleted.len(), statuses);
+    let results = bot.tg.wait_results(5, 30).await;
+    // The place was the placeholder's caption: no status message of its own to clean up, and
+    // each result went into its request's placeholder.
+    assert!(bot.tg.calls_to("sendmessage").is_empty());
+    assert!(bot.tg.calls_to("deletemessage").is_empty());
+    let mut targets: Vec<i64> = results.iter().map(|r| reply_target(&r.params)).collect();
+    targets.sort();
+    assert_eq!(targets, [160, 161, 162, 163, 164]);
     bot.stop().await;
 }
 
@@ -841,7 +872,7 @@ async fn setup_usage_and_unfit_images_behave() {
     assert!(cmds.iter().any(|c| c.params["language_code"] == "zh"));
     bot.tg
         .push_update(message_update(bot.photo(170, 42, "/edit x", 800, 600)));
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     bot.tg.add_file("thin", images::png(100, 5000));
     let thin = photo_message(
         171,
@@ -871,7 +902,7 @@ async fn setup_usage_and_unfit_images_behave() {
         Some("/edit y"),
     );
     bot.tg.push_update(message_update(in_group));
-    bot.tg.wait_for("sendphoto", 2, 20).await;
+    bot.tg.wait_results(2, 20).await;
     bot.tg.set_member_status(-5, 77, "administrator");
     let local = text_message(174, group_chat(-5), user(77, "en"), "/usage", None);
     bot.tg.push_update(message_update(local));
@@ -895,14 +926,14 @@ async fn updates_are_confirmed_on_exit_and_those_sent_while_down_are_handled_aft
     let first = bot
         .tg
         .push_update(message_update(bot.photo(180, 42, "/edit a", 800, 600)));
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     bot.stop().await;
     assert_eq!(bot.tg.last_offset(), first + 1, "confirmed on the way out");
     // Sent while the bot is down: handled after the restart.
     bot.tg
         .push_update(message_update(bot.photo(181, 42, "/edit b", 800, 600)));
     bot.launch("");
-    let sent = bot.tg.wait_for("sendphoto", 2, 20).await;
+    let sent = bot.tg.wait_results(2, 20).await;
     assert_eq!(reply_target(&sent[1].params), 181);
     bot.stop().await;
     assert_eq!(bot.tg.pending_updates(), 0);
@@ -910,7 +941,7 @@ async fn updates_are_confirmed_on_exit_and_those_sent_while_down_are_handled_aft
 }
 
 #[tokio::test]
-async fn where_reactions_are_not_allowed_a_status_message_says_the_job_was_taken() {
+async fn where_reactions_are_not_allowed_the_placeholder_alone_says_the_job_was_taken() {
     let mut bot = Bot::start("").await;
     bot.tg.fail_next(
         "setmessagereaction",
@@ -919,11 +950,14 @@ async fn where_reactions_are_not_allowed_a_status_message_says_the_job_was_taken
     );
     bot.tg
         .push_update(message_update(bot.photo(190, 42, "/edit x", 800, 600)));
-    let status = bot.text_containing("Got it").await;
+    let status = bot.text_containing("Editing").await;
     assert_eq!(reply_target(&status), 190);
-    bot.tg.wait_for("sendphoto", 1, 20).await;
-    bot.tg.wait_for("deletemessage", 1, 10).await;
+    let result = bot.tg.wait_results(1, 20).await.remove(0);
+    assert_eq!(reply_target(&result.params), 190);
     bot.stop().await;
+    assert!(bot.tg.calls_to("sendmessage").is_empty(), "no status message of its own");
+    assert!(bot.tg.calls_to("deletemessage").is_empty());
+    assert_eq!(bot.tg.sent_messages(42).len(), 1, "the placeholder became the result");
 }
 
 #[tokio::test]
@@ -963,7 +997,7 @@ async fn a_full_queue_says_busy_and_charges_nothing() {
     )));
     let busy = bot.text_containing("busy").await;
     assert_eq!(reply_target(&busy), 211);
-    bot.tg.wait_for("sendphoto", 4, 30).await;
+    bot.tg.wait_results(4, 30).await;
     bot.stop().await;
     assert_eq!((bot.used(7010).await, bot.used(7011).await), (1, 0));
 }
@@ -1023,8 +1057,9 @@ async fn every_backend_fault_ends_with_a_message_and_the_quota_back() {
         // Wait for this job's answer before the next fault is scripted.
         let mut told = None;
         for _ in 0..1000 {
-            told = bot.tg.calls_to("sendmessage").into_iter().find(|c| {
+            told = bot.tg.shown_texts().into_iter().find(|c| {
                 c.params["reply_parameters"]["message_id"].as_i64() == Some(i64::from(message_id))
+                    && c.method == "editmessagecaption"
             });
             if told.is_some() {
                 break;
@@ -1042,17 +1077,19 @@ async fn every_backend_fault_ends_with_a_message_and_the_quota_back() {
     }
     bot.stop().await;
     assert_eq!(bot.used(42).await, 0);
-    assert!(bot.tg.calls_to("sendphoto").is_empty());
+    assert!(bot.tg.results().is_empty());
 }
 
 #[tokio::test]
 async fn a_server_error_on_send_is_retried_and_the_result_still_arrives() {
     let mut bot = Bot::start("").await;
-    bot.tg.fail_next("sendphoto", Fault::ServerError, 1);
+    bot.tg.fail_next("editmessagemedia", Fault::ServerError, 1);
     bot.tg
         .push_update(message_update(bot.photo(320, 42, "/edit x", 800, 600)));
-    let sent = bot.tg.wait_for("sendphoto", 2, 40).await;
-    assert_eq!(reply_target(&sent[1].params), 320);
+    bot.tg.wait_for("editmessagemedia", 2, 40).await;
+    let sent = bot.tg.wait_results(1, 10).await;
+    assert_eq!(sent.len(), 1, "one result shown");
+    assert_eq!(reply_target(&sent[0].params), 320);
     bot.stop().await;
     assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
 }
@@ -1099,7 +1136,7 @@ async fn an_album_being_collected_at_shutdown_is_handled_after_the_restart() {
     );
     assert_eq!(bot.tg.pending_updates(), 0, "and its updates confirmed");
     bot.launch("telegram:album_wait_ms = 300\n");
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     let seen = bot.ds.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -1150,7 +1187,7 @@ async fn a_group_admin_cannot_grant_themselves_edits_but_can_restrict_others() {
             "/edit x",
         )));
         if i < 2 {
-            bot.tg.wait_for("sendphoto", i as usize + 1, 20).await;
+            bot.tg.wait_results(i as usize + 1, 20).await;
         }
     }
     bot.text_containing("of your 2 edits").await;
@@ -1183,7 +1220,7 @@ async fn results_the_users_chat_refuses_are_charged_and_count_for_the_day() {
     let mut bot = Bot::start("per_user = 100\nglobal_per_day = 25\n").await;
     // A private chat that blocked the bot while the job ran: charged 1.
     bot.tg.fail_next(
-        "sendphoto",
+        "editmessagemedia",
         Fault::Forbidden("Forbidden: bot was blocked by the user"),
         1,
     );
@@ -1192,7 +1229,7 @@ async fn results_the_users_chat_refuses_are_charged_and_count_for_the_day() {
     bot.text_containing("did not let me post").await;
     // A group where the bot may not send photos: every --n 6 is made, refused, charged.
     bot.tg.fail_next(
-        "sendmediagroup",
+        "editmessagemedia",
         Fault::BadRequest("Bad Request: not enough rights to send photos to the chat"),
         10,
     );
@@ -1266,7 +1303,7 @@ async fn again_is_refused_anywhere_but_under_the_result_it_belongs_to() {
     let mut bot = Bot::start("").await;
     bot.tg
         .push_update(message_update(bot.photo(70, 42, "/edit secret", 800, 600)));
-    let first = bot.tg.wait_for("sendphoto", 1, 20).await;
+    let first = bot.tg.wait_results(1, 20).await;
     let data = first[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
         .as_str()
         .unwrap()
@@ -1304,7 +1341,7 @@ async fn again_is_refused_anywhere_but_under_the_result_it_belongs_to() {
     assert_eq!(bot.tg.downloads().len(), downloads, "nothing fetched");
     assert_eq!(bot.used(77).await, 0);
     assert!(
-        bot.tg.calls_to("sendmessage").is_empty() && bot.tg.calls_to("sendphoto").len() == 1,
+        bot.tg.calls_to("sendmessage").is_empty() && bot.tg.results().len() == 1,
         "nothing posted into the other chat"
     );
 }
@@ -1314,7 +1351,7 @@ async fn a_second_daemon_on_the_same_database_refuses_to_start() {
     let mut bot = Bot::start("").await;
     bot.tg
         .push_update(message_update(bot.photo(90, 42, "/edit x", 800, 600)));
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     let path = bot.dir.join("config.toml");
     let env = |k: &str| match k {
         "DASHSCOPE_API_KEY" => Some(API_KEY.to_string()),
@@ -1336,7 +1373,7 @@ async fn a_second_daemon_on_the_same_database_refuses_to_start() {
     );
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 1);
-    assert_eq!(bot.tg.calls_to("sendphoto").len(), 1);
+    assert_eq!(bot.tg.results().len(), 1);
 }
 
 #[tokio::test]
@@ -1345,7 +1382,7 @@ async fn an_update_seen_again_while_its_job_runs_leaves_its_feedback_alone() {
     bot.ds.hold();
     let update = bot.photo(95, 42, "/edit x", 800, 600);
     bot.tg.push_update(message_update(update.clone()));
-    bot.tg.wait_for("sendchataction", 1, 20).await;
+    bot.tg.wait_for("sendphoto", 1, 20).await;
     // The same message again (a re-sent update) while the job runs.
     bot.tg.push_update(message_update(update));
     for _ in 0..500 {
@@ -1355,25 +1392,25 @@ async fn an_update_seen_again_while_its_job_runs_leaves_its_feedback_alone() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bot.ds.release();
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     let reactions = bot.tg.wait_for("setmessagereaction", 2, 10).await;
     assert!(
         reactions[1].params.to_string().contains("👌"),
         "the running job's 👀 still turns into 👌: {:?}",
         reactions[1].params
     );
-    // One typing period (4 s) and a margin after the result: a loop whose handle the duplicate
-    // had dropped would have sent its next chat action by now.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
     bot.stop().await;
-    let result_at = bot.tg.calls_to("sendphoto")[0].at;
-    let late = bot
-        .tg
-        .calls_to("sendchataction")
-        .iter()
-        .filter(|c| c.at > result_at)
-        .count();
-    assert_eq!(late, 0, "the typing loop stopped at delivery");
+    assert_eq!(
+        bot.tg.calls_to("sendphoto").len(),
+        1,
+        "the duplicate posted no second placeholder"
+    );
+    assert_eq!(bot.tg.results().len(), 1);
+    assert_eq!(
+        bot.tg.sent_messages(42).len(),
+        1,
+        "the one placeholder became the result"
+    );
     assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
 }
 
@@ -1420,7 +1457,7 @@ async fn a_flood_of_refusals_in_one_chat_neither_stalls_another_chat_nor_floods_
         "the other chat waited {:?} for its 👀",
         reacted.duration_since(pushed)
     );
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     bot.tg.release("sendmessage");
     bot.stop().await;
     let refusals = bot
@@ -1451,7 +1488,7 @@ async fn a_server_error_on_a_call_for_one_chat_does_not_delay_another() {
         "the other chat waited {:?}",
         reacted.duration_since(pushed)
     );
-    bot.tg.wait_for("sendphoto", 2, 30).await;
+    bot.tg.wait_results(2, 30).await;
     bot.stop().await;
     assert_eq!((bot.used(82).await, bot.used(83).await), (1, 1));
 }
@@ -1532,7 +1569,7 @@ async fn telegram_unreachable_at_start_is_waited_for_and_then_served_without_a_r
         "late",
         Some("/edit x"),
     )));
-    tg.wait_for("sendphoto", 1, 30).await;
+    tg.wait_results(1, 30).await;
     assert!(!task.is_finished(), "still running");
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), task)
@@ -1563,7 +1600,7 @@ async fn telegram_serves_while_discord_cannot_be_reached() {
             &file,
             Some("/edit x"),
         )));
-        tg.wait_for("sendphoto", i as usize + 1, 30).await;
+        tg.wait_results(i as usize + 1, 30).await;
     }
     assert!(!task.is_finished(), "Discord's outage stops nothing");
     let _ = stop.send(());
@@ -1709,7 +1746,7 @@ async fn the_listeners_shed_idle_slow_and_unauthenticated_clients() {
         "{:?}",
         started.elapsed()
     );
-    tg.wait_for("sendphoto", 1, 20).await;
+    tg.wait_results(1, 20).await;
     drop(hogs);
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), task)
@@ -1778,7 +1815,7 @@ async fn albums_being_collected_do_not_slow_the_intake_of_other_updates() {
         "confirmed before the albums were done"
     );
     // And every album became one job.
-    bot.tg.wait_for("sendphoto", 10, 30).await;
+    bot.tg.wait_results(10, 30).await;
     bot.stop().await;
     assert_eq!(bot.ds.calls(), 10);
 }
@@ -1806,7 +1843,7 @@ async fn an_update_stuck_on_a_telegram_call_holds_only_its_own_chat() {
         "waited {:?}",
         reacted.duration_since(pushed)
     );
-    bot.tg.wait_for("sendphoto", 1, 20).await;
+    bot.tg.wait_results(1, 20).await;
     // The stuck update is not confirmed before it was handled.
     assert!(
         bot.tg.pending_updates() >= 1,
@@ -1869,7 +1906,7 @@ async fn outside_the_allowed_chats_nothing_is_spent_and_a_request_is_answered_on
     )));
     bot.tg
         .push_update(message_update(group_photo(&bot, 8, -700, 14, "/edit ok")));
-    let results = bot.tg.wait_for("sendphoto", 2, 30).await;
+    let results = bot.tg.wait_results(2, 30).await;
     bot.stop().await;
     let mut to: Vec<i64> = results.iter().filter_map(|c| c.chat_id()).collect();
     to.sort_unstable();
@@ -1918,7 +1955,7 @@ async fn with_leave_unlisted_the_bot_says_why_once_and_leaves_a_group_it_was_add
     bot.tg.push_update(message_update(listed));
     bot.tg
         .push_update(message_update(group_photo(&bot, 3, -700, 61, "/edit ok")));
-    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.tg.wait_results(1, 30).await;
     bot.stop().await;
     let calls = bot.tg.calls();
     let said = calls
@@ -1969,7 +2006,7 @@ async fn allow_add_from_the_cli_is_in_force_in_the_running_daemon_within_a_secon
         .push_update(message_update(group_photo(&bot, 2, -802, 20, "/edit two")));
     let reacted = reaction_in(&bot, -802, 10).await;
     assert!(reacted.duration_since(added) < Duration::from_millis(1500));
-    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.tg.wait_results(1, 30).await;
     bot.stop().await;
     assert_eq!((bot.ds.calls(), bot.used(20).await), (1, 1));
 }
@@ -1984,7 +2021,7 @@ async fn the_output_size_reaches_the_backend_with_an_asterisk_and_bad_sizes_are_
         800,
         600,
     )));
-    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.tg.wait_results(1, 30).await;
     bot.tg.push_update(message_update(bot.photo(
         2,
         31,
@@ -2034,7 +2071,7 @@ async fn the_base_model_takes_no_size_and_default_size_is_sent_when_none_is_give
         800,
         600,
     )));
-    bot.tg.wait_for("sendphoto", 2, 30).await;
+    bot.tg.wait_results(2, 30).await;
     bot.stop().await;
     let mut sizes: Vec<String> = bot
         .ds
@@ -2056,7 +2093,7 @@ async fn max_input_side_decides_how_large_inputs_reach_the_backend() {
     let mut bot = Bot::start("backend:max_input_side = 1024\n").await;
     bot.tg
         .push_update(message_update(bot.photo(1, 40, "/edit x", 4000, 3000)));
-    bot.tg.wait_for("sendphoto", 1, 30).await;
+    bot.tg.wait_results(1, 30).await;
     bot.stop().await;
     // A quarter of 4000×3000 straight from the JPEG's DCT: within 10 % of 1024, so kept.
     assert_eq!(

@@ -1,7 +1,7 @@
-//! The end of a conversation: the result is posted (fitted to the chat's upload limit) and
-//! committed, or the failure told; then the status goes and the final mark is set. What the
-//! money rules need from a failed post is [`Side`]: the user's chat refusing is charged,
-//! anything else refunded.
+//! The end of a conversation: the result is put into the job's placeholder (fitted to the
+//! chat's upload limit) and committed, or the failure told on it; then the final mark is set.
+//! What the money rules need from a failed delivery is [`Side`]: the user's chat refusing is
+//! charged, anything else refunded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,15 +11,14 @@ use bytes::Bytes;
 use super::{Talk, retrying};
 use crate::core::error::{Failure, FailureReason};
 use crate::core::image::{FitLimits, InputRules, fit_upload};
-use crate::core::jobs::{Delivery, Engine, Outcome, SendFailure};
-use crate::core::model::Reply;
+use crate::core::jobs::{Delivery, Engine, JobSpec, Outcome, SendFailure};
 use crate::core::ports::chat::{
-    Chat, ChatError, Mark, Posted, ResultImage, ResultPost, Shown, Side,
+    Chat, ChatError, Mark, Placeholder, Posted, ResultImage, ResultPost, Shown, Side,
 };
 use crate::core::ports::store::ResultAt;
 use crate::messages;
 
-/// Longest wait for a job's acknowledgement before its result is posted anyway.
+/// Longest wait for a job's acknowledgement (its placeholder) before its result is put anyway.
 const ACK_WAIT: Duration = Duration::from_secs(15);
 /// A delivery that takes longer (retries included) is given up and refunded.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -27,8 +26,9 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
 const UPLOAD_MARGIN: usize = 64 * 1024;
 
 impl Engine {
-    /// Posts the result or tells the failure, then records what happened: committed when the
-    /// result is posted, told otherwise (a restart does not tell it again).
+    /// Puts the result into the job's placeholder or tells the failure there, then records
+    /// what happened: committed when the result is shown, told otherwise (a restart does not
+    /// tell it again).
     pub(crate) async fn finish(self: &Arc<Self>, outcome: Outcome) {
         let job_id = outcome.job.id.clone();
         let acked = self.talks.get(&job_id).and_then(|t| t.acked.clone());
@@ -38,24 +38,31 @@ impl Engine {
         let reply = &outcome.job.route;
         let talk = match self.talks.remove(&job_id) {
             Some((_, talk)) => talk,
-            None => Talk::new(reply, None),
+            None => {
+                let mut talk = Talk::new(&outcome.job, None);
+                // Resumed: its request carries the earlier run's mark.
+                talk.marked = reply.deferred.is_none();
+                talk
+            }
         };
-        if let Some(typing) = &talk.typing {
-            typing.abort();
-        }
         let Some(chat) = self.chat(reply) else {
             return;
         };
+        let placeholder = match talk.placeholder {
+            Some(placeholder) => Some(placeholder),
+            None => self.kept_placeholder(&job_id).await,
+        };
         let delivered = match &outcome.result {
-            Ok(delivery) => self.deliver(chat.as_ref(), &outcome, delivery).await,
+            Ok(delivery) => {
+                self.deliver(chat.as_ref(), &outcome, delivery, placeholder)
+                    .await
+            }
             Err(failure) => {
-                self.tell_failure(chat.as_ref(), reply, failure).await;
+                self.tell_failure(chat.as_ref(), &outcome.job, placeholder.as_ref(), failure)
+                    .await;
                 false
             }
         };
-        if let Some(Shown::Message(status)) = talk.status {
-            let _ = chat.delete(reply, status).await;
-        }
         if talk.marked {
             let mark = if delivered { Mark::Done } else { Mark::Failed };
             let _ = chat.mark(reply, mark).await;
@@ -65,23 +72,21 @@ impl Engine {
         }
     }
 
-    /// The job went to another replica, which answers it from here on: this one's conversation
-    /// ends without a word (its status message, if any, is deleted; the request's mark is left
-    /// for the other replica to turn into the final one).
+    /// The job went to another replica, which answers it from here on (into the same
+    /// placeholder, which the store keeps): this one's conversation ends without a word.
     pub(crate) async fn handed_over(&self, job_id: &str) {
-        let Some((_, talk)) = self.talks.remove(job_id) else {
-            return;
-        };
-        if let Some(typing) = &talk.typing {
-            typing.abort();
-        }
-        if let (Some(Shown::Message(status)), Some(chat)) = (talk.status, self.chat(&talk.reply)) {
-            let _ = chat.delete(&talk.reply, status).await;
-        }
+        self.talks.remove(job_id);
     }
 
-    /// Posts the result; commits on success, charges or refunds (and says so) on failure.
-    async fn deliver(&self, chat: &dyn Chat, outcome: &Outcome, delivery: &Delivery) -> bool {
+    /// Puts the result into the placeholder; commits on success, charges or refunds (and says
+    /// so) on failure.
+    async fn deliver(
+        &self,
+        chat: &dyn Chat,
+        outcome: &Outcome,
+        delivery: &Delivery,
+        placeholder: Option<Placeholder>,
+    ) -> bool {
         let (job, reply) = (&outcome.job, &outcome.job.route);
         let fitted = match chat.upload_limit(reply).await {
             Some(limit) => fit_to(&delivery.images, limit as usize, &self.cfg.fit).await,
@@ -92,7 +97,8 @@ impl Engine {
             Err(reason) => {
                 let why = SendFailure::Platform(format!("upload_limit: {reason}"));
                 let refunded = self.undeliverable(job, why).await.refunded;
-                self.tell_failure(chat, reply, &Failure { reason, refunded })
+                let failure = Failure { reason, refunded };
+                self.tell_failure(chat, job, placeholder.as_ref(), &failure)
                     .await;
                 return false;
             }
@@ -113,51 +119,80 @@ impl Engine {
             caption,
             again: job.token.clone(),
         };
-        let sending = retrying(|| chat.post(reply, &post));
+        let mut held = placeholder;
+        let sending = self.put(chat, job, &mut held, &post);
         let sent = tokio::time::timeout(DELIVERY_TIMEOUT, sending)
             .await
             .unwrap_or_else(|_| Err(ChatError::Transient("delivery timed out".into())));
         match sent {
             Ok(posted) => {
-                self.posted(chat, outcome, delivery, posted).await;
+                let at = posted.button_at.map(|message| ResultAt {
+                    chat: reply.chat.to_string(),
+                    message: message.to_string(),
+                });
+                self.delivered(job, delivery, at).await;
                 true
             }
             Err(e) => {
                 tracing::error!(job_id = %job.id, error = %e, "delivery failed");
                 self.observer().send_failed(reply.platform.as_str());
                 let failure = self.undeliverable(job, why(e)).await;
-                self.tell_failure(chat, reply, &failure).await;
+                self.tell_failure(chat, job, held.as_ref(), &failure).await;
                 false
             }
         }
     }
 
-    /// The result is in the chat: commit it, and point the request's own answer at it.
-    async fn posted(
+    /// Puts `post` into the job's placeholder: the one `held` names, else a new one (kept
+    /// first); one that is gone is replaced once. `held` ends naming the placeholder used.
+    async fn put(
         &self,
         chat: &dyn Chat,
-        outcome: &Outcome,
-        delivery: &Delivery,
-        posted: Posted,
-    ) {
-        let reply = &outcome.job.route;
-        let at = posted.button_at.map(|message| ResultAt {
-            chat: reply.chat.to_string(),
-            message: message.to_string(),
-        });
-        self.delivered(&outcome.job, delivery, at).await;
-        if let (Some(_), Some(link)) = (&reply.deferred, &posted.link) {
-            let text = messages::result_posted(reply.lang, link);
-            if let Err(e) = chat.edit(reply, Shown::Deferred, &text).await {
-                tracing::debug!(error = %e, "the request's answer could not point at the result");
+        job: &JobSpec,
+        held: &mut Option<Placeholder>,
+        post: &ResultPost,
+    ) -> Result<Posted, ChatError> {
+        let reply = &job.route;
+        let mut replaced = false;
+        loop {
+            let placeholder = match held.clone() {
+                Some(placeholder) => placeholder,
+                None => {
+                    let working = messages::working(reply.lang);
+                    let placeholder = self.hold(chat, job, &working).await?;
+                    *held = Some(placeholder.clone());
+                    placeholder
+                }
+            };
+            match retrying(|| chat.fill(reply, &placeholder, post)).await {
+                Err(ChatError::Gone(detail)) if !replaced => {
+                    tracing::info!(job_id = %job.id, detail, "the placeholder is gone; posting another");
+                    replaced = true;
+                    *held = None;
+                }
+                other => return other,
             }
         }
     }
 
-    /// Tells why there is no result: in place of the platform's answer to the request when it
-    /// still takes edits, else as a reply.
-    async fn tell_failure(&self, chat: &dyn Chat, reply: &Reply, failure: &Failure) {
+    /// Tells why there is no result: on the job's placeholder, else in place of the platform's
+    /// answer to the request when it still takes edits, else as a reply.
+    async fn tell_failure(
+        &self,
+        chat: &dyn Chat,
+        job: &JobSpec,
+        placeholder: Option<&Placeholder>,
+        failure: &Failure,
+    ) {
+        let reply = &job.route;
         let text = messages::failure(reply.lang, failure);
+        if let Some(placeholder) = placeholder {
+            let told = messages::placeholder(&job.command.prompt, &text);
+            match retrying(|| chat.fail(reply, placeholder, &told)).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(error = %e, "the placeholder could not show the failure"),
+            }
+        }
         if reply.deferred.is_some() {
             match chat.edit(reply, Shown::Deferred, &text).await {
                 Ok(()) => return,

@@ -1,7 +1,12 @@
-//! Each job's conversation with its chat, owned by the core over [`Chat`]: accept → mark or
-//! status → queue position (one ticker for every platform) → typing → result (fitted to the
-//! chat's upload limit) or failure → commit, refund or told → the final mark. The adapters only
-//! carry out the calls; every choice is made here, once.
+//! Each job's conversation with its chat, owned by the core over [`Chat`]: accept → mark and
+//! placeholder (the request's input with the prompt and the state) → queue position and
+//! progress on the placeholder (one ticker for every platform) → result put into the
+//! placeholder (fitted to the chat's upload limit) or the failure told on it → commit, refund or
+//! told → the final mark. The adapters only carry out the calls; every choice is made here, once.
+//!
+//! A result is shown exactly once: the placeholder's messages are kept with the job before the
+//! result exists, and the result goes into them by an edit, which a retry or a restart after a
+//! crash repeats without showing anything twice (docs/PLATFORMS.md, "Exactly once").
 
 mod finish;
 mod retry;
@@ -15,44 +20,51 @@ use tokio::sync::watch;
 use super::error::Rejection;
 use super::jobs::{Accepted, Engine, JobSpec};
 use super::model::{Lang, Reply};
-use super::ports::chat::{Chat, ChatStyle, Mark, Shown};
+use super::ports::chat::{Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Shown};
 use super::quota::QuotaRejection;
 use crate::messages;
 
 pub use retry::retrying;
 
-/// Queue positions are re-told at most this often.
+/// Queue positions (and progress) are re-told at most this often.
 const POSITION_EVERY: Duration = Duration::from_secs(3);
 /// Rough time one job takes, for the expected start shown while waiting.
 const TYPICAL_JOB: Duration = Duration::from_secs(20);
 
 /// What the core shows for one job until it ends.
 pub(crate) struct Talk {
-    reply: Reply,
-    /// The status message, or the platform's own answer to the request.
-    status: Option<Shown>,
-    /// The status holds a text of ours (a position, "accepted"), to be changed to "working".
-    written: bool,
+    job: JobSpec,
+    /// The messages standing for the job, once posted (and kept by the store).
+    placeholder: Option<Placeholder>,
+    /// The placeholder shows a waiting text (a position), to become "working" at start.
+    waiting: bool,
+    /// A worker took the job.
+    started: bool,
     /// The request carries our working mark, to be turned into the final one.
     marked: bool,
     /// The position last told, while the job waits.
     last_position: Option<usize>,
-    typing: Option<tokio::task::AbortHandle>,
-    /// Turns true once the job was acknowledged: the final mark waits for the first.
+    /// Turns true once the job was acknowledged (its placeholder posted or given up): the
+    /// result waits for it.
     acked: Option<watch::Receiver<bool>>,
 }
 
 impl Talk {
-    fn new(reply: &Reply, acked: Option<watch::Receiver<bool>>) -> Self {
+    fn new(job: &JobSpec, acked: Option<watch::Receiver<bool>>) -> Self {
         Talk {
-            reply: reply.clone(),
-            status: reply.deferred.as_ref().map(|_| Shown::Deferred),
-            written: false,
+            job: job.clone(),
+            placeholder: None,
+            waiting: false,
+            started: false,
             marked: false,
             last_position: None,
-            typing: None,
             acked,
         }
+    }
+
+    /// Its acknowledgement is still under way (it posts the placeholder).
+    fn acking(&self) -> bool {
+        self.acked.as_ref().is_some_and(|a| !*a.borrow())
     }
 }
 
@@ -74,17 +86,18 @@ impl Engine {
     /// Takes a request: submits its job and shows that it was taken, or tells why not. An
     /// update seen again leaves its running job's conversation alone.
     pub async fn request(self: &Arc<Self>, spec: JobSpec) {
-        let (job_id, reply) = (spec.id.clone(), spec.route.clone());
+        let job_id = spec.id.clone();
         tracing::info!(job_id = %job_id, user = %spec.user(), inputs = spec.inputs.len(), "edit request");
         let (acked, acked_rx) = watch::channel(false);
         // Before submitting: a worker may start (and even finish) the job at once.
         let fresh = match self.talks.entry(job_id.clone()) {
             dashmap::Entry::Occupied(_) => false,
             dashmap::Entry::Vacant(v) => {
-                v.insert(Talk::new(&reply, Some(acked_rx)));
+                v.insert(Talk::new(&spec, Some(acked_rx)));
                 true
             }
         };
+        let job = spec.clone();
         let result = self.submit(spec).await;
         if result.is_err() && fresh {
             self.talks.remove(&job_id);
@@ -94,49 +107,100 @@ impl Engine {
                 tracing::info!(job_id = %job_id, position = accepted.position, "edit request accepted");
                 let me = Arc::clone(self);
                 self.tasks.spawn(async move {
-                    me.acknowledge(&job_id, &reply, accepted).await;
+                    me.acknowledge(&job, accepted).await;
                     let _ = acked.send(true);
                 });
             }
             Err(Rejection::Quota(QuotaRejection::Duplicate)) => {
                 tracing::info!(job_id = %job_id, "request seen again; the job exists already");
             }
-            Err(rejection) => self.refuse(&reply, &rejection),
+            Err(rejection) => self.refuse(&job.route, &rejection),
         }
     }
 
-    /// Marks the request and, when the job must wait (or the mark was refused), shows a status.
-    async fn acknowledge(&self, job_id: &str, reply: &Reply, accepted: Accepted) {
+    /// Marks the request and posts the job's placeholder, showing its place in the queue when
+    /// it must wait.
+    async fn acknowledge(&self, job: &JobSpec, accepted: Accepted) {
+        let reply = &job.route;
         let Some(chat) = self.chat(reply) else { return };
-        let deferred = reply.deferred.is_some();
-        let marked = !deferred && chat.mark(reply, Mark::Working).await.is_ok();
+        let marked = reply.deferred.is_none() && chat.mark(reply, Mark::Working).await.is_ok();
         let waiting = accepted.waits.then_some(accepted.position);
-        let text = match (waiting, marked || deferred) {
-            (None, true) => None,
-            (None, false) => Some(messages::accepted(reply.lang)),
-            (Some(ahead), _) => Some(self.position_text(chat.style(), reply.lang, ahead)),
+        let state = match waiting {
+            Some(ahead) => self.position_text(chat.style(), reply.lang, ahead),
+            None => messages::working(reply.lang),
         };
-        let status = match text {
-            None => None,
-            Some(text) if deferred => {
-                let _ = chat.edit(reply, Shown::Deferred, &text).await;
-                Some(Shown::Deferred)
-            }
-            Some(text) => chat.say(reply, &text).await.ok().map(Shown::Message),
-        };
-        let Some(mut talk) = self.talks.get_mut(job_id) else {
-            // The job ended meanwhile: nothing will clean the status message up later.
-            if let Some(Shown::Message(message)) = status {
-                let _ = chat.delete(reply, message).await;
-            }
+        let placeholder = self.hold(chat.as_ref(), job, &state).await.ok();
+        let Some(mut talk) = self.talks.get_mut(&job.id) else {
             return;
         };
         talk.marked = marked;
-        if status.is_some() {
-            talk.status = status;
-            talk.written = true;
+        talk.placeholder = placeholder.clone();
+        // Started while the placeholder was posted: it says "working" now.
+        let overtaken = talk.started && waiting.is_some();
+        talk.waiting = waiting.is_some() && !overtaken;
+        talk.last_position = waiting.filter(|_| !overtaken);
+        drop(talk);
+        if let (true, Some(placeholder)) = (overtaken, placeholder) {
+            let text = messages::placeholder(&job.command.prompt, &messages::working(reply.lang));
+            let _ = chat.show(reply, &placeholder, &text).await;
         }
-        talk.last_position = waiting;
+    }
+
+    /// Posts the job's placeholder showing `state`, and keeps it with the job.
+    pub(crate) async fn hold(
+        &self,
+        chat: &dyn Chat,
+        job: &JobSpec,
+        state: &str,
+    ) -> Result<Placeholder, ChatError> {
+        let reply = &job.route;
+        let text = messages::placeholder(&job.command.prompt, state);
+        let hold = Hold {
+            job_id: &job.id,
+            input: job.inputs.first().map(String::as_str),
+            n: job.command.count(),
+            text: &text,
+        };
+        let placeholder = retrying(|| chat.hold(reply, &hold)).await.inspect_err(|e| {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot post the job's placeholder");
+        })?;
+        let kept = match serde_json::to_string(&placeholder) {
+            Ok(json) => self.quotas.store().set_placeholder(&job.id, &json).await,
+            Err(e) => Err(crate::core::ports::store::StoreError(e.to_string())),
+        };
+        if let Err(e) = kept {
+            tracing::error!(job_id = %job.id, error = %e, "cannot keep the job's placeholder");
+        }
+        Ok(placeholder)
+    }
+
+    /// The placeholder a run of this job posted (this run's, or one before a restart or at
+    /// another replica), as the store keeps it.
+    pub(crate) async fn kept_placeholder(&self, job_id: &str) -> Option<Placeholder> {
+        match self.quotas.store().placeholder(job_id).await {
+            Ok(json) => json.and_then(|j| serde_json::from_str(&j).ok()),
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "cannot read the job's placeholder");
+                None
+            }
+        }
+    }
+
+    /// Shows `state` on the job's placeholder, if it has one.
+    async fn show_state(&self, job_id: &str, state: impl FnOnce(&Reply) -> String) {
+        let Some((job, placeholder)) = self
+            .talks
+            .get(job_id)
+            .and_then(|t| Some((t.job.clone(), t.placeholder.clone()?)))
+        else {
+            return;
+        };
+        let Some(chat) = self.chat(&job.route) else { return };
+        let reply = &job.route;
+        let text = messages::placeholder(&job.command.prompt, &state(reply));
+        if let Err(e) = chat.show(reply, &placeholder, &text).await {
+            tracing::debug!(job_id, error = %e, "cannot show the job's state");
+        }
     }
 
     /// Where a waiting job stands, as its chat shows it.
@@ -188,47 +252,49 @@ impl Engine {
         });
     }
 
-    /// A worker took the job: typing until it ends, "working" in place of a status of ours.
+    /// A worker took the job: its placeholder says "working" (a job resumed without one gets
+    /// one now).
     pub(crate) async fn started(&self, spec: &JobSpec) {
         let reply = &spec.route;
         let Some(chat) = self.chat(reply) else { return };
-        let every = chat.style().typing_every;
-        let (typer, to) = (Arc::clone(&chat), reply.clone());
-        let typing = self.tasks.spawn(async move {
-            loop {
-                let _ = typer.typing(&to).await;
-                tokio::time::sleep(every).await;
+        let (was_waiting, missing) = {
+            let mut talk = self.talks.entry(spec.id.clone()).or_insert_with(|| {
+                // Not taken by this run (resumed after a restart, or taken from another
+                // replica): its request carries the earlier run's mark.
+                let mut talk = Talk::new(spec, None);
+                talk.marked = reply.deferred.is_none();
+                talk
+            });
+            talk.started = true;
+            talk.last_position = None;
+            let was_waiting = std::mem::take(&mut talk.waiting);
+            (was_waiting, talk.placeholder.is_none() && !talk.acking())
+        };
+        if missing {
+            let kept = self.kept_placeholder(&spec.id).await;
+            let placeholder = match kept {
+                Some(kept) => {
+                    let text = messages::placeholder(&spec.command.prompt, &messages::working(reply.lang));
+                    let _ = chat.show(reply, &kept, &text).await;
+                    Some(kept)
+                }
+                None => self.hold(chat.as_ref(), spec, &messages::working(reply.lang)).await.ok(),
+            };
+            if let Some(mut talk) = self.talks.get_mut(&spec.id) {
+                talk.placeholder = placeholder;
             }
-        });
-        let mut talk = self.talks.entry(spec.id.clone()).or_insert_with(|| {
-            // Not taken by this run (resumed after a restart): its request carries the previous
-            // run's mark.
-            let mut talk = Talk::new(reply, None);
-            talk.marked = reply.deferred.is_none();
-            talk
-        });
-        if let Some(old) = talk.typing.replace(typing.abort_handle()) {
-            old.abort();
-        }
-        talk.last_position = None;
-        let working = talk.written.then_some(talk.status).flatten();
-        drop(talk);
-        if let Some(shown) = working {
-            let _ = chat
-                .edit(reply, shown, &messages::working(reply.lang))
-                .await;
+        } else if was_waiting {
+            self.show_state(&spec.id, |r| messages::working(r.lang)).await;
         }
     }
 
-    /// Shows a running job's progress (from services that report it) in place of its status
-    /// text, at most once per [`POSITION_EVERY`] per message, while `progress` has a sender.
-    /// Jobs without a status message of ours (only a mark) get no new message for it.
+    /// Shows a running job's progress (from services that report it) on its placeholder, at
+    /// most once per [`POSITION_EVERY`], while `progress` has a sender.
     pub(crate) async fn show_progress(
         &self,
         spec: &JobSpec,
         mut progress: watch::Receiver<Option<u8>>,
     ) {
-        let reply = &spec.route;
         let mut shown_at: Option<tokio::time::Instant> = None;
         let mut last = None;
         while progress.changed().await.is_ok() {
@@ -238,17 +304,10 @@ impl Engine {
             if last == Some(percent) || shown_at.is_some_and(|t| t.elapsed() < POSITION_EVERY) {
                 continue;
             }
-            let status = self
-                .talks
-                .get(&spec.id)
-                .and_then(|t| t.written.then_some(t.status).flatten());
-            let (Some(shown), Some(chat)) = (status, self.chat(reply)) else {
-                continue;
-            };
             shown_at = Some(tokio::time::Instant::now());
             last = Some(percent);
-            let text = messages::working_progress(reply.lang, percent);
-            let _ = chat.edit(reply, shown, &text).await;
+            self.show_state(&spec.id, |r| messages::working_progress(r.lang, percent))
+                .await;
         }
     }
 
@@ -270,34 +329,32 @@ impl Engine {
     }
 
     async fn tell_positions(&self) {
-        let waiting: Vec<(String, usize, Shown, Reply)> = self
+        let waiting: Vec<(String, usize)> = self
             .talks
             .iter()
-            .filter_map(|t| {
-                Some((
-                    t.key().clone(),
-                    t.last_position?,
-                    t.status?,
-                    t.reply.clone(),
-                ))
-            })
+            .filter(|t| t.placeholder.is_some())
+            .filter_map(|t| Some((t.key().clone(), t.last_position?)))
             .collect();
         if waiting.is_empty() {
             return;
         }
         let positions = self.positions();
-        for (job_id, last, shown, reply) in waiting {
+        for (job_id, last) in waiting {
             let Some(&now) = positions.get(&job_id) else {
                 continue;
             };
             if now == last {
                 continue;
             }
-            let Some(chat) = self.chat(&reply) else {
+            let Some(style) = self
+                .talks
+                .get(&job_id)
+                .and_then(|t| self.chats.get(&t.job.route.platform).map(|c| c.style()))
+            else {
                 continue;
             };
-            let text = self.position_text(chat.style(), reply.lang, now);
-            let _ = chat.edit(&reply, shown, &text).await;
+            self.show_state(&job_id, |r| self.position_text(style, r.lang, now))
+                .await;
             if let Some(mut talk) = self.talks.get_mut(&job_id) {
                 talk.last_position = Some(now);
             }

@@ -1,5 +1,6 @@
 //! The one retry policy for chat calls: a throttled call waits what the platform asked (at most
-//! a minute), a network or server error backs off exponentially, a final error is final.
+//! a minute), a network or server error backs off exponentially, a final error (or a message that is gone)
+//! is final.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,7 +25,7 @@ where
         .with_max_delay(Duration::from_secs(16))
         .with_max_times(ATTEMPTS - 1);
     call.retry(backoff)
-        .when(|e| !matches!(e, ChatError::Final { .. }))
+        .when(|e| !matches!(e, ChatError::Final { .. } | ChatError::Gone(_)))
         .adjust(|e, wait| match (e, wait) {
             (ChatError::RetryAfter(asked, _), Some(_)) => Some((*asked).min(MAX_RETRY_AFTER)),
             (_, wait) => wait,

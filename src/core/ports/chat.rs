@@ -2,11 +2,17 @@
 //! The adapter translates each into its platform's request and classifies what went wrong as a
 //! [`ChatError`]; what to retry, when to refund and what to say is the core's
 //! (`core::conversation`).
+//!
+//! A job is shown by a [`Placeholder`] from the moment it is taken: messages the bot posts for
+//! it, whose ids the store keeps with the job. Its state is shown on them ([`Chat::show`]) and
+//! its result is put into them ([`Chat::fill`]), by edits: an edit repeated after a retry or a
+//! restart shows nothing twice, so a result is shown exactly once.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::core::model::{Platform, Reply};
 use crate::core::ports::BoxFuture;
@@ -30,12 +36,40 @@ impl Mark {
     }
 }
 
-/// Something the bot shows for a job and may change later: a message it posted, or the answer
-/// the platform already shows for the request ([`Reply::deferred`]).
+/// Something the bot shows and may change later: a message it posted, or the answer the
+/// platform already shows for the request ([`Reply::deferred`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shown {
     Message(i64),
     Deferred,
+}
+
+/// What stands for a job in its chat from the moment it is taken until its result takes its
+/// place: the messages the adapter posted for it (or the platform's own answer to the request,
+/// by the message id it has), kept by the store with the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placeholder {
+    /// The messages the result's images go into, one per image, in order.
+    pub images: Vec<i64>,
+    /// The message whose text shows the job's state and becomes the result's caption (with its
+    /// 🔁), when that is not the first image's own caption (a Telegram album cannot carry a
+    /// button).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<i64>,
+}
+
+/// A placeholder to post for a job.
+#[derive(Debug, Clone, Copy)]
+pub struct Hold<'a> {
+    /// The job, for a platform's de-duplication key (Discord's nonce).
+    pub job_id: &'a str,
+    /// The request's first input (the adapter's own reference), shown back where the platform
+    /// can do so without an upload.
+    pub input: Option<&'a str>,
+    /// How many images the result will have.
+    pub n: u8,
+    /// The prompt and the job's state.
+    pub text: &'a str,
 }
 
 /// A finished job's images and their caption, ready to post.
@@ -56,13 +90,11 @@ pub struct ResultImage {
     pub ext: &'static str,
 }
 
-/// Where a result was posted.
+/// Where a result was put.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Posted {
-    /// The message with the 🔁 button, if it was sent.
+    /// The message with the 🔁 button, if it has one.
     pub button_at: Option<i64>,
-    /// A link to the result, for an answer that points at it.
-    pub link: Option<String>,
 }
 
 /// Whose side a final failure is on; the money rules need it.
@@ -86,6 +118,10 @@ pub enum ChatError {
     /// Trying again will not help.
     #[error("{detail}")]
     Final { side: Side, detail: String },
+    /// The message to edit is gone (deleted by someone, or never known to the platform): a new
+    /// one must take its place.
+    #[error("the message is gone: {0}")]
+    Gone(String),
 }
 
 impl ChatError {
@@ -100,8 +136,6 @@ impl ChatError {
 /// How a platform's chats look and behave, for the core's choices; constant per adapter.
 #[derive(Debug, Clone, Copy)]
 pub struct ChatStyle {
-    /// How often the typing (or uploading) indicator must be renewed while a job runs.
-    pub typing_every: Duration,
     /// Whether a waiting job's status shows when it is expected to start.
     pub eta: bool,
     /// A point in time as this platform's users read it.
@@ -126,15 +160,33 @@ pub trait Chat: Send + Sync + 'static {
         shown: Shown,
         text: &'a str,
     ) -> BoxFuture<'a, Result<(), ChatError>>;
-    fn delete<'a>(&'a self, to: &'a Reply, message: i64) -> BoxFuture<'a, Result<(), ChatError>>;
-    /// Shows that the bot is working on something for this chat.
-    fn typing<'a>(&'a self, to: &'a Reply) -> BoxFuture<'a, Result<(), ChatError>>;
     /// The largest file the chat takes; `None`: results are posted as they are.
     fn upload_limit<'a>(&'a self, to: &'a Reply) -> BoxFuture<'a, Option<u64>>;
-    /// Posts a result answering the request.
-    fn post<'a>(
+    /// Posts a job's placeholder answering the request.
+    fn hold<'a>(
         &'a self,
         to: &'a Reply,
+        hold: &'a Hold<'a>,
+    ) -> BoxFuture<'a, Result<Placeholder, ChatError>>;
+    /// Shows `text` (the prompt and the job's state) on its placeholder.
+    fn show<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>>;
+    /// Puts the result into the placeholder, in its place. Done again, it shows nothing new.
+    fn fill<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
         result: &'a ResultPost,
     ) -> BoxFuture<'a, Result<Posted, ChatError>>;
+    /// Turns the placeholder into the failure text `text` (no image of the request is left).
+    fn fail<'a>(
+        &'a self,
+        to: &'a Reply,
+        placeholder: &'a Placeholder,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChatError>>;
 }

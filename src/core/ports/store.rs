@@ -90,6 +90,9 @@ pub struct Unfinished {
     pub attempts: u32,
     /// For a failed job whose user was not told yet: why it failed.
     pub error: Option<String>,
+    /// What stands for the job in its chat (JSON of
+    /// [`crate::core::ports::chat::Placeholder`]), once it was posted.
+    pub placeholder: Option<String>,
 }
 
 /// Grouping of the usage report.
@@ -282,6 +285,10 @@ pub trait Store: Send + Sync + 'static {
         let _ = owner;
         Ok(0)
     }
+    /// Keeps what stands for the job in its chat (opaque JSON) until its result replaces it.
+    async fn set_placeholder(&self, job_id: &str, placeholder: &str) -> Result<(), StoreError>;
+    /// What [`Store::set_placeholder`] kept for the job, if anything.
+    async fn placeholder(&self, job_id: &str) -> Result<Option<String>, StoreError>;
     /// The user of a failed job has been told (failed jobs are listed as unfinished until then).
     async fn mark_told(&self, job_id: &str) -> Result<(), StoreError>;
     /// Whether the store takes writes (health check).

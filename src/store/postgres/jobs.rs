@@ -14,7 +14,8 @@ use super::{PgStore, get, pg, small};
 use crate::store::{OPEN, UNFINISHED, ms, time};
 
 /// The columns [`unfinished_of`] reads, in its order.
-const UNFINISHED_COLUMNS: &str = "id, status, spec, request_id, result_urls, attempts, error";
+const UNFINISHED_COLUMNS: &str =
+    "id, status, spec, request_id, result_urls, attempts, error, placeholder";
 
 /// A health check answers quickly rather than wait out a busy pool or a locked row.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +75,7 @@ fn unfinished_of(r: &Row) -> Result<Unfinished, StoreError> {
             .unwrap_or_default(),
         attempts: small(attempts),
         error: get(r, 6)?,
+        placeholder: get(r, 7)?,
     })
 }
 
@@ -248,6 +250,32 @@ pub(super) async fn renew(
 /// next look instead of when the leases would have run out.
 pub(super) async fn release(db: &PgStore, owner: &str) -> Result<usize, StoreError> {
     renew(db, owner, time(0)).await
+}
+
+pub(super) async fn set_placeholder(
+    db: &PgStore,
+    job_id: &str,
+    placeholder: &str,
+) -> Result<(), StoreError> {
+    db.client()
+        .await?
+        .execute(
+            "UPDATE jobs SET placeholder = $2 WHERE id = $1",
+            &[&job_id, &placeholder],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+pub(super) async fn placeholder(db: &PgStore, job_id: &str) -> Result<Option<String>, StoreError> {
+    let row = db
+        .client()
+        .await?
+        .query_opt("SELECT placeholder FROM jobs WHERE id = $1", &[&job_id])
+        .await
+        .map_err(pg)?;
+    Ok(row.and_then(|r| r.get(0)))
 }
 
 pub(super) async fn mark_told(db: &PgStore, job_id: &str) -> Result<(), StoreError> {

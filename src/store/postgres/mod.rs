@@ -175,6 +175,14 @@ impl Store for PgStore {
         jobs::mark_told(self, job_id).await
     }
 
+    async fn set_placeholder(&self, job_id: &str, placeholder: &str) -> Result<(), StoreError> {
+        jobs::set_placeholder(self, job_id, placeholder).await
+    }
+
+    async fn placeholder(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        jobs::placeholder(self, job_id).await
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         jobs::check_writable(self).await
     }

@@ -91,8 +91,12 @@ CREATE TABLE IF NOT EXISTS users (
 );
 ";
 
+/// Version 2: the messages that stand for a job in its chat until its result replaces them
+/// (JSON of `core::ports::chat::Placeholder`).
+const V2: &str = "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS placeholder TEXT";
+
 /// Every migration, oldest first. Append only: a version, once released, never changes.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// Brings the database named `target` (for messages) up to date; with `create` false, a
 /// database without our schema is an error and nothing is created.

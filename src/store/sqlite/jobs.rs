@@ -48,7 +48,7 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT id, status, spec, request_id, result_urls, attempts, error FROM jobs
+                "SELECT id, status, spec, request_id, result_urls, attempts, error, placeholder FROM jobs
                  WHERE {UNFINISHED} ORDER BY seq"
             ))
             .map_err(db)?;
@@ -66,6 +66,7 @@ impl Db {
                         .unwrap_or_default(),
                     attempts: r.get(5)?,
                     error: r.get(6)?,
+                    placeholder: r.get(7)?,
                 })
             })
             .map_err(db)?;
@@ -138,6 +139,28 @@ impl Db {
             )
             .map_err(db)?;
         Ok(())
+    }
+
+    pub(super) fn set_placeholder(&self, job_id: &str, placeholder: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET placeholder = ?2 WHERE id = ?1",
+                params![job_id, placeholder],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    pub(super) fn placeholder(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT placeholder FROM jobs WHERE id = ?1",
+                params![job_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db)
     }
 
     pub(super) fn mark_told(&self, job_id: &str) -> Result<(), StoreError> {

@@ -107,6 +107,17 @@ impl Store for SqliteStore {
         self.run(move |db| db.mark_told(&id)).await
     }
 
+    async fn set_placeholder(&self, job_id: &str, placeholder: &str) -> Result<(), StoreError> {
+        let (id, placeholder) = (job_id.to_owned(), placeholder.to_owned());
+        self.run(move |db| db.set_placeholder(&id, &placeholder))
+            .await
+    }
+
+    async fn placeholder(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        let id = job_id.to_owned();
+        self.run(move |db| db.placeholder(&id)).await
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.run(|db| db.check_writable()).await
     }

@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_chat    TEXT,
     result_message TEXT,
     -- the configured service (backend.name) that made the images, when several are configured
-    service        TEXT
+    service        TEXT,
+    -- the messages that stand for the job in its chat until its result replaces them (JSON)
+    placeholder    TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('queued','running','ready');
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at INTEGER NOT NULL);
@@ -90,6 +92,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         ("result_chat", "TEXT"),
         ("result_message", "TEXT"),
         ("service", "TEXT"),
+        ("placeholder", "TEXT"),
     ] {
         if !has("jobs", column)? {
             conn.execute_batch(&format!(

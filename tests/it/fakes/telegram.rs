@@ -78,6 +78,19 @@ impl Call {
     }
 }
 
+/// A message of the bot's as the chat shows it now.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub chat: i64,
+    pub message: i64,
+    /// The message it replies to.
+    pub reply_to: Option<i64>,
+    /// A result was put into it (`editMessageMedia`).
+    pub result: bool,
+    /// Its text or caption.
+    pub text: String,
+}
+
 /// How a scripted call fails.
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
@@ -109,6 +122,10 @@ struct Inner {
     downloads: Mutex<Vec<String>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     members: Mutex<HashMap<(i64, i64), String>>,
+    /// The `reply_parameters` each message the bot sent was sent with, by (chat, message).
+    replies: Mutex<HashMap<(i64, i64), Value>>,
+    /// The `editMessageMedia` calls that succeeded.
+    results: Mutex<Vec<Call>>,
     /// Methods whose calls wait (see [`FakeTelegram::hold`]).
     held: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
     /// `getUpdates` calls being answered now, and those refused because one was.
@@ -143,6 +160,8 @@ impl FakeTelegram {
             downloads: Mutex::default(),
             faults: Mutex::default(),
             members: Mutex::default(),
+            replies: Mutex::default(),
+            results: Mutex::default(),
             held: Default::default(),
             polling: AtomicUsize::new(0),
             conflicts: AtomicUsize::new(0),
@@ -232,6 +251,123 @@ impl FakeTelegram {
                     "waited {secs} s for {count} x {method}, got {}; calls: {seen:?}; polls: {}",
                     calls.len(),
                     self.polls().len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The results the bot put into its placeholders so far, one per `editMessageMedia` that
+    /// succeeded, as the user sees the message afterwards: `method` is `sendphoto` or
+    /// `senddocument` (what the message now is), `params` hold the chat, the message, the
+    /// caption and keyboard the edit set and the `reply_parameters` the placeholder was sent
+    /// with, and the image is the file part `photo` or `document`.
+    pub fn results(&self) -> Vec<Call> {
+        let replies = lock(&self.inner.replies).clone();
+        lock(&self.inner.results)
+            .iter()
+            .map(|edit| {
+                let media = &edit.params["media"];
+                let kind = media["type"].as_str().unwrap_or("photo").to_owned();
+                let chat = edit.chat_id().unwrap_or(0);
+                let message = edit.int("message_id").unwrap_or(0);
+                let mut params = json!({
+                    "chat_id": chat,
+                    "message_id": message,
+                    kind.clone(): format!("attach://{kind}"),
+                });
+                if let Some(caption) = media.get("caption") {
+                    params["caption"] = caption.clone();
+                }
+                if let Some(markup) = edit.params.get("reply_markup") {
+                    params["reply_markup"] = markup.clone();
+                }
+                if let Some(reply) = replies.get(&(chat, message)) {
+                    params["reply_parameters"] = reply.clone();
+                }
+                let bytes = media["media"]
+                    .as_str()
+                    .and_then(|m| m.strip_prefix("attach://"))
+                    .and_then(|name| edit.attachment(name))
+                    .unwrap_or_default()
+                    .to_vec();
+                Call {
+                    method: format!("send{kind}"),
+                    params,
+                    files: vec![(kind, bytes)],
+                    at: edit.at,
+                    via: edit.via.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Every message of the bot's that the chats show now (deleted ones are gone), in order.
+    pub fn shown(&self) -> Vec<Shown> {
+        let replies = lock(&self.inner.replies).clone();
+        let results: std::collections::HashSet<(i64, i64)> = lock(&self.inner.results)
+            .iter()
+            .filter_map(|c| Some((c.chat_id()?, c.int("message_id")?)))
+            .collect();
+        let mut shown: Vec<Shown> = lock(&self.inner.messages)
+            .iter()
+            .filter(|(_, m)| m["from"]["id"] == BOT_ID)
+            .map(|(&(chat, message), m)| Shown {
+                chat,
+                message,
+                reply_to: replies.get(&(chat, message)).and_then(|r| r["message_id"].as_i64()),
+                result: results.contains(&(chat, message)),
+                text: m["caption"]
+                    .as_str()
+                    .or(m["text"].as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+            .collect();
+        shown.sort_by_key(|s| (s.chat, s.message));
+        shown
+    }
+
+    /// Every text the bot showed, in order: messages sent, captions of photos and documents
+    /// sent, and captions and texts edited later. Each is its call with the text under `text`
+    /// and, for edits, the `reply_parameters` the edited message was sent with.
+    pub fn shown_texts(&self) -> Vec<Call> {
+        let replies = lock(&self.inner.replies).clone();
+        self.calls()
+            .into_iter()
+            .filter_map(|mut call| {
+                let text = match call.method.as_str() {
+                    "sendmessage" | "editmessagetext" => call.params.get("text")?.clone(),
+                    "sendphoto" | "senddocument" | "editmessagecaption" => {
+                        call.params.get("caption")?.clone()
+                    }
+                    _ => return None,
+                };
+                call.params["text"] = text;
+                if call.method.starts_with("edit") {
+                    let key = (call.chat_id()?, call.int("message_id")?);
+                    if let Some(reply) = replies.get(&key) {
+                        call.params["reply_parameters"] = reply.clone();
+                    }
+                }
+                Some(call)
+            })
+            .collect()
+    }
+
+    /// Waits until `count` results were put into placeholders ([`Self::results`]).
+    pub async fn wait_results(&self, count: usize, secs: u64) -> Vec<Call> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let results = self.results();
+            if results.len() >= count {
+                return results;
+            }
+            if Instant::now() >= deadline {
+                let seen: Vec<String> = self.calls().into_iter().map(|c| c.method).collect();
+                panic!(
+                    "waited {secs} s for {count} results, got {}; calls: {seen:?}",
+                    results.len()
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -450,6 +586,8 @@ impl Inner {
             })),
             "sendmessage" | "sendphoto" | "senddocument" => ok(self.send(call)),
             "editmessagetext" | "editmessagecaption" | "editmessagereplymarkup" => self.edit(call),
+            "editmessagemedia" => self.edit_media(call),
+            "deletemessage" => self.delete(call),
             "sendmediagroup" => ok(self.send_media_group(call)),
             "getfile" => self.get_file(call),
             "getchatmember" => ok(self.chat_member(call)),
@@ -500,6 +638,11 @@ impl Inner {
             "from": bot_user(),
         });
         echo(&mut message, &call.params);
+        let reply = &call.params["reply_parameters"];
+        if !reply.is_null() {
+            let id = message["message_id"].as_i64().unwrap_or(0);
+            lock(&self.replies).insert((chat_id, id), reply.clone());
+        }
         message
     }
 
@@ -546,6 +689,53 @@ impl Inner {
         }
         self.remember(&message);
         ok(message)
+    }
+
+    /// `editMessageMedia`: the message (which must exist and carry media) now shows the new
+    /// photo or document (uploaded as `attach://` or named by `file_id`), its caption and the
+    /// keyboard sent with it.
+    fn edit_media(&self, call: &Call) -> Response {
+        let (Some(chat_id), Some(message_id)) = (call.chat_id(), call.int("message_id")) else {
+            return error(400, "Bad Request: inline messages cannot get new uploads", None);
+        };
+        let Some(mut message) = lock(&self.messages).get(&(chat_id, message_id)).cloned() else {
+            return error(400, "Bad Request: message to edit not found", None);
+        };
+        if message.get("photo").is_none() && message.get("document").is_none() {
+            return error(400, "Bad Request: there is no media in the message to edit", None);
+        }
+        let media = &call.params["media"];
+        let bytes = media["media"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("attach://"))
+            .and_then(|name| call.attachment(name));
+        let fields = message.as_object_mut().expect("a message is an object");
+        for key in ["photo", "document", "caption", "reply_markup"] {
+            fields.remove(key);
+        }
+        match media["type"].as_str() {
+            Some("photo") => message["photo"] = json!([sent_photo(message_id, bytes)]),
+            Some("document") => message["document"] = sent_document(message_id, bytes),
+            other => return error(400, &format!("Bad Request: unsupported media type {other:?}"), None),
+        }
+        echo(&mut message, media);
+        let markup = &call.params["reply_markup"];
+        if markup.get("inline_keyboard").is_some() {
+            message["reply_markup"] = markup.clone();
+        }
+        message["edit_date"] = json!(now());
+        self.remember(&message);
+        lock(&self.results).push(call.clone());
+        ok(message)
+    }
+
+    /// `deleteMessage`: the message is no longer there (edits of it find nothing).
+    fn delete(&self, call: &Call) -> Response {
+        let key = (call.chat_id().unwrap_or(0), call.int("message_id").unwrap_or(0));
+        match lock(&self.messages).remove(&key) {
+            Some(_) => ok(json!(true)),
+            None => error(400, "Bad Request: message to delete not found", None),
+        }
     }
 
     fn send_media_group(&self, call: &Call) -> Value {
