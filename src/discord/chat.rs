@@ -211,7 +211,9 @@ impl Chat for DiscordChat {
             });
             self.edit_placeholder(to, placeholder, &text, again, files.collect())
                 .await
-                .inspect_err(|e| tracing::warn!(error = %e, "putting a result into its placeholder failed"))?;
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "putting a result into its placeholder failed"),
+                )?;
             Ok(Posted {
                 button_at: placeholder.images.first().copied(),
             })
@@ -339,7 +341,9 @@ fn classify(e: &serenity::Error) -> ChatError {
             let status = r.status_code;
             if r.error.code == 10008 {
                 ChatError::Gone(detail)
-            } else if status.as_u16() == 403 || matches!(r.error.code, 50001 | 50007 | 50013 | 10003) {
+            } else if status.as_u16() == 403
+                || matches!(r.error.code, 50001 | 50007 | 50013 | 10003)
+            {
                 ChatError::Final {
                     side: Side::User,
                     detail,

@@ -13,8 +13,8 @@ use teloxide::RequestError;
 use teloxide::net::Download;
 use teloxide::prelude::*;
 use teloxide::types::{
-    FileId, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia,
-    InputMediaDocument, InputMediaPhoto, MessageId, ReactionType, ReplyParameters,
+    FileId, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputMedia, InputMediaDocument,
+    InputMediaPhoto, MessageId, ReactionType, ReplyParameters,
 };
 use tokio::io::AsyncWrite;
 
@@ -164,7 +164,10 @@ impl Chat for TelegramChat {
             if placeholder.caption.is_some() {
                 // An album of the input has nothing to show for a failure.
                 for &image in &placeholder.images {
-                    let gone = self.bot.delete_message(chat_of(to), message_of(image)).await;
+                    let gone = self
+                        .bot
+                        .delete_message(chat_of(to), message_of(image))
+                        .await;
                     if let Err(e) = gone {
                         tracing::debug!(error = %safe_error(&e), "cannot delete a placeholder image");
                     }
@@ -329,14 +332,19 @@ impl TelegramChat {
             };
             let caption = single.then_some(result.caption.as_str());
             let media = media_of(image, name, caption, single);
-            let edit = self.bot.edit_message_media(chat, message_of(message), media);
+            let edit = self
+                .bot
+                .edit_message_media(chat, message_of(message), media);
             let edited = match single {
                 true => edit.reply_markup(again.clone()).await,
                 false => edit.await,
             };
-            edited.map(|_| ()).or_else(|e| unmodified(&e)).inspect_err(|e| {
-                tracing::warn!(error = %e, "putting a result into its placeholder failed");
-            })?;
+            edited
+                .map(|_| ())
+                .or_else(|e| unmodified(&e))
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "putting a result into its placeholder failed");
+                })?;
         }
         let button_at = match placeholder.caption {
             Some(message) => {
@@ -389,7 +397,8 @@ fn unmodified(e: &RequestError) -> Result<(), ChatError> {
             Err(ChatError::Gone(safe_error(e)))
         }
         RequestError::Api(A::Unknown(text))
-            if text.contains("message to edit not found") || text.contains("MESSAGE_ID_INVALID") =>
+            if text.contains("message to edit not found")
+                || text.contains("MESSAGE_ID_INVALID") =>
         {
             Err(ChatError::Gone(safe_error(e)))
         }

@@ -219,7 +219,10 @@ async fn a_waiting_jobs_placeholder_shows_its_position_then_working_then_becomes
         .await;
     let queued = messages::placeholder("b", &messages::queued(Lang::En, 0));
     r.chat
-        .wait_for(1, |c| matches!(c, Call::Hold { text, .. } if *text == queued))
+        .wait_for(
+            1,
+            |c| matches!(c, Call::Hold { text, .. } if *text == queued),
+        )
         .await;
     r.fake.release();
     r.chat.posts(2).await;
@@ -240,7 +243,11 @@ async fn a_waiting_jobs_placeholder_shows_its_position_then_working_then_becomes
         .collect();
     assert_eq!(second[0], Call::Mark(Some(20), Mark::Working));
     let Call::Hold {
-        to, input, n, message, ..
+        to,
+        input,
+        n,
+        message,
+        ..
     } = &second[1]
     else {
         panic!("the placeholder comes second: {second:#?}");
@@ -559,7 +566,10 @@ async fn any_edit_service_behind_the_port_gets_the_same_conversation() {
     settled(quotas, "broke", JobStatus::Failed).await;
     let failed = chat.failed(1).await;
     assert!(failed[0].contains("out of credit"), "{failed:?}");
-    assert!(!failed[0].contains("whatever-the-vendor-says"), "{failed:?}");
+    assert!(
+        !failed[0].contains("whatever-the-vendor-says"),
+        "{failed:?}"
+    );
     assert_eq!(quotas.show(&user("1")).await.unwrap().used, 2);
     assert_eq!(
         service.asked(),

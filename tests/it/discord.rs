@@ -143,17 +143,52 @@ impl Bot {
             .await
     }
 
+    /// Every message the bot posted or changed with a text, in order: channel posts, edits of
+    /// its messages (placeholders) and edits of interaction answers. An edit carries the
+    /// `message_reference` of the message it changed, as the channel shows it.
+    fn shown(&self) -> Vec<dc::Call> {
+        self.dc
+            .calls()
+            .into_iter()
+            .filter(|c| c.status < 300 && c.json["content"].is_string())
+            .filter(|c| {
+                let s = c.segments();
+                matches!(
+                    (c.method.as_str(), s.as_slice()),
+                    ("POST", ["channels", _, "messages"])
+                        | ("PATCH", ["channels", _, "messages", _])
+                        | ("PATCH", ["webhooks", _, _, "messages", _])
+                )
+            })
+            .map(|mut c| {
+                if c.method == "PATCH" {
+                    let edited = self.edited_message(&c);
+                    c.json["message_reference"] = edited["message_reference"].clone();
+                }
+                c
+            })
+            .collect()
+    }
+
+    /// The stored message a PATCH changed (an interaction's `@original` by its token).
+    fn edited_message(&self, c: &dc::Call) -> Value {
+        let s = c.segments();
+        let id = match s.as_slice() {
+            ["channels", _, "messages", id] => id.parse().ok(),
+            ["webhooks", _, token, "messages", "@original"] => self.dc.original_of(token),
+            ["webhooks", _, _, "messages", id] => id.parse().ok(),
+            _ => None,
+        };
+        id.and_then(|id| self.dc.message(id)).unwrap_or(Value::Null)
+    }
+
     async fn post_containing(&self, needle: &str) -> dc::Call {
         for _ in 0..1000 {
-            let found = self
-                .dc
-                .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
-                .into_iter()
-                .find(|c| {
-                    c.json["content"]
-                        .as_str()
-                        .is_some_and(|t| t.contains(needle))
-                });
+            let found = self.shown().into_iter().find(|c| {
+                c.json["content"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(needle))
+            });
             if let Some(c) = found {
                 return c;
             }
@@ -168,12 +203,12 @@ impl Bot {
         panic!("no post containing {needle:?}; calls: {all:#?}");
     }
 
-    /// The first `count` posts that carry a file (results, not status or error messages).
+    /// The first `count` results: edits that put files into a placeholder (not status or
+    /// error texts), each with the `message_reference` of the placeholder.
     async fn results(&self, count: usize) -> Vec<dc::Call> {
         for _ in 0..1500 {
             let found: Vec<dc::Call> = self
-                .dc
-                .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+                .shown()
                 .into_iter()
                 .filter(|c| c.file("files[0]").is_some())
                 .collect();
@@ -264,7 +299,28 @@ async fn a_text_edit_replying_to_an_image_message_gets_the_result_as_a_reply() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(on_request(), ["⏳", "✅"]);
-    assert!(!bot.dc.calls_to("POST", "/channels/*/typing").is_empty());
+    // While it ran, a placeholder replied to the request with the prompt and the state; the
+    // result went into it: the bot's only message in the channel.
+    let held = bot
+        .dc
+        .calls_to("POST", &format!("/channels/{CHANNEL}/messages"));
+    assert_eq!(held.len(), 1);
+    assert_eq!(replied_to(&held[0]), Some(6001));
+    assert!(held[0].files.is_empty());
+    let text = held[0].json["content"].as_str().unwrap();
+    assert!(
+        text.contains("make it night") && text.contains("Editing"),
+        "{text}"
+    );
+    let ours: Vec<Value> = bot
+        .dc
+        .channel_messages(CHANNEL)
+        .into_iter()
+        .filter(|m| m["author"]["id"] == dc::bot_user()["id"])
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(post.segments().last().copied(), ours[0]["id"].as_str());
+    assert_eq!(ours[0]["attachments"].as_array().map(Vec::len), Some(1));
     bot.stop().await;
     assert_eq!((bot.used(8).await, bot.used(7).await), (1, 0));
 }
@@ -331,7 +387,7 @@ async fn attachments_with_the_command_and_mentions_are_edits_too() {
 }
 
 #[tokio::test]
-async fn the_slash_command_defers_and_posts_the_result_in_the_channel() {
+async fn the_slash_command_defers_and_its_answer_becomes_the_result() {
     let mut bot = Bot::start("").await;
     let img = bot.image(5200, 900, 600);
     let cmd = slash_edit(
@@ -350,18 +406,29 @@ async fn the_slash_command_defers_and_posts_the_result_in_the_channel() {
     bot.dc.dispatch("INTERACTION_CREATE", cmd);
     let callbacks = bot.callbacks(1).await;
     assert_eq!(callbacks[0].json["type"], 5, "deferred first");
-    let post = bot.post_containing("make it night").await;
-    assert!(post.json["content"].as_str().unwrap().starts_with("<@8>"));
+    // The deferred answer is the placeholder: it shows the prompt and state, then the result
+    // is put into it (files, caption, 🔁); nothing is posted in the channel.
+    let post = bot.results(1).await.remove(0);
+    assert!(post.path.ends_with("/messages/@original"), "{}", post.path);
+    let content = post.json["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("<@8>") && content.contains("make it night"),
+        "{content}"
+    );
+    assert!(post.json["components"].to_string().contains("again:"));
     assert_eq!(images::dims(&uploaded(&post)).1, 64);
-    let edits = bot
-        .dc
-        .wait_for("PATCH", "/webhooks/*/*/messages/@original", 1, 10)
-        .await;
+    let edits = bot.dc.calls_to("PATCH", "/webhooks/*/*/messages/@original");
     assert!(
         edits[0].json["content"]
             .as_str()
             .unwrap()
-            .contains("https://discord.com/channels/77/500/")
+            .contains("Editing"),
+        "the placeholder first"
+    );
+    assert!(
+        bot.dc
+            .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+            .is_empty()
     );
     assert_eq!(
         bot.ds.seen()[0].images,
@@ -508,9 +575,14 @@ async fn the_message_command_asks_for_the_prompt_in_a_modal() {
         "zh-CN",
     );
     bot.dc.dispatch("INTERACTION_CREATE", submit);
-    let post = bot.post_containing("水彩").await;
-    assert_eq!(replied_to(&post), Some(6300));
-    assert!(post.json["content"].as_str().unwrap().contains("剩余"));
+    // The result is put into the command's own (deferred) answer.
+    let post = bot.results(1).await.remove(0);
+    assert!(post.path.ends_with("/messages/@original"), "{}", post.path);
+    let content = post.json["content"].as_str().unwrap();
+    assert!(
+        content.contains("水彩") && content.contains("剩余"),
+        "{content}"
+    );
     // The next one fails at the backend: its deferred response says so instead of thinking on.
     bot.ds.script([Reply::Error {
         status: 400,
@@ -529,16 +601,17 @@ async fn the_message_command_asks_for_the_prompt_in_a_modal() {
     );
     let token = failing["token"].as_str().unwrap().to_owned();
     bot.dc.dispatch("INTERACTION_CREATE", failing);
+    // Its placeholder, then the failure in its place.
     let told = bot
         .dc
         .wait_for(
             "PATCH",
             &format!("/webhooks/*/{token}/messages/@original"),
-            1,
+            2,
             20,
         )
         .await
-        .remove(0);
+        .remove(1);
     let text = told.json["content"].as_str().unwrap_or_default();
     assert!(
         text.contains("内容安全") && text.contains("额度已退还"),
@@ -667,9 +740,9 @@ async fn a_backend_failure_is_explained_and_refunded() {
 #[tokio::test]
 async fn a_rate_limited_or_failing_result_post_is_retried_without_a_new_model_call() {
     let mut bot = Bot::start("").await;
-    let posts = format!("/channels/{CHANNEL}/messages");
-    bot.dc.fail_next_rate_limited("POST", &posts, 0.2, 1);
-    bot.dc.fail_next("POST", &posts, 502, 0, 1);
+    let edits = format!("/channels/{CHANNEL}/messages/*");
+    bot.dc.fail_next_rate_limited("PATCH", &edits, 0.2, 1);
+    bot.dc.fail_next("PATCH", &edits, 502, 0, 1);
     bot.dc.dispatch(
         "MESSAGE_CREATE",
         message(
@@ -682,7 +755,7 @@ async fn a_rate_limited_or_failing_result_post_is_retried_without_a_new_model_ca
             None,
         ),
     );
-    let sent = bot.dc.wait_for("POST", &posts, 3, 30).await;
+    let sent = bot.dc.wait_for("PATCH", &edits, 3, 30).await;
     assert_eq!(
         sent.iter().map(|c| c.status).collect::<Vec<_>>(),
         [429, 502, 200]
@@ -691,7 +764,9 @@ async fn a_rate_limited_or_failing_result_post_is_retried_without_a_new_model_ca
         sent.iter().all(|c| c.file("files[0]").is_some()),
         "the result each time"
     );
-    assert_eq!(replied_to(&sent[2]), Some(6550));
+    let shown = bot.results(1).await;
+    assert_eq!(shown.len(), 1, "one result shown");
+    assert_eq!(replied_to(&shown[0]), Some(6550));
     assert_eq!(bot.ds.calls(), 1);
     bot.stop().await;
     assert_eq!(bot.used(8).await, 1);
@@ -759,22 +834,30 @@ async fn again_works_after_a_restart() {
         .into_iter()
         .find(|m| m["components"][0]["components"][0]["custom_id"] == custom_id.as_str())
         .expect("the result message carries the button");
-    let posted_id: u64 = posted["id"].as_str().unwrap().parse().unwrap();
-    bot.dc.dispatch(
-        "INTERACTION_CREATE",
-        button_press(
-            7400,
-            CHANNEL,
-            Some(GUILD),
-            user(9, "cy"),
-            NO_PERMS,
-            &custom_id,
-            posted,
-            "en-US",
-        ),
+    let press = button_press(
+        7400,
+        CHANNEL,
+        Some(GUILD),
+        user(9, "cy"),
+        NO_PERMS,
+        &custom_id,
+        posted,
+        "en-US",
     );
+    let token = press["token"].as_str().unwrap().to_owned();
+    bot.dc.dispatch("INTERACTION_CREATE", press);
+    // The new result goes into the press's own (deferred) answer, in the same channel.
     let again = bot.results(2).await.remove(1);
-    assert_eq!(replied_to(&again), Some(posted_id));
+    assert_eq!(
+        again.segments()[2..],
+        [token.as_str(), "messages", "@original"]
+    );
+    let answer = bot
+        .dc
+        .original_of(&token)
+        .and_then(|id| bot.dc.message(id))
+        .unwrap();
+    assert_eq!(answer["channel_id"], CHANNEL.to_string());
     let seen = bot.ds.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(
@@ -916,13 +999,20 @@ async fn a_result_posted_just_before_a_crash_is_not_posted_again_when_the_job_re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status(), "delivered");
+    // The result is put into the kept placeholder again: the same edit, nothing new posted.
     let posts = bot
         .dc
         .calls_to("POST", &format!("/channels/{CHANNEL}/messages"));
-    assert_eq!(posts.len(), 2, "sent again after the restart");
-    assert_eq!(posts[1].json["nonce"], first.json["nonce"]);
-    assert_eq!(posts[1].json["enforce_nonce"], true);
-    assert!(first.json["nonce"].as_str().is_some_and(|n| n.len() <= 25));
+    assert_eq!(posts.len(), 1, "no second message after the restart");
+    let again = bot.results(2).await.remove(1);
+    assert_eq!(again.path, first.path, "the same placeholder edited again");
+    assert_eq!(again.json["content"], first.json["content"]);
+    assert!(
+        posts[0].json["nonce"]
+            .as_str()
+            .is_some_and(|n| n.len() <= 25)
+    );
+    assert_eq!(posts[0].json["enforce_nonce"], true);
     let results: Vec<Value> = bot
         .dc
         .channel_messages(CHANNEL)
@@ -956,34 +1046,38 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
         bot.dc
             .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
     };
-    // Three run, and the 27 waiting are each told their place and expected start.
+    // Every job gets its placeholder: three run, and the 27 waiting are each told their place
+    // and expected start on theirs.
     for _ in 0..3000 {
-        if bot.ds.in_flight() == 3 && posts().len() >= 27 {
+        if bot.ds.in_flight() == 3 && posts().len() >= 30 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(bot.ds.in_flight(), 3);
     let statuses = posts();
-    // Up to three more may have been told before a worker took them.
-    assert!(
-        (27..=30).contains(&statuses.len()),
-        "every waiting job was told: {}",
-        statuses.len()
-    );
-    assert!(
-        statuses.iter().all(|p| p.file("files[0]").is_none()
-            && p.json["content"]
+    assert_eq!(statuses.len(), 30, "one placeholder each");
+    assert!(statuses.iter().all(|p| p.file("files[0]").is_none()));
+    let waiting = statuses
+        .iter()
+        .filter(|p| {
+            p.json["content"]
                 .as_str()
-                .is_some_and(|t| t.contains("<t:"))),
-        "status messages with an expected time: {statuses:?}"
+                .is_some_and(|t| t.contains("<t:"))
+        })
+        .count();
+    // Up to three more may have been posted before a worker took them.
+    assert!(
+        (27..=30).contains(&waiting),
+        "every waiting job was told its expected start: {statuses:?}"
     );
     bot.ds.release();
-    // Count the posts that carry a result.
+    // Count the results put into the placeholders.
     let results = || {
-        posts()
+        bot.dc
+            .calls_to("PATCH", &format!("/channels/{CHANNEL}/messages/*"))
             .iter()
-            .filter(|p| p.file("files[0]").is_some())
+            .filter(|p| p.status == 200 && p.file("files[0]").is_some())
             .count()
     };
     for _ in 0..3000 {
@@ -993,6 +1087,7 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(results(), 30);
+    assert_eq!(posts().len(), 30, "nothing posted besides the placeholders");
     assert_eq!(bot.ds.calls(), 30);
     assert_eq!(
         bot.ds.max_in_flight(),

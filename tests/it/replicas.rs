@@ -256,11 +256,7 @@ async fn race(name: &str, quota: &str, granted: usize, update: impl Fn(&Cluster,
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        cluster.tg.results().len(),
-        granted,
-        "{name}: delivered"
-    );
+    assert_eq!(cluster.tg.results().len(), granted, "{name}: delivered");
     assert_eq!(cluster.ds.calls(), granted, "{name}: model calls");
     let ledger = qwen_edit_bot::store::postgres::open_existing(&cluster.database).unwrap();
     let rows = {
@@ -370,7 +366,9 @@ async fn a_killed_replica_hands_over_its_polling_and_its_jobs() {
                 .contains(&r.via)
         })
         .unwrap();
-    cluster.tg.fail_next("editmessagemedia", Fault::ServerError, 3);
+    cluster
+        .tg
+        .fail_next("editmessagemedia", Fault::ServerError, 3);
     let msg = cluster.photo(20, tg::private_chat(5), 5);
     cluster.tg.push_update(tg::message_update(msg));
     until(20, "the photo refused once", || {
@@ -532,10 +530,7 @@ async fn an_albums_parts_taken_by_different_replicas_are_one_request() {
         let update = json!({ "update_id": id, "message": tg::with_media_group(m, "album-r") });
         replicas[at].post(&client, &update).await;
     }
-    until(20, "the album's result", || {
-        cluster.tg.results().len() == 1
-    })
-    .await;
+    until(20, "the album's result", || cluster.tg.results().len() == 1).await;
     // Both replicas' collection timers have run out by now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let seen = cluster.ds.seen();
@@ -580,7 +575,11 @@ async fn an_idle_replica_takes_jobs_waiting_at_the_busy_poller() {
     // Each job kept its one placeholder (the store keeps it with the job): the replica that
     // took a job over put the result into the placeholder the poller had posted, in its
     // waiting text until then. Nothing else was posted, nothing deleted.
-    assert_eq!(cluster.tg.calls_to("sendphoto").len(), 4, "one placeholder each");
+    assert_eq!(
+        cluster.tg.calls_to("sendphoto").len(),
+        4,
+        "one placeholder each"
+    );
     assert!(cluster.tg.calls_to("deletemessage").is_empty());
     assert!(
         cluster

@@ -794,7 +794,10 @@ async fn several_results_come_as_an_album_then_the_caption_with_the_again_button
     let media = album[0].params["media"].as_array().unwrap().clone();
     assert_eq!(media.len(), 2);
     for item in &media {
-        assert_eq!((item["type"].as_str(), item["media"].as_str()), (Some("photo"), Some("photo-140")));
+        assert_eq!(
+            (item["type"].as_str(), item["media"].as_str()),
+            (Some("photo"), Some("photo-140"))
+        );
     }
     assert!(album[0].files.is_empty(), "no upload");
     assert_eq!(reply_target(&album[0].params), 140);
@@ -806,10 +809,23 @@ async fn several_results_come_as_an_album_then_the_caption_with_the_again_button
         assert_eq!(reply_target(&result.params), 140);
     }
     let caption = bot.tg.wait_for("editmessagetext", 1, 20).await.remove(0);
-    assert!(caption.params["text"].as_str().unwrap().contains("two cats"));
-    assert!(caption.params["reply_markup"].to_string().contains("again:"));
+    assert!(
+        caption.params["text"]
+            .as_str()
+            .unwrap()
+            .contains("two cats")
+    );
+    assert!(
+        caption.params["reply_markup"]
+            .to_string()
+            .contains("again:")
+    );
     let posted = bot.tg.sent_messages(42);
-    assert_eq!(posted.len(), 3, "two images and the caption, nothing else: {posted:?}");
+    assert_eq!(
+        posted.len(),
+        3,
+        "two images and the caption, nothing else: {posted:?}"
+    );
     assert_eq!(bot.ds.seen()[0].body["parameters"]["n"], 2);
     bot.stop().await;
     assert_eq!(bot.used(42).await, 2);
@@ -827,7 +843,10 @@ async fn a_result_beyond_telegrams_photo_limits_is_sent_as_a_document() {
         600,
     )));
     let doc = bot.tg.wait_results(1, 20).await;
-    assert_eq!(doc[0].method, "senddocument", "the photo placeholder became a document");
+    assert_eq!(
+        doc[0].method, "senddocument",
+        "the photo placeholder became a document"
+    );
     assert_eq!(images::dims(doc[0].file("document").unwrap()).1, 9000);
     assert!(
         doc[0].params["caption"]
@@ -955,9 +974,16 @@ async fn where_reactions_are_not_allowed_the_placeholder_alone_says_the_job_was_
     let result = bot.tg.wait_results(1, 20).await.remove(0);
     assert_eq!(reply_target(&result.params), 190);
     bot.stop().await;
-    assert!(bot.tg.calls_to("sendmessage").is_empty(), "no status message of its own");
+    assert!(
+        bot.tg.calls_to("sendmessage").is_empty(),
+        "no status message of its own"
+    );
     assert!(bot.tg.calls_to("deletemessage").is_empty());
-    assert_eq!(bot.tg.sent_messages(42).len(), 1, "the placeholder became the result");
+    assert_eq!(
+        bot.tg.sent_messages(42).len(),
+        1,
+        "the placeholder became the result"
+    );
 }
 
 #[tokio::test]

@@ -161,9 +161,11 @@ impl Engine {
             n: job.command.count(),
             text: &text,
         };
-        let placeholder = retrying(|| chat.hold(reply, &hold)).await.inspect_err(|e| {
-            tracing::warn!(job_id = %job.id, error = %e, "cannot post the job's placeholder");
-        })?;
+        let placeholder = retrying(|| chat.hold(reply, &hold))
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot post the job's placeholder");
+            })?;
         let kept = match serde_json::to_string(&placeholder) {
             Ok(json) => self.quotas.store().set_placeholder(&job.id, &json).await,
             Err(e) => Err(crate::core::ports::store::StoreError(e.to_string())),
@@ -195,7 +197,9 @@ impl Engine {
         else {
             return;
         };
-        let Some(chat) = self.chat(&job.route) else { return };
+        let Some(chat) = self.chat(&job.route) else {
+            return;
+        };
         let reply = &job.route;
         let text = messages::placeholder(&job.command.prompt, &state(reply));
         if let Err(e) = chat.show(reply, &placeholder, &text).await {
@@ -274,17 +278,22 @@ impl Engine {
             let kept = self.kept_placeholder(&spec.id).await;
             let placeholder = match kept {
                 Some(kept) => {
-                    let text = messages::placeholder(&spec.command.prompt, &messages::working(reply.lang));
+                    let text =
+                        messages::placeholder(&spec.command.prompt, &messages::working(reply.lang));
                     let _ = chat.show(reply, &kept, &text).await;
                     Some(kept)
                 }
-                None => self.hold(chat.as_ref(), spec, &messages::working(reply.lang)).await.ok(),
+                None => self
+                    .hold(chat.as_ref(), spec, &messages::working(reply.lang))
+                    .await
+                    .ok(),
             };
             if let Some(mut talk) = self.talks.get_mut(&spec.id) {
                 talk.placeholder = placeholder;
             }
         } else if was_waiting {
-            self.show_state(&spec.id, |r| messages::working(r.lang)).await;
+            self.show_state(&spec.id, |r| messages::working(r.lang))
+                .await;
         }
     }
 

@@ -141,7 +141,11 @@ impl Db {
         Ok(())
     }
 
-    pub(super) fn set_placeholder(&self, job_id: &str, placeholder: &str) -> Result<(), StoreError> {
+    pub(super) fn set_placeholder(
+        &self,
+        job_id: &str,
+        placeholder: &str,
+    ) -> Result<(), StoreError> {
         self.conn()
             .execute(
                 "UPDATE jobs SET placeholder = ?2 WHERE id = ?1",

@@ -450,6 +450,11 @@ impl FakeDiscord {
         lock(&self.inner.messages).get(&id).cloned()
     }
 
+    /// The `@original` answer of the interaction with `token`, once it has one.
+    pub fn original_of(&self, token: &str) -> Option<u64> {
+        self.inner.token(token).original
+    }
+
     /// The stored messages of a channel, newest first.
     pub fn channel_messages(&self, channel_id: u64) -> Vec<Value> {
         self.inner.channel_messages(channel_id)

@@ -315,7 +315,9 @@ impl FakeTelegram {
             .map(|(&(chat, message), m)| Shown {
                 chat,
                 message,
-                reply_to: replies.get(&(chat, message)).and_then(|r| r["message_id"].as_i64()),
+                reply_to: replies
+                    .get(&(chat, message))
+                    .and_then(|r| r["message_id"].as_i64()),
                 result: results.contains(&(chat, message)),
                 text: m["caption"]
                     .as_str()
@@ -696,13 +698,21 @@ impl Inner {
     /// keyboard sent with it.
     fn edit_media(&self, call: &Call) -> Response {
         let (Some(chat_id), Some(message_id)) = (call.chat_id(), call.int("message_id")) else {
-            return error(400, "Bad Request: inline messages cannot get new uploads", None);
+            return error(
+                400,
+                "Bad Request: inline messages cannot get new uploads",
+                None,
+            );
         };
         let Some(mut message) = lock(&self.messages).get(&(chat_id, message_id)).cloned() else {
             return error(400, "Bad Request: message to edit not found", None);
         };
         if message.get("photo").is_none() && message.get("document").is_none() {
-            return error(400, "Bad Request: there is no media in the message to edit", None);
+            return error(
+                400,
+                "Bad Request: there is no media in the message to edit",
+                None,
+            );
         }
         let media = &call.params["media"];
         let bytes = media["media"]
@@ -716,7 +726,13 @@ impl Inner {
         match media["type"].as_str() {
             Some("photo") => message["photo"] = json!([sent_photo(message_id, bytes)]),
             Some("document") => message["document"] = sent_document(message_id, bytes),
-            other => return error(400, &format!("Bad Request: unsupported media type {other:?}"), None),
+            other => {
+                return error(
+                    400,
+                    &format!("Bad Request: unsupported media type {other:?}"),
+                    None,
+                );
+            }
         }
         echo(&mut message, media);
         let markup = &call.params["reply_markup"];
@@ -731,7 +747,10 @@ impl Inner {
 
     /// `deleteMessage`: the message is no longer there (edits of it find nothing).
     fn delete(&self, call: &Call) -> Response {
-        let key = (call.chat_id().unwrap_or(0), call.int("message_id").unwrap_or(0));
+        let key = (
+            call.chat_id().unwrap_or(0),
+            call.int("message_id").unwrap_or(0),
+        );
         match lock(&self.messages).remove(&key) {
             Some(_) => ok(json!(true)),
             None => error(400, "Bad Request: message to delete not found", None),
