@@ -268,6 +268,11 @@ pub struct TelegramConfig {
     pub private_chats: bool,
     /// Leave a group that is not allowed when added to it (after saying why once).
     pub leave_unlisted: bool,
+    /// What Telegram lets a bot send, which the outbox keeps under (`N/Ts`: N messages in any
+    /// T seconds): in one chat, in one group, in all chats together.
+    pub limit_per_chat: String,
+    pub limit_per_group: String,
+    pub limit_overall: String,
 }
 
 impl Default for TelegramConfig {
@@ -284,6 +289,9 @@ impl Default for TelegramConfig {
             allowed_chats: Vec::new(),
             private_chats: true,
             leave_unlisted: false,
+            limit_per_chat: "3/3s".into(),
+            limit_per_group: "20/60s".into(),
+            limit_overall: "30/1s".into(),
         }
     }
 }
@@ -312,6 +320,10 @@ pub struct DiscordConfig {
     pub direct_messages: bool,
     /// Leave a server that is not allowed when it is joined (or seen at start).
     pub leave_unlisted: bool,
+    /// What Discord lets a bot send, which the outbox keeps under (`N/Ts`): in one channel, and
+    /// in all channels together.
+    pub limit_per_channel: String,
+    pub limit_overall: String,
 }
 
 impl Default for DiscordConfig {
@@ -328,6 +340,8 @@ impl Default for DiscordConfig {
             allowed_roles: Vec::new(),
             direct_messages: true,
             leave_unlisted: false,
+            limit_per_channel: "5/5s".into(),
+            limit_overall: "50/1s".into(),
         }
     }
 }
@@ -553,4 +567,33 @@ pub fn host_of(url: &str) -> String {
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+impl TelegramConfig {
+    /// The limits the outbox keeps in Telegram chats (checked by `telegram::check`).
+    pub fn pace(&self) -> Result<crate::core::outbox::Pace, String> {
+        use crate::core::outbox::{Pace, Window};
+        let window = |key: &str, text: &str| {
+            Window::parse(text).map_err(|e| format!("telegram.{key} = {e}"))
+        };
+        Ok(Pace {
+            chat: window("limit_per_chat", &self.limit_per_chat)?,
+            group: Some(window("limit_per_group", &self.limit_per_group)?),
+            overall: window("limit_overall", &self.limit_overall)?,
+        })
+    }
+}
+
+impl DiscordConfig {
+    /// The limits the outbox keeps in Discord channels (checked by `discord::check`).
+    pub fn pace(&self) -> Result<crate::core::outbox::Pace, String> {
+        use crate::core::outbox::{Pace, Window};
+        let window =
+            |key: &str, text: &str| Window::parse(text).map_err(|e| format!("discord.{key} = {e}"));
+        Ok(Pace {
+            chat: window("limit_per_channel", &self.limit_per_channel)?,
+            group: None,
+            overall: window("limit_overall", &self.limit_overall)?,
+        })
+    }
 }

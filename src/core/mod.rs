@@ -15,6 +15,7 @@ pub mod image;
 pub mod jobs;
 pub mod jpeg;
 pub mod model;
+pub mod outbox;
 pub mod pipeline;
 pub mod ports;
 pub mod queue;

@@ -19,6 +19,7 @@ use serenity::builder::Builder as _;
 
 use super::source::DiscordSource;
 use crate::core::model::{Platform, Reply};
+use crate::core::outbox::Pace;
 use crate::core::ports::BoxFuture;
 use crate::core::ports::chat::{
     Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Posted, ResultPost, Shown, Side,
@@ -48,14 +49,17 @@ pub struct DiscordChat {
     source: DiscordSource,
     /// Upload limits learnt per server (from its boost tier).
     upload_limits: DashMap<u64, u64>,
+    /// What Discord lets the bot send.
+    pace: Pace,
 }
 
 impl DiscordChat {
-    pub fn new(http: Arc<Http>) -> Self {
+    pub fn new(http: Arc<Http>, pace: Pace) -> Self {
         Self {
             source: DiscordSource::new(http.clone()),
             http,
             upload_limits: DashMap::new(),
+            pace,
         }
     }
 }
@@ -79,6 +83,10 @@ impl Chat for DiscordChat {
 
     fn style(&self) -> ChatStyle {
         STYLE
+    }
+
+    fn pace(&self) -> Option<Pace> {
+        Some(self.pace)
     }
 
     fn fetch<'a>(&'a self, input: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {

@@ -11,6 +11,9 @@ pub fn problems(d: &DiscordConfig, secrets: &Secrets, out: &mut Vec<String>) {
     if d.enabled {
         url_problem(out, "discord.api_url", &d.api_url, &["http", "https"]);
     }
+    if let Err(e) = d.pace() {
+        out.push(e);
+    }
     let gateway = &d.gateway_url;
     if d.enabled && !gateway.is_empty() && !url_ok(gateway, &["ws", "wss"]) {
         out.push(format!(

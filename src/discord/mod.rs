@@ -73,7 +73,12 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
         .ok_or_else(|| anyhow::anyhow!("DISCORD_TOKEN is not set"))?;
     let token = crate::config::expose(token).to_owned();
     let http = Arc::new(http(&token, &settings.config.discord.api_url));
-    let chat = Arc::new(DiscordChat::new(http.clone()));
+    let pace = settings
+        .config
+        .discord
+        .pace()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let chat = Arc::new(DiscordChat::new(http.clone(), pace));
     Ok(Prepared { http, token, chat })
 }
 

@@ -21,6 +21,7 @@ use tokio::io::AsyncWrite;
 use super::safe_error;
 use super::trigger::MAX_DOWNLOAD_BYTES;
 use crate::core::model::{Platform, Reply};
+use crate::core::outbox::Pace;
 use crate::core::ports::BoxFuture;
 use crate::core::ports::chat::{
     Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Posted, ResultImage, ResultPost, Shown,
@@ -45,6 +46,8 @@ fn plain(id: &str) -> String {
 /// Telegram chats, through one bot.
 pub struct TelegramChat {
     pub bot: Bot,
+    /// What Telegram lets the bot send.
+    pub pace: Pace,
 }
 
 fn chat_of(to: &Reply) -> ChatId {
@@ -67,6 +70,10 @@ impl Chat for TelegramChat {
 
     fn style(&self) -> ChatStyle {
         STYLE
+    }
+
+    fn pace(&self) -> Option<Pace> {
+        Some(self.pace)
     }
 
     fn fetch<'a>(&'a self, input: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {

@@ -20,6 +20,9 @@ pub fn problems(t: &TelegramConfig, secrets: &Secrets, out: &mut Vec<String>) {
     if t.album_wait_ms > 10_000 {
         out.push("telegram.album_wait_ms must be at most 10000".into());
     }
+    if let Err(e) = t.pace() {
+        out.push(e);
+    }
     if t.enabled && secrets.telegram_bot_token.is_none() {
         out.push(
             "telegram is enabled but TELEGRAM_BOT_TOKEN is not set (nor TELEGRAM_BOT_TOKEN_FILE)"

@@ -108,7 +108,14 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
         &settings.config.telegram.api_url,
     )?;
     Ok(Prepared {
-        chat: Arc::new(TelegramChat { bot: bot.clone() }),
+        chat: Arc::new(TelegramChat {
+            bot: bot.clone(),
+            pace: settings
+                .config
+                .telegram
+                .pace()
+                .map_err(|e| anyhow::anyhow!(e))?,
+        }),
         bot,
     })
 }

@@ -1243,7 +1243,11 @@ async fn a_group_admin_cannot_grant_themselves_edits_but_can_restrict_others() {
 
 #[tokio::test]
 async fn results_the_users_chat_refuses_are_charged_and_count_for_the_day() {
-    let mut bot = Bot::start("per_user = 100\nglobal_per_day = 25\n").await;
+    // The group's limit is lifted: ten albums of six would take minutes at Telegram's.
+    let mut bot = Bot::start(
+        "per_user = 100\nglobal_per_day = 25\ntelegram:limit_per_group = \"1000/60s\"\n",
+    )
+    .await;
     // A private chat that blocked the bot while the job ran: charged 1.
     bot.tg.fail_next(
         "editmessagemedia",
@@ -2126,4 +2130,79 @@ async fn max_input_side_decides_how_large_inputs_reach_the_backend() {
         bot.ds.seen()[0].images,
         vec![("image/jpeg".into(), 1000, 750)]
     );
+}
+
+/// The earliest the `n`-th of `calls` messages can go after the first under the windows
+/// `(max, per)` (each call as soon as every window has room).
+fn earliest_last(calls: usize, windows: &[(usize, Duration)]) -> Duration {
+    let mut at: Vec<Duration> = Vec::with_capacity(calls);
+    for k in 0..calls {
+        let mut t = at.last().copied().unwrap_or_default();
+        for &(max, per) in windows {
+            if k >= max {
+                t = t.max(at[k - max] + per);
+            }
+        }
+        at.push(t);
+    }
+    at.last().copied().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_users_in_one_group_get_every_result_within_telegrams_limits_and_no_429() {
+    // Telegram's limits, twenty times faster: 3 messages in any 0.15 s in a chat, 20 in any
+    // 3 s in a group, 30 a second overall. The fake answers 429 beyond them; the bot's outbox
+    // keeps the same limits.
+    let chat = (3, Duration::from_millis(150));
+    let group = (20, Duration::from_secs(3));
+    let overall = (30, Duration::from_secs(1));
+    let mut bot = Bot::start(
+        "per_user = 5\n\
+         telegram:limit_per_chat = \"3/0.15s\"\n\
+         telegram:limit_per_group = \"20/3s\"\n\
+         telegram:limit_overall = \"30/1s\"\n",
+    )
+    .await;
+    bot.tg.limit(tg::Limits {
+        chat,
+        group,
+        overall,
+    });
+    let started = std::time::Instant::now();
+    for u in 0..30 {
+        let m = group_photo(&bot, 500 + u, -900, 9000 + i64::from(u), "/edit x");
+        bot.tg.push_update(message_update(m));
+    }
+    let results = bot.tg.wait_results(30, 60).await;
+    let elapsed = started.elapsed();
+    let mut targets: Vec<i64> = results.iter().map(|r| reply_target(&r.params)).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        (500..530).collect::<Vec<_>>(),
+        "each request its result"
+    );
+    bot.stop().await;
+    assert_eq!(bot.tg.throttled(), 0, "no 429 from Telegram");
+    let counted = |m: &str| bot.tg.calls_to(m).len();
+    let placeholders = counted("sendphoto");
+    let statuses = counted("editmessagecaption") + counted("editmessagetext");
+    assert_eq!(placeholders, 30, "one placeholder each");
+    // Every status edit waited behind the results and placeholders of the group, and was
+    // dropped for its result.
+    assert_eq!(statuses, 0, "status edits never took the results' turn");
+    let messages = placeholders + counted("editmessagemedia") + statuses;
+    let bound = earliest_last(messages, &[chat, group, overall]);
+    println!(
+        "30 users in one group: {messages} messages ({} calls in all) in {elapsed:?}; the \
+         limits allow them in {bound:?} at best",
+        bot.tg.calls().len()
+    );
+    assert!(
+        elapsed <= bound.mul_f64(1.1) + Duration::from_millis(500),
+        "{elapsed:?} for what the limits allow in {bound:?}"
+    );
+    for u in 0..30 {
+        assert_eq!(bot.used(9000 + u).await, 1);
+    }
 }

@@ -4,24 +4,26 @@
 //! charged, anything else refunded.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Talk, retrying};
+use super::{MARK, Talk};
 use crate::core::error::{Failure, FailureReason};
 use crate::core::image::{FitLimits, InputRules, fit_upload};
 use crate::core::jobs::{Delivery, Engine, JobSpec, Outcome, SendFailure};
+use crate::core::outbox::{Priority, Send};
 use crate::core::ports::chat::{
     Chat, ChatError, Mark, Placeholder, Posted, ResultImage, ResultPost, Shown, Side,
 };
 use crate::core::ports::store::ResultAt;
 use crate::messages;
 
-/// Longest wait for a job's acknowledgement (its placeholder) before its result is put anyway.
-const ACK_WAIT: Duration = Duration::from_secs(15);
-/// A delivery that takes longer (retries included) is given up and refunded.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Telling a failure: as urgent as a result.
+const FAILURE: Send = Send {
+    priority: Priority::Result,
+    cost: 1,
+    on: None,
+};
 /// Room left in an upload for the rest of the message.
 const UPLOAD_MARGIN: usize = 64 * 1024;
 
@@ -33,7 +35,8 @@ impl Engine {
         let job_id = outcome.job.id.clone();
         let acked = self.talks.get(&job_id).and_then(|t| t.acked.clone());
         if let Some(mut acked) = acked {
-            let _ = tokio::time::timeout(ACK_WAIT, acked.wait_for(|done| *done)).await;
+            // However long its placeholder waits in the outbox: the result goes into it.
+            let _ = acked.wait_for(|done| *done).await;
         }
         let reply = &outcome.job.route;
         let talk = match self.talks.remove(&job_id) {
@@ -65,7 +68,10 @@ impl Engine {
         };
         if talk.marked {
             let mark = if delivered { Mark::Done } else { Mark::Failed };
-            let _ = chat.mark(reply, mark).await;
+            let _ = self
+                .outbox
+                .run(reply, MARK, || chat.mark(reply, mark))
+                .await;
         }
         if !delivered {
             self.told(&outcome.job).await;
@@ -120,11 +126,7 @@ impl Engine {
             again: job.token.clone(),
         };
         let mut held = placeholder;
-        let sending = self.put(chat, job, &mut held, &post);
-        let sent = tokio::time::timeout(DELIVERY_TIMEOUT, sending)
-            .await
-            .unwrap_or_else(|_| Err(ChatError::Transient("delivery timed out".into())));
-        match sent {
+        match self.put(chat, job, &mut held, &post).await {
             Ok(posted) => {
                 let at = posted.button_at.map(|message| ResultAt {
                     chat: reply.chat.to_string(),
@@ -164,7 +166,14 @@ impl Engine {
                     placeholder
                 }
             };
-            match retrying(|| chat.fill(reply, &placeholder, post)).await {
+            let send = Send {
+                priority: Priority::Result,
+                cost: (placeholder.images.len() + usize::from(placeholder.caption.is_some()))
+                    as u32,
+                on: placeholder.images.first().copied(),
+            };
+            let fill = || chat.fill(reply, &placeholder, post);
+            match self.outbox.run(reply, send, fill).await {
                 Err(ChatError::Gone(detail)) if !replaced => {
                     tracing::info!(job_id = %job.id, detail, "the placeholder is gone; posting another");
                     replaced = true;
@@ -188,18 +197,31 @@ impl Engine {
         let text = messages::failure(reply.lang, failure);
         if let Some(placeholder) = placeholder {
             let told = messages::placeholder(&job.command.prompt, &text);
-            match retrying(|| chat.fail(reply, placeholder, &told)).await {
+            let send = Send {
+                on: placeholder.images.first().copied(),
+                ..FAILURE
+            };
+            match self
+                .outbox
+                .run(reply, send, || chat.fail(reply, placeholder, &told))
+                .await
+            {
                 Ok(()) => return,
                 Err(e) => tracing::debug!(error = %e, "the placeholder could not show the failure"),
             }
         }
         if reply.deferred.is_some() {
-            match chat.edit(reply, Shown::Deferred, &text).await {
+            let edit = || chat.edit(reply, Shown::Deferred, &text);
+            match self.outbox.run(reply, FAILURE, edit).await {
                 Ok(()) => return,
                 Err(e) => tracing::debug!(error = %e, "the request's answer could not be edited"),
             }
         }
-        if let Err(e) = retrying(|| chat.say(reply, &text)).await {
+        if let Err(e) = self
+            .outbox
+            .run(reply, FAILURE, || chat.say(reply, &text))
+            .await
+        {
             tracing::error!(error = %e, "cannot tell the user about a failure");
         }
     }

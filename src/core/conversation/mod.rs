@@ -20,11 +20,25 @@ use tokio::sync::watch;
 use super::error::Rejection;
 use super::jobs::{Accepted, Engine, JobSpec};
 use super::model::{Lang, Reply};
+use super::outbox::{Priority, Send};
 use super::ports::chat::{Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Shown};
 use super::quota::QuotaRejection;
 use crate::messages;
 
 pub use retry::retrying;
+
+/// A reaction: sent among placeholders, counted against no limit.
+pub(crate) const MARK: Send = Send {
+    priority: Priority::Placeholder,
+    cost: 0,
+    on: None,
+};
+/// A reply or an edit of the platform's answer that tells the user something.
+const REPLY: Send = Send {
+    priority: Priority::Placeholder,
+    cost: 1,
+    on: None,
+};
 
 /// Queue positions (and progress) are re-told at most this often.
 const POSITION_EVERY: Duration = Duration::from_secs(3);
@@ -107,8 +121,7 @@ impl Engine {
                 tracing::info!(job_id = %job_id, position = accepted.position, "edit request accepted");
                 let me = Arc::clone(self);
                 self.tasks.spawn(async move {
-                    me.acknowledge(&job, accepted).await;
-                    let _ = acked.send(true);
+                    me.acknowledge(&job, accepted, acked).await;
                 });
             }
             Err(Rejection::Quota(QuotaRejection::Duplicate)) => {
@@ -120,10 +133,20 @@ impl Engine {
 
     /// Marks the request and posts the job's placeholder, showing its place in the queue when
     /// it must wait.
-    async fn acknowledge(&self, job: &JobSpec, accepted: Accepted) {
+    async fn acknowledge(
+        self: &Arc<Self>,
+        job: &JobSpec,
+        accepted: Accepted,
+        acked: watch::Sender<bool>,
+    ) {
         let reply = &job.route;
         let Some(chat) = self.chat(reply) else { return };
-        let marked = reply.deferred.is_none() && chat.mark(reply, Mark::Working).await.is_ok();
+        let marked = reply.deferred.is_none()
+            && self
+                .outbox
+                .run(reply, MARK, || chat.mark(reply, Mark::Working))
+                .await
+                .is_ok();
         let waiting = accepted.waits.then_some(accepted.position);
         let state = match waiting {
             Some(ahead) => self.position_text(chat.style(), reply.lang, ahead),
@@ -140,9 +163,10 @@ impl Engine {
         talk.waiting = waiting.is_some() && !overtaken;
         talk.last_position = waiting.filter(|_| !overtaken);
         drop(talk);
-        if let (true, Some(placeholder)) = (overtaken, placeholder) {
-            let text = messages::placeholder(&job.command.prompt, &messages::working(reply.lang));
-            let _ = chat.show(reply, &placeholder, &text).await;
+        // The result may go into the placeholder from now on.
+        let _ = acked.send(true);
+        if overtaken {
+            self.show_state(&job.id, |r| messages::working(r.lang));
         }
     }
 
@@ -161,7 +185,17 @@ impl Engine {
             n: job.command.count(),
             text: &text,
         };
-        let placeholder = retrying(|| chat.hold(reply, &hold))
+        // Messages it posts: the images, and beside an album the text (a platform that keeps
+        // the text on the image posts one fewer).
+        let n = u32::from(hold.n);
+        let send = Send {
+            priority: Priority::Placeholder,
+            cost: n + u32::from(n > 1),
+            on: None,
+        };
+        let placeholder = self
+            .outbox
+            .run(reply, send, || chat.hold(reply, &hold))
             .await
             .inspect_err(|e| {
                 tracing::warn!(job_id = %job.id, error = %e, "cannot post the job's placeholder");
@@ -189,7 +223,7 @@ impl Engine {
     }
 
     /// Shows `state` on the job's placeholder, if it has one.
-    async fn show_state(&self, job_id: &str, state: impl FnOnce(&Reply) -> String) {
+    fn show_state(self: &Arc<Self>, job_id: &str, state: impl FnOnce(&Reply) -> String) {
         let Some((job, placeholder)) = self
             .talks
             .get(job_id)
@@ -200,11 +234,28 @@ impl Engine {
         let Some(chat) = self.chat(&job.route) else {
             return;
         };
-        let reply = &job.route;
-        let text = messages::placeholder(&job.command.prompt, &state(reply));
-        if let Err(e) = chat.show(reply, &placeholder, &text).await {
-            tracing::debug!(job_id, error = %e, "cannot show the job's state");
-        }
+        let text = messages::placeholder(&job.command.prompt, &state(&job.route));
+        let send = Send {
+            priority: Priority::Status,
+            cost: 1,
+            on: placeholder.images.first().copied(),
+        };
+        // Its own task: a status waits behind every result and placeholder of its chat, and
+        // nobody waits for it.
+        let me = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let reply = &job.route;
+            let show = || async {
+                // A job that ended shows its result or failure: no state over it.
+                if !me.talks.contains_key(&job.id) {
+                    return Err(ChatError::Superseded);
+                }
+                chat.show(reply, &placeholder, &text).await
+            };
+            if let Err(e) = me.outbox.run(reply, send, show).await {
+                tracing::debug!(job_id = %job.id, error = %e, "cannot show the job's state");
+            }
+        });
     }
 
     /// Where a waiting job stands, as its chat shows it.
@@ -225,9 +276,10 @@ impl Engine {
         let text = messages::rejection_with(reply.lang, rejection, &chat.style().time);
         tracing::info!(reason = %rejection, "request refused");
         if reply.deferred.is_some() {
-            let reply = reply.clone();
+            let (reply, outbox) = (reply.clone(), Arc::clone(&self.outbox));
             self.tasks.spawn(async move {
-                if let Err(e) = chat.edit(&reply, Shown::Deferred, &text).await {
+                let edit = || chat.edit(&reply, Shown::Deferred, &text);
+                if let Err(e) = outbox.run(&reply, REPLY, edit).await {
                     tracing::warn!(error = %e, "cannot answer the request");
                 }
             });
@@ -248,9 +300,9 @@ impl Engine {
             return;
         }
         let Some(chat) = self.chat(reply) else { return };
-        let reply = reply.clone();
+        let (reply, outbox) = (reply.clone(), Arc::clone(&self.outbox));
         self.tasks.spawn(async move {
-            if let Err(e) = chat.say(&reply, &text).await {
+            if let Err(e) = outbox.run(&reply, REPLY, || chat.say(&reply, &text)).await {
                 tracing::warn!(error = %e, "cannot answer the request");
             }
         });
@@ -258,7 +310,7 @@ impl Engine {
 
     /// A worker took the job: its placeholder says "working" (a job resumed without one gets
     /// one now).
-    pub(crate) async fn started(&self, spec: &JobSpec) {
+    pub(crate) async fn started(self: &Arc<Self>, spec: &JobSpec) {
         let reply = &spec.route;
         let Some(chat) = self.chat(reply) else { return };
         let (was_waiting, missing) = {
@@ -276,31 +328,29 @@ impl Engine {
         };
         if missing {
             let kept = self.kept_placeholder(&spec.id).await;
-            let placeholder = match kept {
-                Some(kept) => {
-                    let text =
-                        messages::placeholder(&spec.command.prompt, &messages::working(reply.lang));
-                    let _ = chat.show(reply, &kept, &text).await;
-                    Some(kept)
+            // One kept by an earlier run is told the job runs; a new one says so already.
+            let (placeholder, kept) = match kept {
+                Some(kept) => (Some(kept), true),
+                None => {
+                    let working = messages::working(reply.lang);
+                    (self.hold(chat.as_ref(), spec, &working).await.ok(), false)
                 }
-                None => self
-                    .hold(chat.as_ref(), spec, &messages::working(reply.lang))
-                    .await
-                    .ok(),
             };
             if let Some(mut talk) = self.talks.get_mut(&spec.id) {
                 talk.placeholder = placeholder;
             }
+            if kept {
+                self.show_state(&spec.id, |r| messages::working(r.lang));
+            }
         } else if was_waiting {
-            self.show_state(&spec.id, |r| messages::working(r.lang))
-                .await;
+            self.show_state(&spec.id, |r| messages::working(r.lang));
         }
     }
 
     /// Shows a running job's progress (from services that report it) on its placeholder, at
     /// most once per [`POSITION_EVERY`], while `progress` has a sender.
     pub(crate) async fn show_progress(
-        &self,
+        self: &Arc<Self>,
         spec: &JobSpec,
         mut progress: watch::Receiver<Option<u8>>,
     ) {
@@ -315,8 +365,7 @@ impl Engine {
             }
             shown_at = Some(tokio::time::Instant::now());
             last = Some(percent);
-            self.show_state(&spec.id, |r| messages::working_progress(r.lang, percent))
-                .await;
+            self.show_state(&spec.id, |r| messages::working_progress(r.lang, percent));
         }
     }
 
@@ -337,7 +386,7 @@ impl Engine {
         });
     }
 
-    async fn tell_positions(&self) {
+    async fn tell_positions(self: &Arc<Self>) {
         let waiting: Vec<(String, usize)> = self
             .talks
             .iter()
@@ -362,8 +411,7 @@ impl Engine {
             else {
                 continue;
             };
-            self.show_state(&job_id, |r| self.position_text(style, r.lang, now))
-                .await;
+            self.show_state(&job_id, |r| self.position_text(style, r.lang, now));
             if let Some(mut talk) = self.talks.get_mut(&job_id) {
                 talk.last_position = Some(now);
             }

@@ -123,6 +123,8 @@ pub struct Engine {
     access: Arc<Access>,
     /// The conversations of jobs in progress.
     pub(crate) talks: Talks,
+    /// Every call to a chat waits its turn here.
+    pub(crate) outbox: Arc<super::outbox::Outbox>,
     /// Which refusals are answered (repeats are not).
     pub(crate) refusals: super::throttle::RefusalThrottle,
     /// Every task the engine spawns (deliveries, acknowledgements, typing, the ticker).
@@ -147,6 +149,7 @@ impl Engine {
             observer: None,
             access: Arc::new(Access::open()),
             talks: Talks::new(),
+            outbox: Default::default(),
             refusals: Default::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             closing: tokio_util::sync::CancellationToken::new(),
@@ -159,8 +162,12 @@ impl Engine {
         }
     }
 
-    /// Connects a chat platform: its jobs are fetched from, and answered through, `chat`.
+    /// Connects a chat platform: its jobs are fetched from, and answered through, `chat`,
+    /// within its limits.
     pub fn register(&mut self, chat: Arc<dyn Chat>) {
+        if let Some(pace) = chat.pace() {
+            self.outbox.limit(chat.platform(), pace);
+        }
         self.chats.insert(chat.platform(), chat);
     }
 

@@ -109,7 +109,7 @@ impl Engine {
         .await
     }
 
-    async fn produce(&self, q: &Queued) -> Result<Delivery, FailureReason> {
+    async fn produce(self: &Arc<Self>, q: &Queued) -> Result<Delivery, FailureReason> {
         let spec = &q.spec;
         if q.given_up {
             return Err(FailureReason::Interrupted);

@@ -122,6 +122,9 @@ pub enum ChatError {
     /// one must take its place.
     #[error("the message is gone: {0}")]
     Gone(String),
+    /// Not sent: a newer call showing the same message took its place (a status edit).
+    #[error("replaced by a newer call")]
+    Superseded,
 }
 
 impl ChatError {
@@ -148,6 +151,10 @@ pub struct ChatStyle {
 pub trait Chat: Send + Sync + 'static {
     fn platform(&self) -> Platform;
     fn style(&self) -> ChatStyle;
+    /// What the platform lets the bot send, which the outbox keeps under; `None`: no limits.
+    fn pace(&self) -> Option<crate::core::outbox::Pace> {
+        None
+    }
     /// The bytes behind an input reference the adapter made when it took the request.
     fn fetch<'a>(&'a self, input: &'a str) -> BoxFuture<'a, Result<Bytes, String>>;
     /// Marks the request message.

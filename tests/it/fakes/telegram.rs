@@ -91,6 +91,16 @@ pub struct Shown {
     pub text: String,
 }
 
+/// At most `max` messages in any `per`: in one chat, in one group chat (negative ids), and
+/// in all chats together, as Telegram documents for bots (about 1 a second in a chat, 20 a
+/// minute in a group, 30 a second overall), scaled as a test needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub chat: (usize, Duration),
+    pub group: (usize, Duration),
+    pub overall: (usize, Duration),
+}
+
 /// How a scripted call fails.
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
@@ -126,6 +136,11 @@ struct Inner {
     replies: Mutex<HashMap<(i64, i64), Value>>,
     /// The `editMessageMedia` calls that succeeded.
     results: Mutex<Vec<Call>>,
+    /// Telegram's limits, when enforced ([`FakeTelegram::limit`]), and what they counted.
+    limits: Mutex<Option<Limits>>,
+    counted: Mutex<HashMap<Option<i64>, VecDeque<Instant>>>,
+    /// Calls answered 429 by the limits.
+    throttled: AtomicUsize,
     /// Methods whose calls wait (see [`FakeTelegram::hold`]).
     held: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
     /// `getUpdates` calls being answered now, and those refused because one was.
@@ -162,6 +177,9 @@ impl FakeTelegram {
             members: Mutex::default(),
             replies: Mutex::default(),
             results: Mutex::default(),
+            limits: Mutex::default(),
+            counted: Mutex::default(),
+            throttled: AtomicUsize::new(0),
             held: Default::default(),
             polling: AtomicUsize::new(0),
             conflicts: AtomicUsize::new(0),
@@ -376,6 +394,17 @@ impl FakeTelegram {
         }
     }
 
+    /// From now on, messages sent or edited beyond `limits` are answered 429 with the
+    /// `retry_after` (whole seconds, as Telegram gives it) after which they would fit.
+    pub fn limit(&self, limits: Limits) {
+        *lock(&self.inner.limits) = Some(limits);
+    }
+
+    /// Calls the limits answered 429.
+    pub fn throttled(&self) -> usize {
+        self.inner.throttled.load(Ordering::SeqCst)
+    }
+
     /// The next `times` calls to `method` fail with `fault`.
     pub fn fail_next(&self, method: &str, fault: Fault, times: usize) {
         let mut faults = lock(&self.inner.faults);
@@ -494,6 +523,15 @@ async fn handle(
     if let Some(fault) = s.take_fault(&method) {
         return fault_response(fault);
     }
+    if let Some(wait) = s.over_limits(&call) {
+        s.throttled.fetch_add(1, Ordering::SeqCst);
+        let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return error(
+            429,
+            &format!("Too Many Requests: retry after {retry_after}"),
+            Some(json!({ "retry_after": retry_after })),
+        );
+    }
     if method == "getupdates" {
         // Telegram answers a second getUpdates while one is pending with 409 Conflict.
         if s.polling.fetch_add(1, Ordering::SeqCst) > 0 {
@@ -576,6 +614,44 @@ fn fault_response(fault: Fault) -> Response {
 // Method behaviour
 
 impl Inner {
+    /// With limits on, a message call that does not fit them: how long until it would (it is
+    /// counted when it fits). Albums count one message per item.
+    fn over_limits(&self, call: &Call) -> Option<Duration> {
+        let limits = (*lock(&self.limits))?;
+        let messages = match call.method.as_str() {
+            "sendmessage" | "sendphoto" | "senddocument" | "editmessagetext"
+            | "editmessagecaption" | "editmessagemedia" => 1,
+            "sendmediagroup" => call.params["media"].as_array().map_or(1, Vec::len),
+            _ => return None,
+        };
+        let chat = call.chat_id().unwrap_or(0);
+        let now = Instant::now();
+        let mut counted = lock(&self.counted);
+        let mut windows = vec![(Some(chat), limits.chat), (None, limits.overall)];
+        if chat < 0 {
+            windows.push((Some(chat), limits.group));
+        }
+        let mut wait = Duration::ZERO;
+        for (key, (max, per)) in &windows {
+            let times = counted.entry(*key).or_default();
+            let live: Vec<Instant> = times.iter().copied().filter(|t| now - *t < *per).collect();
+            let over = (live.len() + messages).saturating_sub(*max);
+            if over > 0 {
+                let free_at = live[(over - 1).min(live.len() - 1)] + *per;
+                wait = wait.max(free_at - now);
+            }
+        }
+        if wait > Duration::ZERO {
+            return Some(wait);
+        }
+        for key in [Some(chat), None] {
+            let times = counted.entry(key).or_default();
+            times.retain(|t| now - *t < Duration::from_secs(120));
+            times.extend(std::iter::repeat_n(now, messages));
+        }
+        None
+    }
+
     fn take_fault(&self, method: &str) -> Option<Fault> {
         lock(&self.faults).get_mut(method)?.pop_front()
     }

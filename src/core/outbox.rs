@@ -1,0 +1,398 @@
+//! The outbox: every call the core makes to a chat waits its turn in the lane of its
+//! destination (one chat or channel), which keeps under the platform's limits and serves the
+//! most important call first. Results and failures go before placeholders, and placeholders
+//! before status edits; a status edit of a message is replaced by a newer one of the same
+//! message while it waits (only the latest is sent), and one for a message whose result is on
+//! its way is dropped. A platform's "too many requests" pauses that lane only. A lane runs one
+//! call at a time, so what it holds is what waits; a call's bytes are held by its caller, for
+//! that one delivery (docs/PLATFORMS.md, "Limits and the outbox").
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::model::{Platform, Reply};
+use super::ports::chat::ChatError;
+
+/// Attempts per call before it is given up.
+const ATTEMPTS: u32 = 5;
+/// Longest `retry_after` waited for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Least room kept between a window's calls for the time they take to arrive.
+const MARGIN: Duration = Duration::from_millis(25);
+/// One attempt of a call (an upload on a slow link included) that takes longer is given up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// At most `max` calls in any span of `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub max: u32,
+    pub per: Duration,
+}
+
+impl Window {
+    /// A window written `N/Ts`: at most N calls in any T seconds (`20/60s`, `5/0.5s`).
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let bad = || format!("{text:?}: write a limit as calls/seconds, e.g. \"20/60s\"");
+        let (max, per) = text.trim().split_once('/').ok_or_else(bad)?;
+        let max: u32 = max.trim().parse().map_err(|_| bad())?;
+        let secs: f64 = per
+            .trim()
+            .strip_suffix('s')
+            .ok_or_else(bad)?
+            .trim()
+            .parse()
+            .map_err(|_| bad())?;
+        if max == 0 || !(0.001..=3600.0).contains(&secs) {
+            return Err(format!(
+                "{text:?}: at least 1 call, in 0.001 to 3600 seconds"
+            ));
+        }
+        Ok(Window {
+            max,
+            per: Duration::from_secs_f64(secs),
+        })
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}s", self.max, self.per.as_secs_f64())
+    }
+}
+
+/// What a platform lets a bot send: in one chat, in one group chat (where that is stricter),
+/// and in all chats together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub chat: Window,
+    pub group: Option<Window>,
+    pub overall: Window,
+}
+
+/// How urgent a call is: lower goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// A result or a failure: what the user waits for.
+    Result,
+    /// A placeholder, a reply, a reaction: the user sees the request was taken.
+    Placeholder,
+    /// A queue position, "working", progress: dropped for a newer one or a result.
+    Status,
+}
+
+/// One call in the outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Send {
+    pub priority: Priority,
+    /// Messages it posts or edits, as the platform counts them against its limits.
+    pub cost: u32,
+    /// The message it shows something on: a waiting status edit of the same message is
+    /// replaced by this call.
+    pub on: Option<i64>,
+}
+
+/// The start times of the latest calls a window counts, oldest first.
+#[derive(Default)]
+struct Spent(VecDeque<Instant>);
+
+impl Spent {
+    /// When `cost` more calls fit in `window` (`now` if they do), with a margin for the calls'
+    /// times on their way (the platform counts them when they arrive).
+    fn ready_at(&self, window: Window, cost: u32, now: Instant) -> Instant {
+        let window = Window {
+            per: window.per + (window.per / 20).max(MARGIN),
+            ..window
+        };
+        let cost = cost.min(window.max) as usize;
+        if cost == 0 {
+            return now;
+        }
+        let live: Vec<Instant> = self
+            .0
+            .iter()
+            .copied()
+            .filter(|t| now.duration_since(*t) < window.per)
+            .collect();
+        let over = (live.len() + cost).saturating_sub(window.max as usize);
+        match over {
+            0 => now,
+            over => live[over - 1] + window.per,
+        }
+    }
+
+    fn record(&mut self, cost: u32, now: Instant, keep: Duration, most: usize) {
+        for _ in 0..cost {
+            self.0.push_back(now);
+        }
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= keep)
+            || self.0.len() > most
+        {
+            self.0.pop_front();
+        }
+    }
+
+    fn idle(&self, now: Instant, keep: Duration) -> bool {
+        self.0.back().is_none_or(|t| now.duration_since(*t) >= keep)
+    }
+}
+
+/// A call waiting in a lane.
+struct Waiting {
+    seq: u64,
+    send: Send,
+    /// Backing off after a network error: not before then.
+    not_before: Instant,
+}
+
+#[derive(Default)]
+struct LaneState {
+    waiting: Vec<Waiting>,
+    /// Calls replaced by a newer one while they waited.
+    dropped: Vec<u64>,
+    busy: bool,
+    paused_until: Option<Instant>,
+    spent: Spent,
+}
+
+impl LaneState {
+    /// The call to go next among those that may go `now`.
+    fn next(&self, now: Instant) -> Option<u64> {
+        self.waiting
+            .iter()
+            .filter(|w| w.not_before <= now)
+            .min_by_key(|w| (w.send.priority, w.seq))
+            .map(|w| w.seq)
+    }
+}
+
+/// One destination's queue.
+#[derive(Default)]
+struct Lane {
+    state: Mutex<LaneState>,
+    changed: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The lanes of every destination, and each platform's limits.
+#[derive(Default)]
+pub struct Outbox {
+    paces: DashMap<Platform, Pace>,
+    overall: DashMap<Platform, Mutex<Spent>>,
+    lanes: DashMap<(Platform, i64), Arc<Lane>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+/// A call's turn: the lane runs nothing else until it is dropped.
+struct Turn<'a>(&'a Lane);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).busy = false;
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A call's place in its lane, given up if the caller stops waiting.
+struct Place<'a> {
+    lane: &'a Lane,
+    seq: u64,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.lane.state);
+        state.waiting.retain(|w| w.seq != self.seq);
+        state.dropped.retain(|s| *s != self.seq);
+        drop(state);
+        self.lane.changed.notify_waiters();
+    }
+}
+
+impl Outbox {
+    /// Keeps `platform`'s calls under `pace` from now on (a platform never limited is not).
+    pub fn limit(&self, platform: Platform, pace: Pace) {
+        self.paces.insert(platform, pace);
+        self.overall.insert(platform, Mutex::default());
+    }
+
+    /// Runs `call` to the chat of `to` in its turn, within the platform's limits, retrying it
+    /// as the one retry policy says: what a throttled call asked is waited (at most a minute,
+    /// pausing this lane only), other transient errors back off 1, 2, 4, 8 s (letting other
+    /// calls go), a final error is final, five attempts is all. A status edit replaced by a
+    /// newer one ends with [`ChatError::Superseded`].
+    pub async fn run<T, F, Fut>(&self, to: &Reply, send: Send, mut call: F) -> Result<T, ChatError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ChatError>>,
+    {
+        let Some(pace) = self.paces.get(&to.platform).map(|p| *p) else {
+            return super::conversation::retrying(call).await;
+        };
+        let key = (to.platform, to.chat);
+        let lane = Arc::clone(&self.lanes.entry(key).or_default());
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let place = self.enter(&lane, seq, send);
+        let group = to.group.as_ref().and(pace.group);
+        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 1;
+        let result = loop {
+            let turn = match self.turn(&place, to.platform, pace, group, send.cost).await {
+                Some(turn) => turn,
+                None => break Err(ChatError::Superseded),
+            };
+            let outcome = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ChatError::Transient("the call timed out".into())),
+            };
+            let wait = match &outcome {
+                Err(ChatError::RetryAfter(asked, _)) => {
+                    let until = Instant::now() + (*asked).min(MAX_RETRY_AFTER);
+                    lock(&lane.state).paused_until = Some(until);
+                    (*asked).min(MAX_RETRY_AFTER)
+                }
+                Err(ChatError::Transient(_)) => {
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(16));
+                    lock(&lane.state)
+                        .waiting
+                        .push(self.waiting(seq, send, Instant::now() + wait));
+                    wait
+                }
+                _ => break outcome,
+            };
+            if attempt >= ATTEMPTS {
+                break outcome;
+            }
+            attempt += 1;
+            if let Err(e) = &outcome {
+                tracing::warn!(wait_ms = wait.as_millis() as u64, error = %e, "chat call failed, retrying");
+            }
+            if matches!(outcome, Err(ChatError::RetryAfter(..))) {
+                // First again once the lane's pause is over.
+                lock(&lane.state)
+                    .waiting
+                    .push(self.waiting(seq, send, Instant::now()));
+            }
+            drop(turn);
+        };
+        drop(place);
+        self.lanes.remove_if(&key, |_, lane| {
+            Arc::strong_count(lane) == 1 && self.idle(lane, pace)
+        });
+        result
+    }
+
+    fn waiting(&self, seq: u64, send: Send, not_before: Instant) -> Waiting {
+        Waiting {
+            seq,
+            send,
+            not_before,
+        }
+    }
+
+    /// Puts a call in its lane; a status edit waiting there for the same message gives way.
+    fn enter<'a>(&self, lane: &'a Lane, seq: u64, send: Send) -> Place<'a> {
+        let mut state = lock(&lane.state);
+        if let Some(on) = send.on {
+            let replaced: Vec<u64> = state
+                .waiting
+                .iter()
+                .filter(|w| w.send.on == Some(on) && w.send.priority == Priority::Status)
+                .map(|w| w.seq)
+                .collect();
+            state.waiting.retain(|w| !replaced.contains(&w.seq));
+            state.dropped.extend(replaced);
+        }
+        state.waiting.push(self.waiting(seq, send, Instant::now()));
+        drop(state);
+        lane.changed.notify_waiters();
+        Place { lane, seq }
+    }
+
+    /// Waits until the call in `place` may go: it is the most urgent that may go now, nothing
+    /// else of its lane runs, the lane is not paused, and the call fits the chat's, the group's
+    /// and the platform's windows. `None`: it was replaced while it waited.
+    async fn turn<'a>(
+        &self,
+        place: &Place<'a>,
+        platform: Platform,
+        pace: Pace,
+        group: Option<Window>,
+        cost: u32,
+    ) -> Option<Turn<'a>> {
+        let lane = place.lane;
+        loop {
+            let changed = lane.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wake = {
+                let mut state = lock(&lane.state);
+                if let Some(i) = state.dropped.iter().position(|s| *s == place.seq) {
+                    state.dropped.swap_remove(i);
+                    return None;
+                }
+                let now = Instant::now();
+                let mine = state.waiting.iter().find(|w| w.seq == place.seq);
+                let not_before = mine.map_or(now, |w| w.not_before);
+                if state.busy || not_before > now || state.next(now) != Some(place.seq) {
+                    Some(not_before).filter(|t| *t > now)
+                } else {
+                    let mut ready = state.paused_until.unwrap_or(now).max(now);
+                    ready = ready.max(state.spent.ready_at(pace.chat, cost, now));
+                    if let Some(group) = group {
+                        ready = ready.max(state.spent.ready_at(group, cost, now));
+                    }
+                    let overall = self.overall.entry(platform).or_default();
+                    let mut overall = lock(&overall);
+                    ready = ready.max(overall.ready_at(pace.overall, cost, now));
+                    if ready <= now {
+                        overall.record(cost, now, pace.overall.per, pace.overall.max as usize);
+                        state.spent.record(cost, now, longest(pace), most(pace));
+                        state.busy = true;
+                        state.waiting.retain(|w| w.seq != place.seq);
+                        return Some(Turn(lane));
+                    }
+                    Some(ready)
+                }
+            };
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        () = &mut changed => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+
+    fn idle(&self, lane: &Lane, pace: Pace) -> bool {
+        let state = lock(&lane.state);
+        !state.busy && state.waiting.is_empty() && state.spent.idle(Instant::now(), longest(pace))
+    }
+}
+
+/// How long a lane's history matters: its longest window.
+fn longest(pace: Pace) -> Duration {
+    pace.group
+        .map_or(pace.chat.per, |g| g.per.max(pace.chat.per))
+}
+
+/// How many calls a lane's history needs at most: its largest window.
+fn most(pace: Pace) -> usize {
+    pace.group
+        .map_or(pace.chat.max, |g| g.max.max(pace.chat.max)) as usize
+}
