@@ -175,7 +175,13 @@ async fn connect(
                 let mut stopped = stop.clone();
                 let stopper = tokio::spawn(async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
-                    shards.shutdown_all().await;
+                    // serenity's shutdown does nothing before a shard runs: a stop while the
+                    // client still starts is repeated until it has one to stop (the task ends
+                    // with the client).
+                    loop {
+                        shards.shutdown_all().await;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
                 });
                 let result = match cfg.shards[..] {
                     // serenity's range end is the last shard, inclusive.

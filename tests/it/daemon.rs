@@ -156,11 +156,13 @@ impl Daemon {
 
     /// Waits for the exit; returns whether it was successful, and the logs.
     async fn exit(mut self) -> (bool, String) {
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("exited in time")
-            .unwrap();
-        (status.success(), self.logs.await.unwrap())
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await
+        else {
+            let _ = self.child.kill().await;
+            let logs = self.logs.await.unwrap();
+            panic!("no exit within 60 s; logs:\n{}", tail(&logs));
+        };
+        (status.unwrap().success(), self.logs.await.unwrap())
     }
 
     /// SIGTERM, then asserts a clean exit (code 0).
@@ -331,18 +333,7 @@ async fn killed_at_random_moments_it_loses_no_job_and_charges_exactly_what_it_de
         d.tg.push_update(d.photo(*message_id, *user_id, "/edit make it night"));
     }
     // Different moments on every run; the seed is in the failure message to replay one.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut rng_state = seed;
-    let mut random_ms = move |lo: u64, hi: u64| {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        lo + rng_state % (hi - lo)
-    };
+    let (seed, mut random_ms) = moments();
     // Each run talks to Telegram through its own path, so every send names the run it came
     // from: runs 0..4 are killed, run 4 finishes.
     const KILLS: usize = 4;
@@ -719,4 +710,190 @@ async fn admin_commands_from_anywhere_reach_the_running_daemon_and_its_database(
     let health = admin(elsewhere.path(), &config, &["health"]).await;
     assert!(!health.status.success(), "no daemon, unhealthy");
     assert!(out(&health).contains("unhealthy"), "{}", out(&health));
+}
+
+/// A pseudo-random number generator for kill moments, seeded per run (the seed is printed in
+/// failures to replay one).
+fn moments() -> (u64, impl FnMut(u64, u64) -> u64) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut state = seed;
+    (seed, move |lo: u64, hi: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        lo + state % (hi - lo)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_discord_killed_at_random_moments_each_request_shows_one_answer_and_is_charged_for_it() {
+    use crate::fakes::discord::{self as dc, FakeDiscord};
+    const GUILD: u64 = 77;
+    const CHANNEL: u64 = 500;
+    let (discord, ds) = (FakeDiscord::start().await, FakeDashScope::start().await);
+    ds.set_latency(Duration::from_millis(150));
+    // Every tenth of the first 150 backend calls is refused: failures must survive kills too.
+    ds.script((0..150).map(|i| match i % 10 {
+        4 => Reply::Error {
+            status: 400,
+            code: "DataInspectionFailed",
+            retry_after: None,
+        },
+        _ => Reply::Ok(1),
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.sqlite3");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "shutdown_grace_secs = 20\n\
+             [backend]\nbase_url = {:?}\nmax_requests_per_second = 1000.0\nmax_concurrent = 4\ntimeout_secs = 5\n\
+             [discord]\nenabled = true\napi_url = {:?}\nguild_ids = [{GUILD}]\nlimit_per_channel = \"1000/1s\"\n\
+             [quota]\ndatabase = {:?}\nper_user = 100\nmax_in_flight_per_user = 50\nmax_queue = 1000\n\
+             [http]\nlisten = \"\"\n",
+            ds.base_url,
+            discord.rest_url,
+            db.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_clear()
+            .env("DASHSCOPE_API_KEY", API_KEY)
+            .env("DISCORD_TOKEN", dc::TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let logs = collect_logs(&mut child);
+        Daemon { child, logs }
+    };
+    let jobs = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    let daemon = spawn();
+    discord.wait_ready(20).await;
+    discord.wait_for("PUT", "/guilds/*/commands", 1, 20).await;
+    let requests: Vec<u64> = (0..200).map(|i| 10_000 + i).collect();
+    for (i, id) in requests.iter().enumerate() {
+        let user_id = 7000 + (i as u64 % 40);
+        let url = discord.add_attachment(&format!("in-{id}.jpg"), images::jpeg(640, 480));
+        let image = dc::attachment(
+            id + 100_000,
+            "in.jpg",
+            &url,
+            1000,
+            Some("image/jpeg"),
+            Some(640),
+            Some(480),
+        );
+        let m = dc::message(
+            *id,
+            CHANNEL,
+            Some(GUILD),
+            dc::user(user_id, "u"),
+            "/edit make it night",
+            vec![image],
+            None,
+        );
+        discord.dispatch("MESSAGE_CREATE", m);
+    }
+    // The gateway does not replay events to a new session: the first run takes them all in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while jobs() < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(jobs(), 200, "every request accepted");
+    let (seed, mut random_ms) = moments();
+    const KILLS: usize = 4;
+    let mut daemon = Some(daemon);
+    for run in 0..KILLS {
+        let running = daemon.take().unwrap_or_else(&spawn);
+        tokio::time::sleep(Duration::from_millis(random_ms(300, 2500))).await;
+        running.signal("-KILL");
+        let (ok, _) = running.exit().await;
+        assert!(!ok, "run {run} killed");
+    }
+    let last = spawn();
+    let answered = |messages: &[Value]| {
+        let mut out: HashMap<u64, (usize, usize, usize)> = HashMap::new();
+        for m in messages
+            .iter()
+            .filter(|m| m["author"]["id"] == dc::bot_user()["id"])
+        {
+            let Some(to) = m["message_reference"]["message_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+            else {
+                continue;
+            };
+            let entry = out.entry(to).or_default();
+            if m["attachments"].as_array().is_some_and(|a| !a.is_empty()) {
+                entry.0 += 1;
+            } else if m["content"]
+                .as_str()
+                .is_some_and(|t| t.contains("refunded"))
+            {
+                entry.1 += 1;
+            } else {
+                entry.2 += 1;
+            }
+        }
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = answered(&discord.channel_messages(CHANNEL));
+        let done = requests
+            .iter()
+            .filter(|id| now.get(id).is_some_and(|a| a.0 + a.1 == 1))
+            .count();
+        if done == requests.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last.stop().await;
+    let shown = answered(&discord.channel_messages(CHANNEL));
+    for id in &requests {
+        let (results, failures, others) = shown.get(id).copied().unwrap_or_default();
+        assert_eq!(
+            (results + failures, others),
+            (1, 0),
+            "request {id}: {results} results, {failures} failures, {others} other messages (seed {seed})"
+        );
+    }
+    let delivered = shown.values().filter(|a| a.0 == 1).count();
+    assert!(
+        delivered < requests.len(),
+        "some requests failed (seed {seed})"
+    );
+    use qwen_edit_bot::core::model::{Platform, UserRef};
+    use qwen_edit_bot::core::ports::store::Store;
+    let store = ledger(&db);
+    let since = chrono::Utc::now() - chrono::Duration::days(2);
+    let mut used = 0;
+    for u in 7000..7040 {
+        used += store
+            .used(&UserRef::new(Platform::Discord, u.to_string()), since)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        used as usize, delivered,
+        "quota used equals results shown (seed {seed})"
+    );
+    assert!(store.unfinished().await.unwrap().is_empty());
 }

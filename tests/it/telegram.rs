@@ -2206,3 +2206,26 @@ async fn thirty_users_in_one_group_get_every_result_within_telegrams_limits_and_
         assert_eq!(bot.used(9000 + u).await, 1);
     }
 }
+
+#[tokio::test]
+async fn a_result_whose_answer_is_lost_is_put_again_and_shows_once() {
+    let mut bot = Bot::start("").await;
+    // Telegram takes the edit, and the connection breaks before its answer arrives.
+    bot.tg.fail_next("editmessagemedia", Fault::LoseResponse, 1);
+    bot.tg
+        .push_update(message_update(bot.photo(330, 42, "/edit x", 800, 600)));
+    let edits = bot.tg.wait_for("editmessagemedia", 2, 30).await;
+    assert_eq!(
+        edits[0].int("message_id"),
+        edits[1].int("message_id"),
+        "the same placeholder edited again"
+    );
+    bot.stop().await;
+    let shown = bot.tg.shown();
+    assert_eq!(shown.len(), 1, "one message in the chat: {shown:?}");
+    assert!(
+        shown[0].result && shown[0].reply_to == Some(330),
+        "{shown:?}"
+    );
+    assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
+}

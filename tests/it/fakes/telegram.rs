@@ -112,6 +112,9 @@ pub enum Fault {
     BadRequest(&'static str),
     /// 403 with this description, e.g. "Forbidden: bot was blocked by the user".
     Forbidden(&'static str),
+    /// The call takes effect, then the connection breaks before the answer is whole: the bot
+    /// cannot know it arrived.
+    LoseResponse,
 }
 
 #[derive(Default)]
@@ -521,6 +524,10 @@ async fn handle(
     lock(log).push(call.clone());
     let _ = s.held.subscribe().wait_for(|h| !h.contains(&method)).await;
     if let Some(fault) = s.take_fault(&method) {
+        if let Fault::LoseResponse = fault {
+            let _ = s.answer(&call);
+            return lost();
+        }
         return fault_response(fault);
     }
     if let Some(wait) = s.over_limits(&call) {
@@ -597,6 +604,18 @@ fn error(code: u16, description: &str, parameters: Option<Value>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A 200 whose body breaks off: the connection is cut mid-answer.
+fn lost() -> Response {
+    let broken = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("connection lost"))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from_stream(broken))
+        .unwrap()
+}
+
 fn fault_response(fault: Fault) -> Response {
     match fault {
         Fault::TooManyRequests { retry_after } => error(
@@ -607,6 +626,7 @@ fn fault_response(fault: Fault) -> Response {
         Fault::ServerError => error(500, "Internal Server Error", None),
         Fault::BadRequest(description) => error(400, description, None),
         Fault::Forbidden(description) => error(403, description, None),
+        Fault::LoseResponse => lost(),
     }
 }
 
