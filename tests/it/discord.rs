@@ -1650,3 +1650,56 @@ async fn with_leave_unlisted_the_bot_leaves_servers_that_are_not_allowed() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].ends_with("/guilds/79"), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_users_in_one_channel_get_every_result_within_its_limit_and_no_429() {
+    // A channel's limit twenty times faster: 5 messages in any 0.25 s (Discord: 5 in 5 s).
+    let per = Duration::from_millis(250);
+    let mut bot = Bot::start("per_user = 5\ndiscord:limit_per_channel = \"5/0.25s\"\n").await;
+    bot.dc.limit_channels(5, per);
+    let started = std::time::Instant::now();
+    for u in 0..30u64 {
+        let m = message(
+            7100 + u,
+            CHANNEL,
+            Some(GUILD),
+            user(300 + u, "u"),
+            "/edit x",
+            vec![bot.image(8100 + u, 500, 500)],
+            None,
+        );
+        bot.dc.dispatch("MESSAGE_CREATE", m);
+    }
+    let results = bot.results(30).await;
+    let elapsed = started.elapsed();
+    let mut targets: Vec<u64> = results.iter().filter_map(replied_to).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        (7100..7130).collect::<Vec<_>>(),
+        "each request its result"
+    );
+    bot.stop().await;
+    assert_eq!(bot.dc.throttled(), 0, "no 429 from Discord");
+    let messages = bot
+        .dc
+        .calls_to("POST", &format!("/channels/{CHANNEL}/messages"))
+        .len()
+        + bot
+            .dc
+            .calls_to("PATCH", &format!("/channels/{CHANNEL}/messages/*"))
+            .len();
+    assert_eq!(
+        messages, 60,
+        "a placeholder and a result each, no status edit"
+    );
+    // The n-th message can go no sooner than (n / 5) windows after the first.
+    let bound = per * ((messages as u32 - 1) / 5);
+    println!(
+        "30 users in one channel: {messages} messages in {elapsed:?}; the limit allows {bound:?} at best"
+    );
+    assert!(
+        elapsed <= bound.mul_f64(1.1) + Duration::from_millis(500),
+        "{elapsed:?} for what the limit allows in {bound:?}"
+    );
+}

@@ -34,7 +34,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -215,6 +215,11 @@ struct Inner {
     tokens: Mutex<HashMap<String, TokenState>>,
     commands: Mutex<Vec<Value>>,
     gateway: Mutex<Gateway>,
+    /// Messages a channel may get (posted or edited) in any span, when enforced
+    /// ([`FakeDiscord::limit_channels`]); what was counted, and how many were refused.
+    channel_limit: Mutex<Option<(usize, Duration)>>,
+    counted: Mutex<HashMap<u64, VecDeque<Instant>>>,
+    throttled: AtomicUsize,
 }
 
 /// A running fake. It lives until the test's runtime ends.
@@ -255,6 +260,9 @@ impl FakeDiscord {
             tokens: Mutex::default(),
             commands: Mutex::default(),
             gateway: Mutex::default(),
+            channel_limit: Mutex::default(),
+            counted: Mutex::default(),
+            throttled: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/attachments/{name}", get(download))
@@ -480,6 +488,17 @@ impl FakeDiscord {
     }
 
     /// Like [`Self::fail_next`] with a 429 and this `retry_after` (seconds).
+    /// From now on, a channel takes at most `max` messages (posted or edited) in any `per`;
+    /// beyond, Discord's 429 with its rate-limit headers.
+    pub fn limit_channels(&self, max: usize, per: Duration) {
+        *lock(&self.inner.channel_limit) = Some((max, per));
+    }
+
+    /// Calls the channel limit answered 429.
+    pub fn throttled(&self) -> usize {
+        self.inner.throttled.load(Ordering::SeqCst)
+    }
+
     pub fn fail_next_rate_limited(
         &self,
         method: &str,
@@ -634,6 +653,16 @@ async fn rest_api(
         discord_error(401, "401: Unauthorized", 0)
     } else if let Some(fault) = s.take_fault(&call.method, &call.path) {
         fault
+    } else if let Some(wait) = s.over_channel_limit(&call) {
+        s.throttled.fetch_add(1, Ordering::SeqCst);
+        fault_response(&Fault {
+            method: call.method.clone(),
+            pattern: String::new(),
+            status: 429,
+            code: 0,
+            retry_after: wait.as_secs_f64(),
+            left: 0,
+        })
     } else {
         let routed = std::panic::catch_unwind(AssertUnwindSafe(|| s.route(&call)));
         routed.unwrap_or_else(|panic| {
@@ -742,6 +771,28 @@ fn fault_response(fault: &Fault) -> Response {
 // REST behaviour
 
 impl Inner {
+    /// With the channel limit on, a message posted or edited in a channel beyond it: how long
+    /// until it would fit (it is counted when it fits).
+    fn over_channel_limit(&self, call: &Call) -> Option<Duration> {
+        let (max, per) = (*lock(&self.channel_limit))?;
+        let segments = call.segments();
+        let channel: u64 = match (call.method.as_str(), segments.as_slice()) {
+            ("POST", ["channels", id, "messages"]) | ("PATCH", ["channels", id, "messages", _]) => {
+                id.parse().ok()?
+            }
+            _ => return None,
+        };
+        let now = Instant::now();
+        let mut counted = lock(&self.counted);
+        let times = counted.entry(channel).or_default();
+        times.retain(|t| now - *t < per);
+        if times.len() >= max {
+            return Some(times[times.len() - max] + per - now);
+        }
+        times.push_back(now);
+        None
+    }
+
     fn advertised_gateway(&self) -> String {
         lock(&self.advertised)
             .clone()
