@@ -1703,3 +1703,44 @@ async fn thirty_users_in_one_channel_get_every_result_within_its_limit_and_no_42
         "{elapsed:?} for what the limit allows in {bound:?}"
     );
 }
+
+#[tokio::test]
+async fn a_result_after_the_interactions_15_minutes_goes_into_its_answer_as_a_channel_message() {
+    let mut bot = Bot::start("").await;
+    bot.ds.hold();
+    let img = bot.image(5250, 900, 600);
+    let cmd = slash_edit(
+        7050,
+        CHANNEL,
+        Some(GUILD),
+        user(8, "bob"),
+        NO_PERMS,
+        vec![
+            option("prompt", 3, json!("make it night")),
+            option("image", 11, json!("5250")),
+        ],
+        vec![img],
+        "en-US",
+    );
+    let token = cmd["token"].as_str().unwrap().to_owned();
+    bot.dc.dispatch("INTERACTION_CREATE", cmd);
+    let original = format!("/webhooks/*/{token}/messages/@original");
+    bot.dc.wait_for("PATCH", &original, 1, 20).await;
+    let answer = bot.dc.original_of(&token).expect("the deferred answer");
+    // The model takes longer than the token lives.
+    bot.dc.expire_token(&token);
+    bot.ds.release();
+    let result = bot.results(1).await.remove(0);
+    assert_eq!(
+        result.path,
+        format!("/api/v10/channels/{CHANNEL}/messages/{answer}"),
+        "the answer edited as the channel message it is"
+    );
+    assert_eq!(images::dims(&uploaded(&result)).1, 64);
+    let shown = bot.dc.message(answer).unwrap();
+    assert_eq!(shown["attachments"].as_array().map(Vec::len), Some(1));
+    assert!(shown["components"].to_string().contains("again:"));
+    assert!(shown["content"].as_str().unwrap().contains("make it night"));
+    bot.stop().await;
+    assert_eq!(bot.used(8).await, 1);
+}

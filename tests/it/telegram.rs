@@ -2229,3 +2229,24 @@ async fn a_result_whose_answer_is_lost_is_put_again_and_shows_once() {
     );
     assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
 }
+
+#[tokio::test]
+async fn a_placeholder_deleted_while_the_job_runs_is_replaced_and_the_result_shows_once() {
+    let mut bot = Bot::start("").await;
+    bot.ds.hold();
+    bot.tg
+        .push_update(message_update(bot.photo(340, 42, "/edit x", 800, 600)));
+    bot.tg.wait_for("sendphoto", 1, 20).await;
+    let first = bot.tg.sent_messages(42)[0]["message_id"].as_i64().unwrap();
+    bot.tg.delete_message(42, first);
+    bot.ds.release();
+    let result = bot.tg.wait_results(1, 20).await.remove(0);
+    bot.stop().await;
+    let held = bot.tg.calls_to("sendphoto");
+    assert_eq!(held.len(), 2, "a new placeholder for the one that is gone");
+    assert_ne!(result.int("message_id"), Some(first));
+    let shown = bot.tg.shown();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(shown[0].result && shown[0].reply_to == Some(340));
+    assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
+}

@@ -218,6 +218,8 @@ struct Inner {
     /// Messages a channel may get (posted or edited) in any span, when enforced
     /// ([`FakeDiscord::limit_channels`]); what was counted, and how many were refused.
     channel_limit: Mutex<Option<(usize, Duration)>>,
+    /// Interaction tokens past their 15 minutes ([`FakeDiscord::expire_token`]).
+    expired: Mutex<std::collections::HashSet<String>>,
     counted: Mutex<HashMap<u64, VecDeque<Instant>>>,
     throttled: AtomicUsize,
 }
@@ -261,6 +263,7 @@ impl FakeDiscord {
             commands: Mutex::default(),
             gateway: Mutex::default(),
             channel_limit: Mutex::default(),
+            expired: Mutex::default(),
             counted: Mutex::default(),
             throttled: AtomicUsize::new(0),
         });
@@ -492,6 +495,12 @@ impl FakeDiscord {
     /// beyond, Discord's 429 with its rate-limit headers.
     pub fn limit_channels(&self, max: usize, per: Duration) {
         *lock(&self.inner.channel_limit) = Some((max, per));
+    }
+
+    /// The interaction token `token` is past its 15 minutes: its webhook refuses it (401,
+    /// Invalid Webhook Token); its messages stay as they are in the channel.
+    pub fn expire_token(&self, token: &str) {
+        lock(&self.inner.expired).insert(token.to_owned());
     }
 
     /// Calls the channel limit answered 429.
@@ -1225,6 +1234,9 @@ impl Inner {
         json: &Value,
         files: &[(String, String, Vec<u8>)],
     ) -> Response {
+        if lock(&self.expired).contains(token) {
+            return discord_error(401, "Invalid Webhook Token", 50027);
+        }
         let mut state = self.token(token);
         if state.callback.is_none() {
             return unknown_webhook();

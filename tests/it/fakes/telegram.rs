@@ -403,6 +403,11 @@ impl FakeTelegram {
         *lock(&self.inner.limits) = Some(limits);
     }
 
+    /// Someone deleted message `message` of `chat`: edits of it find nothing from now on.
+    pub fn delete_message(&self, chat: i64, message: i64) {
+        lock(&self.inner.messages).remove(&(chat, message));
+    }
+
     /// Calls the limits answered 429.
     pub fn throttled(&self) -> usize {
         self.inner.throttled.load(Ordering::SeqCst)
