@@ -470,15 +470,6 @@ pub fn working_progress(lang: Lang, percent: u8) -> String {
     )
 }
 
-/// Status where a reaction could not be set.
-pub fn accepted(lang: Lang) -> String {
-    pick(
-        lang,
-        "⏳ Got it, working on it.".into(),
-        "⏳ 收到，正在处理。".into(),
-    )
-}
-
 /// A private-chat photo with no caption.
 pub fn caption_hint(lang: Lang) -> String {
     pick(
@@ -659,11 +650,6 @@ pub fn compressed(lang: Lang) -> String {
         "(The image was compressed to fit this server's upload limit.)".into(),
         "（图片已压缩以符合本服务器的上传限制。）".into(),
     )
-}
-
-/// Where the deferred interaction points once the result is posted.
-pub fn result_posted(lang: Lang, link: &str) -> String {
-    pick(lang, format!("✅ Done: {link}"), format!("✅ 完成：{link}"))
 }
 
 /// The Discord help text.

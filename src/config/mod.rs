@@ -570,8 +570,9 @@ pub fn host_of(url: &str) -> String {
 }
 
 impl TelegramConfig {
-    /// The limits the outbox keeps in Telegram chats (checked by `telegram::check`).
-    pub fn pace(&self) -> Result<crate::core::outbox::Pace, String> {
+    /// The limits the outbox of one of `replicas` processes keeps in Telegram chats: each its
+    /// share (checked by `telegram::check`).
+    pub fn pace(&self, replicas: u32) -> Result<crate::core::outbox::Pace, String> {
         use crate::core::outbox::{Pace, Window};
         let window = |key: &str, text: &str| {
             Window::parse(text).map_err(|e| format!("telegram.{key} = {e}"))
@@ -580,13 +581,15 @@ impl TelegramConfig {
             chat: window("limit_per_chat", &self.limit_per_chat)?,
             group: Some(window("limit_per_group", &self.limit_per_group)?),
             overall: window("limit_overall", &self.limit_overall)?,
-        })
+        }
+        .share(replicas))
     }
 }
 
 impl DiscordConfig {
-    /// The limits the outbox keeps in Discord channels (checked by `discord::check`).
-    pub fn pace(&self) -> Result<crate::core::outbox::Pace, String> {
+    /// The limits the outbox of one of `replicas` processes keeps in Discord channels: each
+    /// its share (checked by `discord::check`).
+    pub fn pace(&self, replicas: u32) -> Result<crate::core::outbox::Pace, String> {
         use crate::core::outbox::{Pace, Window};
         let window =
             |key: &str, text: &str| Window::parse(text).map_err(|e| format!("discord.{key} = {e}"));
@@ -594,6 +597,7 @@ impl DiscordConfig {
             chat: window("limit_per_channel", &self.limit_per_channel)?,
             group: None,
             overall: window("limit_overall", &self.limit_overall)?,
-        })
+        }
+        .share(replicas))
     }
 }

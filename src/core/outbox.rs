@@ -75,6 +75,22 @@ pub struct Pace {
     pub overall: Window,
 }
 
+impl Pace {
+    /// One of `replicas` processes' share: each window's calls divided among them (at least
+    /// one each), so that together they keep the platform's limits.
+    pub fn share(self, replicas: u32) -> Pace {
+        let part = |w: Window| Window {
+            max: (w.max / replicas.max(1)).max(1),
+            ..w
+        };
+        Pace {
+            chat: part(self.chat),
+            group: self.group.map(part),
+            overall: part(self.overall),
+        }
+    }
+}
+
 /// How urgent a call is: lower goes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {

@@ -178,6 +178,7 @@ impl Chat for DiscordChat {
             Ok(Placeholder {
                 images: vec![sent.id.get() as i64],
                 caption: None,
+                files: false,
             })
         })
     }

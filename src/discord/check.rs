@@ -11,7 +11,7 @@ pub fn problems(d: &DiscordConfig, secrets: &Secrets, out: &mut Vec<String>) {
     if d.enabled {
         url_problem(out, "discord.api_url", &d.api_url, &["http", "https"]);
     }
-    if let Err(e) = d.pace() {
+    if let Err(e) = d.pace(1) {
         out.push(e);
     }
     let gateway = &d.gateway_url;

@@ -76,7 +76,7 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     let pace = settings
         .config
         .discord
-        .pace()
+        .pace(settings.config.quota.replicas)
         .map_err(|e| anyhow::anyhow!(e))?;
     let chat = Arc::new(DiscordChat::new(http.clone(), pace));
     Ok(Prepared { http, token, chat })

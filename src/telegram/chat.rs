@@ -224,20 +224,22 @@ impl TelegramChat {
                 .caption(hold.text)
                 .reply_parameters(reply_to(to))
                 .await;
-            let sent = match photo {
-                Ok(sent) => sent,
-                Err(RequestError::Api(_)) => {
-                    self.bot
+            let (sent, files) = match photo {
+                Ok(sent) => (sent, false),
+                Err(e) if not_a_photo(&e) => {
+                    let document = self
+                        .bot
                         .send_document(chat, InputFile::file_id(FileId(input.to_owned())))
                         .caption(hold.text)
-                        .reply_parameters(reply_to(to))
-                        .await?
+                        .reply_parameters(reply_to(to));
+                    (document.await?, true)
                 }
                 Err(e) => return Err(e),
             };
             return Ok(Placeholder {
                 images: vec![i64::from(sent.id.0)],
                 caption: None,
+                files,
             });
         }
         let album = |document: bool| {
@@ -251,18 +253,18 @@ impl TelegramChat {
                 })
                 .collect::<Vec<_>>()
         };
-        let sent = match self
+        let photos = self
             .bot
             .send_media_group(chat, album(false))
-            .reply_parameters(reply_to(to))
-            .await
-        {
-            Ok(sent) => sent,
-            Err(RequestError::Api(_)) => {
-                self.bot
+            .reply_parameters(reply_to(to));
+        let (sent, files) = match photos.await {
+            Ok(sent) => (sent, false),
+            Err(e) if not_a_photo(&e) => {
+                let documents = self
+                    .bot
                     .send_media_group(chat, album(true))
-                    .reply_parameters(reply_to(to))
-                    .await?
+                    .reply_parameters(reply_to(to));
+                (documents.await?, true)
             }
             Err(e) => return Err(e),
         };
@@ -274,6 +276,7 @@ impl TelegramChat {
         Ok(Placeholder {
             images: sent.iter().map(|m| i64::from(m.id.0)).collect(),
             caption: Some(i64::from(text.id.0)),
+            files,
         })
     }
 
@@ -338,7 +341,13 @@ impl TelegramChat {
                 false => format!("edited-{}.{}", i + 1, image.ext),
             };
             let caption = single.then_some(result.caption.as_str());
-            let media = media_of(image, name, caption, single);
+            // A single message may change its kind; an album's items keep the album's.
+            let kind = match (single, placeholder.files) {
+                (true, _) if fits_photo(&image.bytes) => Kind::Photo,
+                (true, _) | (false, true) => Kind::Document,
+                (false, false) => Kind::Photo,
+            };
+            let media = media_of(image, name, caption, kind);
             let edit = self
                 .bot
                 .edit_message_media(chat, message_of(message), media);
@@ -358,6 +367,7 @@ impl TelegramChat {
                 let caption = Placeholder {
                     images: Vec::new(),
                     caption: Some(message),
+                    files: false,
                 };
                 self.show_text(to, &caption, &result.caption, Some(again))
                     .await?;
@@ -371,16 +381,16 @@ impl TelegramChat {
     }
 }
 
-/// One result image as the media of an edit: a photo, or a document where it is beyond photo
-/// limits and `may_be_document` (an album's items stay photos).
-fn media_of(
-    image: &ResultImage,
-    name: String,
-    caption: Option<&str>,
-    may_be_document: bool,
-) -> InputMedia {
+/// What a result image goes as.
+enum Kind {
+    Photo,
+    Document,
+}
+
+/// One result image as the media of an edit.
+fn media_of(image: &ResultImage, name: String, caption: Option<&str>, kind: Kind) -> InputMedia {
     let file = InputFile::memory(image.bytes.clone()).file_name(name);
-    if may_be_document && !fits_photo(&image.bytes) {
+    if let Kind::Document = kind {
         let mut media = InputMediaDocument::new(file);
         if let Some(caption) = caption {
             media = media.caption(caption);
@@ -392,6 +402,20 @@ fn media_of(
         media = media.caption(caption);
     }
     InputMedia::Photo(media)
+}
+
+/// Telegram refused to send the input as a photo on our side of things (a file sent as a
+/// document, whose `file_id` is not a photo's): it goes as a document instead. The chat
+/// refusing the bot is not that.
+fn not_a_photo(e: &RequestError) -> bool {
+    matches!(e, RequestError::Api(_))
+        && matches!(
+            classify(e),
+            ChatError::Final {
+                side: Side::Platform,
+                ..
+            }
+        )
 }
 
 /// An edit Telegram refused because it changes nothing (a repeat) is done; a message it cannot

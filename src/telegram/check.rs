@@ -20,7 +20,7 @@ pub fn problems(t: &TelegramConfig, secrets: &Secrets, out: &mut Vec<String>) {
     if t.album_wait_ms > 10_000 {
         out.push("telegram.album_wait_ms must be at most 10000".into());
     }
-    if let Err(e) = t.pace() {
+    if let Err(e) = t.pace(1) {
         out.push(e);
     }
     if t.enabled && secrets.telegram_bot_token.is_none() {

@@ -113,7 +113,7 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
             pace: settings
                 .config
                 .telegram
-                .pace()
+                .pace(settings.config.quota.replicas)
                 .map_err(|e| anyhow::anyhow!(e))?,
         }),
         bot,

@@ -258,6 +258,7 @@ impl Chat for RecordingChat {
             Ok(Placeholder {
                 images: vec![message],
                 caption: None,
+                files: false,
             })
         })
     }

@@ -392,6 +392,14 @@ async fn check_config_refuses_exactly_what_run_refuses() {
             "[telegram]\nenabled = true\n[quota]\njob_lease_secs = 1\n",
             "quota.job_lease_secs",
         ),
+        (
+            "[telegram]\nenabled = true\nlimit_per_group = \"20 a minute\"\n",
+            "telegram.limit_per_group = \"20 a minute\": write a limit as calls/seconds",
+        ),
+        (
+            "[telegram]\nenabled = true\n[discord]\nlimit_per_channel = \"0/5s\"\n",
+            "discord.limit_per_channel = \"0/5s\": at least 1 call",
+        ),
     ];
     for (config, needle) in broken {
         // Written whole, without Dir's [quota] table (some cases bring their own).

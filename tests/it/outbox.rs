@@ -204,3 +204,34 @@ async fn a_chats_window_spaces_its_calls_and_a_429_pauses_that_chat_only() {
         [("chat 2", ms(0)), ("chat 3", ms(10)), ("chat 2", ms(5000))]
     );
 }
+
+#[test]
+fn limits_are_written_calls_per_seconds_and_replicas_share_them() {
+    assert_eq!(Window::parse("20/60s"), Ok(window(20, 60)));
+    assert_eq!(
+        Window::parse(" 5/0.25s "),
+        Ok(Window {
+            max: 5,
+            per: Duration::from_millis(250)
+        })
+    );
+    for bad in ["20", "20/60", "x/1s", "0/1s", "1/0s", "1/4000s"] {
+        assert!(Window::parse(bad).is_err(), "{bad}");
+    }
+    let pace = Pace {
+        chat: window(3, 3),
+        group: Some(window(20, 60)),
+        overall: window(30, 1),
+    };
+    let third = pace.share(3);
+    assert_eq!(
+        (
+            third.chat.max,
+            third.group.map(|g| g.max),
+            third.overall.max
+        ),
+        (1, Some(6), 10),
+        "each replica a third, at least one"
+    );
+    assert_eq!(pace.share(1), pace);
+}

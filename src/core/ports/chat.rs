@@ -56,6 +56,9 @@ pub struct Placeholder {
     /// button).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caption: Option<i64>,
+    /// The images are files (documents), not photos: an album of them takes only files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files: bool,
 }
 
 /// A placeholder to post for a job.
