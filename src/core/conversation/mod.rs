@@ -157,7 +157,7 @@ impl Engine {
             return;
         };
         talk.marked = marked;
-        talk.placeholder = placeholder.clone();
+        talk.placeholder = placeholder;
         // Started while the placeholder was posted: it says "working" now.
         let overtaken = talk.started && waiting.is_some();
         talk.waiting = waiting.is_some() && !overtaken;
