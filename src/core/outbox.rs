@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::model::{Platform, Reply};
 use super::ports::chat::ChatError;
+pub use super::ports::chat::{Pace, Window};
 
 /// Attempts per call before it is given up.
 const ATTEMPTS: u32 = 5;
@@ -27,69 +28,6 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const MARGIN: Duration = Duration::from_millis(25);
 /// One attempt of a call (an upload on a slow link included) that takes longer is given up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// At most `max` calls in any span of `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub max: u32,
-    pub per: Duration,
-}
-
-impl Window {
-    /// A window written `N/Ts`: at most N calls in any T seconds (`20/60s`, `5/0.5s`).
-    pub fn parse(text: &str) -> Result<Window, String> {
-        let bad = || format!("{text:?}: write a limit as calls/seconds, e.g. \"20/60s\"");
-        let (max, per) = text.trim().split_once('/').ok_or_else(bad)?;
-        let max: u32 = max.trim().parse().map_err(|_| bad())?;
-        let secs: f64 = per
-            .trim()
-            .strip_suffix('s')
-            .ok_or_else(bad)?
-            .trim()
-            .parse()
-            .map_err(|_| bad())?;
-        if max == 0 || !(0.001..=3600.0).contains(&secs) {
-            return Err(format!(
-                "{text:?}: at least 1 call, in 0.001 to 3600 seconds"
-            ));
-        }
-        Ok(Window {
-            max,
-            per: Duration::from_secs_f64(secs),
-        })
-    }
-}
-
-impl std::fmt::Display for Window {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}s", self.max, self.per.as_secs_f64())
-    }
-}
-
-/// What a platform lets a bot send: in one chat, in one group chat (where that is stricter),
-/// and in all chats together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pace {
-    pub chat: Window,
-    pub group: Option<Window>,
-    pub overall: Window,
-}
-
-impl Pace {
-    /// One of `replicas` processes' share: each window's calls divided among them (at least
-    /// one each), so that together they keep the platform's limits.
-    pub fn share(self, replicas: u32) -> Pace {
-        let part = |w: Window| Window {
-            max: (w.max / replicas.max(1)).max(1),
-            ..w
-        };
-        Pace {
-            chat: part(self.chat),
-            group: self.group.map(part),
-            overall: part(self.overall),
-        }
-    }
-}
 
 /// How urgent a call is: lower goes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,8 +1,9 @@
 //! The Discord adapter (docs/PRODUCT.md §4.2) on serenity: text triggers, the `/edit` slash command, the
 //! "Edit image" message command with its modal, 🔁 buttons, `/quota`, `/quota-admin`, `/help`.
 //! Handlers defer or react at once, hand the request to the core and never wait for the model;
-//! [`chat::DiscordChat`] carries out the core's calls (results are channel messages, never only
-//! an edit through the 15-minute interaction token).
+//! [`chat::DiscordChat`] carries out the core's calls (a result goes into its job's placeholder:
+//! a channel message, or an interaction's answer, edited through its token for its 15 minutes
+//! and as the channel message it is after them).
 
 mod answer;
 pub mod chat;
@@ -37,8 +38,6 @@ pub struct Discord {
     guild_ids: Vec<u64>,
     /// Operators: `/quota-admin` acts bot-wide for them.
     admin_ids: Vec<u64>,
-    /// The chat the core answers through (refusals of closed places use it too).
-    chat: Arc<DiscordChat>,
     /// Preferred languages learnt per guild.
     guild_langs: DashMap<u64, Lang>,
 }
@@ -123,7 +122,7 @@ pub async fn run(
     settings: &Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Prepared { http, token, chat } = prepared;
+    let Prepared { http, token, .. } = prepared;
     let intents = GatewayIntents::GUILDS
         | GatewayIntents::GUILD_MESSAGES
         | GatewayIntents::DIRECT_MESSAGES
@@ -136,7 +135,6 @@ pub async fn run(
         bot_id: std::sync::OnceLock::new(),
         guild_ids: settings.config.discord.guild_ids.clone(),
         admin_ids: settings.config.discord.admin_ids.clone(),
-        chat,
         guild_langs: DashMap::new(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

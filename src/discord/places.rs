@@ -13,7 +13,6 @@ use super::Discord;
 use super::answer::lang_of;
 use crate::core::access::Spot;
 use crate::core::model::Reply;
-use crate::core::ports::chat::Chat as _;
 use crate::messages;
 
 impl Discord {
@@ -37,7 +36,7 @@ impl Discord {
         tracing::info!(?closed, answer, "request where the bot is not enabled");
         if answer {
             let text = messages::not_enabled(route.lang, closed);
-            let _ = self.chat.say(route, &text).await;
+            let _ = self.engine.say(route, &text).await;
         }
         false
     }

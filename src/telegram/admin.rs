@@ -8,7 +8,6 @@ use super::Telegram;
 use super::route::reply;
 use crate::core::admin::{self, AdminCommand, Scope};
 use crate::core::model::{Platform, Reply, UserRef};
-use crate::core::ports::chat::Chat as _;
 use crate::messages;
 
 /// Commands handled here (anything else may be an edit).
@@ -49,7 +48,7 @@ pub async fn handle(
         },
         _ => return Ok(()),
     };
-    let _ = tg.chat.say(&reply, &text).await;
+    let _ = tg.engine.say(&reply, &text).await;
     Ok(())
 }
 

@@ -26,8 +26,6 @@ pub use chat::TelegramChat;
 /// Everything a handler needs. One per process.
 pub struct Telegram {
     bot: Bot,
-    /// The chat the core answers through; replies to commands go through it too.
-    chat: std::sync::Arc<TelegramChat>,
     username: String,
     engine: Arc<Engine>,
     admin_ids: Vec<i64>,
@@ -130,7 +128,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cfg = &settings.config.telegram;
-    let Prepared { bot, chat } = prepared;
+    let Prepared { bot, .. } = prepared;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -147,7 +145,6 @@ pub async fn run(
     register_commands(&bot).await;
     let tg = Arc::new(Telegram {
         bot: bot.clone(),
-        chat,
         username,
         engine,
         admin_ids: cfg.admin_ids.clone(),

@@ -13,7 +13,6 @@ use super::trigger::{candidate, command_word};
 use crate::core::access::Spot;
 use crate::core::command::{ParseContext, parse};
 use crate::core::model::Platform;
-use crate::core::ports::chat::Chat as _;
 use crate::messages;
 
 impl Telegram {
@@ -48,7 +47,7 @@ impl Telegram {
             let (tg, chat) = (Arc::clone(self), msg.chat.id);
             tokio::spawn(async move {
                 if answer {
-                    let _ = tg.chat.say(&reply, &text).await;
+                    let _ = tg.engine.say(&reply, &text).await;
                 }
                 if leave && let Err(e) = tg.bot.leave_chat(chat).await {
                     tracing::warn!(error = %super::safe_error(&e), "cannot leave the chat");

@@ -288,6 +288,17 @@ impl Engine {
         self.tell_once(reply, text);
     }
 
+    /// Says `text` answering the request, in its turn in the chat's outbox: the answers the
+    /// adapters write themselves (commands, "not enabled here").
+    pub async fn say(&self, reply: &Reply, text: &str) -> Result<i64, ChatError> {
+        let chat = self
+            .chat(reply)
+            .ok_or_else(|| ChatError::platform("no chat adapter for this platform"))?;
+        self.outbox
+            .run(reply, REPLY, || chat.say(reply, text))
+            .await
+    }
+
     /// Says `text` answering the request from a task of its own, unless the user (or the
     /// chat) was told the same just now (`core::throttle`).
     pub fn tell_once(&self, reply: &Reply, text: String) {
