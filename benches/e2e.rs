@@ -8,7 +8,8 @@
 //! - 30 users in one group at once, backend 0.5 s per job, 30 backend slots;
 //! - 200 jobs, backend 0.2 s, `max_concurrent = 4`: elapsed against the ideal 10 s;
 //! - Bot API calls per job, from the request to its result, for jobs that do not wait and
-//!   for jobs that wait, by method.
+//!   for jobs that wait, by method; and Discord REST calls per job the same way (the fake
+//!   Discord, 20 jobs one at a time, then 40 at once with 2 backend slots).
 //!
 //! Telegram's limits are lifted (the fake does not enforce them) so that the figures are the
 //! bot's own; `E2E_BIN` runs another build with the same harness (a result is an
@@ -259,6 +260,128 @@ async fn throughput() {
     );
 }
 
+/// Discord REST calls per job, by route, for 20 jobs one at a time (they do not wait) and 40
+/// at once with 2 backend slots (most wait), backend 0.2 s.
+async fn discord_calls() {
+    use fakes::discord::{self as dc, FakeDiscord};
+    let (discord, ds) = (FakeDiscord::start().await, FakeDashScope::start().await);
+    ds.set_latency(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let limits = match std::env::var_os("E2E_BIN") {
+        Some(_) => String::new(),
+        None => "limit_per_channel = \"1000/1s\"\nlimit_overall = \"1000/1s\"\n".into(),
+    };
+    let config = format!(
+        "[backend]\nbase_url = {:?}\nmax_requests_per_second = 10000.0\nmax_concurrent = 2\n\
+         [telegram]\nenabled = false\n\
+         [discord]\nenabled = true\napi_url = {:?}\nguild_ids = [77]\n{limits}\
+         [quota]\ndatabase = {:?}\nper_user = 1000\nmax_in_flight_per_user = 1000\nmax_queue = 1000\n\
+         [http]\nlisten = \"\"\n",
+        ds.base_url,
+        discord.rest_url,
+        dir.path().join("q.sqlite3").to_str().unwrap()
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let bin = std::env::var("E2E_BIN").unwrap_or_else(|_| BUILT.into());
+    let _child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .env("DISCORD_TOKEN", dc::TOKEN)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    discord.wait_ready(30).await;
+    discord.wait_for("PUT", "/guilds/*/commands", 1, 30).await;
+    // A result: a message posted or edited with a file.
+    let results = || {
+        discord
+            .calls()
+            .iter()
+            .filter(|c| c.status < 300 && c.file("files[0]").is_some())
+            .count()
+    };
+    let request = |id: u64| {
+        let url = discord.add_attachment(&format!("in-{id}.jpg"), images::jpeg(800, 600));
+        let image = dc::attachment(
+            id + 1_000_000,
+            "in.jpg",
+            &url,
+            1000,
+            Some("image/jpeg"),
+            Some(800),
+            Some(600),
+        );
+        dc::message(
+            id,
+            500,
+            Some(77),
+            dc::user(id, "u"),
+            "/edit x",
+            vec![image],
+            None,
+        )
+    };
+    let wait_results = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while results() < n {
+            assert!(Instant::now() < deadline, "{n} Discord results");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The final reaction follows the result.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let since = discord.calls().len();
+    for i in 0..20 {
+        discord.dispatch("MESSAGE_CREATE", request(20_000 + i));
+        wait_results(i as usize + 1).await;
+    }
+    discord_per_job(
+        "jobs that do not wait (20, one at a time)",
+        &discord.calls()[since..],
+        20,
+    );
+    let since = discord.calls().len();
+    for i in 0..40 {
+        discord.dispatch("MESSAGE_CREATE", request(30_000 + i));
+    }
+    wait_results(60).await;
+    discord_per_job(
+        "jobs that wait (40 at once, 2 at a time)",
+        &discord.calls()[since..],
+        40,
+    );
+}
+
+/// Prints Discord REST calls per job by method and route (ids as `*`).
+fn discord_per_job(what: &str, calls: &[fakes::discord::Call], jobs: usize) {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in calls {
+        let route: Vec<String> = c
+            .segments()
+            .iter()
+            .map(|s| match s.chars().all(|ch| ch.is_ascii_digit()) {
+                true => "*".to_owned(),
+                false => (*s).to_owned(),
+            })
+            .collect();
+        *by.entry(format!("{} /{}", c.method, route.join("/")))
+            .or_default() += 1;
+    }
+    let total: usize = by.values().sum();
+    let routes: Vec<String> = by
+        .iter()
+        .map(|(r, n)| format!("{r} {:.2}", *n as f64 / jobs as f64))
+        .collect();
+    println!(
+        "Discord calls per job, {what}: {:.2} ({})",
+        total as f64 / jobs as f64,
+        routes.join(", ")
+    );
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("e2e benchmark: run with `cargo bench --bench e2e`");
@@ -272,5 +395,6 @@ fn main() {
         latency_and_memory().await;
         group_burst().await;
         throughput().await;
+        discord_calls().await;
     });
 }
