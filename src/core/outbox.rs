@@ -16,14 +16,11 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::conversation::{retrying, wait_before_retry};
 use super::model::{Platform, Reply};
 use super::ports::chat::ChatError;
 pub use super::ports::chat::{Pace, Window};
 
-/// Attempts per call before it is given up.
-const ATTEMPTS: u32 = 5;
-/// Longest `retry_after` waited for.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Least room kept between a window's calls for the time they take to arrive.
 const MARGIN: Duration = Duration::from_millis(25);
 /// One attempt of a call (an upload on a slow link included) that takes longer is given up.
@@ -59,24 +56,21 @@ impl Spent {
     /// When `cost` more calls fit in `window` (`now` if they do), with a margin for the calls'
     /// times on their way (the platform counts them when they arrive).
     fn ready_at(&self, window: Window, cost: u32, now: Instant) -> Instant {
-        let window = Window {
-            per: window.per + (window.per / 20).max(MARGIN),
-            ..window
-        };
+        let per = window.per + (window.per / 20).max(MARGIN);
         let cost = cost.min(window.max) as usize;
         if cost == 0 {
             return now;
         }
-        let live: Vec<Instant> = self
+        // The times are in order: those still in the window are the last ones.
+        let live = self
             .0
             .iter()
-            .copied()
-            .filter(|t| now.duration_since(*t) < window.per)
-            .collect();
-        let over = (live.len() + cost).saturating_sub(window.max as usize);
-        match over {
+            .rev()
+            .take_while(|t| now.duration_since(**t) < per)
+            .count();
+        match (live + cost).saturating_sub(window.max as usize) {
             0 => now,
-            over => live[over - 1] + window.per,
+            over => self.0[self.0.len() - live + over - 1] + per,
         }
     }
 
@@ -105,6 +99,16 @@ struct Waiting {
     send: Send,
     /// Backing off after a network error: not before then.
     not_before: Instant,
+}
+
+impl Waiting {
+    fn new(seq: u64, send: Send, not_before: Instant) -> Self {
+        Waiting {
+            seq,
+            send,
+            not_before,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -178,13 +182,12 @@ impl Outbox {
     /// Keeps `platform`'s calls under `pace` from now on (a platform never limited is not).
     pub fn limit(&self, platform: Platform, pace: Pace) {
         self.paces.insert(platform, pace);
-        self.overall.insert(platform, Mutex::default());
     }
 
     /// Runs `call` to the chat of `to` in its turn, within the platform's limits, retrying it
-    /// as the one retry policy says: what a throttled call asked is waited (at most a minute,
-    /// pausing this lane only), other transient errors back off 1, 2, 4, 8 s (letting other
-    /// calls go), a final error is final, five attempts is all. A status edit replaced by a
+    /// by the one retry policy (`conversation::wait_before_retry`): what a throttled call
+    /// asked is waited with this lane paused (no other lane), a call backing off after another
+    /// transient error lets the lane's other calls go meanwhile. A status edit replaced by a
     /// newer one ends with [`ChatError::Superseded`].
     pub async fn run<T, F, Fut>(&self, to: &Reply, send: Send, mut call: F) -> Result<T, ChatError>
     where
@@ -192,68 +195,48 @@ impl Outbox {
         Fut: Future<Output = Result<T, ChatError>>,
     {
         let Some(pace) = self.paces.get(&to.platform).map(|p| *p) else {
-            return super::conversation::retrying(call).await;
+            return retrying(call).await;
         };
         let key = (to.platform, to.chat);
         let lane = Arc::clone(&self.lanes.entry(key).or_default());
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let place = self.enter(&lane, seq, send);
         let group = to.group.as_ref().and(pace.group);
-        let mut backoff = Duration::from_secs(1);
         let mut attempt = 1;
         let result = loop {
-            let turn = match self.turn(&place, to.platform, pace, group, send.cost).await {
-                Some(turn) => turn,
-                None => break Err(ChatError::Superseded),
+            let Some(turn) = self.turn(&place, to.platform, pace, group, send.cost).await else {
+                break Err(ChatError::Superseded);
             };
-            let outcome = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ChatError::Transient("the call timed out".into())),
+            let error = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
+                Ok(Err(error)) => error,
+                Ok(done) => break done,
+                Err(_) => ChatError::Transient("the call timed out".into()),
             };
-            let wait = match &outcome {
-                Err(ChatError::RetryAfter(asked, _)) => {
-                    let until = Instant::now() + (*asked).min(MAX_RETRY_AFTER);
-                    lock(&lane.state).paused_until = Some(until);
-                    (*asked).min(MAX_RETRY_AFTER)
+            let Some(wait) = wait_before_retry(attempt, &error) else {
+                break Err(error);
+            };
+            tracing::warn!(wait_ms = wait.as_millis() as u64, error = %error, "chat call failed, retrying");
+            let now = Instant::now();
+            let mut state = lock(&lane.state);
+            // Throttled: the lane waits, and this call goes first when it may. Otherwise only
+            // this call waits.
+            let not_before = match error {
+                ChatError::RetryAfter(..) => {
+                    state.paused_until = Some(now + wait);
+                    now
                 }
-                Err(ChatError::Transient(_)) => {
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(16));
-                    lock(&lane.state)
-                        .waiting
-                        .push(self.waiting(seq, send, Instant::now() + wait));
-                    wait
-                }
-                _ => break outcome,
+                _ => now + wait,
             };
-            if attempt >= ATTEMPTS {
-                break outcome;
-            }
-            attempt += 1;
-            if let Err(e) = &outcome {
-                tracing::warn!(wait_ms = wait.as_millis() as u64, error = %e, "chat call failed, retrying");
-            }
-            if matches!(outcome, Err(ChatError::RetryAfter(..))) {
-                // First again once the lane's pause is over.
-                lock(&lane.state)
-                    .waiting
-                    .push(self.waiting(seq, send, Instant::now()));
-            }
+            state.waiting.push(Waiting::new(seq, send, not_before));
+            drop(state);
             drop(turn);
+            attempt += 1;
         };
         drop(place);
         self.lanes.remove_if(&key, |_, lane| {
             Arc::strong_count(lane) == 1 && self.idle(lane, pace)
         });
         result
-    }
-
-    fn waiting(&self, seq: u64, send: Send, not_before: Instant) -> Waiting {
-        Waiting {
-            seq,
-            send,
-            not_before,
-        }
     }
 
     /// Puts a call in its lane; a status edit waiting there for the same message gives way.
@@ -269,7 +252,7 @@ impl Outbox {
             state.waiting.retain(|w| !replaced.contains(&w.seq));
             state.dropped.extend(replaced);
         }
-        state.waiting.push(self.waiting(seq, send, Instant::now()));
+        state.waiting.push(Waiting::new(seq, send, Instant::now()));
         drop(state);
         lane.changed.notify_waiters();
         Place { lane, seq }

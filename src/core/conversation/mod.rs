@@ -25,7 +25,7 @@ use super::ports::chat::{Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Sh
 use super::quota::QuotaRejection;
 use crate::messages;
 
-pub use retry::retrying;
+pub use retry::{retrying, wait_before_retry};
 
 /// A reaction: sent among placeholders, counted against no limit.
 pub(crate) const MARK: Send = Send {
