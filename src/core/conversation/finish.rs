@@ -154,34 +154,36 @@ impl Engine {
         held: &mut Option<Placeholder>,
         post: &ResultPost,
     ) -> Result<Posted, ChatError> {
-        let reply = &job.route;
-        let mut replaced = false;
-        loop {
-            let placeholder = match held.clone() {
-                Some(placeholder) => placeholder,
-                None => {
-                    let working = messages::working(reply.lang);
-                    let placeholder = self.hold(chat, job, &working).await?;
-                    *held = Some(placeholder.clone());
-                    placeholder
-                }
-            };
-            let send = Send {
-                priority: Priority::Result,
-                cost: (placeholder.images.len() + usize::from(placeholder.caption.is_some()))
-                    as u32,
-                on: placeholder.images.first().copied(),
-            };
-            let fill = || chat.fill(reply, &placeholder, post);
-            match self.outbox.run(reply, send, fill).await {
-                Err(ChatError::Gone(detail)) if !replaced => {
+        if let Some(placeholder) = held.as_ref() {
+            match self.fill(chat, job, placeholder, post).await {
+                Err(ChatError::Gone(detail)) => {
                     tracing::info!(job_id = %job.id, detail, "the placeholder is gone; posting another");
-                    replaced = true;
                     *held = None;
                 }
-                other => return other,
+                done => return done,
             }
         }
+        let working = messages::working(job.route.lang);
+        let placeholder = held.insert(self.hold(chat, job, &working).await?);
+        self.fill(chat, job, placeholder, post).await
+    }
+
+    /// Puts `post` into `placeholder`, in its chat's turn.
+    async fn fill(
+        &self,
+        chat: &dyn Chat,
+        job: &JobSpec,
+        placeholder: &Placeholder,
+        post: &ResultPost,
+    ) -> Result<Posted, ChatError> {
+        let send = Send {
+            priority: Priority::Result,
+            cost: placeholder.messages(),
+            on: placeholder.images.first().copied(),
+        };
+        let reply = &job.route;
+        let fill = || chat.fill(reply, placeholder, post);
+        self.outbox.run(reply, send, fill).await
     }
 
     /// Tells why there is no result: on the job's placeholder, else in place of the platform's

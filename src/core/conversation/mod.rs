@@ -50,13 +50,12 @@ pub(crate) struct Talk {
     job: JobSpec,
     /// The messages standing for the job, once posted (and kept by the store).
     placeholder: Option<Placeholder>,
-    /// The placeholder shows a waiting text (a position), to become "working" at start.
-    waiting: bool,
     /// A worker took the job.
     started: bool,
     /// The request carries our working mark, to be turned into the final one.
     marked: bool,
-    /// The position last told, while the job waits.
+    /// The position last told, while the job waits (its placeholder shows a position, to
+    /// become "working" at start).
     last_position: Option<usize>,
     /// Turns true once the job was acknowledged (its placeholder posted or given up): the
     /// result waits for it.
@@ -68,7 +67,6 @@ impl Talk {
         Talk {
             job: job.clone(),
             placeholder: None,
-            waiting: false,
             started: false,
             marked: false,
             last_position: None,
@@ -160,7 +158,6 @@ impl Engine {
         talk.placeholder = placeholder;
         // Started while the placeholder was posted: it says "working" now.
         let overtaken = talk.started && waiting.is_some();
-        talk.waiting = waiting.is_some() && !overtaken;
         talk.last_position = waiting.filter(|_| !overtaken);
         drop(talk);
         // The result may go into the placeholder from now on.
@@ -333,8 +330,7 @@ impl Engine {
                 talk
             });
             talk.started = true;
-            talk.last_position = None;
-            let was_waiting = std::mem::take(&mut talk.waiting);
+            let was_waiting = talk.last_position.take().is_some();
             (was_waiting, talk.placeholder.is_none() && !talk.acking())
         };
         if missing {

@@ -61,6 +61,13 @@ pub struct Placeholder {
     pub files: bool,
 }
 
+impl Placeholder {
+    /// How many messages it is: its images, and its text where that is a message of its own.
+    pub fn messages(&self) -> u32 {
+        (self.images.len() + usize::from(self.caption.is_some())) as u32
+    }
+}
+
 /// A placeholder to post for a job.
 #[derive(Debug, Clone, Copy)]
 pub struct Hold<'a> {
