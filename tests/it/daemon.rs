@@ -77,20 +77,12 @@ impl Deployment {
     }
 
     fn spawn_with(&self, rust_log: &str, config: PathBuf) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env_clear()
-            .env("DASHSCOPE_API_KEY", API_KEY)
-            .env("TELEGRAM_BOT_TOKEN", TOKEN)
-            .env("RUST_LOG", rust_log)
-            .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let logs = collect_logs(&mut child);
+        let env = [
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("RUST_LOG", rust_log),
+            ("LOG_FORMAT", "json"),
+        ];
+        let (child, logs) = run_binary(&config, &env);
         Daemon { child, logs }
     }
 
@@ -122,6 +114,25 @@ impl Deployment {
         }
         panic!("the daemon never became healthy");
     }
+}
+
+/// `qwen-edit-bot run --config config` with nothing of this process's environment but the
+/// DashScope key and `env`; its stdout dropped, its stderr (the logs) read as it comes (see
+/// [`collect_logs`]). Killed when dropped.
+pub fn run_binary(config: &Path, env: &[(&str, &str)]) -> (Child, tokio::task::JoinHandle<String>) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logs = collect_logs(&mut child);
+    (child, logs)
 }
 
 /// Reads a child's stderr (its logs) to the end as it comes, so a chatty log never blocks it
@@ -763,19 +774,10 @@ async fn on_discord_killed_at_random_moments_each_request_shows_one_answer_and_i
     )
     .unwrap();
     let spawn = || {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_clear()
-            .env("DASHSCOPE_API_KEY", API_KEY)
-            .env("DISCORD_TOKEN", dc::TOKEN)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let logs = collect_logs(&mut child);
+        let (child, logs) = run_binary(
+            &config,
+            &[("DISCORD_TOKEN", dc::TOKEN), ("RUST_LOG", "info")],
+        );
         Daemon { child, logs }
     };
     let jobs = || -> i64 {

@@ -220,6 +220,24 @@ impl Bot {
         panic!("fewer than {count} results posted");
     }
 
+    /// `/edit prompt:make it night image:…` by bob (no permissions) in the channel, with a
+    /// 900×600 image `image`.
+    fn slash_night(&self, id: u64, image: u64) -> Value {
+        slash_edit(
+            id,
+            CHANNEL,
+            Some(GUILD),
+            user(8, "bob"),
+            NO_PERMS,
+            vec![
+                option("prompt", 3, json!("make it night")),
+                option("image", 11, json!(image.to_string())),
+            ],
+            vec![self.image(image, 900, 600)],
+            "en-US",
+        )
+    }
+
     /// Interaction callbacks (POST /interactions/{id}/{token}/callback), in order.
     async fn callbacks(&self, count: usize) -> Vec<dc::Call> {
         self.dc
@@ -389,20 +407,7 @@ async fn attachments_with_the_command_and_mentions_are_edits_too() {
 #[tokio::test]
 async fn the_slash_command_defers_and_its_answer_becomes_the_result() {
     let mut bot = Bot::start("").await;
-    let img = bot.image(5200, 900, 600);
-    let cmd = slash_edit(
-        7000,
-        CHANNEL,
-        Some(GUILD),
-        user(8, "bob"),
-        NO_PERMS,
-        vec![
-            option("prompt", 3, json!("make it night")),
-            option("image", 11, json!("5200")),
-        ],
-        vec![img],
-        "en-US",
-    );
+    let cmd = bot.slash_night(7000, 5200);
     bot.dc.dispatch("INTERACTION_CREATE", cmd);
     let callbacks = bot.callbacks(1).await;
     assert_eq!(callbacks[0].json["type"], 5, "deferred first");
@@ -1708,20 +1713,7 @@ async fn thirty_users_in_one_channel_get_every_result_within_its_limit_and_no_42
 async fn a_result_after_the_interactions_15_minutes_goes_into_its_answer_as_a_channel_message() {
     let mut bot = Bot::start("").await;
     bot.ds.hold();
-    let img = bot.image(5250, 900, 600);
-    let cmd = slash_edit(
-        7050,
-        CHANNEL,
-        Some(GUILD),
-        user(8, "bob"),
-        NO_PERMS,
-        vec![
-            option("prompt", 3, json!("make it night")),
-            option("image", 11, json!("5250")),
-        ],
-        vec![img],
-        "en-US",
-    );
+    let cmd = bot.slash_night(7050, 5250);
     let token = cmd["token"].as_str().unwrap().to_owned();
     bot.dc.dispatch("INTERACTION_CREATE", cmd);
     let original = format!("/webhooks/*/{token}/messages/@original");

@@ -5,13 +5,12 @@
 //! from it without a second model call.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::fakes::dashscope::{API_KEY, FakeDashScope};
+use crate::fakes::dashscope::FakeDashScope;
 use crate::fakes::images;
 use crate::fakes::telegram::{self as tg, FakeTelegram, Fault, TOKEN};
 
@@ -81,20 +80,12 @@ impl Cluster {
         );
         let path: PathBuf = self.dir.path().join(format!("config-{via}.toml"));
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env_clear()
-            .env("DASHSCOPE_API_KEY", API_KEY)
-            .env("TELEGRAM_BOT_TOKEN", TOKEN)
-            .env("TELEGRAM_WEBHOOK_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let logs = super::daemon::collect_logs(&mut child);
+        let env = [
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("TELEGRAM_WEBHOOK_SECRET", SECRET),
+            ("RUST_LOG", "info"),
+        ];
+        let (child, logs) = super::daemon::run_binary(&path, &env);
         Replica {
             child,
             logs,

@@ -2250,3 +2250,48 @@ async fn a_placeholder_deleted_while_the_job_runs_is_replaced_and_the_result_sho
     assert!(shown[0].result && shown[0].reply_to == Some(340));
     assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
 }
+
+#[tokio::test]
+async fn a_waiting_jobs_new_place_is_edited_onto_its_placeholder_before_its_result() {
+    // Three run at once for 3.5 s; of the seven, the last waits through two of them, and its
+    // place changes when the first three end (the ticker looks every 3 s).
+    let mut bot = Bot::start("").await;
+    bot.ds.set_latency(Duration::from_millis(3500));
+    for u in 0..7 {
+        let m = bot.photo(600 + u, 7100 + i64::from(u), "/edit x", 800, 600);
+        bot.tg.push_update(message_update(m));
+    }
+    let results = bot.tg.wait_results(7, 40).await;
+    bot.stop().await;
+    let held = bot.tg.calls_to("sendphoto");
+    let moved: Vec<tg::Call> = bot
+        .tg
+        .shown_texts()
+        .into_iter()
+        .filter(|c| c.method == "editmessagecaption")
+        .filter(|c| c.str("text").is_some_and(|t| t.contains("In the queue")))
+        .collect();
+    assert!(!moved.is_empty(), "no new place was shown");
+    for edit in &moved {
+        let request = reply_target(&edit.params);
+        let posted = held
+            .iter()
+            .find(|h| reply_target(&h.params) == request)
+            .expect("its placeholder");
+        assert_ne!(
+            posted.str("caption"),
+            edit.str("text"),
+            "the place changed from the one first shown"
+        );
+        let result = results
+            .iter()
+            .find(|r| reply_target(&r.params) == request)
+            .expect("its result");
+        assert_eq!(
+            result.int("message_id"),
+            edit.int("message_id"),
+            "the same message"
+        );
+        assert!(result.at > edit.at, "the place was shown before the result");
+    }
+}

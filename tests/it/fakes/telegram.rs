@@ -260,16 +260,29 @@ impl FakeTelegram {
 
     /// Waits (real time) for `count` calls to `method`; panics after `secs` seconds.
     pub async fn wait_for(&self, method: &str, count: usize, secs: u64) -> Vec<Call> {
+        let what = format!("{count} x {method}");
+        self.wait_until(&what, count, secs, || self.calls_to(method))
+            .await
+    }
+
+    /// Polls `found` until it holds `count` calls, or panics after `secs` with what it saw.
+    async fn wait_until(
+        &self,
+        what: &str,
+        count: usize,
+        secs: u64,
+        found: impl Fn() -> Vec<Call>,
+    ) -> Vec<Call> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let calls = self.calls_to(method);
+            let calls = found();
             if calls.len() >= count {
                 return calls;
             }
             if Instant::now() >= deadline {
                 let seen: Vec<String> = self.calls().into_iter().map(|c| c.method).collect();
                 panic!(
-                    "waited {secs} s for {count} x {method}, got {}; calls: {seen:?}; polls: {}",
+                    "waited {secs} s for {what}, got {}; calls: {seen:?}; polls: {}",
                     calls.len(),
                     self.polls().len()
                 );
@@ -380,21 +393,8 @@ impl FakeTelegram {
 
     /// Waits until `count` results were put into placeholders ([`Self::results`]).
     pub async fn wait_results(&self, count: usize, secs: u64) -> Vec<Call> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let results = self.results();
-            if results.len() >= count {
-                return results;
-            }
-            if Instant::now() >= deadline {
-                let seen: Vec<String> = self.calls().into_iter().map(|c| c.method).collect();
-                panic!(
-                    "waited {secs} s for {count} results, got {}; calls: {seen:?}",
-                    results.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("{count} results");
+        self.wait_until(&what, count, secs, || self.results()).await
     }
 
     /// From now on, messages sent or edited beyond `limits` are answered 429 with the
