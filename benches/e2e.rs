@@ -37,6 +37,25 @@ struct Run {
     child: Child,
 }
 
+/// The bot (`E2E_BIN`, else this build) on `config`, with the DashScope key and the chat's
+/// `token` variable only; logs at `E2E_RUST_LOG` (default `warn`).
+fn spawn_bot(config: &std::path::Path, token: (&str, &str)) -> Child {
+    let bin = std::env::var("E2E_BIN").unwrap_or_else(|_| BUILT.into());
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("DASHSCOPE_API_KEY", API_KEY)
+        .env(token.0, token.1)
+        .env(
+            "RUST_LOG",
+            std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 async fn start(max_concurrent: usize) -> Run {
     let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
     let dir = tempfile::tempdir().unwrap();
@@ -57,20 +76,10 @@ async fn start(max_concurrent: usize) -> Run {
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
     // E2E_BIN: another build of the bot (to compare two commits with one harness).
-    let bin = std::env::var("E2E_BIN").unwrap_or_else(|_| BUILT.into());
-    let child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .env_clear()
-        .env("DASHSCOPE_API_KEY", API_KEY)
-        .env("TELEGRAM_BOT_TOKEN", TOKEN)
-        .env(
-            "RUST_LOG",
-            std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn_bot(
+        &dir.path().join("config.toml"),
+        ("TELEGRAM_BOT_TOKEN", TOKEN),
+    );
     // Ready once it long-polls.
     while tg.polls().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -140,25 +149,30 @@ async fn wait_results(tg: &FakeTelegram, n: usize, secs: u64) -> Vec<fakes::tele
 /// Prints the Bot API calls per job of a run of `jobs` jobs, by method (the start-up calls
 /// left out; the input's download from the file server is not a call, its `getFile` is).
 fn per_job(what: &str, tg: &FakeTelegram, jobs: usize) {
-    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
-    for c in tg.calls() {
-        if matches!(
-            c.method.as_str(),
+    let methods = tg.calls().into_iter().map(|c| c.method).filter(|m| {
+        !matches!(
+            m.as_str(),
             "getme" | "setmycommands" | "deletewebhook" | "setwebhook"
-        ) {
-            continue;
-        }
-        *by.entry(c.method).or_default() += 1;
+        )
+    });
+    print_per_job(&format!("calls per job, {what}"), methods, jobs);
+}
+
+/// Prints `what`, then how many of `calls` (their names) there were per job, in all and by name.
+fn print_per_job(what: &str, calls: impl Iterator<Item = String>, jobs: usize) {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for call in calls {
+        *by.entry(call).or_default() += 1;
     }
     let total: usize = by.values().sum();
-    let methods: Vec<String> = by
+    let each: Vec<String> = by
         .iter()
         .map(|(m, n)| format!("{m} {:.2}", *n as f64 / jobs as f64))
         .collect();
     println!(
-        "calls per job, {what}: {:.2} ({})",
+        "{what}: {:.2} ({})",
         total as f64 / jobs as f64,
-        methods.join(", ")
+        each.join(", ")
     );
 }
 
@@ -282,17 +296,10 @@ async fn discord_calls() {
         dir.path().join("q.sqlite3").to_str().unwrap()
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let bin = std::env::var("E2E_BIN").unwrap_or_else(|_| BUILT.into());
-    let _child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .env_clear()
-        .env("DASHSCOPE_API_KEY", API_KEY)
-        .env("DISCORD_TOKEN", dc::TOKEN)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _child = spawn_bot(
+        &dir.path().join("config.toml"),
+        ("DISCORD_TOKEN", dc::TOKEN),
+    );
     discord.wait_ready(30).await;
     discord.wait_for("PUT", "/guilds/*/commands", 1, 30).await;
     // A result: a message posted or edited with a file.
@@ -357,29 +364,18 @@ async fn discord_calls() {
 
 /// Prints Discord REST calls per job by method and route (ids as `*`).
 fn discord_per_job(what: &str, calls: &[fakes::discord::Call], jobs: usize) {
-    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
-    for c in calls {
-        let route: Vec<String> = c
+    let routes = calls.iter().map(|c| {
+        let route: Vec<&str> = c
             .segments()
-            .iter()
+            .into_iter()
             .map(|s| match s.chars().all(|ch| ch.is_ascii_digit()) {
-                true => "*".to_owned(),
-                false => (*s).to_owned(),
+                true => "*",
+                false => s,
             })
             .collect();
-        *by.entry(format!("{} /{}", c.method, route.join("/")))
-            .or_default() += 1;
-    }
-    let total: usize = by.values().sum();
-    let routes: Vec<String> = by
-        .iter()
-        .map(|(r, n)| format!("{r} {:.2}", *n as f64 / jobs as f64))
-        .collect();
-    println!(
-        "Discord calls per job, {what}: {:.2} ({})",
-        total as f64 / jobs as f64,
-        routes.join(", ")
-    );
+        format!("{} /{}", c.method, route.join("/"))
+    });
+    print_per_job(&format!("Discord calls per job, {what}"), routes, jobs);
 }
 
 fn main() {
