@@ -4,10 +4,12 @@
 //! before status edits; a status edit of a message is replaced by a newer one of the same
 //! message while it waits (only the latest is sent), and one for a message whose result is on
 //! its way is dropped. A platform's "too many requests" pauses that lane only. A lane runs one
-//! call at a time, so what it holds is what waits; a call's bytes are held by its caller, for
-//! that one delivery (docs/PLATFORMS.md, "Limits and the outbox").
+//! call at a time, so what it holds is what waits; a result's bytes are made (downloaded,
+//! fitted) only when its call is next ([`Outbox::run_prepared`]), for that one delivery
+//! (docs/PLATFORMS.md, "Limits and the outbox").
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -194,8 +196,34 @@ impl Outbox {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ChatError>>,
     {
+        let nothing = || std::future::ready(Ok::<(), Infallible>(()));
+        match self.run_prepared(to, send, nothing, |_| call()).await {
+            Ok((done, _)) => done,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Outbox::run`] for a call that needs something made first (a result's images,
+    /// downloaded and fitted): `prepare` runs once the call is the next of its lane, and the
+    /// lane waits for it, so what it makes is held for this one delivery only, never while the
+    /// call waits behind others (the windows' wait and `prepare` overlap). What `prepare` made
+    /// comes back with the call's result; its failure ends the call unsent.
+    pub async fn run_prepared<P, E, T, Prep, PFut, F, Fut>(
+        &self,
+        to: &Reply,
+        send: Send,
+        prepare: Prep,
+        mut call: F,
+    ) -> Result<(Result<T, ChatError>, Option<Arc<P>>), E>
+    where
+        Prep: FnOnce() -> PFut,
+        PFut: Future<Output = Result<P, E>>,
+        F: FnMut(Arc<P>) -> Fut,
+        Fut: Future<Output = Result<T, ChatError>>,
+    {
         let Some(pace) = self.paces.get(&to.platform).map(|p| *p) else {
-            return retrying(call).await;
+            let made = Arc::new(prepare().await?);
+            return Ok((retrying(|| call(Arc::clone(&made))).await, Some(made)));
         };
         let key = (to.platform, to.chat);
         let lane = Arc::clone(&self.lanes.entry(key).or_default());
@@ -203,11 +231,36 @@ impl Outbox {
         let place = self.enter(&lane, seq, send);
         let group = to.group.as_ref().and(pace.group);
         let mut attempt = 1;
+        let mut made = None;
+        let mut prepare = Some(prepare);
         let result = loop {
-            let Some(turn) = self.turn(&place, to.platform, pace, group, send.cost).await else {
+            let mut claimed = None;
+            if let Some(prepare) = prepare.take() {
+                let Some(claim) = self
+                    .turn(&place, to.platform, pace, group, None, None)
+                    .await
+                else {
+                    break Err(ChatError::Superseded);
+                };
+                match prepare().await {
+                    Ok(ready) => made = Some(Arc::new(ready)),
+                    Err(e) => {
+                        drop(claim);
+                        drop(place);
+                        self.forget_if_idle(key, pace);
+                        return Err(e);
+                    }
+                }
+                claimed = Some(claim);
+            }
+            let turn = self.turn(&place, to.platform, pace, group, Some(send.cost), claimed);
+            let Some(turn) = turn.await else {
                 break Err(ChatError::Superseded);
             };
-            let error = match tokio::time::timeout(CALL_TIMEOUT, call()).await {
+            let Some(made) = made.as_ref() else {
+                unreachable!("prepared in its first turn");
+            };
+            let error = match tokio::time::timeout(CALL_TIMEOUT, call(Arc::clone(made))).await {
                 Ok(Err(error)) => error,
                 Ok(done) => break done,
                 Err(_) => ChatError::Transient("the call timed out".into()),
@@ -233,10 +286,15 @@ impl Outbox {
             attempt += 1;
         };
         drop(place);
+        self.forget_if_idle(key, pace);
+        Ok((result, made))
+    }
+
+    /// Drops the lane of `key` when nothing uses it and its history no longer matters.
+    fn forget_if_idle(&self, key: (Platform, i64), pace: Pace) {
         self.lanes.remove_if(&key, |_, lane| {
             Arc::strong_count(lane) == 1 && self.idle(lane, pace)
         });
-        result
     }
 
     /// Puts a call in its lane; a status edit waiting there for the same message gives way.
@@ -259,15 +317,18 @@ impl Outbox {
     }
 
     /// Waits until the call in `place` may go: it is the most urgent that may go now, nothing
-    /// else of its lane runs, the lane is not paused, and the call fits the chat's, the group's
-    /// and the platform's windows. `None`: it was replaced while it waited.
+    /// else of its lane runs, the lane is not paused, and the call's `cost` fits the chat's, the
+    /// group's and the platform's windows. Without a cost, only until the lane is its own
+    /// (to prepare the call); with the lane already `claimed`, only for the rest. `None`: it
+    /// was replaced while it waited.
     async fn turn<'a>(
         &self,
         place: &Place<'a>,
         platform: Platform,
         pace: Pace,
         group: Option<Window>,
-        cost: u32,
+        cost: Option<u32>,
+        claimed: Option<Turn<'a>>,
     ) -> Option<Turn<'a>> {
         let lane = place.lane;
         loop {
@@ -283,9 +344,10 @@ impl Outbox {
                 let now = Instant::now();
                 let mine = state.waiting.iter().find(|w| w.seq == place.seq);
                 let not_before = mine.map_or(now, |w| w.not_before);
-                if state.busy || not_before > now || state.next(now) != Some(place.seq) {
+                let first = !state.busy && not_before <= now && state.next(now) == Some(place.seq);
+                if claimed.is_none() && !first {
                     Some(not_before).filter(|t| *t > now)
-                } else {
+                } else if let Some(cost) = cost {
                     let mut ready = state.paused_until.unwrap_or(now).max(now);
                     ready = ready.max(state.spent.ready_at(pace.chat, cost, now));
                     if let Some(group) = group {
@@ -299,9 +361,13 @@ impl Outbox {
                         state.spent.record(cost, now, longest(pace), most(pace));
                         state.busy = true;
                         state.waiting.retain(|w| w.seq != place.seq);
-                        return Some(Turn(lane));
+                        return Some(claimed.unwrap_or_else(|| Turn(lane)));
                     }
                     Some(ready)
+                } else {
+                    // The lane is this call's while it prepares; it stays first in line.
+                    state.busy = true;
+                    return Some(Turn(lane));
                 }
             };
             match wake {

@@ -321,6 +321,58 @@ async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform
 }
 
 #[tokio::test]
+async fn a_waiting_job_whose_chat_refuses_its_placeholder_is_dropped_before_the_model_and_refunded()
+{
+    let r = rig(1).await;
+    r.fake.hold();
+    r.engine.spawn_workers();
+    r.engine
+        .request(job("first", reply("1", 10), &["photo"], "/edit a"))
+        .await;
+    r.chat.wait_for(1, |c| matches!(c, Call::Fetch(_))).await;
+    // The bot was blocked in the chat of the second request, which has to wait.
+    let refused = ChatError::Final {
+        side: Side::User,
+        detail: "bot was blocked by the user".into(),
+    };
+    r.chat.fail_next("hold", refused);
+    r.engine
+        .request(job("second", reply("2", 20), &["photo"], "/edit b"))
+        .await;
+    settled(&r.quotas, "second", JobStatus::Failed).await;
+    r.chat
+        .wait_for(1, |c| *c == Call::Mark(Some(20), Mark::Failed))
+        .await;
+    assert_eq!(r.engine.queue_len(), 0, "out of the queue");
+    r.fake.release();
+    settled(&r.quotas, "first", JobStatus::Delivered).await;
+    all_told(&r.quotas).await;
+    assert_eq!(r.fake.calls(), 1, "no model call for the refused chat");
+    assert_eq!(r.quotas.show(&user("2")).await.unwrap().used, 0, "refunded");
+    let second: Vec<Call> = r
+        .chat
+        .answers()
+        .into_iter()
+        .filter(|c| match c {
+            Call::Mark(to, _) => *to == Some(20),
+            Call::Post { job, .. } | Call::Hold { job, .. } => job == "second",
+            _ => false,
+        })
+        .collect();
+    assert!(
+        matches!(
+            &second[..],
+            [
+                Call::Mark(Some(20), Mark::Working),
+                Call::Hold { .. },
+                Call::Mark(Some(20), Mark::Failed)
+            ]
+        ),
+        "{second:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_throttled_or_failing_post_is_retried_with_the_images_in_hand() {
     let r = rig(1).await;
     r.engine.spawn_workers();

@@ -777,6 +777,58 @@ async fn a_rate_limited_or_failing_result_post_is_retried_without_a_new_model_ca
     assert_eq!(bot.used(8).await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_its_channel_for_one_window_of_its_limit_and_no_other_channel() {
+    // The bot's channel limit: 5 messages in any 2 s. Discord answers a result in CHANNEL 429.
+    let mut bot = Bot::start("discord:limit_per_channel = \"5/2s\"\n").await;
+    const OTHER: u64 = 501;
+    bot.dc.set_channel(OTHER, Some(GUILD));
+    let (edits, other_edits) = (
+        format!("/channels/{CHANNEL}/messages/*"),
+        format!("/channels/{OTHER}/messages/*"),
+    );
+    bot.dc.fail_next_rate_limited("PATCH", &edits, 0.2, 1);
+    let request = |id: u64, channel: u64, user_id: u64, image: Value| {
+        message(
+            id,
+            channel,
+            Some(GUILD),
+            user(user_id, "u"),
+            "/edit x",
+            vec![image],
+            None,
+        )
+    };
+    let image = bot.image(5660, 500, 500);
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request(6560, CHANNEL, 8, image));
+    let throttled = bot.dc.wait_for("PATCH", &edits, 1, 30).await[0].clone();
+    assert_eq!(throttled.status, 429);
+    // While CHANNEL waits, a request in OTHER is answered in full.
+    let image = bot.image(5661, 500, 500);
+    bot.dc
+        .dispatch("MESSAGE_CREATE", request(6561, OTHER, 9, image));
+    let other = bot.dc.wait_for("PATCH", &other_edits, 1, 30).await[0].clone();
+    let again = bot.dc.wait_for("PATCH", &edits, 2, 30).await[1].clone();
+    bot.stop().await;
+    assert_eq!((other.status, again.status), (200, 200));
+    assert!(
+        again.at >= throttled.at + Duration::from_secs(2),
+        "CHANNEL tried again {:?} after its 429, within the window",
+        again.at - throttled.at
+    );
+    assert!(
+        other.at < again.at,
+        "OTHER's result waited for CHANNEL's pause"
+    );
+    assert_eq!(
+        bot.dc.calls_to("PATCH", &edits).len(),
+        2,
+        "nothing else sent to CHANNEL while it was paused, and its result once more"
+    );
+    assert_eq!((bot.used(8).await, bot.used(9).await), (1, 1));
+}
+
 #[tokio::test]
 async fn a_result_over_the_upload_limit_is_compressed_to_fit() {
     let mut bot = Bot::start("").await;
@@ -1658,9 +1710,9 @@ async fn with_leave_unlisted_the_bot_leaves_servers_that_are_not_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_users_in_one_channel_get_every_result_within_its_limit_and_no_429() {
-    // A channel's limit twenty times faster: 5 messages in any 0.25 s (Discord: 5 in 5 s).
-    let per = Duration::from_millis(250);
-    let mut bot = Bot::start("per_user = 5\ndiscord:limit_per_channel = \"5/0.25s\"\n").await;
+    // A channel's limit ten times faster: 5 messages in any 0.5 s (Discord: 5 in 5 s).
+    let per = Duration::from_millis(500);
+    let mut bot = Bot::start("per_user = 5\ndiscord:limit_per_channel = \"5/0.5s\"\n").await;
     bot.dc.limit_channels(5, per);
     let started = std::time::Instant::now();
     for u in 0..30u64 {

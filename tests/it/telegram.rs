@@ -2207,6 +2207,50 @@ async fn thirty_users_in_one_group_get_every_result_within_telegrams_limits_and_
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_images_are_downloaded_in_its_chats_turn_so_one_delivery_at_a_time_holds_them() {
+    // A slow chat: 2 messages in any 0.4 s. Six results finish about together; each is
+    // downloaded only when its turn to be sent has come, so the outbox never holds the bytes of
+    // a result waiting behind another.
+    let chat = (2, Duration::from_millis(400));
+    let mut bot = Bot::start(
+        "per_user = 5\n\
+         telegram:limit_per_chat = \"2/0.4s\"\n",
+    )
+    .await;
+    bot.tg.limit(tg::Limits {
+        chat,
+        group: (20, Duration::from_secs(60)),
+        overall: (30, Duration::from_secs(1)),
+    });
+    for u in 0..6 {
+        let m = group_photo(&bot, 600 + u, -901, 9100 + i64::from(u), "/edit x");
+        bot.tg.push_update(message_update(m));
+    }
+    let results = bot.tg.wait_results(6, 60).await;
+    bot.stop().await;
+    assert_eq!(results.len(), 6);
+    assert_eq!(bot.tg.throttled(), 0, "no 429 from Telegram");
+    let shown: Vec<std::time::Instant> = bot
+        .tg
+        .calls_to("editmessagemedia")
+        .iter()
+        .map(|c| c.at)
+        .collect();
+    let downloaded = bot.ds.fetched_at();
+    assert_eq!((shown.len(), downloaded.len()), (6, 6));
+    for (k, at) in downloaded.iter().enumerate() {
+        let before = shown.iter().filter(|s| *s < at).count();
+        assert_eq!(
+            before, k,
+            "download {k} came after {before} results were shown: a result waited with its bytes"
+        );
+    }
+    for u in 0..6 {
+        assert_eq!(bot.used(9100 + u).await, 1);
+    }
+}
+
 #[tokio::test]
 async fn a_result_whose_answer_is_lost_is_put_again_and_shows_once() {
     let mut bot = Bot::start("").await;

@@ -1,5 +1,6 @@
-//! The end of a conversation: the result is put into the job's placeholder (fitted to the
-//! chat's upload limit) and committed, or the failure told on it; then the final mark is set.
+//! The end of a conversation: the result is downloaded and fitted to the chat's upload limit in
+//! its chat's turn, put into the job's placeholder and committed, or the failure told on it;
+//! then the final mark is set.
 //! What the money rules need from a failed delivery is [`Side`]: the user's chat refusing is
 //! charged, anything else refunded.
 
@@ -10,11 +11,13 @@ use bytes::Bytes;
 use super::{MARK, Talk};
 use crate::core::error::{Failure, FailureReason};
 use crate::core::image::{FitLimits, InputRules, fit_upload};
-use crate::core::jobs::{Delivery, Engine, JobSpec, Outcome, SendFailure};
+use crate::core::jobs::{Delivery, Engine, JobSpec, Made, SendFailure};
 use crate::core::outbox::{Priority, Send};
+use crate::core::pipeline::redeem_all;
 use crate::core::ports::chat::{
     Chat, ChatError, Mark, Placeholder, Posted, ResultImage, ResultPost, Shown, Side,
 };
+use crate::core::ports::model::Answer;
 use crate::core::ports::store::ResultAt;
 use crate::messages;
 
@@ -31,18 +34,18 @@ impl Engine {
     /// Puts the result into the job's placeholder or tells the failure there, then records
     /// what happened: committed when the result is shown, told otherwise (a restart does not
     /// tell it again).
-    pub(crate) async fn finish(self: &Arc<Self>, outcome: Outcome) {
-        let job_id = outcome.job.id.clone();
+    pub(crate) async fn finish(self: &Arc<Self>, made: Made) {
+        let job_id = made.job.id.clone();
         let acked = self.talks.get(&job_id).and_then(|t| t.acked.clone());
         if let Some(mut acked) = acked {
             // However long its placeholder waits in the outbox: the result goes into it.
             let _ = acked.wait_for(|done| *done).await;
         }
-        let reply = &outcome.job.route;
+        let reply = &made.job.route;
         let talk = match self.talks.remove(&job_id) {
             Some((_, talk)) => talk,
             None => {
-                let mut talk = Talk::new(&outcome.job, None);
+                let mut talk = Talk::new(&made.job, None);
                 // Resumed: its request carries the earlier run's mark.
                 talk.marked = reply.deferred.is_none();
                 talk
@@ -55,13 +58,14 @@ impl Engine {
             Some(placeholder) => Some(placeholder),
             None => self.kept_placeholder(&job_id).await,
         };
-        let delivered = match &outcome.result {
-            Ok(delivery) => {
-                self.deliver(chat.as_ref(), &outcome, delivery, placeholder)
+        let delivered = match &made.answer {
+            Ok(answer) => {
+                self.deliver(chat.as_ref(), &made, answer, placeholder)
                     .await
             }
             Err(failure) => {
-                self.tell_failure(chat.as_ref(), &outcome.job, placeholder.as_ref(), failure)
+                self.tell_observers(&made.job, made.granted, || Err(failure.clone()));
+                self.tell_failure(chat.as_ref(), &made.job, placeholder.as_ref(), failure)
                     .await;
                 false
             }
@@ -74,7 +78,7 @@ impl Engine {
                 .await;
         }
         if !delivered {
-            self.told(&outcome.job).await;
+            self.told(&made.job).await;
         }
     }
 
@@ -84,106 +88,154 @@ impl Engine {
         self.talks.remove(job_id);
     }
 
-    /// Puts the result into the placeholder; commits on success, charges or refunds (and says
+    /// Downloads the results and puts them into the placeholder (a new one if the job has none
+    /// or its own is gone), in the chat's turn; commits on success, charges or refunds (and says
     /// so) on failure.
     async fn deliver(
         &self,
         chat: &dyn Chat,
-        outcome: &Outcome,
-        delivery: &Delivery,
+        made: &Made,
+        answer: &Answer,
         placeholder: Option<Placeholder>,
     ) -> bool {
-        let (job, reply) = (&outcome.job, &outcome.job.route);
-        let fitted = match chat.upload_limit(reply).await {
-            Some(limit) => fit_to(&delivery.images, limit as usize, &self.cfg.fit).await,
-            None => Ok(as_they_are(&delivery.images)),
+        let job = &made.job;
+        let mut held = placeholder;
+        let prepare = || self.prepare(chat, made, answer);
+        let mut filled = match held.as_ref() {
+            Some(placeholder) => self.fill(chat, job, placeholder, prepare).await,
+            None => match self
+                .hold(chat, job, &messages::working(job.route.lang))
+                .await
+            {
+                Ok(placeholder) => {
+                    let placeholder = held.insert(placeholder);
+                    self.fill(chat, job, placeholder, prepare).await
+                }
+                Err(e) => Ok((Err(e), None)),
+            },
         };
+        if let Ok((Err(ChatError::Gone(detail)), Some(post))) = &filled {
+            // Replaced once, with the post already made.
+            tracing::info!(job_id = %job.id, detail, "the placeholder is gone; posting another");
+            held = None;
+            let working = messages::working(job.route.lang);
+            let again = match self.hold(chat, job, &working).await {
+                Ok(placeholder) => {
+                    let placeholder = held.insert(placeholder);
+                    let post = ResultPost::clone(post);
+                    let ready = || std::future::ready(Ok(post));
+                    self.fill(chat, job, placeholder, ready).await
+                }
+                Err(e) => Ok((Err(e), None)),
+            };
+            filled = again;
+        }
+        let e = match filled {
+            Ok((Ok(posted), Some(post))) => {
+                let at = posted.button_at.map(|message| ResultAt {
+                    chat: job.route.chat.to_string(),
+                    message: message.to_string(),
+                });
+                self.delivered(job, post.images.len(), answer.request_id.clone(), at)
+                    .await;
+                return true;
+            }
+            Err(failure) => {
+                self.tell_failure(chat, job, held.as_ref(), &failure).await;
+                return false;
+            }
+            Ok((Err(e), _)) => e,
+            Ok((Ok(_), None)) => ChatError::Superseded,
+        };
+        tracing::error!(job_id = %job.id, error = %e, "delivery failed");
+        self.observer().send_failed(job.route.platform.as_str());
+        let failure = self.undeliverable(job, why(e)).await;
+        self.tell_failure(chat, job, held.as_ref(), &failure).await;
+        false
+    }
+
+    /// The post of a job's results: downloaded, then fitted to the chat's upload limit. The
+    /// observers hear of the job here. A failed download is refunded, a result that cannot fit
+    /// is the platform's failure (refunded too); either is what to tell.
+    async fn prepare(
+        &self,
+        chat: &dyn Chat,
+        made: &Made,
+        answer: &Answer,
+    ) -> Result<ResultPost, Failure> {
+        let (job, reply) = (&made.job, &made.job.route);
+        let downloaded = redeem_all(
+            self.backend.as_ref(),
+            &answer.parts,
+            self.cfg.download_timeout,
+        );
+        let images = match downloaded.await {
+            Ok(images) => images,
+            Err(reason) => {
+                let failure = self.failed(job, reason).await;
+                self.tell_observers(job, made.granted, || Err(failure.clone()));
+                return Err(failure);
+            }
+        };
+        self.tell_observers(job, made.granted, || {
+            Ok(Delivery {
+                images: images.clone(),
+                request_id: answer.request_id.clone(),
+            })
+        });
+        let fitted = match chat.upload_limit(reply).await {
+            Some(limit) => fit_to(&images, limit as usize, &self.cfg.fit).await,
+            None => Ok(as_they_are(&images)),
+        };
+        drop(images);
         let (images, compressed) = match fitted {
             Ok(fitted) => fitted,
             Err(reason) => {
                 let why = SendFailure::Platform(format!("upload_limit: {reason}"));
                 let refunded = self.undeliverable(job, why).await.refunded;
-                let failure = Failure { reason, refunded };
-                self.tell_failure(chat, job, placeholder.as_ref(), &failure)
-                    .await;
-                return false;
+                return Err(Failure { reason, refunded });
             }
         };
         let mut caption = messages::result_caption(
             reply.lang,
             &job.command.prompt,
-            outcome.granted.remaining,
+            made.granted.remaining,
             job.command.truncated,
         );
         if compressed {
             caption.push('\n');
             caption.push_str(&messages::compressed(reply.lang));
         }
-        let post = ResultPost {
+        Ok(ResultPost {
             job_id: job.id.clone(),
             images,
             caption,
             again: job.token.clone(),
-        };
-        let mut held = placeholder;
-        match self.put(chat, job, &mut held, &post).await {
-            Ok(posted) => {
-                let at = posted.button_at.map(|message| ResultAt {
-                    chat: reply.chat.to_string(),
-                    message: message.to_string(),
-                });
-                self.delivered(job, delivery, at).await;
-                true
-            }
-            Err(e) => {
-                tracing::error!(job_id = %job.id, error = %e, "delivery failed");
-                self.observer().send_failed(reply.platform.as_str());
-                let failure = self.undeliverable(job, why(e)).await;
-                self.tell_failure(chat, job, held.as_ref(), &failure).await;
-                false
-            }
-        }
+        })
     }
 
-    /// Puts `post` into the job's placeholder: the one `held` names, else a new one (kept
-    /// first); one that is gone is replaced once. `held` ends naming the placeholder used.
-    async fn put(
-        &self,
-        chat: &dyn Chat,
-        job: &JobSpec,
-        held: &mut Option<Placeholder>,
-        post: &ResultPost,
-    ) -> Result<Posted, ChatError> {
-        if let Some(placeholder) = held.as_ref() {
-            match self.fill(chat, job, placeholder, post).await {
-                Err(ChatError::Gone(detail)) => {
-                    tracing::info!(job_id = %job.id, detail, "the placeholder is gone; posting another");
-                    *held = None;
-                }
-                done => return done,
-            }
-        }
-        let working = messages::working(job.route.lang);
-        let placeholder = held.insert(self.hold(chat, job, &working).await?);
-        self.fill(chat, job, placeholder, post).await
-    }
-
-    /// Puts `post` into `placeholder`, in its chat's turn.
-    async fn fill(
+    /// Puts the post `prepare` makes into `placeholder`, in its chat's turn (made then, so its
+    /// bytes are held for this delivery only). Returns the post with the chat's answer.
+    async fn fill<Prep, PFut>(
         &self,
         chat: &dyn Chat,
         job: &JobSpec,
         placeholder: &Placeholder,
-        post: &ResultPost,
-    ) -> Result<Posted, ChatError> {
+        prepare: Prep,
+    ) -> Result<(Result<Posted, ChatError>, Option<Arc<ResultPost>>), Failure>
+    where
+        Prep: FnOnce() -> PFut,
+        PFut: std::future::Future<Output = Result<ResultPost, Failure>>,
+    {
         let send = Send {
             priority: Priority::Result,
             cost: placeholder.messages(),
             on: placeholder.images.first().copied(),
         };
         let reply = &job.route;
-        let fill = || chat.fill(reply, placeholder, post);
-        self.outbox.run(reply, send, fill).await
+        let fill =
+            |post: Arc<ResultPost>| async move { chat.fill(reply, placeholder, &post).await };
+        self.outbox.run_prepared(reply, send, prepare, fill).await
     }
 
     /// Tells why there is no result: on the job's placeholder, else in place of the platform's

@@ -21,7 +21,7 @@ use super::error::Rejection;
 use super::jobs::{Accepted, Engine, JobSpec};
 use super::model::{Lang, Reply};
 use super::outbox::{Priority, Send};
-use super::ports::chat::{Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Shown};
+use super::ports::chat::{Chat, ChatError, ChatStyle, Hold, Mark, Placeholder, Shown, Side};
 use super::quota::QuotaRejection;
 use crate::messages;
 
@@ -150,7 +150,21 @@ impl Engine {
             Some(ahead) => self.position_text(chat.style(), reply.lang, ahead),
             None => messages::working(reply.lang),
         };
-        let placeholder = self.hold(chat.as_ref(), job, &state).await.ok();
+        let placeholder = match self.hold(chat.as_ref(), job, &state).await {
+            Ok(placeholder) => Some(placeholder),
+            Err(ChatError::Final {
+                side: Side::User,
+                detail,
+            }) if self.withdraw(job, &detail).await => {
+                self.talks.remove(&job.id);
+                if marked {
+                    let failed = || chat.mark(reply, Mark::Failed);
+                    let _ = self.outbox.run(reply, MARK, failed).await;
+                }
+                return;
+            }
+            Err(_) => None,
+        };
         let Some(mut talk) = self.talks.get_mut(&job.id) else {
             return;
         };

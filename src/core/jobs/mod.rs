@@ -1,6 +1,7 @@
 //! Jobs: accept (validate, hold a queue place, reserve quota), run (`run.rs`: fetch inputs, fit,
-//! call the backend, download results) and end them through their conversation
-//! (`core::conversation`), which commits, charges or refunds. Chats plug in as
+//! call the backend, store its answer) and end them through their conversation
+//! (`core::conversation`), which downloads the results in their chat's turn and commits, charges
+//! or refunds. Chats plug in as
 //! [`Chat`] adapters, one per platform; the engine is the only owner of a job's life.
 
 mod accept;
@@ -68,8 +69,17 @@ pub struct Delivery {
 pub enum JobEvent {
     /// A worker took the job.
     Started(JobSpec),
-    /// The job ended; its conversation posts the result or the failure.
+    /// The job ended: its results are downloaded (its conversation posts them next), or it
+    /// failed (its conversation tells why).
     Finished(Outcome),
+}
+
+/// A job whose work ended, for its conversation: the backend's answer (its results not yet
+/// downloaded) or why there is none.
+pub(crate) struct Made {
+    pub job: JobSpec,
+    pub granted: Granted,
+    pub answer: Result<Answer, Failure>,
 }
 
 /// How a job ended.

@@ -1,18 +1,23 @@
 //! How a job's end is written down: committed when delivered, charged or refunded when not,
 //! and told, so a restart neither charges twice nor tells twice.
 
-use super::{Delivery, Engine, JobSpec, SendFailure};
+use super::{Engine, JobSpec, SendFailure};
 use crate::core::error::{Failure, FailureReason};
 use crate::core::ports::store::ResultAt;
 
 impl Engine {
-    /// The result was posted (its 🔁 button on message `at`): commit the images.
-    pub(crate) async fn delivered(&self, job: &JobSpec, delivery: &Delivery, at: Option<ResultAt>) {
+    /// The result (`images` of the backend's request `request_id`) was posted (its 🔁 button on
+    /// message `at`): commit the images.
+    pub(crate) async fn delivered(
+        &self,
+        job: &JobSpec,
+        images: usize,
+        request_id: Option<String>,
+        at: Option<ResultAt>,
+    ) {
         self.observer().job_finished(true);
-        let images = delivery.images.len();
         self.observer()
             .images_delivered(job.route.platform.as_str(), images);
-        let request_id = delivery.request_id.clone();
         let committed = self
             .quotas
             .commit(&job.id, images as u32, request_id, at)
@@ -53,5 +58,23 @@ impl Engine {
         }
         let refunded = matches!(reason, FailureReason::Delivery(_)) && written.is_ok();
         Failure { reason, refunded }
+    }
+
+    /// The user's chat refused `job`'s placeholder (`detail`): a job still waiting is taken out
+    /// of the queue before it costs anything, refunded and ended (nobody can be told there).
+    /// Returns false when a worker has it already (its result is charged if the chat refuses it
+    /// too).
+    pub(crate) async fn withdraw(&self, job: &JobSpec, detail: &str) -> bool {
+        let taken = self.queue.remove(|q| q.spec.id == job.id);
+        let Some(q) = taken.into_iter().next() else {
+            return false;
+        };
+        tracing::warn!(job_id = %job.id, detail, "the chat refused the placeholder; the waiting job is dropped and refunded");
+        let refunded = self.quotas.refund(&job.id, "chat_refused").await.is_ok();
+        self.observer().job_finished(false);
+        self.told(job).await;
+        let reason = FailureReason::ChatRefused(detail.to_owned());
+        self.tell_observers(job, q.granted, || Err(Failure { reason, refunded }));
+        true
     }
 }

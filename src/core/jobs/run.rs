@@ -1,15 +1,15 @@
-//! Running a job: fetch its inputs, fit them, call the backend, store its answer, download the
-//! results, and hand the outcome to the job's conversation; and resuming what a previous run
-//! left unfinished.
+//! Running a job: fetch its inputs, fit them, call the backend, store its answer, and hand it
+//! to the job's conversation (which downloads the results in their chat's turn); and resuming
+//! what a previous run left unfinished.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument as _;
 
-use super::{Delivery, Engine, JobEvent, JobSpec, MAX_RUNS, Outcome, Queued};
+use super::{Engine, JobEvent, JobSpec, MAX_RUNS, Made, Outcome, Queued};
 use crate::core::error::{Failure, FailureReason};
-use crate::core::pipeline::{call, fit_all, redeem_all};
+use crate::core::pipeline::{call, fit_all};
 use crate::core::ports::model::{Answer, BackendError, Progress};
 use crate::core::ports::store::{JobStatus, Unfinished};
 use crate::core::quota::Granted;
@@ -27,11 +27,39 @@ const WAITED: std::time::Duration = std::time::Duration::from_secs(2);
 const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Engine {
-    /// A job ended: observers hear of it, and its conversation ends it (alongside others).
-    fn ended(self: &Arc<Self>, outcome: Outcome) {
-        self.emit(|| JobEvent::Finished(outcome.clone()));
+    /// A job's work ended: its conversation ends it (alongside others), and observers hear of
+    /// it there.
+    fn ended(self: &Arc<Self>, made: Made) {
         let me = Arc::clone(self);
-        self.tasks.spawn(async move { me.finish(outcome).await });
+        self.tasks.spawn(async move { me.finish(made).await });
+    }
+
+    /// `job` failed for `reason`: refunded; returns what to tell.
+    pub(crate) async fn failed(&self, job: &JobSpec, reason: FailureReason) -> Failure {
+        if let FailureReason::Backend(BackendError::Operator { .. }) = &reason {
+            tracing::error!(code = %reason.code(), error = %reason, "job failed: the backend needs the operator");
+        } else {
+            tracing::warn!(code = %reason.code(), error = %reason, "job failed");
+        }
+        let refunded = self.quotas.refund(&job.id, &reason.code()).await.is_ok();
+        self.observer().job_finished(false);
+        Failure { reason, refunded }
+    }
+
+    /// Observers hear how `job` ended.
+    pub(crate) fn tell_observers(
+        &self,
+        job: &JobSpec,
+        granted: Granted,
+        result: impl FnOnce() -> Result<super::Delivery, Failure>,
+    ) {
+        self.emit(|| {
+            JobEvent::Finished(Outcome {
+                job: job.clone(),
+                granted,
+                result: result(),
+            })
+        });
     }
 
     pub(crate) async fn run(self: &Arc<Self>, q: Queued) {
@@ -46,12 +74,12 @@ impl Engine {
                     reason: FailureReason::Earlier(code),
                     refunded: true,
                 };
-                let outcome = Outcome {
+                let made = Made {
                     job: q.spec,
                     granted: q.granted,
-                    result: Err(failure),
+                    answer: Err(failure),
                 };
-                self.ended(outcome);
+                self.ended(made);
                 return;
             }
             let started = Instant::now();
@@ -78,54 +106,35 @@ impl Engine {
             }
             self.emit(|| JobEvent::Started(q.spec.clone()));
             self.started(&q.spec).await;
-            let result = self.produce(&q).await;
-            let result = match result {
-                Ok(delivery) => Ok(delivery),
-                Err(reason) => {
-                    if let FailureReason::Backend(BackendError::Operator { .. }) = &reason {
-                        tracing::error!(code = %reason.code(), error = %reason, "job failed: the backend needs the operator");
-                    } else {
-                        tracing::warn!(code = %reason.code(), error = %reason, "job failed");
-                    }
-                    let refunded = self.quotas.refund(&q.spec.id, &reason.code()).await.is_ok();
-                    self.observer().job_finished(false);
-                    Err(Failure { reason, refunded })
-                }
+            let answer = match self.produce(&q).await {
+                Ok(answer) => Ok(answer),
+                Err(reason) => Err(self.failed(&q.spec, reason).await),
             };
             tracing::info!(
-                ok = result.is_ok(),
+                ok = answer.is_ok(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "job finished"
             );
             self.queue.done(&q.spec.user());
-            let outcome = Outcome {
+            let made = Made {
                 job: q.spec,
                 granted: q.granted,
-                result,
+                answer,
             };
-            self.ended(outcome);
+            self.ended(made);
         }
         .instrument(span)
         .await
     }
 
-    async fn produce(self: &Arc<Self>, q: &Queued) -> Result<Delivery, FailureReason> {
+    /// The backend's answer to the job: made now, or kept from before a restart (no new call).
+    async fn produce(self: &Arc<Self>, q: &Queued) -> Result<Answer, FailureReason> {
         let spec = &q.spec;
         if q.given_up {
             return Err(FailureReason::Interrupted);
         }
         if let Some(done) = &q.answered {
-            // The backend answered before a restart: deliver its results, no new call.
-            let images = redeem_all(
-                self.backend.as_ref(),
-                &done.parts,
-                self.cfg.download_timeout,
-            )
-            .await?;
-            return Ok(Delivery {
-                images,
-                request_id: done.request_id.clone(),
-            });
+            return Ok(done.clone());
         }
         let source = self
             .chats
@@ -164,16 +173,7 @@ impl Engine {
         if let Err(e) = self.quotas.save_result(&spec.id, &resp).await {
             tracing::error!(error = %e, "cannot store the backend's answer");
         }
-        let images = redeem_all(
-            self.backend.as_ref(),
-            &resp.parts,
-            self.cfg.download_timeout,
-        )
-        .await?;
-        Ok(Delivery {
-            images,
-            request_id: resp.request_id,
-        })
+        Ok(resp)
     }
 
     /// Queues again what a previous run left unfinished, oldest first: waiting and running

@@ -60,6 +60,8 @@ struct Inner {
     downloads: Mutex<Vec<Option<String>>>,
     /// `host/path` of every result request.
     fetched: Mutex<Vec<String>>,
+    /// When each result request came.
+    fetched_at: Mutex<Vec<std::time::Instant>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     latency: Mutex<Duration>,
@@ -134,6 +136,11 @@ impl FakeDashScope {
     /// `host/path` of every result request so far (redirects included).
     pub fn fetched(&self) -> Vec<String> {
         self.inner.fetched.lock().unwrap().clone()
+    }
+
+    /// When each result was downloaded, in order.
+    pub fn fetched_at(&self) -> Vec<std::time::Instant> {
+        self.inner.fetched_at.lock().unwrap().clone()
     }
 
     pub fn calls(&self) -> usize {
@@ -375,6 +382,7 @@ async fn result(
         .lock()
         .unwrap()
         .push(format!("{host}/results/{name}"));
+    s.fetched_at.lock().unwrap().push(std::time::Instant::now());
     let port = host.rsplit(':').next().unwrap_or("");
     let to = match name.as_str() {
         "redirect-same.png" => Some(format!("http://{host}/results/0.png")),
