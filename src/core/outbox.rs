@@ -25,6 +25,8 @@ pub use super::ports::chat::{Pace, Window};
 
 /// Least room kept between a window's calls for the time they take to arrive.
 const MARGIN: Duration = Duration::from_millis(25);
+/// How often (in calls) lanes that are no longer needed are dropped.
+const SWEEP_EVERY: u64 = 64;
 /// One attempt of a call (an upload on a slow link included) that takes longer is given up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -197,22 +199,42 @@ impl Outbox {
         Fut: Future<Output = Result<T, ChatError>>,
     {
         let nothing = || std::future::ready(Ok::<(), Infallible>(()));
-        match self.run_prepared(to, send, nothing, |_| call()).await {
+        match self.go(to, send, nothing, false, |_| call()).await {
             Ok((done, _)) => done,
             Err(never) => match never {},
         }
     }
 
     /// [`Outbox::run`] for a call that needs something made first (a result's images,
-    /// downloaded and fitted): `prepare` runs once the call is the next of its lane, and the
-    /// lane waits for it, so what it makes is held for this one delivery only, never while the
-    /// call waits behind others (the windows' wait and `prepare` overlap). What `prepare` made
-    /// comes back with the call's result; its failure ends the call unsent.
+    /// downloaded and fitted): `prepare` runs once the call is the next of its lane (the most
+    /// urgent, nothing else of the lane running), and the lane waits for it and then for the
+    /// windows (which count the time the download took), so what it makes is held for this one
+    /// delivery only, never while the call waits behind others. What `prepare` made comes back
+    /// with the call's result; its failure ends the call unsent. Only a call as urgent as any
+    /// (a result) should claim its lane this way: while it prepares, nothing overtakes it.
     pub async fn run_prepared<P, E, T, Prep, PFut, F, Fut>(
         &self,
         to: &Reply,
         send: Send,
         prepare: Prep,
+        call: F,
+    ) -> Result<(Result<T, ChatError>, Option<Arc<P>>), E>
+    where
+        Prep: FnOnce() -> PFut,
+        PFut: Future<Output = Result<P, E>>,
+        F: FnMut(Arc<P>) -> Fut,
+        Fut: Future<Output = Result<T, ChatError>>,
+    {
+        self.go(to, send, prepare, true, call).await
+    }
+
+    /// Runs `call` in its turn; `prepare` first, in the lane's claim (`claim`) or at once.
+    async fn go<P, E, T, Prep, PFut, F, Fut>(
+        &self,
+        to: &Reply,
+        send: Send,
+        prepare: Prep,
+        claim: bool,
         mut call: F,
     ) -> Result<(Result<T, ChatError>, Option<Arc<P>>), E>
     where
@@ -225,14 +247,17 @@ impl Outbox {
             let made = Arc::new(prepare().await?);
             return Ok((retrying(|| call(Arc::clone(&made))).await, Some(made)));
         };
+        let (mut made, mut prepare) = match claim {
+            true => (None, Some(prepare)),
+            false => (Some(Arc::new(prepare().await?)), None),
+        };
         let key = (to.platform, to.chat);
         let lane = Arc::clone(&self.lanes.entry(key).or_default());
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let place = self.enter(&lane, seq, send);
         let group = to.group.as_ref().and(pace.group);
         let mut attempt = 1;
-        let mut made = None;
-        let mut prepare = Some(prepare);
+        let mut unprepared = None;
         let result = loop {
             let mut claimed = None;
             if let Some(prepare) = prepare.take() {
@@ -245,10 +270,8 @@ impl Outbox {
                 match prepare().await {
                     Ok(ready) => made = Some(Arc::new(ready)),
                     Err(e) => {
-                        drop(claim);
-                        drop(place);
-                        self.forget_if_idle(key, pace);
-                        return Err(e);
+                        unprepared = Some(e);
+                        break Err(ChatError::Superseded);
                     }
                 }
                 claimed = Some(claim);
@@ -286,15 +309,31 @@ impl Outbox {
             attempt += 1;
         };
         drop(place);
-        self.forget_if_idle(key, pace);
-        Ok((result, made))
+        drop(lane);
+        self.forget_idle(seq);
+        match unprepared {
+            Some(e) => Err(e),
+            None => Ok((result, made)),
+        }
     }
 
-    /// Drops the lane of `key` when nothing uses it and its history no longer matters.
-    fn forget_if_idle(&self, key: (Platform, i64), pace: Pace) {
-        self.lanes.remove_if(&key, |_, lane| {
-            Arc::strong_count(lane) == 1 && self.idle(lane, pace)
+    /// Every [`SWEEP_EVERY`] calls: drops the lanes nothing uses whose history no longer
+    /// matters (one per chat ever answered would pile up otherwise).
+    fn forget_idle(&self, seq: u64) {
+        if !seq.is_multiple_of(SWEEP_EVERY) {
+            return;
+        }
+        self.lanes.retain(|(platform, _), lane| {
+            let Some(pace) = self.paces.get(platform).map(|p| *p) else {
+                return false;
+            };
+            Arc::strong_count(lane) > 1 || !self.idle(lane, pace)
         });
+    }
+
+    /// Lanes kept (the chats with calls waiting or recent).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// Puts a call in its lane; a status edit waiting there for the same message gives way.

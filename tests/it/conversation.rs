@@ -105,6 +105,19 @@ fn job(id: &str, to: Reply, inputs: &[&str], text: &str) -> JobSpec {
     JobSpec::new(id.into(), to, inputs, command)
 }
 
+/// The chat's answers about job `id` (requested by message `to`): its marks, placeholders and
+/// results, and (`others`) every call that names no job.
+fn answers_about(chat: &RecordingChat, id: &str, to: i64, others: bool) -> Vec<Call> {
+    chat.answers()
+        .into_iter()
+        .filter(|c| match c {
+            Call::Mark(on, _) => *on == Some(to),
+            Call::Post { job, .. } | Call::Hold { job, .. } => job == id,
+            _ => others,
+        })
+        .collect()
+}
+
 /// Waits (5 s at most) until the store shows `status` for `job`: the conversation writes it
 /// right after its last chat call.
 pub async fn settled(quotas: &Quotas, job: &str, status: JobStatus) {
@@ -231,16 +244,7 @@ async fn a_waiting_jobs_placeholder_shows_its_position_then_working_then_becomes
     r.chat
         .wait_for(1, |c| *c == Call::Mark(Some(20), Mark::Done))
         .await;
-    let second: Vec<Call> = r
-        .chat
-        .answers()
-        .into_iter()
-        .filter(|c| match c {
-            Call::Mark(to, _) => *to == Some(20),
-            Call::Post { job, .. } | Call::Hold { job, .. } => job == "second",
-            _ => true,
-        })
-        .collect();
+    let second = answers_about(&r.chat, "second", 20, true);
     assert_eq!(second[0], Call::Mark(Some(20), Mark::Working));
     let Call::Hold {
         to,
@@ -349,16 +353,7 @@ async fn a_waiting_job_whose_chat_refuses_its_placeholder_is_dropped_before_the_
     all_told(&r.quotas).await;
     assert_eq!(r.fake.calls(), 1, "no model call for the refused chat");
     assert_eq!(r.quotas.show(&user("2")).await.unwrap().used, 0, "refunded");
-    let second: Vec<Call> = r
-        .chat
-        .answers()
-        .into_iter()
-        .filter(|c| match c {
-            Call::Mark(to, _) => *to == Some(20),
-            Call::Post { job, .. } | Call::Hold { job, .. } => job == "second",
-            _ => false,
-        })
-        .collect();
+    let second = answers_about(&r.chat, "second", 20, false);
     assert!(
         matches!(
             &second[..],

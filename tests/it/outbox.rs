@@ -235,3 +235,42 @@ fn limits_are_written_calls_per_seconds_and_replicas_share_them() {
     );
     assert_eq!(pace.share(1), pace);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_result_overtakes_a_status_edit_that_waits_for_the_chats_window() {
+    let outbox = outbox(window(1, 1));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let first = spawn(&outbox, 5, send(Priority::Placeholder, None), "first", &log);
+    first.await.unwrap().unwrap();
+    // The window is full for a second: the status edit waits for it, then a result comes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = spawn(&outbox, 5, send(Priority::Status, Some(7)), "status", &log);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let result = spawn(&outbox, 5, send(Priority::Result, Some(8)), "result", &log);
+    result.await.unwrap().unwrap();
+    status.await.unwrap().unwrap();
+    let names: Vec<&str> = log.lock().unwrap().iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["first", "result", "status"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lanes_of_chats_gone_quiet_are_dropped() {
+    let outbox = outbox(window(3, 1));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for chat in 0..200 {
+        spawn(&outbox, chat, send(Priority::Result, None), "once", &log)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(outbox.lanes() >= 100, "{} lanes", outbox.lanes());
+    // A chat's history matters for its window (1 s); after it, a later call's sweep drops it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..64 {
+        spawn(&outbox, 1000, send(Priority::Result, None), "later", &log)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(outbox.lanes() <= 1, "{} lanes kept", outbox.lanes());
+}

@@ -52,6 +52,9 @@ impl Engine {
             }
         };
         let Some(chat) = self.chat(reply) else {
+            if let Err(failure) = &made.answer {
+                self.tell_observers(&made.job, made.granted, || Err(failure.clone()));
+            }
             return;
         };
         let placeholder = match talk.placeholder {
@@ -100,68 +103,65 @@ impl Engine {
     ) -> bool {
         let job = &made.job;
         let mut held = placeholder;
-        let prepare = || self.prepare(chat, made, answer);
-        let mut filled = match held.as_ref() {
-            Some(placeholder) => self.fill(chat, job, placeholder, prepare).await,
-            None => match self
-                .hold(chat, job, &messages::working(job.route.lang))
-                .await
-            {
-                Ok(placeholder) => {
-                    let placeholder = held.insert(placeholder);
-                    self.fill(chat, job, placeholder, prepare).await
-                }
-                Err(e) => Ok((Err(e), None)),
-            },
-        };
-        if let Ok((Err(ChatError::Gone(detail)), Some(post))) = &filled {
-            // Replaced once, with the post already made.
+        let mut filled = self
+            .put(chat, job, &mut held, || {
+                self.prepare(chat, made, answer, true)
+            })
+            .await;
+        // Observers heard of the job when its results were downloaded.
+        let heard = matches!(&filled, Ok((_, Some(_))));
+        if let Ok((Err(ChatError::Gone(detail)), _)) = &filled {
+            // Replaced once. The post is made again in the new placeholder's turn: its bytes
+            // are not kept while that placeholder waits.
             tracing::info!(job_id = %job.id, detail, "the placeholder is gone; posting another");
+            drop(filled);
             held = None;
-            let working = messages::working(job.route.lang);
-            let again = match self.hold(chat, job, &working).await {
-                Ok(placeholder) => {
-                    let placeholder = held.insert(placeholder);
-                    let post = ResultPost::clone(post);
-                    let ready = || std::future::ready(Ok(post));
-                    self.fill(chat, job, placeholder, ready).await
-                }
-                Err(e) => Ok((Err(e), None)),
-            };
-            filled = again;
+            filled = self
+                .put(chat, job, &mut held, || {
+                    self.prepare(chat, made, answer, false)
+                })
+                .await;
         }
-        let e = match filled {
-            Ok((Ok(posted), Some(post))) => {
-                let at = posted.button_at.map(|message| ResultAt {
-                    chat: job.route.chat.to_string(),
-                    message: message.to_string(),
-                });
-                self.delivered(job, post.images.len(), answer.request_id.clone(), at)
-                    .await;
-                return true;
-            }
+        let (result, post) = match filled {
+            Ok(filled) => filled,
             Err(failure) => {
                 self.tell_failure(chat, job, held.as_ref(), &failure).await;
                 return false;
             }
-            Ok((Err(e), _)) => e,
-            Ok((Ok(_), None)) => ChatError::Superseded,
+        };
+        let images = post.as_ref().map_or(0, |post| post.images.len());
+        drop(post);
+        let e = match result {
+            Ok(posted) => {
+                let at = posted.button_at.map(|message| ResultAt {
+                    chat: job.route.chat.to_string(),
+                    message: message.to_string(),
+                });
+                self.delivered(job, images, answer.request_id.clone(), at)
+                    .await;
+                return true;
+            }
+            Err(e) => e,
         };
         tracing::error!(job_id = %job.id, error = %e, "delivery failed");
         self.observer().send_failed(job.route.platform.as_str());
         let failure = self.undeliverable(job, why(e)).await;
+        if !heard {
+            self.tell_observers(job, made.granted, || Err(failure.clone()));
+        }
         self.tell_failure(chat, job, held.as_ref(), &failure).await;
         false
     }
 
     /// The post of a job's results: downloaded, then fitted to the chat's upload limit. The
-    /// observers hear of the job here. A failed download is refunded, a result that cannot fit
-    /// is the platform's failure (refunded too); either is what to tell.
+    /// observers hear of the job here (`tell`). A failed download is refunded, a result that
+    /// cannot fit is the platform's failure (refunded too); either is what to tell.
     async fn prepare(
         &self,
         chat: &dyn Chat,
         made: &Made,
         answer: &Answer,
+        tell: bool,
     ) -> Result<ResultPost, Failure> {
         let (job, reply) = (&made.job, &made.job.route);
         let downloaded = redeem_all(
@@ -173,16 +173,20 @@ impl Engine {
             Ok(images) => images,
             Err(reason) => {
                 let failure = self.failed(job, reason).await;
-                self.tell_observers(job, made.granted, || Err(failure.clone()));
+                if tell {
+                    self.tell_observers(job, made.granted, || Err(failure.clone()));
+                }
                 return Err(failure);
             }
         };
-        self.tell_observers(job, made.granted, || {
-            Ok(Delivery {
-                images: images.clone(),
-                request_id: answer.request_id.clone(),
-            })
-        });
+        if tell {
+            self.tell_observers(job, made.granted, || {
+                Ok(Delivery {
+                    images: images.clone(),
+                    request_id: answer.request_id.clone(),
+                })
+            });
+        }
         let fitted = match chat.upload_limit(reply).await {
             Some(limit) => fit_to(&images, limit as usize, &self.cfg.fit).await,
             None => Ok(as_they_are(&images)),
@@ -214,19 +218,30 @@ impl Engine {
         })
     }
 
-    /// Puts the post `prepare` makes into `placeholder`, in its chat's turn (made then, so its
-    /// bytes are held for this delivery only). Returns the post with the chat's answer.
-    async fn fill<Prep, PFut>(
+    /// Puts the post `prepare` makes into the placeholder `held` names, else into a new one
+    /// (kept), in its chat's turn: the post is made then, so its bytes are held for this
+    /// delivery only. Returns the post (when it was made) with the chat's answer.
+    async fn put<Prep, PFut>(
         &self,
         chat: &dyn Chat,
         job: &JobSpec,
-        placeholder: &Placeholder,
+        held: &mut Option<Placeholder>,
         prepare: Prep,
     ) -> Result<(Result<Posted, ChatError>, Option<Arc<ResultPost>>), Failure>
     where
         Prep: FnOnce() -> PFut,
         PFut: std::future::Future<Output = Result<ResultPost, Failure>>,
     {
+        if held.is_none() {
+            let working = messages::working(job.route.lang);
+            match self.hold(chat, job, &working).await {
+                Ok(placeholder) => *held = Some(placeholder),
+                Err(e) => return Ok((Err(e), None)),
+            }
+        }
+        let Some(placeholder) = held.as_ref() else {
+            unreachable!("held above");
+        };
         let send = Send {
             priority: Priority::Result,
             cost: placeholder.messages(),

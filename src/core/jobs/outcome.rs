@@ -63,8 +63,11 @@ impl Engine {
     /// The user's chat refused `job`'s placeholder (`detail`): a job still waiting is taken out
     /// of the queue before it costs anything, refunded and ended (nobody can be told there).
     /// Returns false when a worker has it already (its result is charged if the chat refuses it
-    /// too).
+    /// too), or when replicas share the store: another one may have taken the job meanwhile.
     pub(crate) async fn withdraw(&self, job: &JobSpec, detail: &str) -> bool {
+        if self.quotas.store().shared().is_some() {
+            return false;
+        }
         let taken = self.queue.remove(|q| q.spec.id == job.id);
         let Some(q) = taken.into_iter().next() else {
             return false;
