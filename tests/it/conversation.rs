@@ -105,6 +105,14 @@ fn job(id: &str, to: Reply, inputs: &[&str], text: &str) -> JobSpec {
     JobSpec::new(id.into(), to, inputs, command)
 }
 
+/// What a chat that blocked the bot answers.
+fn blocked() -> ChatError {
+    ChatError::Final {
+        side: Side::User,
+        detail: "bot was blocked by the user".into(),
+    }
+}
+
 /// The chat's answers about job `id` (requested by message `to`): its marks, placeholders and
 /// results, and (`others`) every call that names no job.
 fn answers_about(chat: &RecordingChat, id: &str, to: i64, others: bool) -> Vec<Call> {
@@ -272,11 +280,7 @@ async fn a_waiting_jobs_placeholder_shows_its_position_then_working_then_becomes
 async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform_is_refunded() {
     let r = rig(1).await;
     r.engine.spawn_workers();
-    let refused = ChatError::Final {
-        side: Side::User,
-        detail: "bot was blocked by the user".into(),
-    };
-    r.chat.fail_next("post", refused);
+    r.chat.fail_next("post", blocked());
     r.engine
         .request(job("blocked", reply("3", 30), &["photo"], "/edit a"))
         .await;
@@ -335,11 +339,7 @@ async fn a_waiting_job_whose_chat_refuses_its_placeholder_is_dropped_before_the_
         .await;
     r.chat.wait_for(1, |c| matches!(c, Call::Fetch(_))).await;
     // The bot was blocked in the chat of the second request, which has to wait.
-    let refused = ChatError::Final {
-        side: Side::User,
-        detail: "bot was blocked by the user".into(),
-    };
-    r.chat.fail_next("hold", refused);
+    r.chat.fail_next("hold", blocked());
     r.engine
         .request(job("second", reply("2", 20), &["photo"], "/edit b"))
         .await;
