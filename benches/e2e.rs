@@ -7,6 +7,8 @@
 //! - resident memory idle (one platform) and peak after 66 edits (`/proc/PID/status`);
 //! - 30 users in one group at once, backend 0.5 s per job, 30 backend slots;
 //! - 200 jobs, backend 0.2 s, `max_concurrent = 4`: elapsed against the ideal 10 s;
+//! - 20 results of 3.1 MB made at once for one slow group: the memory peak above idle (the
+//!   result bytes the bot holds while they wait their turn);
 //! - Bot API calls per job, from the request to its result, for jobs that do not wait and
 //!   for jobs that wait, by method; and Discord REST calls per job the same way (the fake
 //!   Discord, 20 jobs one at a time, then 40 at once with 2 backend slots).
@@ -57,6 +59,17 @@ fn spawn_bot(config: &std::path::Path, token: (&str, &str)) -> Child {
 }
 
 async fn start(max_concurrent: usize) -> Run {
+    let lifted = match std::env::var_os("E2E_BIN") {
+        Some(_) => "", // an older build may not know these keys
+        None => {
+            "limit_per_chat = \"1000/1s\"\nlimit_per_group = \"1000/1s\"\nlimit_overall = \"1000/1s\"\n"
+        }
+    };
+    start_with(max_concurrent, lifted).await
+}
+
+/// The bot with `max_concurrent` backend slots and `telegram` lines in its `[telegram]`.
+async fn start_with(max_concurrent: usize, telegram: &str) -> Run {
     let (tg, ds) = (FakeTelegram::start().await, FakeDashScope::start().await);
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
@@ -66,12 +79,7 @@ async fn start(max_concurrent: usize) -> Run {
          [http]\nlisten = \"\"\n",
         ds.base_url,
         tg.url,
-        if std::env::var_os("E2E_BIN").is_some() {
-            String::new() // an older build may not know these keys
-        } else {
-            "limit_per_chat = \"1000/1s\"\nlimit_per_group = \"1000/1s\"\nlimit_overall = \"1000/1s\"\n"
-                .into()
-        },
+        telegram,
         dir.path().join("q.sqlite3").to_str().unwrap()
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
@@ -274,6 +282,51 @@ async fn throughput() {
     );
 }
 
+/// Twenty results of 3.1 MB each (incompressible PNGs) made at once for one group whose chat
+/// takes 2 messages in 0.25 s (the bot's own limit): how far the bot's resident memory peaks
+/// above idle while the results wait for their turn (`E2E_BIN` must know the outbox's keys).
+async fn slow_group_memory() {
+    let run = start_with(
+        20,
+        "limit_per_chat = \"2/0.25s\"\nlimit_per_group = \"1000/1s\"\nlimit_overall = \"1000/1s\"\n",
+    )
+    .await;
+    let mut seed = 0x9e37_79b9_u32;
+    let noise = image::RgbImage::from_fn(1024, 1024, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let result = png.into_inner();
+    let size = result.len();
+    run.ds.set_result_bytes(result);
+    run.tg.add_file("p", images::jpeg(800, 600));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle, _) = memory(&run.child);
+    let started = Instant::now();
+    for u in 0..20 {
+        let m = photo_message(
+            400 + u,
+            group_chat(-200),
+            user(3000 + i64::from(u), "en"),
+            "p",
+            Some("/edit x"),
+        );
+        run.tg.push_update(message_update(m));
+    }
+    wait_results(&run.tg, 20, 60).await;
+    let (_, peak) = memory(&run.child);
+    println!(
+        "20 results of {:.1} MB for one slow group: peak {:.1} MiB above idle {idle:.1} MiB, all shown in {:.2} s",
+        size as f64 / 1e6,
+        peak - idle,
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// Discord REST calls per job, by route, for 20 jobs one at a time (they do not wait) and 40
 /// at once with 2 backend slots (most wait), backend 0.2 s.
 async fn discord_calls() {
@@ -387,10 +440,24 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // E2E_ONLY=name: that part alone (e.g. `slow_group_memory` with an older `E2E_BIN`).
+    let only = std::env::var("E2E_ONLY").ok();
+    let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
     rt.block_on(async {
-        latency_and_memory().await;
-        group_burst().await;
-        throughput().await;
-        discord_calls().await;
+        if runs("latency_and_memory") {
+            latency_and_memory().await;
+        }
+        if runs("group_burst") {
+            group_burst().await;
+        }
+        if runs("throughput") {
+            throughput().await;
+        }
+        if runs("slow_group_memory") {
+            slow_group_memory().await;
+        }
+        if runs("discord_calls") {
+            discord_calls().await;
+        }
     });
 }
