@@ -234,21 +234,27 @@ async fn latency_and_memory() {
     assert_eq!(run.ds.calls(), 66);
 }
 
-async fn group_burst() {
-    let run = start(30).await;
-    run.ds.set_latency(Duration::from_millis(500));
-    run.tg.add_file("p", images::jpeg(800, 600));
-    let started = Instant::now();
-    for u in 0..30 {
+/// `n` users at once (ids from `first_user`) each post `/edit x` on photo "p" in group `chat`
+/// (message ids from `first_message`).
+fn group_requests(run: &Run, chat: i64, first_message: i32, first_user: i64, n: i32) {
+    for u in 0..n {
         let m = photo_message(
-            200 + u,
-            group_chat(-100),
-            user(1000 + i64::from(u), "en"),
+            first_message + u,
+            group_chat(chat),
+            user(first_user + i64::from(u), "en"),
             "p",
             Some("/edit x"),
         );
         run.tg.push_update(message_update(m));
     }
+}
+
+async fn group_burst() {
+    let run = start(30).await;
+    run.ds.set_latency(Duration::from_millis(500));
+    run.tg.add_file("p", images::jpeg(800, 600));
+    let started = Instant::now();
+    group_requests(&run, -100, 200, 1000, 30);
     wait_results(&run.tg, 30, 60).await;
     println!(
         "30 users in one group, backend 0.5 s, 30 slots  {:>8.2} s    (target <= 0.7)",
@@ -291,32 +297,14 @@ async fn slow_group_memory() {
         "limit_per_chat = \"2/0.25s\"\nlimit_per_group = \"1000/1s\"\nlimit_overall = \"1000/1s\"\n",
     )
     .await;
-    let mut seed = 0x9e37_79b9_u32;
-    let noise = image::RgbImage::from_fn(1024, 1024, |_, _| {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
-    });
-    let mut png = std::io::Cursor::new(Vec::new());
-    noise.write_to(&mut png, image::ImageFormat::Png).unwrap();
-    let result = png.into_inner();
+    let result = images::noise_png(1024, 1024);
     let size = result.len();
     run.ds.set_result_bytes(result);
     run.tg.add_file("p", images::jpeg(800, 600));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle, _) = memory(&run.child);
     let started = Instant::now();
-    for u in 0..20 {
-        let m = photo_message(
-            400 + u,
-            group_chat(-200),
-            user(3000 + i64::from(u), "en"),
-            "p",
-            Some("/edit x"),
-        );
-        run.tg.push_update(message_update(m));
-    }
+    group_requests(&run, -200, 400, 3000, 20);
     wait_results(&run.tg, 20, 60).await;
     let (_, peak) = memory(&run.child);
     println!(
@@ -364,16 +352,7 @@ async fn discord_calls() {
             .count()
     };
     let request = |id: u64| {
-        let url = discord.add_attachment(&format!("in-{id}.jpg"), images::jpeg(800, 600));
-        let image = dc::attachment(
-            id + 1_000_000,
-            "in.jpg",
-            &url,
-            1000,
-            Some("image/jpeg"),
-            Some(800),
-            Some(600),
-        );
+        let image = discord.jpeg_attachment(id + 1_000_000, 800, 600);
         dc::message(
             id,
             500,

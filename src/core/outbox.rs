@@ -199,7 +199,7 @@ impl Outbox {
         Fut: Future<Output = Result<T, ChatError>>,
     {
         let nothing = || std::future::ready(Ok::<(), Infallible>(()));
-        match self.go(to, send, nothing, false, |_| call()).await {
+        match self.run_prepared(to, send, nothing, |_| call()).await {
             Ok((done, _)) => done,
             Err(never) => match never {},
         }
@@ -210,31 +210,14 @@ impl Outbox {
     /// urgent, nothing else of the lane running), and the lane waits for it and then for the
     /// windows (which count the time the download took), so what it makes is held for this one
     /// delivery only, never while the call waits behind others. What `prepare` made comes back
-    /// with the call's result; its failure ends the call unsent. Only a call as urgent as any
-    /// (a result) should claim its lane this way: while it prepares, nothing overtakes it.
+    /// with the call's result; its failure ends the call unsent. Only a result claims its lane
+    /// this way (nothing would overtake it anyway); any other call prepares at once and is
+    /// ordered when it may go, so a result overtakes it while it waits for the windows.
     pub async fn run_prepared<P, E, T, Prep, PFut, F, Fut>(
         &self,
         to: &Reply,
         send: Send,
         prepare: Prep,
-        call: F,
-    ) -> Result<(Result<T, ChatError>, Option<Arc<P>>), E>
-    where
-        Prep: FnOnce() -> PFut,
-        PFut: Future<Output = Result<P, E>>,
-        F: FnMut(Arc<P>) -> Fut,
-        Fut: Future<Output = Result<T, ChatError>>,
-    {
-        self.go(to, send, prepare, true, call).await
-    }
-
-    /// Runs `call` in its turn; `prepare` first, in the lane's claim (`claim`) or at once.
-    async fn go<P, E, T, Prep, PFut, F, Fut>(
-        &self,
-        to: &Reply,
-        send: Send,
-        prepare: Prep,
-        claim: bool,
         mut call: F,
     ) -> Result<(Result<T, ChatError>, Option<Arc<P>>), E>
     where
@@ -247,9 +230,9 @@ impl Outbox {
             let made = Arc::new(prepare().await?);
             return Ok((retrying(|| call(Arc::clone(&made))).await, Some(made)));
         };
-        let (mut made, mut prepare) = match claim {
-            true => (None, Some(prepare)),
-            false => (Some(Arc::new(prepare().await?)), None),
+        let (mut made, mut prepare) = match send.priority {
+            Priority::Result => (None, Some(prepare)),
+            _ => (Some(Arc::new(prepare().await?)), None),
         };
         let key = (to.platform, to.chat);
         let lane = Arc::clone(&self.lanes.entry(key).or_default());
@@ -287,6 +270,13 @@ impl Outbox {
                 Ok(Err(error)) => error,
                 Ok(done) => break done,
                 Err(_) => ChatError::Transient("the call timed out".into()),
+            };
+            let error = match error {
+                // Throttled for an unsaid time: the chat's window has room again after one.
+                ChatError::RetryAfter(None, detail) => {
+                    ChatError::RetryAfter(Some(pace.chat.per), detail)
+                }
+                other => other,
             };
             let Some(wait) = wait_before_retry(attempt, &error) else {
                 break Err(error);

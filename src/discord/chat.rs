@@ -104,7 +104,7 @@ impl Chat for DiscordChat {
             self.http
                 .create_reaction(channel_of(to), message, &reaction)
                 .await
-                .map_err(|e| self.classify(&e))
+                .map_err(|e| classify(&e))
         })
     }
 
@@ -114,7 +114,7 @@ impl Chat for DiscordChat {
             let sent = self.send(to, CreateMessage::new().content(text)).await;
             sent.map(|m| m.id.get() as i64).map_err(|e| {
                 tracing::warn!(error = %e, "cannot answer on Discord");
-                self.classify(&e)
+                classify(&e)
             })
         })
     }
@@ -142,7 +142,7 @@ impl Chat for DiscordChat {
                     .await
                     .map(|_| ()),
             };
-            edited.map_err(|e| self.classify(&e))
+            edited.map_err(|e| classify(&e))
         })
     }
 
@@ -173,7 +173,7 @@ impl Chat for DiscordChat {
             };
             let sent = sent.map_err(|e| {
                 tracing::warn!(error = %e, "posting a placeholder failed");
-                self.classify(&e)
+                classify(&e)
             })?;
             Ok(Placeholder {
                 images: vec![sent.id.get() as i64],
@@ -268,15 +268,12 @@ impl DiscordChat {
             match edit.execute(&self.http, token).await {
                 Ok(_) => return Ok(()),
                 // The token lives 15 minutes; after them, the message is edited as any other.
-                Err(e)
-                    if matches!(
-                        self.classify(&e),
-                        ChatError::Final { .. } | ChatError::Gone(_)
-                    ) =>
-                {
-                    tracing::debug!(error = %e, "the interaction's token no longer edits its answer");
-                }
-                Err(e) => return Err(self.classify(&e)),
+                Err(e) => match classify(&e) {
+                    ChatError::Final { .. } | ChatError::Gone(_) => {
+                        tracing::debug!(error = %e, "the interaction's token no longer edits its answer");
+                    }
+                    other => return Err(other),
+                },
             }
         }
         let mut edit = EditMessage::new()
@@ -294,7 +291,7 @@ impl DiscordChat {
             .edit_message(&self.http, MessageId::new(id_of(message)), edit)
             .await
             .map(|_| ())
-            .map_err(|e| self.classify(&e))
+            .map_err(|e| classify(&e))
     }
 
     /// Sends a message replying to the request (when there is one); only the requester may be
@@ -343,39 +340,36 @@ fn addressed(to: &Reply, text: &str) -> String {
     }
 }
 
-impl DiscordChat {
-    /// How the core should take a failed call. The channel refusing the bot (403: Missing
-    /// Access 50001, Missing Permissions 50013, cannot DM the user 50007; or the channel gone,
-    /// 10003) is the user's side: a result it refuses is charged. A 429 pauses the channel's
-    /// lane for one window of its limit (serenity does not pass on Discord's `retry_after`, and
-    /// a channel's bucket has room again within one window); server or network errors are
-    /// worth another try; the rest is final.
-    fn classify(&self, e: &serenity::Error) -> ChatError {
-        use serenity::all::HttpError;
-        let detail = e.to_string();
-        match e {
-            serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
-                let status = r.status_code;
-                if r.error.code == 10008 {
-                    ChatError::Gone(detail)
-                } else if status.as_u16() == 403
-                    || matches!(r.error.code, 50001 | 50007 | 50013 | 10003)
-                {
-                    ChatError::Final {
-                        side: Side::User,
-                        detail,
-                    }
-                } else if status.as_u16() == 429 {
-                    ChatError::RetryAfter(self.pace.chat.per, detail)
-                } else if status.is_server_error() {
-                    ChatError::Transient(detail)
-                } else {
-                    ChatError::platform(detail)
+/// How the core should take a failed call. The channel refusing the bot (403: Missing Access
+/// 50001, Missing Permissions 50013, cannot DM the user 50007; or the channel gone, 10003) is
+/// the user's side: a result it refuses is charged. A 429 is throttling without a time
+/// (serenity does not pass on Discord's `retry_after`): the outbox pauses the channel for one
+/// window of its limit. Server or network errors are worth another try; the rest is final.
+fn classify(e: &serenity::Error) -> ChatError {
+    use serenity::all::HttpError;
+    let detail = e.to_string();
+    match e {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
+            let status = r.status_code;
+            if r.error.code == 10008 {
+                ChatError::Gone(detail)
+            } else if status.as_u16() == 403
+                || matches!(r.error.code, 50001 | 50007 | 50013 | 10003)
+            {
+                ChatError::Final {
+                    side: Side::User,
+                    detail,
                 }
+            } else if status.as_u16() == 429 {
+                ChatError::RetryAfter(None, detail)
+            } else if status.is_server_error() {
+                ChatError::Transient(detail)
+            } else {
+                ChatError::platform(detail)
             }
-            serenity::Error::Http(HttpError::Request(_)) => ChatError::Transient(detail),
-            _ => ChatError::platform(detail),
         }
+        serenity::Error::Http(HttpError::Request(_)) => ChatError::Transient(detail),
+        _ => ChatError::platform(detail),
     }
 }
 

@@ -76,6 +76,11 @@ impl Chat for TelegramChat {
         Some(self.pace)
     }
 
+    /// A photo, or for `n` > 1 an album of `n` and the text message beside it.
+    fn hold_cost(&self, n: u8) -> u32 {
+        u32::from(n) + u32::from(n > 1)
+    }
+
     fn fetch<'a>(&'a self, input: &'a str) -> BoxFuture<'a, Result<Bytes, String>> {
         Box::pin(self.download(input))
     }
@@ -454,7 +459,7 @@ fn classify(e: &RequestError) -> ChatError {
         detail: detail.clone(),
     };
     match e {
-        RequestError::RetryAfter(s) => ChatError::RetryAfter(s.duration(), detail),
+        RequestError::RetryAfter(s) => ChatError::RetryAfter(Some(s.duration()), detail),
         RequestError::Network(_) | RequestError::Io(_) => ChatError::Transient(detail),
         RequestError::Api(api) => match api {
             A::BotBlocked

@@ -105,6 +105,18 @@ fn job(id: &str, to: Reply, inputs: &[&str], text: &str) -> JobSpec {
     JobSpec::new(id.into(), to, inputs, command)
 }
 
+/// One worker, busy with job "first" (user 1, message 10, prompt "a") while the model holds it.
+async fn first_holds_the_worker() -> Rig {
+    let r = rig(1).await;
+    r.fake.hold();
+    r.engine.spawn_workers();
+    r.engine
+        .request(job("first", reply("1", 10), &["photo"], "/edit a"))
+        .await;
+    r.chat.wait_for(1, |c| matches!(c, Call::Fetch(_))).await;
+    r
+}
+
 /// What a chat that blocked the bot answers.
 fn blocked() -> ChatError {
     ChatError::Final {
@@ -227,14 +239,8 @@ async fn a_result_is_posted_replying_to_the_request_committed_and_marked() {
 
 #[tokio::test]
 async fn a_waiting_jobs_placeholder_shows_its_position_then_working_then_becomes_the_result() {
-    let r = rig(1).await;
-    r.fake.hold();
-    r.engine.spawn_workers();
-    r.engine
-        .request(job("first", reply("1", 10), &["photo"], "/edit a"))
-        .await;
     // The one worker has the first job (the model holds it) when the second comes.
-    r.chat.wait_for(1, |c| matches!(c, Call::Fetch(_))).await;
+    let r = first_holds_the_worker().await;
     r.engine
         .request(job("second", reply("2", 20), &["photo"], "/edit b"))
         .await;
@@ -331,13 +337,7 @@ async fn a_result_the_users_chat_refuses_is_charged_and_one_lost_on_the_platform
 #[tokio::test]
 async fn a_waiting_job_whose_chat_refuses_its_placeholder_is_dropped_before_the_model_and_refunded()
 {
-    let r = rig(1).await;
-    r.fake.hold();
-    r.engine.spawn_workers();
-    r.engine
-        .request(job("first", reply("1", 10), &["photo"], "/edit a"))
-        .await;
-    r.chat.wait_for(1, |c| matches!(c, Call::Fetch(_))).await;
+    let r = first_holds_the_worker().await;
     // The bot was blocked in the chat of the second request, which has to wait.
     r.chat.fail_next("hold", blocked());
     r.engine
@@ -373,7 +373,7 @@ async fn a_throttled_or_failing_post_is_retried_with_the_images_in_hand() {
     r.engine.spawn_workers();
     r.chat.fail_next(
         "post",
-        ChatError::RetryAfter(Duration::from_millis(20), "429".into()),
+        ChatError::RetryAfter(Some(Duration::from_millis(20)), "429".into()),
     );
     r.chat.fail_next("post", ChatError::Transient("502".into()));
     r.engine
@@ -499,12 +499,7 @@ async fn a_request_the_platform_already_answers_is_told_in_that_answer() {
 async fn results_over_the_chats_upload_limit_are_compressed_to_fit_and_say_so() {
     let r = rig(1).await;
     // Noise: it does not compress well, so 600×600 as PNG is about 1 MB.
-    let noisy = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(600, 600, |x, y| {
-        let v =
-            (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
-        image::Rgb([(v >> 8) as u8, (v >> 16) as u8, (v >> 24) as u8])
-    }));
-    let big = images::encode(&noisy, image::ImageFormat::Png);
+    let big = images::noise_png(600, 600);
     assert!(big.len() > 600 * 1024, "{}", big.len());
     r.fake.set_result_bytes(big);
     r.chat.set_upload_limit(Some(400 * 1024));
@@ -645,7 +640,7 @@ async fn chat_calls_wait_what_the_platform_asked_back_off_otherwise_and_stop_at_
     };
     let throttled = |secs| {
         Some(ChatError::RetryAfter(
-            Duration::from_secs(secs),
+            Some(Duration::from_secs(secs)),
             "429".into(),
         ))
     };

@@ -791,16 +791,7 @@ async fn on_discord_killed_at_random_moments_each_request_shows_one_answer_and_i
     let requests: Vec<u64> = (0..200).map(|i| 10_000 + i).collect();
     for (i, id) in requests.iter().enumerate() {
         let user_id = 7000 + (i as u64 % 40);
-        let url = discord.add_attachment(&format!("in-{id}.jpg"), images::jpeg(640, 480));
-        let image = dc::attachment(
-            id + 100_000,
-            "in.jpg",
-            &url,
-            1000,
-            Some("image/jpeg"),
-            Some(640),
-            Some(480),
-        );
+        let image = discord.jpeg_attachment(id + 100_000, 640, 480);
         let m = dc::message(
             *id,
             CHANNEL,

@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 
 use crate::fakes::dashscope::{API_KEY, FakeDashScope, Reply};
 use crate::fakes::discord::{
-    self as dc, FakeDiscord, TOKEN, attachment, button_press, context_menu, member, message,
-    modal_submit, option, slash_command, slash_edit, subcommand, user,
+    self as dc, FakeDiscord, TOKEN, button_press, context_menu, member, message, modal_submit,
+    option, slash_command, slash_edit, subcommand, user,
 };
 use crate::fakes::images;
 
@@ -120,20 +120,15 @@ impl Bot {
             .unwrap()
     }
 
+    /// `/edit x` posted in `channel` by `by` with a 500×500 image (attachment `image`).
+    fn edit_x(&self, id: u64, channel: u64, by: Value, image: u64) -> Value {
+        let image = self.image(image, 500, 500);
+        message(id, channel, Some(GUILD), by, "/edit x", vec![image], None)
+    }
+
     /// An image attachment served by the fake.
     fn image(&self, id: u64, w: u32, h: u32) -> Value {
-        let url = self
-            .dc
-            .add_attachment(&format!("in-{id}.jpg"), images::jpeg(w, h));
-        attachment(
-            id,
-            &format!("in-{id}.jpg"),
-            &url,
-            1000,
-            Some("image/jpeg"),
-            Some(w),
-            Some(h),
-        )
+        self.dc.jpeg_attachment(id, w, h)
     }
 
     /// The channel messages the bot posted (POST /channels/{ch}/messages).
@@ -718,15 +713,7 @@ async fn a_backend_failure_is_explained_and_refunded() {
     }]);
     bot.dc.dispatch(
         "MESSAGE_CREATE",
-        message(
-            6500,
-            CHANNEL,
-            Some(GUILD),
-            user(8, "bob"),
-            "/edit x",
-            vec![bot.image(5600, 500, 500)],
-            None,
-        ),
+        bot.edit_x(6500, CHANNEL, user(8, "bob"), 5600),
     );
     let told = bot.post_containing("content policy").await;
     assert!(told.json["content"].as_str().unwrap().contains("refunded"));
@@ -750,15 +737,7 @@ async fn a_rate_limited_or_failing_result_post_is_retried_without_a_new_model_ca
     bot.dc.fail_next("PATCH", &edits, 502, 0, 1);
     bot.dc.dispatch(
         "MESSAGE_CREATE",
-        message(
-            6550,
-            CHANNEL,
-            Some(GUILD),
-            user(8, "bob"),
-            "/edit x",
-            vec![bot.image(5650, 500, 500)],
-            None,
-        ),
+        bot.edit_x(6550, CHANNEL, user(8, "bob"), 5650),
     );
     let sent = bot.dc.wait_for("PATCH", &edits, 3, 30).await;
     assert_eq!(
@@ -788,28 +767,26 @@ async fn a_429_pauses_its_channel_for_one_window_of_its_limit_and_no_other_chann
         format!("/channels/{OTHER}/messages/*"),
     );
     bot.dc.fail_next_rate_limited("PATCH", &edits, 0.2, 1);
-    let request = |id: u64, channel: u64, user_id: u64, image: Value| {
-        message(
-            id,
-            channel,
-            Some(GUILD),
-            user(user_id, "u"),
-            "/edit x",
-            vec![image],
-            None,
-        )
-    };
-    let image = bot.image(5660, 500, 500);
-    bot.dc
-        .dispatch("MESSAGE_CREATE", request(6560, CHANNEL, 8, image));
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        bot.edit_x(6560, CHANNEL, user(8, "u"), 5660),
+    );
     let throttled = bot.dc.wait_for("PATCH", &edits, 1, 30).await[0].clone();
     assert_eq!(throttled.status, 429);
+    // Another request in CHANNEL: its placeholder waits for the pause too.
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        bot.edit_x(6562, CHANNEL, user(10, "u"), 5662),
+    );
     // While CHANNEL waits, a request in OTHER is answered in full.
-    let image = bot.image(5661, 500, 500);
-    bot.dc
-        .dispatch("MESSAGE_CREATE", request(6561, OTHER, 9, image));
+    bot.dc.dispatch(
+        "MESSAGE_CREATE",
+        bot.edit_x(6561, OTHER, user(9, "u"), 5661),
+    );
     let other = bot.dc.wait_for("PATCH", &other_edits, 1, 30).await[0].clone();
-    let again = bot.dc.wait_for("PATCH", &edits, 2, 30).await[1].clone();
+    let again = bot.dc.wait_for("PATCH", &throttled.path, 2, 30).await[1].clone();
+    // Both results in CHANNEL, after the retried one the later request's.
+    bot.dc.wait_for("PATCH", &edits, 3, 30).await;
     bot.stop().await;
     assert_eq!((other.status, again.status), (200, 200));
     assert!(
@@ -822,35 +799,34 @@ async fn a_429_pauses_its_channel_for_one_window_of_its_limit_and_no_other_chann
         "OTHER's result waited for CHANNEL's pause"
     );
     assert_eq!(
-        bot.dc.calls_to("PATCH", &edits).len(),
+        bot.dc.calls_to("PATCH", &throttled.path).len(),
         2,
-        "nothing else sent to CHANNEL while it was paused, and its result once more"
+        "the result once more"
     );
-    assert_eq!((bot.used(8).await, bot.used(9).await), (1, 1));
+    let posts = bot
+        .dc
+        .calls_to("POST", &format!("/channels/{CHANNEL}/messages"));
+    let waited = posts.iter().find(|c| replied_to(c) == Some(6562)).unwrap();
+    assert!(
+        waited.at >= throttled.at + Duration::from_secs(2),
+        "a placeholder went to CHANNEL {:?} into its pause",
+        waited.at - throttled.at
+    );
+    assert_eq!(
+        (bot.used(8).await, bot.used(9).await, bot.used(10).await),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test]
 async fn a_result_over_the_upload_limit_is_compressed_to_fit() {
     let mut bot = Bot::start("").await;
-    let noisy = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(2600, 2600, |x, y| {
-        let v =
-            (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
-        image::Rgb([(v >> 8) as u8, (v >> 16) as u8, (v >> 24) as u8])
-    }));
-    let big = images::encode(&noisy, image::ImageFormat::Png);
+    let big = images::noise_png(2600, 2600);
     assert!(big.len() > 10 * 1024 * 1024, "{}", big.len());
     bot.ds.set_result_bytes(big);
     bot.dc.dispatch(
         "MESSAGE_CREATE",
-        message(
-            6600,
-            CHANNEL,
-            Some(GUILD),
-            user(8, "bob"),
-            "/edit x",
-            vec![bot.image(5700, 500, 500)],
-            None,
-        ),
+        bot.edit_x(6600, CHANNEL, user(8, "bob"), 5700),
     );
     let post = bot.post_containing("compressed").await;
     let file = uploaded(&post);
@@ -970,15 +946,7 @@ async fn quota_admin_needs_manage_server_every_time() {
     );
     bot.dc.dispatch(
         "MESSAGE_CREATE",
-        message(
-            6800,
-            CHANNEL,
-            Some(GUILD),
-            user(7, "alice"),
-            "/edit x",
-            vec![bot.image(5900, 500, 500)],
-            None,
-        ),
+        bot.edit_x(6800, CHANNEL, user(7, "alice"), 5900),
     );
     bot.post_containing("not allowed").await;
     bot.dc.dispatch(
@@ -1088,15 +1056,7 @@ async fn a_burst_of_30_users_is_served_with_at_most_3_backend_calls_at_once() {
     // The backend answers nobody until all 30 are in, so the queue is sure to fill.
     bot.ds.hold();
     for u in 0..30u64 {
-        let m = message(
-            7000 + u,
-            CHANNEL,
-            Some(GUILD),
-            user(100 + u, "u"),
-            "/edit x",
-            vec![bot.image(8000 + u, 500, 500)],
-            None,
-        );
+        let m = bot.edit_x(7000 + u, CHANNEL, user(100 + u, "u"), 8000 + u);
         bot.dc.dispatch("MESSAGE_CREATE", m);
     }
     let posts = || {
@@ -1259,15 +1219,7 @@ async fn a_server_admin_cannot_grant_themselves_edits_and_an_operator_can() {
         "{said:?}"
     );
     for (i, id) in [6900u64, 6901].into_iter().enumerate() {
-        let request = message(
-            id,
-            CHANNEL,
-            Some(GUILD),
-            user(8, "bob"),
-            "/edit x",
-            vec![bot.image(6000 + id, 500, 500)],
-            None,
-        );
+        let request = bot.edit_x(id, CHANNEL, user(8, "bob"), 6000 + id);
         bot.dc.dispatch("MESSAGE_CREATE", request);
         if i == 0 {
             bot.results(1).await;
@@ -1716,15 +1668,7 @@ async fn thirty_users_in_one_channel_get_every_result_within_its_limit_and_no_42
     bot.dc.limit_channels(5, per);
     let started = std::time::Instant::now();
     for u in 0..30u64 {
-        let m = message(
-            7100 + u,
-            CHANNEL,
-            Some(GUILD),
-            user(300 + u, "u"),
-            "/edit x",
-            vec![bot.image(8100 + u, 500, 500)],
-            None,
-        );
+        let m = bot.edit_x(7100 + u, CHANNEL, user(300 + u, "u"), 8100 + u);
         bot.dc.dispatch("MESSAGE_CREATE", m);
     }
     let results = bot.results(30).await;

@@ -177,9 +177,10 @@ async fn a_chats_window_spaces_its_calls_and_a_429_pauses_that_chat_only() {
                     async move {
                         log.lock().unwrap().push(("chat 2", Instant::now()));
                         match again {
-                            false => {
-                                Err(ChatError::RetryAfter(Duration::from_secs(5), "429".into()))
-                            }
+                            false => Err(ChatError::RetryAfter(
+                                Some(Duration::from_secs(5)),
+                                "429".into(),
+                            )),
                             true => Ok(()),
                         }
                     }
@@ -192,7 +193,16 @@ async fn a_chats_window_spaces_its_calls_and_a_429_pauses_that_chat_only() {
         .await
         .unwrap()
         .unwrap();
+    // Another call of chat 2 waits for the pause too, and goes after the retried one.
+    let behind = spawn(
+        &outbox,
+        2,
+        send(Priority::Status, None),
+        "chat 2 later",
+        &log,
+    );
     throttled.await.unwrap().unwrap();
+    behind.await.unwrap().unwrap();
     let seen: Vec<(&str, Duration)> = log
         .lock()
         .unwrap()
@@ -201,7 +211,12 @@ async fn a_chats_window_spaces_its_calls_and_a_429_pauses_that_chat_only() {
         .collect();
     assert_eq!(
         seen,
-        [("chat 2", ms(0)), ("chat 3", ms(10)), ("chat 2", ms(5000))]
+        [
+            ("chat 2", ms(0)),
+            ("chat 3", ms(10)),
+            ("chat 2", ms(5000)),
+            ("chat 2 later", ms(5000))
+        ]
     );
 }
 

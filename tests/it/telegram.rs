@@ -2293,6 +2293,8 @@ async fn a_placeholder_deleted_while_the_job_runs_is_replaced_and_the_result_sho
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert!(shown[0].result && shown[0].reply_to == Some(340));
     assert_eq!((bot.ds.calls(), bot.used(42).await), (1, 1));
+    // The result's bytes were not kept while the new placeholder was posted: fetched again.
+    assert_eq!(bot.ds.fetched().len(), 2, "{:?}", bot.ds.fetched());
 }
 
 #[tokio::test]

@@ -232,16 +232,17 @@ impl Engine {
         Prep: FnOnce() -> PFut,
         PFut: std::future::Future<Output = Result<ResultPost, Failure>>,
     {
-        if held.is_none() {
-            let working = messages::working(job.route.lang);
-            match self.hold(chat, job, &working).await {
-                Ok(placeholder) => *held = Some(placeholder),
+        let placeholder = match held.take() {
+            Some(placeholder) => held.insert(placeholder),
+            None => match self
+                .hold(chat, job, &messages::working(job.route.lang))
+                .await
+            {
+                Ok(placeholder) => held.insert(placeholder),
                 Err(e) => return Ok((Err(e), None)),
-            }
-        }
-        let Some(placeholder) = held.as_ref() else {
-            unreachable!("held above");
+            },
         };
+        let placeholder = &*placeholder;
         let send = Send {
             priority: Priority::Result,
             cost: placeholder.messages(),

@@ -196,12 +196,9 @@ impl Engine {
             n: job.command.count(),
             text: &text,
         };
-        // Messages it posts: the images, and beside an album the text (a platform that keeps
-        // the text on the image posts one fewer).
-        let n = u32::from(hold.n);
         let send = Send {
             priority: Priority::Placeholder,
-            cost: n + u32::from(n > 1),
+            cost: chat.hold_cost(hold.n),
             on: None,
         };
         let placeholder = self

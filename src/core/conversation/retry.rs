@@ -12,6 +12,9 @@ use crate::core::ports::chat::ChatError;
 pub const ATTEMPTS: u32 = 5;
 /// Longest `retry_after` waited for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// What a throttled call waits when the platform did not say (outside the outbox, which waits
+/// one window of the chat's limit instead).
+const UNSAID: Duration = Duration::from_secs(1);
 /// Longest back-off after a network or server error.
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
 
@@ -22,7 +25,7 @@ pub fn wait_before_retry(attempt: u32, error: &ChatError) -> Option<Duration> {
         return None;
     }
     match error {
-        ChatError::RetryAfter(asked, _) => Some((*asked).min(MAX_RETRY_AFTER)),
+        ChatError::RetryAfter(asked, _) => Some(asked.unwrap_or(UNSAID).min(MAX_RETRY_AFTER)),
         ChatError::Transient(_) => {
             Some((Duration::from_secs(1) * 2u32.pow(attempt - 1)).min(MAX_BACKOFF))
         }

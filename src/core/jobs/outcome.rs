@@ -73,11 +73,11 @@ impl Engine {
             return false;
         };
         tracing::warn!(job_id = %job.id, detail, "the chat refused the placeholder; the waiting job is dropped and refunded");
-        let refunded = self.quotas.refund(&job.id, "chat_refused").await.is_ok();
-        self.observer().job_finished(false);
+        let failure = self
+            .failed(job, FailureReason::ChatRefused(detail.to_owned()))
+            .await;
         self.told(job).await;
-        let reason = FailureReason::ChatRefused(detail.to_owned());
-        self.tell_observers(job, q.granted, || Err(Failure { reason, refunded }));
+        self.tell_observers(job, q.granted, || Err(failure));
         true
     }
 }

@@ -119,9 +119,10 @@ pub enum Side {
 /// A failed chat call, as the adapter classifies the platform's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatError {
-    /// Throttled: try again after this long.
-    #[error("rate limited for {0:?}: {1}")]
-    RetryAfter(Duration, String),
+    /// Throttled: try again after this long (`None`: the platform did not say; the outbox
+    /// waits one window of the chat's limit).
+    #[error("rate limited ({0:?}): {1}")]
+    RetryAfter(Option<Duration>, String),
     /// A network or server error: worth another try.
     #[error("{0}")]
     Transient(String),
@@ -178,12 +179,6 @@ impl Window {
     }
 }
 
-impl std::fmt::Display for Window {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}s", self.max, self.per.as_secs_f64())
-    }
-}
-
 /// What a platform lets a bot send: in one chat, in one group chat (where that is stricter),
 /// and in all chats together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +222,11 @@ pub trait Chat: Send + Sync + 'static {
     /// What the platform lets the bot send, which the outbox keeps under; `None`: no limits.
     fn pace(&self) -> Option<Pace> {
         None
+    }
+    /// Messages posting a placeholder for `n` images costs against the limits: one, unless
+    /// the platform needs more (Telegram: an album of `n` and its text beside it).
+    fn hold_cost(&self, _n: u8) -> u32 {
+        1
     }
     /// The bytes behind an input reference the adapter made when it took the request.
     fn fetch<'a>(&'a self, input: &'a str) -> BoxFuture<'a, Result<Bytes, String>>;

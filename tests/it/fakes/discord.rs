@@ -443,6 +443,13 @@ impl FakeDiscord {
         format!("{}/attachments/{name}", self.rest_url)
     }
 
+    /// A `w`×`h` JPEG served by the fake as the attachment `id` (`in-{id}.jpg`) of a message.
+    pub fn jpeg_attachment(&self, id: u64, w: u32, h: u32) -> Value {
+        let name = format!("in-{id}.jpg");
+        let url = self.add_attachment(&name, super::images::jpeg(w, h));
+        attachment(id, &name, &url, 1000, Some("image/jpeg"), Some(w), Some(h))
+    }
+
     /// The attachment names downloaded so far (including unknown ones, which got a 404).
     pub fn downloads(&self) -> Vec<String> {
         lock(&self.inner.downloads).clone()

@@ -22,6 +22,16 @@ pub fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A `w`×`h` PNG of noise, which does not compress: about 3 bytes a pixel.
+pub fn noise_png(w: u32, h: u32) -> Vec<u8> {
+    let noisy = DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| {
+        let v =
+            (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
+        image::Rgb([(v >> 8) as u8, (v >> 16) as u8, (v >> 24) as u8])
+    }));
+    encode(&noisy, ImageFormat::Png)
+}
+
 pub fn jpeg(w: u32, h: u32) -> Vec<u8> {
     encode(&rgb(w, h), ImageFormat::Jpeg)
 }
