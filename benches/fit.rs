@@ -280,6 +280,13 @@ fn stages() {
             }
         });
     }
+    use qwen_edit_bot::core::jpeg::{Split, baseline};
+    median("our baseline reader at 1/2, one thread", &mut || {
+        black_box(baseline(&input, 2, |_| Split::None).unwrap());
+    });
+    median("our baseline reader at 1/2, two threads", &mut || {
+        black_box(baseline(&input, 2, |n| Split::At(n / 2)).unwrap());
+    });
     median("image (zune-jpeg) full decode", &mut || {
         black_box(image::load_from_memory(&input).unwrap());
     });

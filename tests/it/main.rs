@@ -14,6 +14,7 @@ mod edit_double;
 mod fakes;
 mod fitting;
 mod jobs;
+mod jpeg;
 mod outbox;
 mod pg;
 mod pillow;

@@ -21,7 +21,8 @@ pub(super) fn reduced<'l>(
         height: p.height.div_ceil(f),
         ..p
     };
-    let decoded = u64::from(small.width) * u64::from(small.height) * 3;
+    let pixels = u64::from(small.width) * u64::from(small.height);
+    let decoded = crate::core::jpeg::held_bytes(pixels, f);
     let reserved = limits.budget.reserve(decode_cost(small, decoded, limits))?;
     let (mut img, orientation) = crate::core::jpeg::decode_reduced(bytes, f)?;
     img.apply_orientation(orientation);
