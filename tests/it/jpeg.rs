@@ -117,8 +117,8 @@ fn the_reduced_picture_is_a_full_decode_averaged_over_each_square() {
                     continue;
                 }
                 // Colour: no further from it than jpeg-decoder's own reduced decode, which
-                // this reader replaces (chroma is repeated here, interpolated there; at the
-                // picture's hard colour edges both differ from the full decode).
+                // this reader replaces (at the picture's hard colour edges, where subsampled
+                // chroma is interpolated, both differ from the full decode).
                 let theirs = {
                     let mut d = jpeg_decoder::Decoder::new(&file[..]);
                     d.scale(ow as u16, oh as u16).unwrap();
@@ -219,4 +219,26 @@ fn codings_it_does_not_read_are_left_to_the_general_decoder() {
     assert!(baseline(&whole[..whole.len() / 2], 2, |_| Split::None).is_none());
     // Not a JPEG.
     assert!(baseline(b"\x89PNG\r\n\x1a\n", 2, |_| Split::None).is_none());
+}
+
+#[test]
+fn a_huffman_table_with_more_codes_than_its_lengths_hold_is_refused_without_a_panic() {
+    // Three 1-bit codes, five 2-bit ones, nine 3-bit ones: no such tables exist; the lookup of
+    // the first 9 bits would be filled past its end.
+    let whole = jpeg(320, 240, 16, Some(SamplingFactor::R_4_2_0), 0);
+    for (length, count) in [(1usize, 3u8), (2, 5), (3, 9)] {
+        let mut counts = [0u8; 16];
+        counts[length - 1] = count;
+        let mut bad = whole[..2].to_vec();
+        bad.extend_from_slice(&[0xFF, 0xC4]);
+        bad.extend_from_slice(&(2 + 1 + 16 + u16::from(count)).to_be_bytes());
+        bad.push(0x10);
+        bad.extend_from_slice(&counts);
+        bad.extend(0..count);
+        bad.extend_from_slice(&whole[2..]);
+        assert!(
+            baseline(&bad, 2, |_| Split::None).is_none(),
+            "{count} codes of {length} bits"
+        );
+    }
 }

@@ -17,7 +17,7 @@
 //! Each block is turned into pixels as it is decoded (the inverse DCT of its AC coefficients,
 //! averaged over each `factor`×`factor` square of the full-size block), and kept as that:
 //! 16 numbers at 1/2 instead of 64 coefficients. The DC term is added when the pixels are
-//! placed. Chroma is upsampled by repetition.
+//! placed. Subsampled chroma is interpolated 3:1 between its nearest samples, as libjpeg does.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,9 +128,10 @@ impl Layout {
 }
 
 /// Bytes held at the peak of a decode whose output has `pixels` pixels, reduced by `factor`,
-/// whatever its sampling (three full-size components at worst): its blocks (one and a half
-/// copies while the halves are joined: 2 bytes a pixel and 4 a block, a component), then the
-/// planes and the RGB picture.
+/// whatever its sampling (three full-size components at worst): its blocks (2 bytes a pixel
+/// and 4 a block, a component; each half is kept once, and half as much again allows for what
+/// both threads decode before they fall into step, and for MCU padding), then the planes and
+/// the RGB picture.
 pub(super) fn held_bytes(pixels: u64, factor: u32) -> u64 {
     let per_block = u64::from(8 / factor).pow(2);
     let blocks = 3 * (pixels * 2 + pixels.div_ceil(per_block) * 4);
@@ -405,10 +406,16 @@ impl Decoder<'_> {
             if next >= data.len() {
                 break;
             }
-            stuffed += self::stuffed(&data[at..next]);
+            // Never between a stuffed 0xFF and its zero; the stuffed bytes counted up to there.
+            let next = if data[next - 1] == 0xFF {
+                next + 1
+            } else {
+                next
+            };
+            stuffed += self::stuffed(&data[at..next.min(data.len())]);
             at = next;
-            if data[at - 1] == 0xFF {
-                at += 1;
+            if at >= data.len() {
+                break;
             }
         }
         out.clear();
@@ -457,9 +464,10 @@ impl Decoder<'_> {
                         &mut coefficients,
                         &mut out,
                     )?;
-                }
-                if bits.overrun() {
-                    return None;
+                    // A segment shorter than its blocks: refused at once, not read on in zeros.
+                    if bits.overrun() {
+                        return None;
+                    }
                 }
             }
             Some(out)

@@ -239,6 +239,11 @@ impl Huffman {
             let l = len as usize;
             table.offset[l] = k as i32 - code as i32;
             for _ in 0..counts[l - 1] {
+                // More codes than the length holds (the all-ones code is not a code either):
+                // refused before the lookup is filled past its end.
+                if code + 1 >= 1 << len {
+                    return None;
+                }
                 if len <= FAST {
                     let shift = FAST - len;
                     let entry = (len as u16) << 8 | u16::from(values[k]);
@@ -250,10 +255,6 @@ impl Huffman {
             }
             if counts[l - 1] > 0 {
                 table.max_code[l] = code as i32 - 1;
-            }
-            // More codes than the length holds (the all-ones code is not a code either).
-            if code >= 1 << len {
-                return None;
             }
             code <<= 1;
         }
@@ -321,7 +322,8 @@ impl<'a> Bits<'a> {
         self.padding * 8 > u64::from(self.count)
     }
 
-    /// The byte after the one holding the next bit, where a new reader may start.
+    /// The next byte not yet read into the buffer (up to 8 bytes past the next bit): where a
+    /// new reader may start.
     pub fn next_byte(&self) -> usize {
         self.at
     }
