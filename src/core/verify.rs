@@ -334,7 +334,7 @@ pub fn jpeg_header(bytes: &[u8]) -> Option<JpegHeader<'_>> {
 
 /// Where the entropy-coded data starting at `from` ends: the first `FF` that is not a stuffed
 /// `FF 00`, a restart marker or fill. `None` when the file ends first.
-fn scan_end(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn scan_end(bytes: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     loop {
         at += memchr::memchr(0xFF, bytes.get(at..)?)?;

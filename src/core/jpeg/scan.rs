@@ -123,7 +123,7 @@ pub(super) fn header(bytes: &[u8]) -> Option<Header<'_>> {
                     return None;
                 }
                 let start = at + 2 + len;
-                let end = scan_end(bytes, start)?;
+                let end = crate::core::verify::scan_end(bytes, start)?;
                 // One scan, then the end: a second scan (or a DNL) is left to the decoder.
                 if bytes.get(end..end + 2)? != [0xFF, 0xD9] {
                     return None;
@@ -144,19 +144,6 @@ pub(super) fn header(bytes: &[u8]) -> Option<Header<'_>> {
             _ => {}
         }
         at += 2 + len;
-    }
-}
-
-/// Where the entropy-coded data starting at `from` ends: the first marker that is neither a
-/// stuffed 0xFF nor a restart.
-fn scan_end(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut at = from;
-    loop {
-        at += memchr::memchr(0xFF, bytes.get(at..)?)?;
-        match *bytes.get(at + 1)? {
-            0x00 | 0xD0..=0xD7 => at += 2,
-            _ => return Some(at),
-        }
     }
 }
 
