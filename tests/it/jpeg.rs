@@ -3,7 +3,7 @@
 
 use image::DynamicImage;
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
-use qwen_edit_bot::core::jpeg::{Split, baseline};
+use qwen_edit_bot::core::jpeg::{Split, baseline, joined_at};
 
 /// A photo-like picture: gradients, a few hard edges and per-pixel noise of `noise` levels.
 fn picture(w: u16, h: u16, noise: u32) -> Vec<u8> {
@@ -160,6 +160,23 @@ fn two_threads_give_the_pixels_one_thread_gives_wherever_the_scan_is_cut() {
                 );
                 cases += 1;
             }
+            // The work really was split: cut in the middle, the second thread's blocks from
+            // about half of the picture on are the ones used.
+            let joined = joined_at(&file, 2, Split::At(data / 2))
+                .unwrap_or_else(|| panic!("{sampling:?} noise {noise}: never joined"));
+            // Blocks per MCU and the MCU's width and height in pixels.
+            let (per_mcu, mcu_w, mcu_h) = match sampling {
+                Some(SamplingFactor::R_4_2_0) => (6, 16, 16),
+                Some(SamplingFactor::R_4_2_2) => (4, 16, 8),
+                Some(SamplingFactor::R_4_4_0) => (4, 8, 16),
+                Some(_) => (3, 8, 8),
+                None => (1, 8, 8),
+            };
+            let blocks = per_mcu * 700usize.div_ceil(mcu_w) * 500usize.div_ceil(mcu_h);
+            assert!(
+                joined > blocks / 4 && joined < blocks * 3 / 4,
+                "{sampling:?} noise {noise} restart {restart}: joined at block {joined} of {blocks}"
+            );
         }
     }
     assert_eq!(cases, 5 * 3 * 23);

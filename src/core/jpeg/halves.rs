@@ -30,6 +30,9 @@ pub(super) struct Picture {
     pub height: usize,
     pub grey: bool,
     pub pixels: Vec<u8>,
+    /// The block from which the second thread's decoding was taken; `None` when the first
+    /// decoded the whole scan.
+    pub joined_at: Option<usize>,
 }
 
 /// The scan's blocks, in coding order: each block's pixels without their DC term (in quarter
@@ -182,7 +185,9 @@ pub(super) fn decode(header: &Header<'_>, factor: usize, split: Split) -> Option
         (split, _) => d.segments(split)?,
     };
     d.dc_values(&mut blocks);
-    Some(d.paint(&blocks, split != Split::None))
+    let mut picture = d.paint(&blocks, split != Split::None);
+    picture.joined_at = (blocks.at < d.layout.blocks()).then_some(blocks.at);
+    Some(picture)
 }
 
 /// The averaged inverse DCT, one dimension: `side` outputs from 8 frequencies, each the mean
@@ -565,6 +570,7 @@ impl Decoder<'_> {
             height,
             grey,
             pixels,
+            joined_at: None,
         }
     }
 

@@ -69,6 +69,14 @@ pub fn baseline(
     Some((img, orientation))
 }
 
+/// The block from which [`baseline`]'s second thread's decoding was used (`None`: the first
+/// thread decoded everything, or the file is not one it reads). For tests and benches: that
+/// the work really was split.
+pub fn joined_at(bytes: &[u8], factor: u32, split: Split) -> Option<usize> {
+    let header = scan::header(bytes)?;
+    halves::decode(&header, usize::try_from(factor).ok()?, split)?.joined_at
+}
+
 /// jpeg-decoder at the reduced scale.
 fn general(bytes: &[u8], factor: u32) -> Option<(DynamicImage, Orientation)> {
     let mut d = Decoder::new(bytes);
